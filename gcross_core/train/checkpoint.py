@@ -1,0 +1,86 @@
+"""Checkpoints: one ``.safetensors`` file, written atomically, loaded without unpickling.
+
+Tensors are stored flat under their state-dict names; everything else (the resolved config, class
+names, step, RNG state, ...) rides in the header metadata as JSON strings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT_KEY = "gcross_format"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit what the caller expects."""
+
+
+def save_checkpoint(path, tensors: Dict[str, torch.Tensor], metadata: Dict[str, Any]) -> Path:
+    """Write ``tensors`` and JSON-serialisable ``metadata`` to ``path`` atomically.
+
+    The file is written next to its destination and renamed into place, so a crash mid-write leaves the
+    previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    meta[FORMAT_KEY] = FORMAT_VERSION
+    # safetensors refuses shared or non-contiguous storage; clone into plain contiguous tensors
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path, device: str = "cpu") -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`: (tensors, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        tensors = load_file(str(path), device=device)
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    if raw.get(FORMAT_KEY) != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has no gcross metadata (expected {FORMAT_KEY}={FORMAT_VERSION})")
+    meta = {}
+    for k, v in raw.items():
+        if k == FORMAT_KEY:
+            continue
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"checkpoint {path}: metadata {k!r} is not JSON") from e
+    return tensors, meta
+
+
+def prefixed(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """Namespace a state dict: {'w': t} -> {'prefix.w': t}."""
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(tensors: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """Inverse of :func:`prefixed`: the entries under ``prefix.``, with the prefix removed."""
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
