@@ -1,0 +1,8 @@
+"""Differentiable Gaussian splatting: ``render(gaussians, cameras, width, height, backend=...)``.
+
+The pure-PyTorch reference (``reference.py``) runs anywhere; the gsplat backend (``gsplat_backend.py``,
+the only module importing gsplat) runs on CUDA.
+"""
+from gcross_core.render.api import RenderConfig, render
+
+__all__ = ["render", "RenderConfig"]
