@@ -1,0 +1,218 @@
+"""The per-frame segmentation pipeline shared by the ROS node and the offline bag evaluator.
+
+``SegmentationPipeline`` holds a :class:`~gcross_core.fusion.VoxelMap` and a
+:class:`~gcross_core.segment.Segmenter`. Each RGB-D frame is fused into the map
+(``process_frame``); every ``segment_period_s`` of *stream* time (image stamps, so a bag replays
+identically at any speed) the whole map is segmented and the per-point probabilities are fused into the
+voxels (``maybe_segment``). ``labelled_points`` returns the labelled map.
+
+Segmentation works on a snapshot of the map, so the node may call ``segment`` on a worker thread while
+``process_frame`` keeps integrating; ``VoxelMap.fuse_probabilities`` maps the snapshot's rows back even if
+eviction renumbered the voxels meanwhile.
+
+``score_labelled_map`` compares a labelled map with a labelled ground-truth cloud: every ground-truth
+point takes the label of the nearest map point within ``radius_m``; ground-truth points with no map
+point that close are *uncovered* and score as misses of their class (they are also reported apart).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
+
+import numpy as np
+
+from .fusion import FrameStats, VoxelMap
+from .train.metrics import confusion_matrix, segmentation_metrics
+
+if TYPE_CHECKING:  # segment.py pulls in torch and spconv; only needed by from_checkpoint
+    from .segment import Segmenter
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Mirrors the node parameters of the same names (gcross_ros/params.py holds the defaults' reasons)."""
+
+    voxel_size_m: float = 0.04
+    max_voxels: int = 400_000
+    max_depth_m: float = 5.0
+    segment_period_s: float = 2.0  # in stream time (image stamps), not wall time
+    min_voxels_to_segment: int = 1  # below this the map is not worth a forward pass
+
+    def __post_init__(self):
+        if not self.segment_period_s >= 0:
+            raise ValueError(f"segment_period_s must be >= 0, got {self.segment_period_s}")
+        if self.min_voxels_to_segment < 1:
+            raise ValueError(f"min_voxels_to_segment must be >= 1, got {self.min_voxels_to_segment}")
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    stamp_s: float  # stream time at which segmentation ran
+    voxels: int  # map voxels segmented
+    updated: int  # voxels whose probabilities were fused (fewer if eviction ran meanwhile)
+    seconds: float  # wall time of predict + fuse
+
+
+@dataclass(frozen=True)
+class LabelledPoints:
+    coord: np.ndarray  # [M, 3] float32 metres, map frame
+    color: np.ndarray  # [M, 3] uint8 RGB
+    label: np.ndarray  # [M] int64, -1 = never segmented
+    confidence: np.ndarray  # [M] float32
+
+    def __len__(self) -> int:
+        return len(self.coord)
+
+
+class SegmentationPipeline:
+    def __init__(self, segmenter: "Segmenter", config: PipelineConfig = PipelineConfig()):
+        self.segmenter = segmenter
+        self.config = config
+        self.class_names = list(segmenter.class_names)
+        self.map = VoxelMap(config.voxel_size_m, config.max_voxels, len(self.class_names),
+                            max_depth_m=config.max_depth_m)
+        self._last_segment_s: Optional[float] = None
+        self._first_stamp_s: Optional[float] = None
+        self._segment_lock = threading.Lock()  # one segmentation at a time
+        self.frames_processed = 0
+        self.segmentations = 0
+
+    @classmethod
+    def from_checkpoint(cls, path, config: PipelineConfig = PipelineConfig(), device: str = "cpu"):
+        from .segment import Segmenter
+
+        return cls(Segmenter.from_checkpoint(path, device=device), config)
+
+    def process_frame(self,
+                      color: np.ndarray,  # [H, W, 3] uint8 RGB, registered to depth
+                      depth: np.ndarray,  # [H, W] float32 metres or uint16 millimetres
+                      K: np.ndarray,  # [3, 3] intrinsics of the registered camera
+                      cam_to_map: np.ndarray,  # [4, 4]
+                      stamp_s: float,  # image stamp, seconds
+                      ) -> FrameStats:
+        """Fuse one frame into the map (never segments; call :meth:`maybe_segment` for that)."""
+        stats = self.map.integrate(color, depth, K, cam_to_map)
+        if self._first_stamp_s is None:
+            self._first_stamp_s = float(stamp_s)
+        self.frames_processed += 1
+        return stats
+
+    def segment_due(self, now_s: float) -> bool:
+        """True when ``segment_period_s`` of stream time has passed since the last segmentation (or,
+        before the first one, since the first frame) and the map has enough voxels."""
+        if self._first_stamp_s is None or len(self.map) < self.config.min_voxels_to_segment:
+            return False
+        last = self._last_segment_s if self._last_segment_s is not None else self._first_stamp_s
+        return float(now_s) - last >= self.config.segment_period_s
+
+    def maybe_segment(self, now_s: float) -> Optional[SegmentStats]:
+        """Segment the map if due at stream time ``now_s`` (see :meth:`segment_due`)."""
+        if not self.segment_due(now_s):
+            return None
+        return self.segment(now_s)
+
+    def segment(self, now_s: Optional[float] = None) -> Optional[SegmentStats]:
+        """Segment the whole map now and fuse the probabilities; None when the map is empty."""
+        with self._segment_lock:
+            snap = self.map.snapshot()
+            if len(snap) < self.config.min_voxels_to_segment:
+                return None
+            t0 = time.perf_counter()
+            _, _, probs = self.segmenter.predict(snap.coords, snap.colors, snap.normals, return_probs=True)
+            updated = self.map.fuse_probabilities(np.arange(len(snap)), probs, snapshot=snap)
+            seconds = time.perf_counter() - t0
+            if now_s is not None:
+                self._last_segment_s = float(now_s)
+            self.segmentations += 1
+            return SegmentStats(float(now_s) if now_s is not None else float("nan"), len(snap), updated, seconds)
+
+    def labelled_points(self) -> LabelledPoints:
+        snap = self.map.snapshot()
+        return LabelledPoints(coord=snap.coords, color=np.clip(np.rint(snap.colors), 0, 255).astype(np.uint8),
+                              label=snap.labels, confidence=snap.confidence)
+
+
+# ---------------------------------------------------------------- scoring against ground truth
+
+@dataclass(frozen=True)
+class MapScore:
+    conf: np.ndarray  # [K, K + 1] int64; last column = no label (uncovered, or the map point never segmented)
+    metrics: Dict[str, object]  # segmentation_metrics(conf)
+    transferred: np.ndarray  # [N] int64 label each ground-truth point received, -1 = none
+    covered: np.ndarray  # [N] bool: a map point lies within radius_m
+    scored: np.ndarray  # [N] bool: ground-truth label is a class (not ignored)
+    radius_m: float
+
+    @property
+    def coverage(self) -> float:
+        """Share of the scored ground-truth points that have a map point within ``radius_m``."""
+        n = int(self.scored.sum())
+        return float((self.covered & self.scored).sum() / n) if n else float("nan")
+
+    @property
+    def uncovered_points(self) -> int:
+        return int((~self.covered & self.scored).sum())
+
+    @property
+    def unlabelled_points(self) -> int:
+        """Covered scored points whose nearest map point was never segmented."""
+        return int((self.covered & self.scored & (self.transferred < 0)).sum())
+
+
+def transfer_labels(map_coord: np.ndarray,  # [M, 3] metres
+                    map_label: np.ndarray,  # [M] int, -1 = unlabelled
+                    query_coord: np.ndarray,  # [N, 3] metres
+                    radius_m: float,
+                    ) -> tuple:  # (labels [N] int64, -1 where no map point within radius; covered [N] bool)
+    """Label of the nearest map point within ``radius_m`` for each query point (cKDTree)."""
+    from scipy.spatial import cKDTree
+
+    map_coord = np.asarray(map_coord, np.float64)
+    query_coord = np.asarray(query_coord, np.float64)
+    map_label = np.asarray(map_label)
+    if map_coord.ndim != 2 or map_coord.shape[1] != 3 or map_label.shape != (len(map_coord),):
+        raise ValueError(f"map coord {map_coord.shape} / label {map_label.shape}: expected [M, 3] and [M]")
+    if query_coord.ndim != 2 or query_coord.shape[1] != 3:
+        raise ValueError(f"query coord has shape {query_coord.shape}, expected [N, 3]")
+    if not radius_m > 0:
+        raise ValueError(f"radius_m must be > 0, got {radius_m}")
+    out = np.full(len(query_coord), -1, np.int64)
+    if len(map_coord) == 0 or len(query_coord) == 0:
+        return out, np.zeros(len(query_coord), bool)
+    dist, idx = cKDTree(map_coord).query(query_coord, k=1, distance_upper_bound=radius_m)
+    covered = np.isfinite(dist)
+    out[covered] = map_label[idx[covered]]
+    return out, covered
+
+
+def score_labelled_map(map_coord: np.ndarray,  # [M, 3] metres, map frame
+                       map_label: np.ndarray,  # [M] int, -1 = unlabelled
+                       gt_coord: np.ndarray,  # [N, 3] metres, same frame
+                       gt_label: np.ndarray,  # [N] int, -1 = ignore
+                       num_classes: int,
+                       radius_m: float,
+                       ) -> MapScore:
+    """Score a labelled map on the ground-truth points (rule in the module docstring).
+
+    A covered ground-truth point whose nearest map point was never segmented (label -1) is a miss too.
+    """
+    gt_label = np.asarray(gt_label).astype(np.int64)
+    if gt_label.shape != (len(gt_coord),):
+        raise ValueError(f"gt label has shape {gt_label.shape}, expected [{len(gt_coord)}]")
+    transferred, covered = transfer_labels(map_coord, map_label, gt_coord, radius_m)
+    conf = confusion_matrix(transferred, gt_label, num_classes, ignore_index=-1, count_unpredicted=True)
+    scored = (gt_label >= 0) & (gt_label < num_classes)
+    return MapScore(conf=conf, metrics=segmentation_metrics(conf), transferred=transferred, covered=covered,
+                    scored=scored, radius_m=float(radius_m))
+
+
+def latency_summary(seconds: Sequence[float]) -> Dict[str, float]:
+    """p50/p90/p99/max/mean in milliseconds of a list of durations in seconds."""
+    s = np.asarray(seconds, np.float64) * 1000.0
+    if s.size == 0:
+        return {"count": 0}
+    p50, p90, p99 = np.percentile(s, [50, 90, 99])
+    return {"count": int(s.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "max_ms": float(s.max()), "mean_ms": float(s.mean())}
