@@ -1,0 +1,718 @@
+"""RGB-D frames -> voxel-hashed coloured point map, with per-voxel class probabilities.
+
+Used by the ROS node (integrate on the image callback, segment on a worker thread) and offline to turn a
+frames-only scene into points. NumPy only: every step is vectorised over the pixels of a frame.
+
+Per frame (``VoxelMap.integrate``):
+  1. depth (uint16 millimetres or float32 metres) -> metres; zero, NaN, inf and depth > max_depth_m are
+     invalid and ignored;
+  2. valid pixels back-projected with ``geometry.backproject_depth`` and moved to the map frame by
+     ``cam_to_map``;
+  3. points -> integer voxel coordinates; within the frame they are numbered inside the frame's bounding
+     box, runs of equal numbers along image rows are merged (neighbouring pixels mostly share a voxel),
+     and one ``np.sort`` of the runs groups them; ``np.bincount`` then sums points, positions and colours
+     per frame voxel;
+  4. one normal per frame voxel from the depth image at the voxel's central pixel (``pixel_normals``):
+     cross product of the image-space gradients (central differences of back-projected points, spanning
+     about the voxel's footprint), oriented toward the camera; none where the window crosses an occlusion
+     edge or invalid depth. On real Kinect frames these agree with PCA normals of the fused map as well
+     as averaging a one-pixel-baseline normal over every pixel of the voxel does, at a fraction of the cost;
+  5. merge into the map: voxels are identified by packed int64 keys (21 bits per axis); a sorted key
+     array and ``np.searchsorted`` find existing voxels, new ones are appended (after eviction if the map
+     would exceed ``max_voxels``) and inserted into the sorted array.
+
+What a voxel holds:
+  - position: running mean of the points that fell in it (``coords()``). The mean sits on the observed
+    surface, not on the lattice, which keeps the sub-voxel geometry the segmentation network was trained
+    on (its inputs are grid-sampled real points, not cell centres). Lattice centres: ``centers()``.
+  - colour: running mean RGB over all its points, 0..255 (``colors()``).
+  - normal: running sum of the unit normals of the frames that observed it, renormalised on read (= the
+    renormalised running mean); zero while no frame gave it a normal (``normals()``).
+  - count: number of points fused (``counts()``); last_seen: index of the last frame that observed it.
+  - class probabilities: running mean over segmentation updates, p <- p + (q - p) / (n + 1) with n the
+    number of earlier updates of that voxel, i.e. every update weighs the same. Unlike keeping the last
+    label, a single noisy update cannot flip a voxel that several updates agreed on, and unlike summing
+    log-probabilities it does not become overconfident and stays able to change its mind.
+    ``labels()`` is the argmax, ``confidence()`` the fused probability of that class; voxels never
+    segmented give -1 and 0.
+
+Bounded memory: the map never holds more than ``max_voxels`` voxels. When a frame brings new voxels that
+would not fit, voxels are evicted first: least recently seen first (smallest last_seen), ties by fewest
+points fused; remaining ties are broken arbitrarily. To avoid evicting on every frame once full, eviction
+frees ``evict_fraction * max_voxels`` extra slots. Voxels seen in the current frame are evicted only if the
+frame alone brings more new voxels than fit; then the new voxels with the most points are kept. Each
+eviction logs a warning with the count. Storage grows by doubling up to ``max_voxels`` voxels of
+84 + 4 * num_classes bytes each (164 with 20 classes), plus per-frame temporaries proportional to the
+image size.
+
+Thread safety: every public method takes the map's lock for its reads and writes, so one thread may
+integrate while another calls ``snapshot()`` / ``fuse_probabilities()``. ``integrate`` does the per-frame
+work (steps 1-4) without the lock and holds it only for the merge. Accessors and ``snapshot()`` return
+copies; separate accessor calls may straddle an ``integrate``, so use ``snapshot()`` for arrays that must
+match row for row. Row indices are stable while nothing is evicted; eviction compacts the rows and bumps
+``layout_version``. A worker that segments a snapshot passes it back to ``fuse_probabilities(...,
+snapshot=snap)``, which maps the rows through voxel keys if the layout changed meanwhile (voxels evicted
+since the snapshot are skipped).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .geometry import backproject_depth, is_valid_pose
+
+log = logging.getLogger(__name__)
+
+_KEY_BITS = 21  # bits per axis in a packed voxel key: 3 * 21 = 63 bits fit a non-negative int64
+_KEY_OFFSET = 1 << (_KEY_BITS - 1)  # voxel coordinates in [-2^20, 2^20): +-21 km at 2 cm voxels
+_KEY_MASK = (1 << _KEY_BITS) - 1
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """What one ``integrate`` call did."""
+
+    frame_index: int  # 0 for the first integrated frame
+    valid_pixels: int  # depth pixels used (finite, > 0, <= max_depth_m, inside the key range)
+    frame_voxels: int  # distinct voxels observed by this frame
+    new_voxels: int  # voxels created by this frame
+    evicted: int  # voxels removed to stay within max_voxels
+    map_voxels: int  # voxels in the map after this frame
+
+
+@dataclass(frozen=True)
+class MapSnapshot:
+    """Consistent copies of the map's arrays at one moment, safe to use on another thread."""
+
+    keys: np.ndarray  # [N] int64 packed voxel keys (identify voxels across layout changes)
+    coords: np.ndarray  # [N, 3] float32 running mean positions, metres, map frame
+    colors: np.ndarray  # [N, 3] float32 RGB 0..255
+    normals: np.ndarray  # [N, 3] float32 unit normals (zero where unknown)
+    counts: np.ndarray  # [N] int64 points fused
+    last_seen: np.ndarray  # [N] int64 frame index
+    labels: Optional[np.ndarray]  # [N] int64 fused label, -1 if never segmented (None: not requested)
+    confidence: Optional[np.ndarray]  # [N] float32 fused probability of the label, 0 if never segmented
+    layout_version: int  # VoxelMap.layout_version when taken
+    frame_index: int  # frames integrated when taken
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True)
+class _FrameVoxels:
+    """Per-frame sums over the distinct voxels of one frame, computed outside the lock."""
+
+    keys: np.ndarray  # [U] int64, sorted
+    counts: np.ndarray  # [U] int64 points per voxel
+    sums: np.ndarray  # [U, 9] float64: position sum (map frame), RGB sum, unit normal sum (map frame)
+    valid_pixels: int
+
+
+def _check_intrinsics(K: np.ndarray) -> np.ndarray:
+    K = np.asarray(K)
+    if K.shape != (3, 3):
+        raise ValueError(f"K has shape {K.shape}, expected [3, 3] pinhole intrinsics")
+    if not np.all(np.isfinite(K)):
+        raise ValueError("K contains NaN or inf, expected finite intrinsics")
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f"K has focal lengths fx={K[0, 0]}, fy={K[1, 1]}, expected both > 0")
+    if abs(K[0, 1]) > 1e-6 or abs(K[1, 0]) > 1e-6 or not np.allclose(K[2], [0, 0, 1]):
+        raise ValueError(f"K is {K.tolist()}, expected [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
+    return K.astype(np.float64)
+
+
+def _check_pose(cam_to_map: np.ndarray) -> np.ndarray:
+    T = np.asarray(cam_to_map)
+    if T.shape != (4, 4):
+        raise ValueError(f"cam_to_map has shape {T.shape}, expected [4, 4]")
+    if not np.all(np.isfinite(T)):
+        raise ValueError("cam_to_map contains NaN or inf, expected a finite rigid transform")
+    if not is_valid_pose(T):
+        raise ValueError("cam_to_map is not rigid: expected an orthonormal rotation with det +1 and last row "
+                         f"0 0 0 1, got {np.round(T, 4).tolist()}")
+    return T.astype(np.float64)
+
+
+def depth_to_metres(depth: np.ndarray) -> np.ndarray:
+    """[H, W] uint16 millimetres (ROS 16UC1) or float32 metres (32FC1) -> float32 metres."""
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f"depth has shape {depth.shape}, expected [H, W]")
+    if depth.dtype == np.uint16:
+        # Division (not multiplication by 0.001) so uint16 mm and the float32 metres a driver computes as
+        # mm / 1000 give bit-identical maps.
+        return depth.astype(np.float32) / np.float32(1000.0)
+    if depth.dtype == np.float32:
+        return depth
+    raise ValueError(f"depth has dtype {depth.dtype}, expected uint16 millimetres or float32 metres")
+
+
+def pixel_normals(depth_m: np.ndarray,  # [H, W] float32 metres; <= 0 or non-finite is invalid
+                  K: np.ndarray,  # [3, 3]
+                  pixels: np.ndarray,  # [N] int64 flat pixel indices (v * W + u)
+                  baseline_px=1,  # int or [N] int: half-width k of the central differences, pixels
+                  max_jump: float = 0.05,
+                  ) -> np.ndarray:
+    """Camera-frame unit normals [N, 3] float32 at the given pixels, oriented toward the camera.
+
+    n = (P(v+k, u) - P(v-k, u)) x (P(v, u+k) - P(v, u-k)) with P the back-projected point: the cross
+    product of the image-space gradients, in the order that faces the camera for every surface it sees
+    (the sign is still checked against the viewing ray). A normal is zero when a sample falls outside the
+    image or is invalid, or when a second difference z(+k) - 2 z(0) + z(-k) exceeds ``max_jump`` times the
+    depth: a step (occlusion edge) in the window, where the differences would join two surfaces. On a
+    slanted plane the second difference stays far below that even at grazing angles.
+    """
+    if depth_m.ndim != 2:
+        raise ValueError(f"depth_m has shape {depth_m.shape}, expected [H, W]")
+    h, w = depth_m.shape
+    pixels = np.asarray(pixels, dtype=np.int64)
+    if pixels.ndim != 1:
+        raise ValueError(f"pixels has shape {pixels.shape}, expected [N] flat pixel indices")
+    out = np.zeros((len(pixels), 3), dtype=np.float32)
+    if len(pixels) == 0:
+        return out
+    if pixels.min() < 0 or pixels.max() >= h * w:
+        raise ValueError(f"pixels outside [0, {h * w}) for a {w}x{h} depth image")
+    k = np.broadcast_to(np.asarray(baseline_px, dtype=np.int64), pixels.shape)
+    v, u = np.divmod(pixels, w)
+    inside = (u >= k) & (u < w - k) & (v >= k) & (v < h - k)
+    k = np.where(inside, k, 0)  # rows outside the image are rejected below; k = 0 keeps their reads inside
+    flat = depth_m.reshape(-1)
+    kw = k * w
+    zc, zl, zr, zu, zd = flat[pixels], flat[pixels - k], flat[pixels + k], flat[pixels - kw], flat[pixels + kw]
+    fx, fy, cx, cy = (np.float32(K[0, 0]), np.float32(K[1, 1]), np.float32(K[0, 2]), np.float32(K[1, 2]))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        # All five samples valid: the smallest is > 0 and their sum is finite (NaN, inf fail either test).
+        ok = inside & (np.minimum(np.minimum(zc, zl), np.minimum(np.minimum(zr, zu), zd)) > 0)
+        ok &= np.isfinite(zc + zl + zr + zu + zd)
+        lim = np.float32(max_jump) * zc
+        ok &= (np.abs(zr - 2 * zc + zl) <= lim) & (np.abs(zd - 2 * zc + zu) <= lim)
+        xc = (u.astype(np.float32) - cx) / fx  # x / z of the centre pixel
+        yc = (v.astype(np.float32) - cy) / fy
+        kx, ky = k.astype(np.float32) / fx, k.astype(np.float32) / fy
+        # a = P(u+k) - P(u-k), b = P(v+k) - P(v-k) with P = z * (x/z, y/z, 1).
+        az = zr - zl
+        ax = (xc + kx) * zr - (xc - kx) * zl
+        ay = yc * az
+        bz = zd - zu
+        bx = xc * bz
+        by = (yc + ky) * zd - (yc - ky) * zu
+        nx = by * az - bz * ay
+        ny = bz * ax - bx * az
+        nz = bx * ay - by * ax
+        norm = np.sqrt(nx * nx + ny * ny + nz * nz)
+        ok &= norm > 0
+        # Toward the camera: n . P < 0 with P = zc * (xc, yc, 1).
+        scale = np.copysign(np.float32(1), -(nx * xc + ny * yc + nz)) / norm
+    rows = np.flatnonzero(ok)
+    s = scale[rows]
+    out[rows, 0] = nx[rows] * s
+    out[rows, 1] = ny[rows] * s
+    out[rows, 2] = nz[rows] * s
+    return out
+
+
+def depth_normals(depth_m: np.ndarray,  # [H, W] float32 metres
+                  K: np.ndarray,  # [3, 3]
+                  baseline_px: int = 1,
+                  max_jump: float = 0.05,
+                  ) -> np.ndarray:
+    """Camera-frame unit normals of every pixel, [H, W, 3] float32 (see ``pixel_normals``)."""
+    depth_m = np.asarray(depth_m, dtype=np.float32)
+    if depth_m.ndim != 2:
+        raise ValueError(f"depth_m has shape {depth_m.shape}, expected [H, W]")
+    K = _check_intrinsics(K)
+    h, w = depth_m.shape
+    return pixel_normals(depth_m, K, np.arange(h * w), baseline_px, max_jump).reshape(h, w, 3)
+
+
+def _rotate(T: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """R v for rows v [N, 3] with R = T[:3, :3], elementwise: a [N, 3] x [3, 3] BLAS matmul is far slower
+    (and contends for cores) on small inner dimensions."""
+    R = T[:3, :3]
+    return np.stack([v[:, 0] * R[i, 0] + v[:, 1] * R[i, 1] + v[:, 2] * R[i, 2] for i in range(3)], axis=1)
+
+
+def _pack_keys(grid: np.ndarray) -> np.ndarray:
+    """Integer voxel coordinates [N, 3] (within +-2^20) -> packed int64 keys [N]; order is x, then y, then z."""
+    g = grid.astype(np.int64) + _KEY_OFFSET
+    return (g[:, 0] << (2 * _KEY_BITS)) | (g[:, 1] << _KEY_BITS) | g[:, 2]
+
+
+def unpack_keys(keys: np.ndarray) -> np.ndarray:
+    """Packed voxel keys [N] int64 -> integer voxel coordinates [N, 3] int64."""
+    keys = np.asarray(keys, dtype=np.int64)
+    return np.stack([(keys >> (2 * _KEY_BITS)) & _KEY_MASK, (keys >> _KEY_BITS) & _KEY_MASK, keys & _KEY_MASK],
+                    axis=1) - _KEY_OFFSET
+
+
+class VoxelMap:
+    """Voxel-hashed coloured point map fused from RGB-D frames (see the module docstring for the rules).
+
+    voxel_size_m: edge of a voxel in metres; max_voxels: hard bound on the number of voxels;
+    num_classes: length of the probability vectors given to ``fuse_probabilities``;
+    max_depth_m: depth beyond this is ignored (Kinect-class sensors are too noisy past ~5 m);
+    evict_fraction: extra share of max_voxels freed when evicting, so eviction runs every few frames
+    rather than on every frame once the map is full;
+    normal_max_jump: second difference of depth, relative to depth, treated as an occlusion edge by the
+    normal estimate (``pixel_normals``).
+    """
+
+    def __init__(self, voxel_size_m: float, max_voxels: int, num_classes: int, *, max_depth_m: float = 5.0,
+                 evict_fraction: float = 0.05, normal_max_jump: float = 0.05):
+        if not (np.isfinite(voxel_size_m) and voxel_size_m > 0):
+            raise ValueError(f"voxel_size_m must be a finite value > 0, got {voxel_size_m}")
+        if int(max_voxels) != max_voxels or max_voxels < 1:
+            raise ValueError(f"max_voxels must be an integer >= 1, got {max_voxels}")
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes}")
+        if not max_depth_m > 0:
+            raise ValueError(f"max_depth_m must be > 0, got {max_depth_m}")
+        if not 0 <= evict_fraction < 1:
+            raise ValueError(f"evict_fraction must be in [0, 1), got {evict_fraction}")
+        self.voxel_size_m = float(voxel_size_m)
+        self.max_voxels = int(max_voxels)
+        self.num_classes = int(num_classes)
+        self.max_depth_m = float(max_depth_m)
+        self.evict_fraction = float(evict_fraction)
+        self.normal_max_jump = float(normal_max_jump)
+        self._lock = threading.RLock()
+        self._n = 0
+        self._frame_index = 0  # index the next integrated frame gets
+        self._layout_version = 0
+        self._evicted_total = 0
+        self._sorted_keys = np.empty(0, dtype=np.int64)  # [n] all keys, ascending
+        self._sorted_rows = np.empty(0, dtype=np.int64)  # [n] row of each sorted key
+        self._alloc(min(self.max_voxels, 1 << 16))
+
+    # ------------------------------------------------------------------ storage
+
+    def _alloc(self, capacity: int) -> None:
+        old = getattr(self, "_cap", 0)
+        n = self._n
+
+        def grow(name, shape, dtype):
+            buf = np.zeros((capacity,) + shape, dtype=dtype)
+            if old:
+                buf[:n] = getattr(self, name)[:n]
+            setattr(self, name, buf)
+
+        grow("_keys", (), np.int64)
+        # One row per voxel so a merge gathers and scatters once: running mean position (map frame),
+        # running mean RGB, running sum of unit normals (map frame).
+        grow("_attr", (9,), np.float32)
+        grow("_count", (), np.int64)
+        grow("_last_seen", (), np.int64)
+        grow("_prob", (self.num_classes,), np.float32)  # running mean class probabilities
+        grow("_seg_count", (), np.int64)  # segmentation updates fused
+        self._cap = capacity
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed > self._cap:
+            self._alloc(min(self.max_voxels, max(needed, 2 * self._cap)))
+
+    _ARRAYS = ("_keys", "_attr", "_count", "_last_seen", "_prob", "_seg_count")
+    _MAX_NORMAL_BASELINE_PX = 8  # wider normal windows mostly reach neighbouring surfaces
+
+    # ------------------------------------------------------------------ frame processing (no lock)
+
+    def _frame_voxels(self, color_rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                      cam_to_map: np.ndarray) -> _FrameVoxels:
+        if not isinstance(color_rgb, np.ndarray) or color_rgb.dtype != np.uint8 or color_rgb.ndim != 3 \
+                or color_rgb.shape[2] != 3:
+            desc = f"{color_rgb.dtype} {color_rgb.shape}" if isinstance(color_rgb, np.ndarray) else type(color_rgb)
+            raise ValueError(f"color_rgb is {desc}, expected uint8 [H, W, 3] RGB")
+        if not isinstance(depth, np.ndarray):
+            raise ValueError(f"depth is {type(depth)}, expected a numpy array")
+        depth_m = depth_to_metres(depth)
+        h, w = depth_m.shape
+        if color_rgb.shape[:2] != (h, w):
+            raise ValueError(f"depth image {w}x{h} does not match color {color_rgb.shape[1]}x{color_rgb.shape[0]}"
+                             " (expected depth registered to color)")
+        K = _check_intrinsics(K)
+        T = _check_pose(cam_to_map)
+
+        # float32 intrinsics keep backproject_depth's arithmetic in float32.
+        pts_cam, pix = backproject_depth(depth_m, K.astype(np.float32), self.max_depth_m)
+        xyz_cam = np.ascontiguousarray(pts_cam.T)  # [3, M]: contiguous rows make every pass below faster
+        del pts_cam
+        keys, inverse, rep_point, xyz_cam, pix = self._voxelize(xyz_cam, pix, T)
+        u = len(keys)
+        counts = np.bincount(inverse, minlength=u)
+        sums = np.zeros((u, 9), dtype=np.float64)
+        # Positions are summed in the camera frame and moved afterwards (sum(R p + t) = R sum(p) + n t):
+        # rotating U voxel sums is cheaper than rotating M points.
+        for i in range(3):
+            sums[:, i] = np.bincount(inverse, xyz_cam[i], u)
+        # Gather whole 3-byte pixels at once: faster than three strided uint8 gathers.
+        rgb = np.take(np.ascontiguousarray(color_rgb).reshape(-1).view("V3"), pix).view(np.uint8).reshape(-1, 3)
+        for i in range(3):
+            sums[:, 3 + i] = np.bincount(inverse, rgb[:, i], u)
+        sums[:, 6:9] = self._voxel_normals(depth_m, K, pix[rep_point])
+        sums[:, 0:3] = _rotate(T, sums[:, 0:3]) + counts[:, None] * T[:3, 3]
+        sums[:, 6:9] = _rotate(T, sums[:, 6:9])
+        return _FrameVoxels(keys, counts, sums, len(pix))
+
+    def _voxel_normals(self, depth_m: np.ndarray, K: np.ndarray, rep_pixel: np.ndarray) -> np.ndarray:
+        """One camera-frame normal per frame voxel [U, 3], from the depth gradients at its central pixel.
+
+        The central differences span about the voxel's footprint in the image (half of it each side, at
+        least one pixel), so the normal describes the surface at the voxel's scale and pixel noise averages
+        out; voxels near an occlusion edge fall back to one-pixel differences. One normal per voxel and
+        frame, instead of one per pixel, keeps this off the per-pixel path.
+        """
+        z = depth_m.reshape(-1)[rep_pixel]
+        f = 0.5 * (K[0, 0] + K[1, 1])
+        with np.errstate(divide="ignore"):
+            k = np.clip(np.round(0.5 * self.voxel_size_m * f / z), 1, self._MAX_NORMAL_BASELINE_PX).astype(np.int64)
+        n = pixel_normals(depth_m, K, rep_pixel, k, self.normal_max_jump)
+        retry = np.flatnonzero((k > 1) & ~n.any(axis=1))
+        if len(retry):
+            n[retry] = pixel_normals(depth_m, K, rep_pixel[retry], 1, self.normal_max_jump)
+        return n
+
+    def _voxelize(self, xyz_cam: np.ndarray, pix: np.ndarray, T: np.ndarray):
+        """Group camera points xyz_cam [3, M] into voxels of the map frame under cam_to_map T.
+
+        Returns (keys [U] sorted unique packed keys, inverse [M] row in keys of every point, rep_point [U]
+        a central point of each voxel, and xyz_cam, pix without points outside the key range).
+        """
+        # Elementwise rather than R @ p: a [3, 3] x [3, M] BLAS matmul is far slower on this shape (and
+        # contends for cores). R and t are pre-divided by the voxel size so one pass gives voxel units.
+        inv_vs = 1.0 / self.voxel_size_m
+        Rv = (T[:3, :3] * inv_vs).astype(np.float32)
+        tv = (T[:3, 3] * inv_vs).astype(np.float32)
+        tmp = np.empty(len(pix), dtype=np.float32)
+        grid = []
+        for i in range(3):
+            g = xyz_cam[0] * Rv[i, 0]
+            for j in (1, 2):
+                np.multiply(xyz_cam[j], Rv[i, j], out=tmp)
+                g += tmp
+            g += tv[i]
+            np.floor(g, out=g)
+            grid.append(g.astype(np.int32))
+        del tmp
+        lo = np.array([g.min(initial=0) for g in grid], dtype=np.int64)
+        hi = np.array([g.max(initial=0) for g in grid], dtype=np.int64)
+        if lo.min() < -_KEY_OFFSET or hi.max() >= _KEY_OFFSET:
+            inside = np.ones(len(pix), dtype=bool)
+            for g in grid:
+                inside &= (g >= -_KEY_OFFSET) & (g < _KEY_OFFSET)
+            log.warning("fusion: %d points beyond the voxel key range (+-%.0f m) dropped",
+                        int((~inside).sum()), _KEY_OFFSET * self.voxel_size_m)
+            grid = [g[inside] for g in grid]
+            xyz_cam, pix = xyz_cam[:, inside], pix[inside]
+            lo = np.array([g.min(initial=0) for g in grid], dtype=np.int64)
+            hi = np.array([g.max(initial=0) for g in grid], dtype=np.int64)
+        m = len(pix)
+        if m == 0:
+            empty = np.empty(0, np.int64)
+            return empty, empty, empty, xyz_cam, pix
+        span = hi - lo + 1
+        compact = (int(span[0]) * int(span[1]) * int(span[2]) - 1).bit_length() <= 31
+        if compact:
+            # Within one frame the voxels span a small box: number them inside it (int32, no overflow
+            # since every partial result stays below the box volume).
+            for g, low in zip(grid, lo):
+                g -= np.int32(low)
+            pk = grid[0]
+            pk *= np.int32(span[1])
+            pk += grid[1]
+            pk *= np.int32(span[2])
+            pk += grid[2]
+        else:
+            pk = _pack_keys(np.stack(grid, axis=1))
+        del grid
+        # Neighbouring pixels mostly share a voxel: group runs of equal keys in image order first, so the
+        # sort below sees ~3x fewer items.
+        run_start = np.empty(m, dtype=bool)
+        run_start[0] = True
+        np.not_equal(pk[1:], pk[:-1], out=run_start[1:])
+        starts = np.flatnonzero(run_start)
+        run_keys = pk[starts]
+        n_runs = len(starts)
+        if compact:
+            # Run index in the low bits: one plain sort (several times faster than argsort) gives both
+            # the grouping and the permutation, runs of one voxel in image order.
+            run_bits = max(int(n_runs - 1).bit_length(), 1)
+            tagged = run_keys.astype(np.int64) << run_bits
+            tagged |= np.arange(n_runs, dtype=np.int64)
+            tagged.sort()
+            order = tagged & ((1 << run_bits) - 1)
+            sorted_keys = tagged >> run_bits
+        else:
+            order = np.argsort(run_keys, kind="stable")
+            sorted_keys = run_keys[order]
+        first = np.empty(n_runs, dtype=bool)
+        first[0] = True
+        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
+        group_start = np.flatnonzero(first)
+        run_inverse = np.empty(n_runs, dtype=np.int64)
+        run_inverse[order] = np.cumsum(first) - 1
+        run_len = np.diff(np.append(starts, m))
+        inverse = np.repeat(run_inverse, run_len)
+        # A central point of each voxel: the middle of its middle run (runs are in image order).
+        group_end = np.append(group_start[1:], n_runs)
+        mid_run = order[(group_start + group_end - 1) // 2]
+        rep_point = starts[mid_run] + run_len[mid_run] // 2
+        ukeys = sorted_keys[group_start]
+        if compact:
+            gz = ukeys % span[2]
+            rest = ukeys // span[2]
+            keys = _pack_keys(np.stack([rest // span[1], rest % span[1], gz], axis=1) + lo)
+        else:
+            keys = ukeys
+        return keys, inverse, rep_point, xyz_cam, pix
+
+    # ------------------------------------------------------------------ public API
+
+    def integrate(self,
+                  color_rgb: np.ndarray,  # [H, W, 3] uint8 RGB, registered to depth
+                  depth: np.ndarray,  # [H, W] uint16 millimetres or float32 metres
+                  K: np.ndarray,  # [3, 3] depth (= color) intrinsics, pixels
+                  cam_to_map: np.ndarray,  # [4, 4] rigid camera-to-map transform
+                  ) -> FrameStats:
+        """Fuse one RGB-D frame into the map; returns what it did.
+
+        Raises ValueError (nothing fused) for a colour image that is not uint8 [H, W, 3], a depth image
+        that is not uint16 / float32 [H, W] of the colour image's size, a non-pinhole or non-finite K, or a
+        non-finite or non-rigid pose. A frame without valid depth is counted and changes nothing else.
+        """
+        fv = self._frame_voxels(color_rgb, depth, K, cam_to_map)
+        with self._lock:
+            return self._merge(fv)
+
+    def _lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of the given keys [M] (-1 where absent). Caller holds the lock."""
+        if self._n == 0 or len(keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        pos = np.searchsorted(self._sorted_keys, keys)
+        pos_c = np.minimum(pos, self._n - 1)
+        found = self._sorted_keys[pos_c] == keys
+        return np.where(found, self._sorted_rows[pos_c], -1)
+
+    def _merge(self, fv: _FrameVoxels) -> FrameStats:
+        frame = self._frame_index
+        self._frame_index += 1
+        rows = self._lookup(fv.keys)
+        hit = rows >= 0
+        r = rows[hit]
+        if len(r):
+            all_hit = len(r) == len(rows)  # the common case once the camera revisits mapped space
+            fc = fv.counts if all_hit else fv.counts[hit]
+            fs = fv.sums if all_hit else fv.sums[hit]
+            old = self._count[r]
+            total = old + fc
+            attr = self._attr[r].astype(np.float64)
+            # Running means as (mean * old count + frame sum) / new count; normals are plain sums.
+            attr[:, :6] *= old[:, None]
+            attr += fs
+            attr[:, :6] /= total[:, None]
+            self._attr[r] = attr
+            self._count[r] = total
+            self._last_seen[r] = frame
+
+        new = ~hit
+        new_keys = fv.keys[new]
+        new_counts = fv.counts[new]
+        new_sums = fv.sums[new]
+        evicted = 0
+        if self._n + len(new_keys) > self.max_voxels:
+            if len(new_keys) > self.max_voxels:
+                # The frame alone does not fit: keep its best-observed new voxels, drop everything older.
+                keep = np.sort(np.argsort(-new_counts, kind="stable")[: self.max_voxels])
+                evicted = len(new_keys) - len(keep)
+                new_keys, new_counts, new_sums = new_keys[keep], new_counts[keep], new_sums[keep]
+                n_old = self._n
+            else:
+                n_old = self._n + len(new_keys) - (self.max_voxels - int(self.evict_fraction * self.max_voxels))
+                n_old = min(max(n_old, self._n + len(new_keys) - self.max_voxels), self._n)
+            evicted += n_old
+            self._evict(n_old)
+            log.warning("fusion: map full (max_voxels=%d), evicted %d voxels (least recently seen first)",
+                        self.max_voxels, evicted)
+            self._evicted_total += evicted
+
+        m = len(new_keys)
+        if m:
+            self._ensure_capacity(self._n + m)
+            s = slice(self._n, self._n + m)
+            self._keys[s] = new_keys
+            self._attr[s, :6] = new_sums[:, :6] / new_counts[:, None]
+            self._attr[s, 6:] = new_sums[:, 6:]
+            self._count[s] = new_counts
+            self._last_seen[s] = frame
+            self._prob[s] = 0
+            self._seg_count[s] = 0
+            at = np.searchsorted(self._sorted_keys, new_keys)
+            self._sorted_keys = np.insert(self._sorted_keys, at, new_keys)
+            self._sorted_rows = np.insert(self._sorted_rows, at, np.arange(self._n, self._n + m, dtype=np.int64))
+            self._n += m
+        return FrameStats(frame_index=frame, valid_pixels=fv.valid_pixels, frame_voxels=len(fv.keys),
+                          new_voxels=m, evicted=evicted, map_voxels=self._n)
+
+    def _evict(self, k: int) -> None:
+        """Remove the k voxels first in (last_seen, count) order and compact the rows. Caller holds the lock."""
+        if k <= 0:
+            return
+        n = self._n
+        if k >= n:
+            drop = np.arange(n)
+        else:
+            # One int64 sort key: last_seen in the high bits, the count (saturated) in the low 32.
+            order_key = (self._last_seen[:n] << 32) | np.minimum(self._count[:n], (1 << 32) - 1)
+            drop = np.argpartition(order_key, k - 1)[:k]
+        keep = np.ones(n, dtype=bool)
+        keep[drop] = False
+        n_keep = n - len(drop)
+        for name in self._ARRAYS:
+            buf = getattr(self, name)
+            buf[:n_keep] = buf[:n][keep]
+        new_row = np.cumsum(keep) - 1
+        keep_sorted = keep[self._sorted_rows]
+        self._sorted_keys = self._sorted_keys[keep_sorted]
+        self._sorted_rows = new_row[self._sorted_rows[keep_sorted]]
+        self._n = n_keep
+        self._layout_version += 1
+
+    def fuse_probabilities(self,
+                           indices: np.ndarray,  # [M] int rows (of the map, or of `snapshot` when given)
+                           probs: np.ndarray,  # [M, num_classes] class probabilities, rows sum to 1
+                           snapshot: Optional[MapSnapshot] = None,
+                           ) -> int:
+        """Fuse one segmentation update: running mean of probabilities per voxel. Returns voxels updated.
+
+        With ``snapshot``, ``indices`` are rows of that snapshot; voxels evicted since it was taken are
+        skipped. Without it they are rows of the map now.
+        """
+        indices = np.asarray(indices)
+        probs = np.asarray(probs)
+        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(f"indices has shape {indices.shape} dtype {indices.dtype}, expected integer [M]")
+        if probs.shape != (len(indices), self.num_classes):
+            raise ValueError(f"probs has shape {probs.shape}, expected [{len(indices)}, {self.num_classes}]")
+        if not np.all(np.isfinite(probs)) or (probs < 0).any():
+            raise ValueError("probs contains NaN, inf or negative values, expected probabilities")
+        if len(indices) and not np.allclose(probs.sum(1), 1.0, atol=1e-3):
+            raise ValueError("probs rows do not sum to 1, expected probabilities (apply softmax first)")
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError("indices contains duplicates, expected each voxel at most once per update")
+        limit = len(snapshot) if snapshot is not None else None
+        with self._lock:
+            bound = limit if limit is not None else self._n
+            if len(indices) and (indices.min() < 0 or indices.max() >= bound):
+                raise ValueError(f"indices out of range [0, {bound})")
+            if snapshot is None or snapshot.layout_version == self._layout_version:
+                rows = indices.astype(np.int64)  # rows are stable until an eviction
+                q = probs
+            else:
+                rows = self._lookup(snapshot.keys[indices])
+                ok = rows >= 0
+                rows, q = rows[ok], probs[ok]
+            n_prev = self._seg_count[rows]
+            self._prob[rows] += ((q - self._prob[rows]) / (n_prev + 1)[:, None]).astype(np.float32)
+            self._seg_count[rows] = n_prev + 1
+            return len(rows)
+
+    def snapshot(self, with_labels: bool = True) -> MapSnapshot:
+        """Copies of all per-voxel arrays, taken under the lock (consistent with each other).
+
+        ``with_labels=False`` skips the argmax over [N, num_classes] probabilities (and the time the lock
+        is held for it) when the caller is about to segment the snapshot anyway.
+        """
+        with self._lock:
+            n = self._n
+            return MapSnapshot(keys=self._keys[:n].copy(), coords=self._attr[:n, 0:3].copy(),
+                               colors=self._attr[:n, 3:6].copy(), normals=self._normals_locked(),
+                               counts=self._count[:n].copy(), last_seen=self._last_seen[:n].copy(),
+                               labels=self._labels_locked() if with_labels else None,
+                               confidence=self._confidence_locked() if with_labels else None,
+                               layout_version=self._layout_version, frame_index=self._frame_index)
+
+    def _normals_locked(self) -> np.ndarray:
+        s = self._attr[: self._n, 6:9]
+        norm = np.linalg.norm(s, axis=1, keepdims=True)
+        return np.where(norm > 1e-6, s / np.maximum(norm, 1e-6), 0).astype(np.float32)
+
+    def _labels_locked(self) -> np.ndarray:
+        n = self._n
+        return np.where(self._seg_count[:n] > 0, np.argmax(self._prob[:n], axis=1), -1).astype(np.int64)
+
+    def _confidence_locked(self) -> np.ndarray:
+        n = self._n
+        return np.where(self._seg_count[:n] > 0, self._prob[:n].max(axis=1, initial=0), 0).astype(np.float32)
+
+    # ------------------------------------------------------------------ accessors (copies)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def layout_version(self) -> int:
+        """Incremented whenever eviction renumbers rows."""
+        return self._layout_version
+
+    @property
+    def frames_integrated(self) -> int:
+        return self._frame_index
+
+    @property
+    def evicted_total(self) -> int:
+        return self._evicted_total
+
+    def keys(self) -> np.ndarray:
+        """[N] int64 packed voxel keys (``unpack_keys`` gives integer voxel coordinates)."""
+        with self._lock:
+            return self._keys[: self._n].copy()
+
+    def coords(self) -> np.ndarray:
+        """[N, 3] float32 running mean position of each voxel's points, metres, map frame."""
+        with self._lock:
+            return self._attr[: self._n, 0:3].copy()
+
+    def centers(self) -> np.ndarray:
+        """[N, 3] float32 lattice centres of the voxels, metres, map frame."""
+        with self._lock:
+            keys = self._keys[: self._n].copy()
+        return ((unpack_keys(keys) + 0.5) * self.voxel_size_m).astype(np.float32)
+
+    def colors(self) -> np.ndarray:
+        """[N, 3] float32 running mean RGB, 0..255."""
+        with self._lock:
+            return self._attr[: self._n, 3:6].copy()
+
+    def normals(self) -> np.ndarray:
+        """[N, 3] float32 unit normals, map frame (zero where no normal was ever estimated)."""
+        with self._lock:
+            return self._normals_locked()
+
+    def counts(self) -> np.ndarray:
+        """[N] int64 points fused into each voxel."""
+        with self._lock:
+            return self._count[: self._n].copy()
+
+    def last_seen(self) -> np.ndarray:
+        """[N] int64 index of the last frame that observed each voxel."""
+        with self._lock:
+            return self._last_seen[: self._n].copy()
+
+    def probabilities(self) -> np.ndarray:
+        """[N, num_classes] float32 fused class probabilities (all zero where never segmented)."""
+        with self._lock:
+            return self._prob[: self._n].copy()
+
+    def labels(self) -> np.ndarray:
+        """[N] int64 argmax of the fused probabilities, -1 where never segmented."""
+        with self._lock:
+            return self._labels_locked()
+
+    def confidence(self) -> np.ndarray:
+        """[N] float32 fused probability of ``labels()``, 0 where never segmented."""
+        with self._lock:
+            return self._confidence_locked()
