@@ -88,6 +88,14 @@ def render(gaussians: Gaussians, cameras: Cameras, width: int, height: int, back
         else:
             log.debug("render backend=auto picked %r", backend)
 
+    # The project's intrinsics follow OpenCV (pixel i's centre at coordinate i, as in
+    # geometry.backproject_depth); both rasterizers put pixel centres at i + 0.5 like gsplat. Shift the
+    # principal point here, once, so rendered views line up with the RGB-D frames they are compared to.
+    K_raster = cameras.K.clone()
+    K_raster[:, 0, 2] += 0.5
+    K_raster[:, 1, 2] += 0.5
+    cameras = Cameras(cameras.world_to_cam, K_raster, cameras.batch)
+
     if backend == "gsplat":
         from gcross_core.render.gsplat_backend import render_gsplat
 

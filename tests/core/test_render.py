@@ -75,7 +75,9 @@ def _sequential_render(g: Gaussians, cams: Cameras, width, height):
     for c in range(len(cams)):
         W = cams.world_to_cam[c].double().numpy()
         K = cams.K[c].double().numpy()
-        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+        # rasterizer convention (as gsplat): pixel centres at i + 0.5, so the OpenCV principal point
+        # of the public API moves by half a pixel
+        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5
         items = []
         for i in np.flatnonzero(g.batch.numpy() == int(cams.batch[c])):
             R = quat_to_rotmat(torch.tensor(q[i])).numpy()
@@ -139,7 +141,7 @@ def test_single_gaussian_analytic():
     W_h, H_h = 20, 14
     K = np.array([[18.0, 0, 9.7], [0, 16.0, 7.1], [0, 0, 1]])
     world_to_cam = _rigid(3)
-    mean2d = np.array([12.5, 5.5])  # a pixel centre, off the optical axis
+    mean2d = np.array([12.0, 5.0])  # a pixel centre (OpenCV convention), off the optical axis
     z = 2.3
     mean_c = np.array([(mean2d[0] - K[0, 2]) * z / K[0, 0], (mean2d[1] - K[1, 2]) * z / K[1, 1], z])
     mean_w = world_to_cam[:3, :3].T @ (mean_c - world_to_cam[:3, 3])
@@ -154,7 +156,7 @@ def test_single_gaussian_analytic():
     sigma_c = world_to_cam[:3, :3] @ R @ np.diag(scales ** 2) @ R.T @ world_to_cam[:3, :3].T
     J = np.array([[K[0, 0] / z, 0, -K[0, 0] * mean_c[0] / z ** 2], [0, K[1, 1] / z, -K[1, 1] * mean_c[1] / z ** 2]])
     sigma_2d = J @ sigma_c @ J.T + 0.3 * np.eye(2)
-    v, u = np.mgrid[0:H_h, 0:W_h] + 0.5
+    v, u = np.mgrid[0:H_h, 0:W_h].astype(float)
     d = np.stack([u - mean2d[0], v - mean2d[1]], -1)
     alpha = opacity * np.exp(-0.5 * np.einsum("hwi,ij,hwj->hw", d, np.linalg.inv(sigma_2d), d))
     alpha = torch.from_numpy(np.where(alpha >= 1 / 255, alpha, 0.0))
@@ -173,8 +175,8 @@ def test_single_gaussian_analytic():
 def test_two_gaussians_occlude_in_depth_order():
     K = [[20.0, 0, 8.0], [0, 20.0, 8.0], [0, 0, 1]]
     red, green = [1.0, 0, 0], [0, 1.0, 0]
-    # same ray through the pixel centre (8.5, 8.5), different depths; input order must not matter
-    ray = np.array([0.5 / 20, 0.5 / 20, 1.0])
+    # same ray through the centre of pixel (8, 8), different depths; input order must not matter
+    ray = np.array([0.0, 0.0, 1.0])
     for front_first in (True, False):
         zs = [2.0, 3.0] if front_first else [3.0, 2.0]
         cols = [red, green] if front_first else [green, red]
