@@ -1,0 +1,262 @@
+"""Run configuration: small frozen dataclasses, read from YAML with errors on unknown keys.
+
+``from_dict(cls, data)`` builds any (nested) dataclass from plain dicts and lists, converting lists to
+tuples where a field is declared as a tuple, and raises ``ConfigError`` naming the dotted path of a key
+that the dataclass does not have. ``load_config(path, cls, overrides)`` adds YAML reading and
+``key.sub=value`` overrides (values parsed as YAML, so ``--set train.epochs=3`` gives an int).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, TypeVar
+
+import yaml
+
+from .schedule import ScheduleConfig
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override does not fit the dataclass it is read into."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-3  # Table S.1 (pretraining); fine-tuning uses 5e-3 (Table S.2)
+    betas: Tuple[float, float] = (0.9, 0.95)  # Tables S.1-S.3
+    weight_decay: float = 0.05  # Tables S.1-S.3
+    # global gradient-norm clip; the paper gives none, 3.0 is a common value for sparse-conv U-Nets and
+    # only bites on outlier batches. 0 disables clipping.
+    grad_clip_norm: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or self.grad_clip_norm < 0:
+            raise ValueError("weight_decay and grad_clip_norm must be >= 0")
+
+
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = 1
+    batch_size: int = 1  # GLOBAL batch (all ranks together); each rank loads batch_size / world_size
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = epochs * steps_per_epoch
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda; under torchrun "cuda" means cuda:LOCAL_RANK
+    amp: str = "bf16"  # autocast dtype on CUDA (off | bf16 | fp16); always off on CPU
+    num_workers: int = 0  # DataLoader worker processes per rank
+    # CPU threads for torch ops in this process; 0 keeps torch's default (one per core). On a shared,
+    # oversubscribed machine 1 thread is often several times faster: OpenMP threads spin-wait for each other
+    num_threads: int = 0
+    checkpoint_every_steps: int = 500  # 0 = only at the end
+    log_every_steps: int = 1  # scalars to TensorBoard and metrics.jsonl
+    image_every_steps: int = 500  # rendered-vs-ground-truth panels; 0 = never
+    sync_batchnorm: bool = True  # convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)
+    # DDP must be told when some parameters get no gradient in a step (e.g. an unused teacher head)
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.max_steps < 0:
+            raise ValueError(f"epochs and batch_size must be >= 1 and max_steps >= 0, got "
+                             f"{self.epochs}, {self.batch_size}, {self.max_steps}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp {self.amp!r} is not one of {AMP_MODES}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda")
+        for name in ("num_workers", "num_threads", "checkpoint_every_steps", "log_every_steps", "image_every_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What the generic trainer needs: optimizer, schedule and loop settings."""
+
+    train: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any or tp is None:
+        return value
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for a in non_none:
+            try:
+                return _convert(value, a, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: {value!r} fits none of {tp} ({'; '.join(errors)})")
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return from_dict(tp, value, path)
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value))))
+    if origin in (list, typing.List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_convert(v, args[0] if args else Any, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, typing.Dict) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: Type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and ill-typed values raise ConfigError."""
+    if not _is_dataclass_type(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if data is None:
+        data = {}
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        # annotations naming types only imported under TYPE_CHECKING: convert what can be resolved
+        hints = {f.name: f.type for f in dataclasses.fields(cls) if not isinstance(f.type, str)}
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"unknown config key(s) {unknown}{where}; {cls.__name__} has {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(value, hints.get(name, Any), f"{path}.{name}" if path else name)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{path or cls.__name__}: {e}") from e
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass (nested) -> plain dicts/lists, JSON- and YAML-serialisable."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------
+# YAML + overrides
+
+
+def parse_override(text: str) -> Tuple[Tuple[str, ...], Any]:
+    """``'train.epochs=3'`` -> (('train', 'epochs'), 3). The value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    keys = tuple(k for k in key.strip().split("."))
+    if not keys or any(not k for k in keys):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from e
+    return keys, value
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """Set dotted keys in a nested dict (copied). Intermediate mappings are created as needed; whether a
+    key exists is checked later by :func:`from_dict`, so a typo still fails loudly."""
+    out = json.loads(json.dumps(data))  # deep copy of plain data
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is a value, not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return out
+
+
+def read_yaml(path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path, cls: Type[T], overrides: Optional[Iterable[str]] = None) -> T:
+    """Read ``path`` (YAML), apply ``overrides`` (``key.sub=value``) and build ``cls``."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def save_resolved(obj: Any, run_dir) -> Path:
+    """Write the resolved config as ``config.yaml`` and ``config.json`` into the run folder."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = to_dict(obj)
+    (run_dir / "config.json").write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return run_dir / "config.yaml"
