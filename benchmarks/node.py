@@ -1,0 +1,285 @@
+"""The segmentation node end to end: fusion, segmentation, latency and memory of the real node over DDS.
+
+Figures printed:
+  1. fusion ms/frame and the Open3D side-by-side ratio, and VoxelMap RSS after N frames (from
+     benchmarks/fusion.py, same frames, same voxel size);
+  2. Segmenter.predict + fuse_probabilities time for maps of 50k and 100k voxels (the default SpUNet,
+     random weights: the time does not depend on their values), on spatially contiguous pieces of a
+     map fused from the frames at 2 cm (so the encoder sees real surface density);
+  3. the node as a subprocess with the default parameters (config/segment.yaml) and a full-size random
+     checkpoint, fed 640x480 RGB-D frames + poses at --rate Hz by this process over DDS: end-to-end
+     latency from publishing an image to receiving the labelled_cloud that contains it (the cloud's
+     stamp is that of the newest fused frame), the node's own receipt-to-publish latency, its fusion
+     time per frame, frames in/fused/dropped, and the node process RSS after 100 and after 1000 frames
+     of the same room (looped).
+
+    python benchmarks/node.py --frames DIR    # a ScanNet SensReader export (color/, depth/, pose/, intrinsic/)
+    python benchmarks/node.py                 # synthetic room frames (benchmarks/fusion.py)
+    python benchmarks/node.py --quick         # small sizes, RSS after 20 and 100 frames
+
+The latency of a labelled cloud is dominated by the segmentation period (a frame waits for the next
+segmentation tick, up to segment_period_s) plus the segmentation time of the whole map.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from gcross_core.fusion import VoxelMap  # noqa: E402
+from gcross_core.segment import Segmenter, build_segmenter_checkpoint  # noqa: E402
+
+
+def _fusion_benchmark():
+    spec = importlib.util.spec_from_file_location("fusion_benchmark", REPO / "benchmarks" / "fusion.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FB = _fusion_benchmark()
+NUM_CLASSES = 20  # ScanNet-20 sized head
+
+
+# ---------------------------------------------------------------- segmentation
+
+def segmentation_figures(frames, sizes: Sequence[int], checkpoint: Path, repeats: int,
+                         voxel_size_m: float = 0.02) -> Dict[str, float]:
+    """Median seconds of predict + fuse_probabilities on the ``n`` voxels nearest the map centroid."""
+    logging.getLogger("gcross_core.fusion").setLevel(logging.ERROR)
+    vmap = VoxelMap(voxel_size_m, 2_000_000, NUM_CLASSES)
+    for fr in frames:
+        vmap.integrate(fr.color, fr.depth_mm, fr.K, fr.cam_to_world)
+    snap = vmap.snapshot()
+    centre = np.median(snap.coords, axis=0)
+    order = np.argsort(np.linalg.norm(snap.coords - centre, axis=1))
+    seg = Segmenter.from_checkpoint(checkpoint, "cpu")
+    out: Dict[str, float] = {"map_voxels_2cm": len(snap)}
+    seg.predict(snap.coords[order[:2000]], snap.colors[order[:2000]], snap.normals[order[:2000]])  # warm-up
+    for n in sizes:
+        idx = np.sort(order[: min(n, len(order))])
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _, _, probs = seg.predict(snap.coords[idx], snap.colors[idx], snap.normals[idx], return_probs=True)
+            vmap.fuse_probabilities(idx, probs)
+            times.append(time.perf_counter() - t0)
+        out[f"segment_s_{n}"] = float(np.median(times))
+        out[f"segment_n_{n}"] = len(idx)
+    return out
+
+
+# ---------------------------------------------------------------- the node over DDS
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float, tmp: Path,
+                 overrides: Optional[dict] = None) -> Dict[str, float]:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from gcross_core.geometry import quat_from_pose
+    from gcross_ros import conversions as cv
+
+    params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
+    params.update(checkpoint=str(checkpoint), **(overrides or {}))
+    params_file = tmp / "node_params.yaml"
+    params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    log_path = tmp / "node.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "gcross_ros.segment_node", "--ros-args", "--params-file",
+                             str(params_file)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("gcross_node_benchmark", context=context)
+    lock = threading.Lock()
+    clouds: List[tuple] = []  # (receive monotonic, stamp ns, points)
+    diags: List[dict] = []
+
+    def on_cloud(msg):
+        with lock:
+            clouds.append((time.monotonic(), cv.stamp_to_ns(msg.header.stamp), msg.width))
+
+    def on_diag(msg):
+        with lock:
+            diags.append({kv.key: float(kv.value) for kv in msg.status[0].values})
+
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(PointCloud2, "labelled_cloud", on_cloud, reliable)
+    node.create_subscription(DiagnosticArray, "diagnostics", on_diag, 10)
+    pubs = {name: node.create_publisher(t, topic, reliable) for name, t, topic in (
+        ("color", Image, "color/image_raw"), ("depth", Image, "depth/image_raw"),
+        ("info", CameraInfo, "color/camera_info"), ("pose", PoseStamped, "pose"))}
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    out: Dict[str, float] = {"rate_hz": rate_hz}
+    try:
+        deadline = time.monotonic() + 180
+        while not (diags and all(p.get_subscription_count() for p in pubs.values())):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the node did not come up:\n" + log_path.read_text()[-2000:])
+            time.sleep(0.1)
+        sent: Dict[int, float] = {}
+        stamp0 = 10**12
+        period = 1.0 / rate_hz
+        t_next = time.monotonic()
+        for k in range(1, max(rss_at) + 1):
+            fr = frames[(k - 1) % len(frames)]
+            stamp = stamp0 + k * int(period * 1e9)
+            pose = PoseStamped()
+            pose.header = cv.make_header(stamp, params["map_frame"])
+            t, q = quat_from_pose(fr.cam_to_world)
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, t)
+            o = pose.pose.orientation
+            o.w, o.x, o.y, o.z = map(float, q)
+            h, w = fr.depth_mm.shape
+            color = cv.numpy_to_image(fr.color, "rgb8", stamp, "camera_optical")
+            depth = cv.numpy_to_image(fr.depth_mm, "16UC1", stamp, "camera_optical")
+            pubs["pose"].publish(pose)
+            pubs["info"].publish(cv.make_camera_info(fr.K, w, h, stamp, "camera_optical"))
+            pubs["depth"].publish(depth)
+            sent[stamp] = time.monotonic()
+            pubs["color"].publish(color)
+            if k in rss_at:
+                out[f"node_rss_after_{k}_mb"] = _rss_mb(proc.pid)
+                with lock:
+                    out[f"node_voxels_after_{k}"] = diags[-1].get("map_voxels", 0)
+            t_next += period
+            time.sleep(max(0.0, t_next - time.monotonic()))
+        # The last frames still need a segmentation: the second cloud that arrives after the last frame
+        # was sent started after it (clouds come one segmentation at a time).
+        sent_all = time.monotonic()
+        deadline = sent_all + min(2 * params["segment_period_s"] + 60, 180)
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(recv > sent_all for recv, _, _ in clouds) >= 2:
+                    break
+            time.sleep(0.2)
+        with lock:
+            got, diag = list(clouds), dict(diags[-1])
+            fusion_means = [d["fusion_ms_mean"] for d in diags if "fusion_ms_mean" in d]
+            node_latency = sorted({d["latency_ms"] for d in diags if "latency_ms" in d})
+        lat = [recv - sent[stamp] for recv, stamp, _ in got if stamp in sent]
+        out.update(frames_sent=max(rss_at), frames_in=diag.get("frames_in", 0), frames_fused=diag.get("frames_fused", 0),
+                   frames_dropped=diag.get("frames_dropped", 0), clouds=len(got),
+                   cloud_points_last=got[-1][2] if got else 0, map_voxels=diag.get("map_voxels", 0),
+                   node_fusion_ms=float(np.mean(fusion_means)) if fusion_means else float("nan"),
+                   node_segmentation_ms_last=diag.get("segmentation_ms", float("nan")),
+                   node_render_ms_last=diag.get("render_ms", float("nan")))
+        if lat:
+            out.update(e2e_latency_s_median=float(np.median(lat)), e2e_latency_s_max=float(np.max(lat)))
+        if node_latency:
+            out.update(node_latency_s_median=float(np.median(node_latency)) / 1e3)
+        out["dropped"] = {k[len("dropped."):]: v for k, v in diag.items() if k.startswith("dropped.")}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", help="SensReader export folder; synthetic frames if omitted")
+    ap.add_argument("--quick", action="store_true", help="small sizes: 20 timed frames, RSS after 20/100")
+    ap.add_argument("--rate", type=float, default=10.0, help="frames per second sent to the node")
+    ap.add_argument("--voxel-size", type=float, default=None,
+                    help="fusion benchmark voxel size in metres (default: the node's voxel_size_m)")
+    ap.add_argument("--no-open3d", action="store_true")
+    ap.add_argument("--parts", default="fusion,segmentation,node",
+                    help="comma-separated subset of fusion, segmentation, node")
+    ap.add_argument("--reliable-inputs", action="store_true",
+                    help="switch the node's camera subscriptions to reliable (qos_overrides parameters): "
+                         "measures the node rather than large best-effort samples lost by the transport")
+    ap.add_argument("--rss-at", default=None,
+                    help="frame counts at which the node's RSS is read (default 100,1000; quick 20,100)")
+    args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
+    from gcross_ros.params import SegmentNodeParams
+
+    voxel = args.voxel_size or SegmentNodeParams().voxel_size_m
+    timed, repeats, rss_at, sizes = 100, 3, (100, 1000), (50_000, 100_000)
+    if args.quick:
+        timed, repeats, rss_at, sizes = 20, 1, (20, 100), (5_000, 10_000)
+    if args.rss_at:
+        rss_at = tuple(int(k) for k in args.rss_at.split(","))
+    frames = FB.load_frames(args.frames) if args.frames else FB.synthetic_frames(max(timed, 50))
+    h, w = frames[0].depth_mm.shape
+    print(f"{len(frames)} {'frames from ' + args.frames if args.frames else 'synthetic frames'} ({w}x{h}); "
+          f"CPU, {os.cpu_count()} cores (shared machine: figures vary with its load)")
+
+    if "fusion" in parts:
+        for line in FB.format_figures(FB.fusion_figures(frames, voxel, timed, repeats, rss_at, 200_000, 5.0,
+                                                        with_open3d=not args.no_open3d)):
+            print(line)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = build_segmenter_checkpoint(tmp / "random.safetensors", [f"class{i}" for i in range(NUM_CLASSES)])
+        if "segmentation" in parts:
+            seg = segmentation_figures(frames, sizes, ckpt, repeats)
+            for n in sizes:
+                print(f"segmentation (default SpUNet, {NUM_CLASSES} classes, predict + fuse): "
+                      f"{seg[f'segment_n_{n}']} voxels {seg[f'segment_s_{n}']:.2f} s")
+        if "node" not in parts:
+            return
+        overrides = {}
+        if args.reliable_inputs:
+            overrides["qos_overrides"] = {f"/{topic}": {"subscription": {"reliability": "reliable"}}
+                                          for topic in ("color/image_raw", "depth/image_raw", "color/camera_info")}
+        fig = node_figures(frames, ckpt, rss_at, args.rate, tmp, overrides)
+        qos = "reliable" if args.reliable_inputs else "sensor-data (best effort)"
+        print(f"node (config/segment.yaml, {qos} inputs, {w}x{h} at {fig['rate_hz']:g} Hz): "
+              f"{fig['frames_sent']} frames sent, "
+              f"{fig['frames_in']:.0f} received, {fig['frames_fused']:.0f} fused, {fig['frames_dropped']:.0f} "
+              f"dropped {fig['dropped']}; fusion {fig['node_fusion_ms']:.1f} ms/frame in the node")
+        print(f"node map {fig['map_voxels']:.0f} voxels; segmentation {fig['node_segmentation_ms_last'] / 1e3:.2f} s, "
+              f"render {fig['node_render_ms_last'] / 1e3:.2f} s (last of each); {fig['clouds']} clouds")
+        if "e2e_latency_s_median" in fig:
+            print(f"latency image publish -> labelled_cloud received: median {fig['e2e_latency_s_median']:.2f} s, "
+                  f"max {fig['e2e_latency_s_max']:.2f} s; node receipt -> publish median "
+                  f"{fig.get('node_latency_s_median', float('nan')):.2f} s")
+        rss = [f"{k[len('node_rss_after_'):-3]} frames {v:.0f} MB "
+               f"({fig['node_voxels_after_' + k[len('node_rss_after_'):-3]]:.0f} voxels)"
+               for k, v in fig.items() if k.startswith("node_rss_after_")]
+        print("node process RSS: " + ", ".join(rss))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+"""Downstream 3D semantic segmentation (paper Sec. 4.2): training data, the training step, the
+data-efficient splits of Table 2 and evaluation on the original points. ROS-free.
+
+Training samples follow Pointcept's semantic-segmentation pipeline with the pretraining augmentations of
+Table S.1: random rotation / scaling / flip -> grid sampling with a random point per cell -> sphere crop
+to a point budget (Table S.2: 102400) -> point shuffle. Evaluation never crops or augments: every
+original point gets the label of its grid cell (optionally averaged over rotations, see
+:meth:`gcross_core.segment.Segmenter.predict_proba`).
+
+Data-efficient runs (Hou et al., 2021; paper Table 2) come in two kinds:
+
+- limited scenes: a fixed share (1/5/10/20 %) of the training scenes, drawn once by ``split_seed``;
+- limited annotations: N labelled points per scene (20/50/100/200), drawn per scene by ``split_seed``
+  and the scene name, every other label set to ignore (-1).
+
+Both selections are written into the run folder (``limited_scenes.txt``, ``limited_points.npz``) and can
+be fed back in (``limited_scenes_file``, ``limited_points_file``), so a run is reproducible anywhere.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .data.classes import class_names_for
+from .data.grid import collate_points, grid_sample
+from .data.scene import Scene, load_scene
+from .data.transforms import AugmentConfig, sample_augmentation
+from .segment import IGNORE_INDEX, Segmenter, point_features, segmentation_loss
+from .train.metrics import confusion_matrix, segmentation_metrics
+from .types import PointBatch
+
+log = logging.getLogger(__name__)
+
+LIMITED_SCENES_FILE = "limited_scenes.txt"
+LIMITED_POINTS_FILE = "limited_points.npz"
+
+
+@dataclass(frozen=True)
+class SegDataConfig:
+    root: str = "data/scannet"  # scene folders under <root>/<split>/ (Pointcept layout)
+    train_split: str = "train"  # sub-folder of root; "" = the scenes directly under root
+    val_split: str = "val"
+    label_file: str = "segment20"  # <scene>/<label_file>.npy: segment20 | segment200 | segment
+    class_set: str = "scannet20"  # scannet20 | scannet200 | synthetic (gcross_core.data.classes)
+    grid_size_m: float = 0.02  # Table S.2
+    max_points: int = 102400  # Table S.2 crop size: rows kept around a random centre after grid sampling
+    augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)  # Table S.1, as in pretraining
+    loop: int = 1  # each training scene appears this many times per epoch (Pointcept's `loop`)
+    cache: bool = True  # keep loaded training scenes in memory (off for ScanNet-sized sets on small RAM)
+    # data-efficient settings (Table 2); 0 = off
+    limited_scenes_pct: float = 0.0  # share of the training scenes, in percent
+    limited_points: int = 0  # labelled points per training scene
+    split_seed: int = 0  # draws the limited splits; independent of the training seed
+    limited_scenes_file: str = ""  # reuse a scene list (one name per line) instead of drawing one
+    limited_points_file: str = ""  # reuse labelled-point indices (.npz: scene name -> indices)
+    max_val_scenes: int = 0  # evaluate on the first N validation scenes only; 0 = all
+
+    def __post_init__(self) -> None:
+        if self.grid_size_m <= 0:
+            raise ValueError(f"grid_size_m must be > 0, got {self.grid_size_m}")
+        if self.max_points < 1 or self.loop < 1:
+            raise ValueError(f"max_points and loop must be >= 1, got {self.max_points}, {self.loop}")
+        if not 0.0 <= self.limited_scenes_pct <= 100.0:
+            raise ValueError(f"limited_scenes_pct must lie in [0, 100], got {self.limited_scenes_pct}")
+        if self.limited_points < 0 or self.max_val_scenes < 0:
+            raise ValueError("limited_points and max_val_scenes must be >= 0")
+        class_names_for(self.class_set)  # unknown names fail here, not after loading data
+
+
+# ----------------------------------------------------------------------------------------------------
+# scenes
+
+
+def list_scenes(root, split: str = "") -> List[Path]:
+    """Scene folders (those with coord.npy) under ``root/split``, sorted by name."""
+    base = Path(root) / split if split else Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"scene folder root {base} does not exist")
+    scenes = sorted(p for p in base.iterdir() if p.is_dir() and (p / "coord.npy").is_file())
+    if not scenes:
+        raise FileNotFoundError(f"{base} holds no scene folders with coord.npy")
+    return scenes
+
+
+def load_labelled_scene(path, label_file: str, class_names: Optional[Sequence[str]] = None,
+                        mmap: bool = False) -> Scene:
+    """A scene with points and labels; checks the labels against ``class_names`` when given."""
+    scene = load_scene(path, segment=label_file, frames=False, mmap=mmap)
+    if scene.coord is None or scene.segment is None:
+        raise ValueError(f"scene {path} has no labelled points ({label_file}.npy)")
+    if class_names is not None:
+        k = len(class_names)
+        if scene.class_names is not None and tuple(scene.class_names) != tuple(class_names):
+            raise ValueError(f"scene {path}: its labels name the classes {list(scene.class_names)[:5]}... "
+                             f"({len(scene.class_names)}), the run expects {list(class_names)[:5]}... ({k})")
+        bad = (scene.segment < IGNORE_INDEX) | (scene.segment >= k)
+        if bad.any():
+            raise ValueError(f"scene {path}: {label_file}.npy holds labels {np.unique(scene.segment[bad])[:5]} "
+                             f"outside -1..{k - 1}")
+    return scene
+
+
+# ----------------------------------------------------------------------------------------------------
+# data-efficient splits (Table 2)
+
+
+def limited_scenes(names: Sequence[str], pct: float, seed: int) -> List[str]:
+    """A share ``pct`` % of ``names`` (at least one), drawn by ``seed`` independently of their order."""
+    if not 0.0 < pct <= 100.0:
+        raise ValueError(f"pct must lie in (0, 100], got {pct}")
+    names = sorted(set(names))
+    if not names:
+        raise ValueError("limited_scenes: no scene names")
+    count = max(1, int(round(len(names) * pct / 100.0)))
+    rng = np.random.default_rng(seed)
+    return sorted(names[i] for i in rng.choice(len(names), size=count, replace=False))
+
+
+def limited_point_indices(segment: np.ndarray,  # [N] int, -1 = unlabelled
+                          count: int, seed: int, scene_name: str) -> np.ndarray:  # -> [<= count] int64, sorted
+    """``count`` labelled points of one scene, a fixed function of (seed, scene name, labels)."""
+    segment = np.asarray(segment)
+    if segment.ndim != 1:
+        raise ValueError(f"segment has shape {segment.shape}, expected [N]")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    candidates = np.flatnonzero(segment != IGNORE_INDEX)
+    rng = np.random.default_rng([int(seed), zlib.crc32(scene_name.encode())])
+    if len(candidates) <= count:
+        return candidates.astype(np.int64)
+    return np.sort(rng.choice(candidates, size=count, replace=False)).astype(np.int64)
+
+
+def keep_labels(segment: np.ndarray,  # [N] int
+                indices: np.ndarray,  # [M] int, points whose labels stay
+                ) -> np.ndarray:  # [N] int64, -1 everywhere else
+    out = np.full(len(segment), IGNORE_INDEX, dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(segment)):
+        raise ValueError(f"labelled-point indices reach {int(indices.max())}, the scene has {len(segment)} points")
+    out[indices] = np.asarray(segment)[indices]
+    return out
+
+
+def write_scene_list(path, names: Iterable[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{n}\n" for n in names))
+    return path
+
+
+def read_scene_list(path) -> List[str]:
+    names = [line.strip() for line in Path(path).read_text().splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise ValueError(f"scene list {path} is empty")
+    return names
+
+
+def write_point_indices(path, indices: Mapping[str, np.ndarray]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{k: np.asarray(v, dtype=np.int64) for k, v in indices.items()})
+    return path
+
+
+def read_point_indices(path) -> Dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k].astype(np.int64) for k in z.files}
+
+
+def select_training_scenes(scene_dirs: Sequence[Path], cfg: SegDataConfig, run_dir=None) -> List[Path]:
+    """Apply the limited-scenes setting and record the chosen list in ``run_dir``."""
+    by_name = {p.name: p for p in scene_dirs}
+    if cfg.limited_scenes_file:
+        names = read_scene_list(cfg.limited_scenes_file)
+        unknown = sorted(set(names) - set(by_name))
+        if unknown:
+            raise ValueError(f"{cfg.limited_scenes_file} names scenes that are not in the training set: {unknown[:5]}")
+    elif cfg.limited_scenes_pct:
+        names = limited_scenes(list(by_name), cfg.limited_scenes_pct, cfg.split_seed)
+    else:
+        return list(scene_dirs)
+    if run_dir is not None:
+        write_scene_list(Path(run_dir) / LIMITED_SCENES_FILE, names)
+    log.info("limited scenes: training on %d of %d scenes", len(names), len(by_name))
+    return [by_name[n] for n in sorted(names)]
+
+
+def select_labelled_points(scenes: Sequence[Scene], cfg: SegDataConfig, run_dir=None
+                           ) -> Optional[Dict[str, np.ndarray]]:
+    """The limited-annotations setting: indices of the labelled points per scene (None = all labels)."""
+    if cfg.limited_points_file:
+        chosen = read_point_indices(cfg.limited_points_file)
+        missing = sorted(s.name for s in scenes if s.name not in chosen)
+        if missing:
+            raise ValueError(f"{cfg.limited_points_file} has no labelled points for scenes {missing[:5]}")
+    elif cfg.limited_points:
+        chosen = {s.name: limited_point_indices(s.segment, cfg.limited_points, cfg.split_seed, s.name)
+                  for s in scenes}
+    else:
+        return None
+    if run_dir is not None:
+        write_point_indices(Path(run_dir) / LIMITED_POINTS_FILE, {s.name: chosen[s.name] for s in scenes})
+    return {s.name: chosen[s.name] for s in scenes}
+
+
+# ----------------------------------------------------------------------------------------------------
+# training samples
+
+
+def augment_points(coord: np.ndarray,  # [N, 3] metres
+                   normal: np.ndarray,  # [N, 3]
+                   cfg: AugmentConfig, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Table S.1 rotation / scaling / flips (``gcross_core.data.transforms``); normals turn with the points."""
+    aug = sample_augmentation(coord, cfg, rng)
+    return aug.points(coord), aug.normals(normal)
+
+
+def row_labels(segment: np.ndarray,  # [N] int64, original points, -1 = unlabelled
+               keep: np.ndarray,  # [M] rows kept by grid sampling (indices into the points)
+               inverse: np.ndarray,  # [N] row of every original point
+               ) -> np.ndarray:  # [M] int64
+    """Label of each grid row: its kept point's, or, when that one is unlabelled, that of any labelled
+    point in the same cell. With a few labelled points per scene (Table 2) the randomly kept point of a
+    cell is almost never the labelled one; this keeps those labels in the batch."""
+    out = segment[keep].astype(np.int64)
+    hole = out == IGNORE_INDEX
+    if hole.any():
+        labelled = np.flatnonzero(segment != IGNORE_INDEX)
+        by_cell = np.full(len(keep), IGNORE_INDEX, dtype=np.int64)
+        by_cell[inverse[labelled]] = segment[labelled]
+        out[hole] = by_cell[hole]
+    return out
+
+
+def sphere_crop(coord: np.ndarray,  # [M, 3]
+                max_points: int, rng: np.random.Generator) -> np.ndarray:  # -> [<= max_points] indices
+    """The ``max_points`` rows nearest to a random row (Pointcept's SphereCrop, mode 'random')."""
+    n = len(coord)
+    if n <= max_points:
+        return np.arange(n)
+    center = coord[rng.integers(n)]
+    d2 = np.sum((coord - center) ** 2, axis=1)
+    return np.sort(np.argpartition(d2, max_points - 1)[:max_points])
+
+
+def training_sample(scene: Scene, cfg: SegDataConfig, rng: np.random.Generator,
+                    labelled: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """One augmented, grid-sampled, cropped and shuffled sample of ``scene``.
+
+    ``labelled``: indices of the points whose labels are kept (limited annotations); None keeps all.
+    Returns coord [M, 3], feat [M, 6], grid_coord [M, 3] int32 and segment [M] int64.
+    """
+    coord = np.asarray(scene.coord, dtype=np.float32)
+    normal = np.asarray(scene.normal, dtype=np.float32)
+    segment = np.asarray(scene.segment, dtype=np.int64)
+    if labelled is not None:
+        segment = keep_labels(segment, labelled)
+    if cfg.augment:
+        coord, normal = augment_points(coord, normal, cfg.augmentation, rng)
+    keep, grid, inverse = grid_sample(coord, cfg.grid_size_m, rng=rng)
+    labels = row_labels(segment, keep, inverse)
+    crop = sphere_crop(coord[keep], cfg.max_points, rng)
+    # Table S.1: shuffle points
+    order = crop[rng.permutation(len(crop))] if cfg.augment and cfg.augmentation.shuffle else crop
+    rows = keep[order]
+    grid = grid[order]
+    grid = (grid - grid.min(0)).astype(np.int32)
+    feat = point_features(np.asarray(scene.color)[rows], normal[rows])
+    return {"coord": coord[rows], "feat": feat, "grid_coord": grid, "segment": labels[order]}
+
+
+class SegmentationDataset(Dataset):
+    """Training samples of labelled scene folders; randomness comes from numpy's global RNG, which the
+    trainer's ``SeededDataset`` seeds per (seed, epoch, index)."""
+
+    def __init__(self, scene_dirs: Sequence[Path], cfg: SegDataConfig,
+                 labelled_points: Optional[Mapping[str, np.ndarray]] = None):
+        if not scene_dirs:
+            raise ValueError("SegmentationDataset: no scenes")
+        self.scene_dirs = [Path(p) for p in scene_dirs]
+        self.cfg = cfg
+        self.class_names = class_names_for(cfg.class_set)
+        self.labelled_points = dict(labelled_points) if labelled_points is not None else None
+        self._cache: Dict[int, Scene] = {}
+
+    def __len__(self) -> int:
+        return len(self.scene_dirs) * self.cfg.loop
+
+    def scene(self, i: int) -> Scene:
+        i = i % len(self.scene_dirs)
+        if i in self._cache:
+            return self._cache[i]
+        scene = load_labelled_scene(self.scene_dirs[i], self.cfg.label_file, self.class_names,
+                                    mmap=not self.cfg.cache)
+        if self.cfg.cache:
+            self._cache[i] = scene
+        return scene
+
+    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+        scene = self.scene(index)
+        rng = np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
+        labelled = None
+        if self.labelled_points is not None:
+            if scene.name not in self.labelled_points:
+                raise KeyError(f"no labelled-point indices for scene {scene.name}")
+            labelled = self.labelled_points[scene.name]
+        return training_sample(scene, self.cfg, rng, labelled)
+
+
+@dataclass
+class SegBatch:
+    points: PointBatch
+    segment: torch.Tensor  # [N] int64 label per row, -1 = ignore
+
+    def __post_init__(self) -> None:
+        if self.segment.shape != (self.points.coord.shape[0],):
+            raise ValueError(f"segment has shape {tuple(self.segment.shape)}, expected [{self.points.coord.shape[0]}]")
+
+    def to(self, device) -> "SegBatch":
+        return SegBatch(self.points.to(device), self.segment.to(device))
+
+
+def collate_segmentation(samples: Sequence[Mapping[str, np.ndarray]]) -> SegBatch:
+    points = collate_points([s["coord"] for s in samples], [s["feat"] for s in samples],
+                            [s["grid_coord"] for s in samples])
+    segment = torch.from_numpy(np.concatenate([s["segment"] for s in samples]).astype(np.int64))
+    return SegBatch(points, segment)
+
+
+def recalibrate_batchnorm(encoder: torch.nn.Module, batches: Iterable[PointBatch]) -> int:
+    """Re-estimate the BatchNorm running statistics of ``encoder`` as the plain average over ``batches``;
+    no weight changes. Returns the number of batches seen.
+
+    Linear probing keeps the encoder frozen, BatchNorm included. A random or pretrained encoder's running
+    statistics need not describe the downstream data (a fresh encoder has mean 0 / variance 1 everywhere,
+    so its deeper features shrink layer after layer); re-estimating them is the only change made, the
+    same for every encoder compared.
+    """
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    was_training = encoder.training
+    encoder.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for points in batches:
+                encoder(points)
+                seen += 1
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        encoder.train(was_training)
+    return seen
+
+
+def segmentation_step(model: torch.nn.Module, batch: SegBatch) -> Dict[str, Any]:
+    """The trainer's step_fn: cross-entropy over labelled rows, plus row accuracy for the logs."""
+    logits = model(batch.points)
+    loss = segmentation_loss(logits, batch.segment)
+    with torch.no_grad():
+        valid = batch.segment != IGNORE_INDEX
+        n = valid.sum()
+        acc = ((logits.argmax(1) == batch.segment) & valid).sum() / n.clamp_min(1)
+    return {"loss": loss, "acc": acc, "labelled_rows": n.float()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass
+class EvalResult:
+    conf: np.ndarray  # [K, K] int64 over the original points of every scene
+    metrics: Dict[str, Any]  # segmentation_metrics(conf)
+    per_scene: List[Dict[str, Any]]  # name, points, miou, allacc
+
+
+def evaluate_scenes(segmenter: Segmenter, scene_dirs: Sequence[Path], label_file: str, rotations: int = 1,
+                    progress=None) -> EvalResult:
+    """Confusion matrix of ``segmenter`` on the ORIGINAL points of labelled scene folders.
+
+    ``progress``: optional callable wrapping the scene iterable (e.g. tqdm).
+    """
+    k = segmenter.num_classes
+    conf = np.zeros((k, k), dtype=np.int64)
+    per_scene = []
+    it = progress(scene_dirs) if progress is not None else scene_dirs
+    for path in it:
+        scene = load_labelled_scene(path, label_file, segmenter.class_names)
+        pred, _, _ = segmenter.predict(scene.coord, scene.color, scene.normal, rotations=rotations)
+        c = confusion_matrix(pred, scene.segment, k)
+        conf += c
+        m = segmentation_metrics(c)
+        per_scene.append({"name": scene.name, "points": int(scene.num_points), "miou": m["miou"],
+                          "allacc": m["allacc"]})
+    return EvalResult(conf=conf, metrics=segmentation_metrics(conf), per_scene=per_scene)

@@ -1,0 +1,151 @@
+"""Parameters of the segmentation node, declared in one place.
+
+``SegmentNodeParams`` mirrors the ROS parameters one to one: its field names are the parameter names,
+its defaults the parameter defaults and its ``description`` metadata the ParameterDescriptor text.
+``declare_parameters(node)`` declares them all, ``SegmentNodeParams.from_node(node)`` reads them back
+and ``validate()`` rejects unusable values with a message naming the parameter.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Dict, List
+
+POSE_SOURCES = ("topic", "tf")
+RENDER_BACKENDS = ("auto", "reference", "gsplat")
+
+
+def _p(default: Any, description: str):
+    return field(default=default, metadata={"description": description})
+
+
+@dataclass(frozen=True)
+class SegmentNodeParams:
+    checkpoint: str = _p("", "Segmenter checkpoint (.safetensors) to load at start; required.")
+    device: str = _p("cpu", "Torch device for segmentation and rendering: 'cpu', 'cuda' or 'cuda:N'.")
+    map_frame: str = _p("map", "Frame of the fused map, of labelled_cloud and of the camera poses.")
+    camera_frame: str = _p("", "Camera optical frame; empty: the frame_id of the color images. Used for "
+                               "TF lookups and as the frame of the rendered images.")
+    pose_source: str = _p("topic", "Where camera poses come from: 'topic' (geometry_msgs/PoseStamped on "
+                                   "'pose', camera-to-map) or 'tf' (map_frame <- camera frame at the image stamp).")
+    pose_tolerance_s: float = _p(0.05, "pose_source topic: largest gap between an image stamp and a pose "
+                                       "stamp used for it (bracketing poses are interpolated).")
+    pose_wait_s: float = _p(1.0, "How long a synchronized frame waits for its pose before it is dropped "
+                                 "('no pose'); generous because a busy node may handle the pose late.")
+    sync_slop_s: float = _p(0.02, "Largest stamp spread of a synchronized color/depth/camera_info set.")
+    queue_size: int = _p(10, "Messages kept per input stream while waiting for partners.")
+    voxel_size_m: float = _p(0.04, "Edge of a map voxel. Coarser than the encoder's 2 cm grid so that a "
+                                   "room stays small enough to segment every period on a CPU.")
+    max_voxels: int = _p(400_000, "Upper bound on map voxels; beyond it the map evicts (see fusion.py).")
+    max_depth_m: float = _p(5.0, "Depth readings beyond this are ignored (structured-light noise grows "
+                                 "with the square of the range).")
+    segment_period_s: float = _p(2.0, "Pause between the end of one map segmentation and the start of the "
+                                      "next (a worker thread); a pause, not a rate, so that a segmentation "
+                                      "slower than the period cannot starve fusion.")
+    render_period_s: float = _p(2.0, "Pause between two renderings of the map at the latest camera pose "
+                                     "(the CPU reference renderer needs about 1 s for 20k voxels at 320x240).")
+    publish_rendered: bool = _p(True, "Publish rendered/color, rendered/depth and rendered/semantic.")
+    render_width: int = _p(320, "Width of the rendered images in pixels.")
+    render_height: int = _p(240, "Height of the rendered images in pixels.")
+    render_backend: str = _p("auto", "Renderer: 'auto' (gsplat on CUDA, else the PyTorch reference), "
+                                     "'reference' or 'gsplat'.")
+    max_render_gaussians: int = _p(50_000, "At most this many voxels (nearest in the view) are rendered.")
+    diagnostics_period_s: float = _p(1.0, "Period of the diagnostics message.")
+    warn_throttle_s: float = _p(5.0, "Repeated warnings of one kind are logged at most once per this time.")
+    torch_threads: int = _p(0, "Threads torch may use; 0 keeps torch's default.")
+
+    @classmethod
+    def parameter_names(cls) -> List[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+    @classmethod
+    def descriptions(cls) -> Dict[str, str]:
+        return {f.name: f.metadata["description"] for f in fields(cls)}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "SegmentNodeParams":
+        """Typed parameters from plain values (ints accepted for floats); unknown keys are an error."""
+        unknown = sorted(set(values) - set(cls.parameter_names()))
+        if unknown:
+            raise ValueError(f"unknown parameters {unknown}; known: {cls.parameter_names()}")
+        typed = {}
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            typed[f.name] = _coerce(f.name, values[f.name], type(f.default))
+        return cls(**typed)
+
+    @classmethod
+    def from_node(cls, node) -> "SegmentNodeParams":
+        """Read the declared parameters of an rclpy node (see :func:`declare_parameters`)."""
+        return cls.from_dict({name: node.get_parameter(name).value for name in cls.parameter_names()})
+
+    def validate(self) -> "SegmentNodeParams":
+        """Raise ValueError naming the first unusable parameter; returns self for chaining."""
+        errors = []
+        if not self.checkpoint:
+            errors.append("checkpoint is empty: pass the path of a segmenter checkpoint "
+                          "(e.g. --ros-args -p checkpoint:=/path/model.safetensors)")
+        elif not os.path.isfile(self.checkpoint):
+            errors.append(f"checkpoint {self.checkpoint!r} does not exist or is not a file")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            errors.append(f"device {self.device!r} is not 'cpu', 'cuda' or 'cuda:N'")
+        if not self.map_frame:
+            errors.append("map_frame is empty")
+        if self.pose_source not in POSE_SOURCES:
+            errors.append(f"pose_source {self.pose_source!r} is not one of {POSE_SOURCES}")
+        if self.render_backend not in RENDER_BACKENDS:
+            errors.append(f"render_backend {self.render_backend!r} is not one of {RENDER_BACKENDS}")
+        for name in ("pose_tolerance_s", "sync_slop_s"):
+            if not getattr(self, name) >= 0:
+                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("pose_wait_s", "voxel_size_m", "max_depth_m", "segment_period_s", "render_period_s",
+                     "diagnostics_period_s", "warn_throttle_s"):
+            if not getattr(self, name) > 0:
+                errors.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("queue_size", "max_voxels", "render_width", "render_height", "max_render_gaussians"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.torch_threads < 0:
+            errors.append(f"torch_threads must be >= 0, got {self.torch_threads}")
+        if errors:
+            raise ValueError("invalid parameters: " + "; ".join(errors))
+        return self
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"parameter {name} must be a bool, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"parameter {name} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"parameter {name} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"parameter {name} must be a string, got {value!r}")
+    return value
+
+
+def declare_parameters(node) -> None:
+    """Declare every parameter of :class:`SegmentNodeParams` on ``node`` with its description.
+
+    Float parameters accept integers too (``segment_period_s: 1`` in YAML), so they are declared with
+    dynamic typing and checked by :meth:`SegmentNodeParams.from_node`. All are read-only: the node reads
+    them once at start.
+    """
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    for f in fields(SegmentNodeParams):
+        descriptor = ParameterDescriptor(description=f.metadata["description"], read_only=True,
+                                         dynamic_typing=isinstance(f.default, float))
+        node.declare_parameter(f.name, f.default, descriptor)

@@ -1,0 +1,589 @@
+"""ROS 2 node ``gcross_segment``: fuse RGB-D frames into a voxel map, segment it, publish what it sees.
+
+Interface (relative names; the launch file remaps the inputs under the camera namespace):
+  in   color/image_raw (rgb8 | bgr8), depth/image_raw (16UC1 mm | 32FC1 m, registered to color),
+       color/camera_info, and pose (geometry_msgs/PoseStamped, camera-to-map) when pose_source is topic
+       or TF (map_frame <- camera frame at the image stamp) when it is tf; all with sensor-data QoS.
+  out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence), rendered/color
+       (rgb8), rendered/depth (32FC1 m, NaN where nothing is rendered), rendered/semantic (rgb8 class
+       palette), all reliable; class_legend (std_msgs/String JSON: id, name, color per class;
+       transient-local); diagnostics (frames in, fused, dropped per reason, timings, map size).
+
+Data flow: the three camera streams are synchronized by stamp (sync_slop_s), converted and checked;
+the camera pose at the image stamp is looked up (a frame may wait up to pose_wait_s for it); the frame
+is fused into the VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
+fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
+another worker renders the map as Gaussians at the latest camera pose, then pauses render_period_s.
+
+Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
+which is the convention of the images and of the renderer.
+
+Bad input never stops the node: the frame is dropped, the reason counted (``diagnostics``) and a
+throttled warning logged. A missing or unusable checkpoint or parameter stops it at start with a message
+and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Deque, Dict, Optional
+
+import numpy as np
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import String
+
+from gcross_core.fusion import VoxelMap
+from gcross_core.geometry import invert_rigid, is_valid_pose, pose_from_quat, scale_intrinsics
+from gcross_core.render import render
+from gcross_core.segment import Segmenter
+from gcross_core.train.checkpoint import CheckpointError
+from gcross_core.types import Cameras, Gaussians
+from gcross_ros.conversions import (DEPTH_16UC1_UNITS_PER_M, DEPTH_ENCODINGS, camera_info_to_K, color_to_rgb,
+                                    image_to_numpy, label_palette, labelled_cloud, numpy_to_image, stamp_to_ns)
+from gcross_ros.params import SegmentNodeParams, declare_parameters
+from gcross_ros.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
+                             PoseBuffer, PoseLookup)
+
+NODE_NAME = "gcross_segment"
+COLOR, DEPTH, INFO = 0, 1, 2
+STREAM_NAMES = ("color", "depth", "camera_info")
+TIME_JUMP_RESET_S = 1.0  # stamps this far behind their predecessor mean a restarted bag or simulator
+
+# Gaussians built from voxels (the "simplest honest" splat of a voxel map): one isotropic Gaussian per
+# voxel whose standard deviation is half the voxel edge, so neighbours overlap into a closed surface.
+VOXEL_GAUSSIAN_SCALE = 0.5  # x voxel_size_m
+VOXEL_GAUSSIAN_OPACITY = 0.9
+RENDER_MIN_ALPHA = 0.5  # rendered pixels less covered than this have no depth / class
+
+# Drop reasons (keys of the diagnostics counters).
+UNSUPPORTED_ENCODING = "unsupported_encoding"
+SIZE_MISMATCH = "size_mismatch"
+NO_VALID_DEPTH = "no_valid_depth"
+INVALID_CAMERA_INFO = "invalid_camera_info"
+NO_CAMERA_INFO = "no_camera_info"
+NO_DEPTH = "no_depth"
+UNMATCHED = "unmatched"
+NO_POSE = "no_pose"
+OUT_OF_ORDER_STAMP = "out_of_order"
+TIME_JUMP_RESET = "time_jump"
+FUSION_ERROR = "fusion_error"
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A synchronized, converted and checked RGB-D frame waiting for (or holding) its pose."""
+
+    stamp_ns: int
+    frame_id: str
+    color_rgb: np.ndarray  # [H, W, 3] uint8 (a view into the color message)
+    depth: np.ndarray  # [H, W] uint16 millimetres or float32 metres (a view into the depth message)
+    K: np.ndarray  # [3, 3]
+    received: float  # time.monotonic() when the set completed
+
+
+@dataclass(frozen=True)
+class _View:
+    """The latest fused camera: where the renderer looks from."""
+
+    stamp_ns: int
+    frame_id: str
+    cam_to_map: np.ndarray  # [4, 4]
+    K: np.ndarray  # [3, 3] for width x height
+    width: int
+    height: int
+    received: float
+
+
+class _Stats:
+    """Counters and timings shared by the callback and worker threads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts: Counter = Counter()
+        self.dropped: Counter = Counter()
+        self.timings: Dict[str, float] = {}
+        self._fusion_ms: list = []
+
+    def inc(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def drop(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def fusion_time(self, ms: float) -> None:
+        with self._lock:
+            self._fusion_ms.append(ms)
+            self.timings["fusion_ms_last"] = ms
+
+    def timing(self, key: str, value: float) -> None:
+        with self._lock:
+            self.timings[key] = value
+
+    def report(self) -> Dict[str, float]:
+        """Everything as one flat dict; the fusion mean covers the time since the previous report."""
+        with self._lock:
+            out: Dict[str, float] = dict(self.counts)
+            out["frames_dropped"] = sum(self.dropped.values())
+            out.update({f"dropped.{k}": v for k, v in sorted(self.dropped.items())})
+            out.update(self.timings)
+            if self._fusion_ms:
+                out["fusion_ms_mean"] = float(np.mean(self._fusion_ms))
+            self._fusion_ms = []
+            return out
+
+
+class _ThrottledWarnings:
+    """At most one warning per kind per period, saying how many were held back in between."""
+
+    def __init__(self, logger, period_s: float):
+        self._logger, self._period_s = logger, period_s
+        self._last: Dict[str, float] = {}
+        self._held: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def warn(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -np.inf) < self._period_s:
+                self._held[kind] += 1
+                return
+            held, self._held[kind] = self._held[kind], 0
+            self._last[kind] = now
+        suffix = f" ({held} more like this in the last {self._period_s:g} s)" if held else ""
+        self._logger.warning(message + suffix)
+
+
+def pose_msg_to_matrix(msg) -> np.ndarray:
+    """geometry_msgs Pose -> 4x4; raises ValueError for a zero or non-finite quaternion."""
+    q = np.array([msg.orientation.w, msg.orientation.x, msg.orientation.y, msg.orientation.z], dtype=np.float64)
+    norm = np.linalg.norm(q)
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise ValueError(f"pose orientation {q.tolist()} is not a usable quaternion (w, x, y, z)")
+    T = pose_from_quat([msg.position.x, msg.position.y, msg.position.z], q / norm)
+    if not is_valid_pose(T):
+        raise ValueError(f"pose position {T[:3, 3].tolist()} is not finite")
+    return T
+
+
+def _has_valid_depth(depth: np.ndarray, max_depth_m: float) -> bool:
+    """True when some pixel holds a usable reading (NaN and inf compare false and drop out)."""
+    if depth.dtype == np.uint16:
+        return bool(np.any((depth > 0) & (depth <= max_depth_m * DEPTH_16UC1_UNITS_PER_M)))
+    return bool(np.any((depth > 0) & (depth <= max_depth_m)))
+
+
+def voxel_gaussians(coords: np.ndarray,  # [N, 3] map frame metres
+                    colors: np.ndarray,  # [N, 3] 0..255
+                    labels: np.ndarray,  # [N] int, -1 = not segmented
+                    num_classes: int, voxel_size_m: float, device: str = "cpu") -> Gaussians:
+    """One isotropic Gaussian per voxel; features are the one-hot labels (zero where unlabelled)."""
+    n = len(coords)
+    features = np.zeros((n, num_classes), dtype=np.float32)
+    labelled = labels >= 0
+    features[np.flatnonzero(labelled), labels[labelled]] = 1.0
+    quats = np.zeros((n, 4), dtype=np.float32)
+    quats[:, 0] = 1.0
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)  # noqa: E731
+    return Gaussians(means=as_t(coords), quats=as_t(quats),
+                     scales=torch.full((n, 3), VOXEL_GAUSSIAN_SCALE * voxel_size_m, device=device),
+                     colors=as_t(np.clip(colors, 0, 255) / 255.0),
+                     opacities=torch.full((n,), VOXEL_GAUSSIAN_OPACITY, device=device),
+                     features=as_t(features), batch=torch.zeros(n, dtype=torch.int64, device=device))
+
+
+def visible_voxels(coords: np.ndarray,  # [N, 3] map frame
+                   cam_to_map: np.ndarray,  # [4, 4]
+                   K: np.ndarray,  # [3, 3] for width x height
+                   width: int, height: int, margin_m: float, limit: int) -> np.ndarray:
+    """Indices of the voxels whose Gaussians can touch the image, the ``limit`` nearest if more."""
+    T = invert_rigid(cam_to_map)
+    pts = coords @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
+    z = pts[:, 2]
+    front = z > 0.01
+    zs = np.where(front, z, 1.0)
+    u = K[0, 0] * pts[:, 0] / zs + K[0, 2]
+    v = K[1, 1] * pts[:, 1] / zs + K[1, 2]
+    pad_u, pad_v = K[0, 0] * margin_m / zs, K[1, 1] * margin_m / zs
+    inside = front & (u > -pad_u) & (u < width + pad_u) & (v > -pad_v) & (v < height + pad_v)
+    idx = np.flatnonzero(inside)
+    if len(idx) > limit:
+        idx = idx[np.argpartition(z[idx], limit - 1)[:limit]]
+    return idx
+
+
+class SegmentNode(Node):
+    """Fuses RGB-D into a voxel map, segments it and renders it (see the module docstring)."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__(NODE_NAME, **node_kwargs)
+        declare_parameters(self)
+        self.params = SegmentNodeParams.from_node(self).validate()
+        p = self.params
+        if p.torch_threads:
+            torch.set_num_threads(p.torch_threads)
+        self.segmenter = Segmenter.from_checkpoint(p.checkpoint, p.device)
+        self.class_names = list(self.segmenter.class_names)
+        self.palette = label_palette(len(self.class_names))
+        self.map = VoxelMap(p.voxel_size_m, p.max_voxels, len(self.class_names), max_depth_m=p.max_depth_m)
+
+        self.stats = _Stats()
+        self._warn = _ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
+        self._sync = ApproximateTimeSync(3, int(p.sync_slop_s * 1e9), p.queue_size,
+                                         reset_jump_ns=int(TIME_JUMP_RESET_S * 1e9))
+        self._pending: Deque[_Frame] = deque()  # frames waiting for their pose
+        self._latest_view: Optional[_View] = None
+        self._pose_buffer = PoseBuffer(int(p.pose_tolerance_s * 1e9))
+
+        # Inputs share one mutually exclusive group so the synchronizer and pose state need no lock;
+        # segmentation and rendering get their own groups, i.e. their own executor threads.
+        inputs = MutuallyExclusiveCallbackGroup()
+        # Sensor-data QoS (best effort, keep last 5) by default. Deployments whose transport loses large
+        # best-effort samples can switch an input to reliable with the standard parameter
+        # qos_overrides./<topic>.subscription.reliability.
+        overridable = QoSOverridingOptions.with_default_policies()
+        for msg_type, topic, callback in ((Image, "color/image_raw", self._on_color),
+                                          (Image, "depth/image_raw", self._on_depth),
+                                          (CameraInfo, "color/camera_info", self._on_camera_info)):
+            self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data, callback_group=inputs,
+                                     qos_overriding_options=overridable)
+        self._tf_buffer = None
+        if p.pose_source == "topic":
+            pose_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+            self.create_subscription(PoseStamped, "pose", self._on_pose, pose_qos, callback_group=inputs)
+        else:
+            import tf2_ros  # only this pose source needs it, and it is not on PyPI
+
+            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            self._tf_errors = (tf2_ros.TransformException,)
+
+        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        self.cloud_pub = self.create_publisher(PointCloud2, "labelled_cloud", reliable)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "diagnostics", 10)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.legend_pub = self.create_publisher(String, "class_legend", latched)
+        if p.publish_rendered:
+            self.render_pubs = {name: self.create_publisher(Image, f"rendered/{name}", reliable)
+                                for name in ("color", "depth", "semantic")}
+
+        self.create_timer(0.05, self._retry_pending, callback_group=inputs)
+        self.create_timer(p.diagnostics_period_s, self._publish_diagnostics, callback_group=inputs)
+        # Worker timers are re-armed when their work ends (_segment_once, _render_once), so a slow
+        # segmentation or render leaves a full period of CPU time to fusion instead of running back to back.
+        self._segment_timer = self.create_timer(p.segment_period_s, self._segment_once,
+                                                callback_group=MutuallyExclusiveCallbackGroup())
+        if p.publish_rendered:
+            self._render_timer = self.create_timer(p.render_period_s, self._render_once,
+                                                   callback_group=MutuallyExclusiveCallbackGroup())
+        self._publish_legend()
+        self.get_logger().info(
+            f"segmenting with {p.checkpoint} ({len(self.class_names)} classes) on {p.device}; "
+            f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={p.voxel_size_m}")
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_color(self, msg: Image) -> None:
+        self.stats.inc("frames_in")
+        self._offer(COLOR, msg)
+
+    def _on_depth(self, msg: Image) -> None:
+        self._offer(DEPTH, msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._offer(INFO, msg)
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        frame = msg.header.frame_id.lstrip("/")
+        if frame and frame != self.params.map_frame:
+            self.stats.inc("poses_ignored")
+            self._warn.warn("pose_frame", f"pose in frame '{frame}' ignored: poses must be camera-to-map in "
+                                          f"map_frame '{self.params.map_frame}'")
+            return
+        try:
+            self._pose_buffer.add(stamp_to_ns(msg.header.stamp), pose_msg_to_matrix(msg.pose))
+        except ValueError as e:
+            self.stats.inc("poses_ignored")
+            self._warn.warn("pose_invalid", f"pose ignored: {e}")
+            return
+        self._retry_pending()
+
+    def _offer(self, stream: int, msg) -> None:
+        result = self._sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+        for d in result.dropped:
+            self._on_sync_drop(d)
+        for color, depth, info in result.matched:
+            self._on_frame(color, depth, info)
+
+    def _on_sync_drop(self, d) -> None:
+        name = STREAM_NAMES[d.stream]
+        if d.stream != COLOR:  # a frame is counted by its color image; partners only by stream
+            self.stats.inc(f"unmatched.{name}")
+            return
+        t = d.stamp_ns * 1e-9
+        slop = self.params.sync_slop_s
+        if d.reason == OUT_OF_ORDER:
+            self._drop(OUT_OF_ORDER_STAMP, f"color image at {t:.3f} s dropped: its stamp is not newer than "
+                                           "the previous one (out-of-order or repeated stamps)")
+        elif d.reason == TIME_JUMP:
+            self._drop(TIME_JUMP_RESET, f"time jumped back by more than {TIME_JUMP_RESET_S:g} s; "
+                                        f"synchronizer reset, color image at {t:.3f} s dropped")
+        elif INFO in d.missing:
+            self._drop(NO_CAMERA_INFO, f"color image at {t:.3f} s dropped: no camera_info within "
+                                       f"sync_slop_s={slop:g} s (is color/camera_info published?)")
+        elif DEPTH in d.missing:
+            self._drop(NO_DEPTH, f"color image at {t:.3f} s dropped: no depth image within "
+                                 f"sync_slop_s={slop:g} s (is depth/image_raw published?)")
+        else:
+            self._drop(UNMATCHED, f"color image at {t:.3f} s dropped: depth and camera_info stamps "
+                                  f"spread more than sync_slop_s={slop:g} s around it")
+
+    def _drop(self, reason: str, message: str) -> None:
+        self.stats.drop(reason)
+        self._warn.warn(reason, message)
+
+    def _on_frame(self, color: Image, depth: Image, info: CameraInfo) -> None:
+        """Convert and check a synchronized set, then fuse it once its pose is known."""
+        stamp = stamp_to_ns(color.header.stamp)
+        t = stamp * 1e-9
+        try:
+            rgb = color_to_rgb(color)
+        except ValueError as e:
+            return self._drop(UNSUPPORTED_ENCODING, f"color image at {t:.3f} s dropped: {e}")
+        try:
+            if depth.encoding not in DEPTH_ENCODINGS:
+                raise ValueError(f"unsupported image encoding {depth.encoding!r}; supported: "
+                                 f"{', '.join(DEPTH_ENCODINGS)}")
+            depth_px = image_to_numpy(depth)
+        except ValueError as e:
+            return self._drop(UNSUPPORTED_ENCODING, f"depth image at {t:.3f} s dropped: {e}")
+        h, w = rgb.shape[:2]
+        if depth_px.shape != (h, w):
+            return self._drop(SIZE_MISMATCH, f"frame at {t:.3f} s dropped: depth image {depth_px.shape[1]}x"
+                                             f"{depth_px.shape[0]} does not match color {w}x{h} "
+                                             "(depth must be registered to color)")
+        try:
+            K, info_w, info_h = camera_info_to_K(info)
+        except ValueError as e:
+            return self._drop(INVALID_CAMERA_INFO, f"frame at {t:.3f} s dropped: {e}")
+        if (info_w, info_h) != (w, h):
+            return self._drop(SIZE_MISMATCH, f"frame at {t:.3f} s dropped: camera_info {info_w}x{info_h} does "
+                                             f"not match color {w}x{h}")
+        if not _has_valid_depth(depth_px, self.params.max_depth_m):
+            return self._drop(NO_VALID_DEPTH, f"frame at {t:.3f} s dropped: no depth pixel is valid (all zero, "
+                                              f"NaN, inf or beyond max_depth_m={self.params.max_depth_m:g})")
+        frame_id = self.params.camera_frame or color.header.frame_id
+        self._resolve(_Frame(stamp, frame_id, rgb, depth_px, K, time.monotonic()))
+
+    def _lookup_pose(self, frame: _Frame) -> PoseLookup:
+        if self._tf_buffer is None:
+            return self._pose_buffer.lookup(frame.stamp_ns)
+        try:
+            tf = self._tf_buffer.lookup_transform(self.params.map_frame, frame.frame_id,
+                                                  Time(nanoseconds=frame.stamp_ns))
+        except self._tf_errors:
+            return PoseLookup(POSE_WAIT)  # TF may still arrive; pose_wait_s bounds the wait
+        tr, rot = tf.transform.translation, tf.transform.rotation
+        q = np.array([rot.w, rot.x, rot.y, rot.z])
+        return PoseLookup(POSE_OK, pose_from_quat([tr.x, tr.y, tr.z], q / np.linalg.norm(q)))
+
+    def _resolve(self, frame: _Frame) -> None:
+        lookup = self._lookup_pose(frame)
+        if lookup.status == POSE_OK:
+            self._fuse(frame, lookup.cam_to_map)
+        elif lookup.status == POSE_MISSING:
+            self._drop_no_pose(frame)
+        else:
+            self._pending.append(frame)
+            while len(self._pending) > self.params.queue_size:
+                self._drop_no_pose(self._pending.popleft())
+
+    def _retry_pending(self) -> None:
+        now = time.monotonic()
+        waiting = self._pending
+        self._pending = deque()
+        for frame in waiting:
+            lookup = self._lookup_pose(frame)
+            if lookup.status == POSE_OK:
+                self._fuse(frame, lookup.cam_to_map)
+            elif lookup.status == POSE_MISSING or now - frame.received > self.params.pose_wait_s:
+                self._drop_no_pose(frame)
+            else:
+                self._pending.append(frame)
+
+    def _drop_no_pose(self, frame: _Frame) -> None:
+        src = ("pose topic (within pose_tolerance_s)" if self._tf_buffer is None
+               else f"TF {self.params.map_frame} <- {frame.frame_id}")
+        self._drop(NO_POSE, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: no pose for its stamp from the {src}")
+
+    def _fuse(self, frame: _Frame, cam_to_map: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.map.integrate(frame.color_rgb, frame.depth, frame.K, cam_to_map)
+        except ValueError as e:
+            return self._drop(FUSION_ERROR, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: {e}")
+        self.stats.fusion_time((time.perf_counter() - t0) * 1e3)
+        self.stats.inc("frames_fused")
+        h, w = frame.color_rgb.shape[:2]
+        self._latest_view = _View(frame.stamp_ns, frame.frame_id, cam_to_map, frame.K, w, h, frame.received)
+
+    # ------------------------------------------------------------------ workers
+
+    def _segment_once(self) -> None:
+        try:
+            self._segment()
+        finally:
+            self._segment_timer.reset()
+
+    def _render_once(self) -> None:
+        try:
+            self._render()
+        finally:
+            self._render_timer.reset()
+
+    def _segment(self) -> None:
+        view = self._latest_view  # read before the snapshot: the snapshot contains this frame
+        snap = self.map.snapshot()
+        if view is None or len(snap) == 0:
+            return
+        try:
+            t0 = time.perf_counter()
+            _, _, probs = self.segmenter.predict(snap.coords, snap.colors, snap.normals, return_probs=True)
+            self.map.fuse_probabilities(np.arange(len(snap)), probs, snapshot=snap)
+            seg_ms = (time.perf_counter() - t0) * 1e3
+            fused = self.map.snapshot()
+            keep = fused.labels >= 0  # voxels added since `snap` have no label yet
+            colors = np.clip(np.round(fused.colors[keep]), 0, 255).astype(np.uint8)
+            msg = labelled_cloud(fused.coords[keep], colors, fused.labels[keep], fused.confidence[keep],
+                                 stamp_ns=view.stamp_ns, frame_id=self.params.map_frame)
+            self.cloud_pub.publish(msg)
+        except Exception as e:  # the worker must survive; the error is reported, not swallowed
+            self.stats.inc("segmentation_errors")
+            self._warn.warn("segmentation_error", f"segmentation failed: {type(e).__name__}: {e}")
+            return
+        self.stats.inc("clouds_published")
+        self.stats.timing("segmentation_ms", seg_ms)
+        self.stats.timing("segmented_voxels", len(snap))
+        self.stats.timing("latency_ms", (time.monotonic() - view.received) * 1e3)
+
+    def _render(self) -> None:
+        view = self._latest_view
+        if view is None:
+            return
+        try:
+            t0 = time.perf_counter()
+            images = self.render_view(view)
+            for name, msg in images.items():
+                self.render_pubs[name].publish(msg)
+        except Exception as e:
+            self.stats.inc("render_errors")
+            self._warn.warn("render_error", f"rendering failed: {type(e).__name__}: {e}")
+            return
+        self.stats.timing("render_ms", (time.perf_counter() - t0) * 1e3)
+        self.stats.inc("renders_published")
+
+    def render_view(self, view: _View) -> Dict[str, Image]:
+        """rendered/{color, depth, semantic} of the map seen from ``view``, at render_width x render_height."""
+        p = self.params
+        w, h = p.render_width, p.render_height
+        K = scale_intrinsics(view.K, w / view.width, h / view.height)
+        snap = self.map.snapshot()
+        idx = visible_voxels(snap.coords, view.cam_to_map, K, w, h, 3 * VOXEL_GAUSSIAN_SCALE * p.voxel_size_m,
+                             p.max_render_gaussians)
+        color = np.zeros((h, w, 3), np.uint8)
+        depth = np.full((h, w), np.nan, np.float32)
+        semantic = np.zeros((h, w, 3), np.uint8)
+        if len(idx):
+            g = voxel_gaussians(snap.coords[idx], snap.colors[idx], snap.labels[idx], len(self.class_names),
+                                p.voxel_size_m, p.device)
+            world_to_cam = torch.from_numpy(invert_rigid(view.cam_to_map)).float()[None].to(p.device)
+            cams = Cameras(world_to_cam, torch.from_numpy(K).float()[None].to(p.device),
+                           torch.zeros(1, dtype=torch.int64, device=p.device))
+            with torch.no_grad():
+                out = render(g, cams, w, h, backend=p.render_backend)
+            alpha = out.alpha[0].cpu().numpy()
+            color = (out.color[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
+            covered = alpha >= RENDER_MIN_ALPHA
+            depth = np.where(covered, out.expected_depth[0].cpu().numpy(), np.nan).astype(np.float32)
+            feat = out.features[0].cpu().numpy()  # [h, w, K] alpha-blended one-hot labels
+            # a class wins a pixel when it carries most of the pixel's opacity and enough of it
+            cls = feat.argmax(axis=2)
+            labelled = covered & (feat.max(axis=2) >= RENDER_MIN_ALPHA * alpha)
+            semantic[labelled] = self.palette[cls[labelled]]
+        return {"color": numpy_to_image(color, "rgb8", view.stamp_ns, view.frame_id),
+                "depth": numpy_to_image(depth, "32FC1", view.stamp_ns, view.frame_id),
+                "semantic": numpy_to_image(semantic, "rgb8", view.stamp_ns, view.frame_id)}
+
+    # ------------------------------------------------------------------ reporting
+
+    def _publish_legend(self) -> None:
+        legend = {"classes": [{"id": i, "name": n, "color": self.palette[i].tolist()}
+                              for i, n in enumerate(self.class_names)],
+                  "label_field": "label", "checkpoint": self.params.checkpoint}
+        self.legend_pub.publish(String(data=json.dumps(legend)))
+
+    def _publish_diagnostics(self) -> None:
+        report = self.stats.report()
+        report["pending_pose"] = len(self._pending)
+        report["map_voxels"] = len(self.map)
+        report["evicted_voxels"] = self.map.evicted_total
+        dropped_now = report["frames_dropped"]
+        errors = report.get("segmentation_errors", 0) + report.get("render_errors", 0)
+        level, message = DiagnosticStatus.OK, "fusing"
+        if errors:
+            level, message = DiagnosticStatus.ERROR, f"{errors:g} segmentation/render errors (see log)"
+        elif dropped_now > getattr(self, "_dropped_at_last_report", 0):
+            level, message = DiagnosticStatus.WARN, "frames dropped since the last report (see dropped.*)"
+        elif not report.get("frames_fused"):
+            level, message = DiagnosticStatus.WARN, "no frame fused yet"
+        self._dropped_at_last_report = dropped_now
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline", message=message,
+                                  hardware_id=self.params.map_frame,
+                                  values=[KeyValue(key=k, value=f"{v:g}" if isinstance(v, float) else str(v))
+                                          for k, v in sorted(report.items())])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+
+def main(args=None) -> int:
+    """Console script ``segment_node``: run the node until shutdown; 1 when it cannot start."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = SegmentNode()
+        except (ValueError, CheckpointError) as e:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
+            return 1
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

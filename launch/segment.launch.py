@@ -1,0 +1,65 @@
+"""Launch the gcross segmentation node, optionally with RViz.
+
+    ros2 launch gcross_ros segment.launch.py checkpoint:=/path/model.safetensors camera:=/camera \
+        use_rviz:=true params_file:=/path/segment.yaml device:=cuda
+
+The node runs in the root namespace; its camera inputs are remapped under ``camera`` (for example
+``color/image_raw`` -> ``/camera/color/image_raw``), its outputs keep their relative names
+(``/labelled_cloud``, ``/rendered/...``, ``/diagnostics``), which is what config/segment.rviz shows.
+Launch arguments left empty keep the value from the params file.
+"""
+import os
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "gcross_ros"
+CAMERA_TOPICS = ("color/image_raw", "depth/image_raw", "color/camera_info")
+PARAMETER_ARGS = ("checkpoint", "device", "pose_source")  # launch arguments that override parameters
+
+
+def _share(*parts):
+    from ament_index_python.packages import get_package_share_directory
+
+    return os.path.join(get_package_share_directory(PACKAGE), *parts)
+
+
+def _actions(context):
+    def arg(name):
+        return LaunchConfiguration(name).perform(context).strip()
+
+    params_file = arg("params_file") or _share("config", "segment.yaml")
+    overrides = {name: arg(name) for name in PARAMETER_ARGS if arg(name)}
+    camera = arg("camera").rstrip("/")
+    remappings = [(topic, f"{camera}/{topic}") for topic in CAMERA_TOPICS] if camera else []
+    if arg("pose_topic"):
+        remappings.append(("pose", arg("pose_topic")))
+    actions = [Node(package=PACKAGE, executable="segment_node", name="gcross_segment", output="screen",
+                    parameters=[params_file, overrides], remappings=remappings)]
+    if arg("use_rviz").lower() in ("true", "1", "yes", "on"):
+        actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                            arguments=["-d", _share("config", "segment.rviz")]))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="Segmenter checkpoint (.safetensors); empty: the params file's."),
+        DeclareLaunchArgument("camera", default_value="/camera",
+                              description="Namespace of the RGB-D camera topics (color/image_raw, "
+                                          "depth/image_raw, color/camera_info); empty: no remapping."),
+        DeclareLaunchArgument("params_file", default_value="",
+                              description="Node parameters (YAML); empty: the installed config/segment.yaml."),
+        DeclareLaunchArgument("use_rviz", default_value="false",
+                              description="Start RViz with config/segment.rviz."),
+        DeclareLaunchArgument("device", default_value="",
+                              description="Torch device (cpu, cuda, cuda:N); empty: the params file's."),
+        DeclareLaunchArgument("pose_source", default_value="",
+                              description="topic or tf; empty: the params file's."),
+        DeclareLaunchArgument("pose_topic", default_value="",
+                              description="Remap the PoseStamped input `pose` to this topic; empty: `pose`."),
+        OpaqueFunction(function=_actions),
+    ])

@@ -1,0 +1,292 @@
+"""Fine-tuning data, data-efficient splits, evaluation on the original points and the two scripts."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from gcross_core.data.classes import SYNTHETIC_CLASSES  # noqa: E402
+from gcross_core.data.grid import grid_sample  # noqa: E402
+from gcross_core.data.scene import Scene, write_scene  # noqa: E402
+from gcross_core.encoder import SpUNetConfig  # noqa: E402
+from gcross_core.finetune import (LIMITED_POINTS_FILE, LIMITED_SCENES_FILE, SegDataConfig,  # noqa: E402
+                                  SegmentationDataset, collate_segmentation, evaluate_scenes, keep_labels,
+                                  limited_point_indices, limited_scenes, list_scenes, read_point_indices,
+                                  read_scene_list, row_labels, segmentation_step, sphere_crop, training_sample)
+from gcross_core.segment import SegmentationModel, Segmenter  # noqa: E402
+from gcross_core.train.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint  # noqa: E402
+
+TINY = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
+K = len(SYNTHETIC_CLASSES)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # spconv's OpenMP kernels slow down by an order of magnitude when the 2 cores are shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _scene(name, seed, n=1500):
+    """Points on a floor (z=0) and a wall (x=0), labelled floor / wall, some unlabelled."""
+    rng = np.random.default_rng(seed)
+    half = n // 2
+    floor = np.c_[rng.uniform(0, 2, (half, 2)), np.zeros(half)]
+    wall = np.c_[np.zeros(n - half), rng.uniform(0, 2, (n - half, 2))]
+    coord = np.concatenate([floor, wall]).astype(np.float32)
+    normal = np.concatenate([np.tile([0, 0, 1.0], (half, 1)), np.tile([1.0, 0, 0], (n - half, 1))]).astype(np.float32)
+    color = rng.uniform(0, 255, (n, 3)).astype(np.float32)
+    segment = np.r_[np.full(half, SYNTHETIC_CLASSES.index("floor")), np.full(n - half, SYNTHETIC_CLASSES.index("wall"))]
+    segment[rng.random(n) < 0.1] = -1
+    return Scene(name, coord, color, normal, segment, class_names=SYNTHETIC_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    for split, names in (("train", ["room_a", "room_b", "room_c"]), ("val", ["room_v"])):
+        for i, name in enumerate(names):
+            write_scene(_scene(name, seed=10 * i + len(split)), root / split / name)
+    return root
+
+
+def _data_cfg(root, **kw):
+    base = dict(root=str(root), label_file="segment", class_set="synthetic", grid_size_m=0.1, max_points=400)
+    base.update(kw)
+    return SegDataConfig(**base)
+
+
+# ----------------------------------------------------------------------------------------------------
+# data-efficient splits
+
+
+def test_limited_scenes_are_a_seeded_share_independent_of_order():
+    names = [f"scene{i:04d}_00" for i in range(200)]
+    a = limited_scenes(names, 5, seed=0)
+    assert len(a) == 10 and set(a) <= set(names) and a == sorted(a)
+    assert limited_scenes(names[::-1], 5, seed=0) == a
+    assert limited_scenes(names, 5, seed=1) != a
+    assert len(limited_scenes(names[:30], 1, seed=0)) == 1  # never empty
+    with pytest.raises(ValueError, match="pct"):
+        limited_scenes(names, 0, seed=0)
+
+
+def test_limited_points_pick_labelled_points_per_scene_and_seed():
+    segment = np.full(1000, -1)
+    segment[::3] = np.arange(334) % 5
+    idx = limited_point_indices(segment, 20, seed=0, scene_name="scene0000_00")
+    assert len(idx) == 20 and len(np.unique(idx)) == 20 and np.all(segment[idx] >= 0)
+    np.testing.assert_array_equal(idx, limited_point_indices(segment, 20, 0, "scene0000_00"))
+    assert not np.array_equal(idx, limited_point_indices(segment, 20, 0, "scene0001_00"))
+    assert not np.array_equal(idx, limited_point_indices(segment, 20, 1, "scene0000_00"))
+    few = np.array([-1, 2, -1, 0])
+    np.testing.assert_array_equal(limited_point_indices(few, 20, 0, "x"), [1, 3])
+    kept = keep_labels(segment, idx)
+    assert (kept >= 0).sum() == 20 and np.array_equal(kept[idx], segment[idx])
+
+
+# ----------------------------------------------------------------------------------------------------
+# training samples
+
+
+def test_row_labels_keep_a_labelled_point_of_the_cell_when_the_kept_one_is_unlabelled():
+    coord = np.array([[0.0, 0, 0], [0.01, 0, 0], [0.5, 0, 0], [0.51, 0, 0]], dtype=np.float32)
+    segment = np.array([-1, 3, -1, -1])
+    keep = np.array([0, 2])  # cell 0 kept its unlabelled point, cell 1 has no label at all
+    inverse = np.array([0, 0, 1, 1])
+    np.testing.assert_array_equal(row_labels(segment, keep, inverse), [3, -1])
+    np.testing.assert_array_equal(row_labels(np.array([1, 3, 2, 2]), keep, inverse), [1, 2])  # kept label wins
+
+
+def test_sphere_crop_keeps_the_nearest_rows_to_one_centre():
+    rng = np.random.default_rng(0)
+    coord = rng.uniform(0, 5, (2000, 3))
+    idx = sphere_crop(coord, 300, np.random.default_rng(1))
+    assert len(idx) == 300 and len(np.unique(idx)) == 300
+    centre = coord[np.random.default_rng(1).integers(2000)]  # the draw sphere_crop makes
+    dist = np.linalg.norm(coord - centre, axis=1)
+    rest = np.setdiff1d(np.arange(2000), idx)
+    assert dist[idx].max() <= dist[rest].min()
+    np.testing.assert_array_equal(sphere_crop(coord[:100], 300, rng), np.arange(100))
+
+
+def test_training_sample_is_grid_sampled_cropped_and_keeps_only_chosen_labels(data_root):
+    scene = _scene("s", 0, n=3000)
+    cfg = _data_cfg(data_root, grid_size_m=0.05, max_points=500)
+    s = training_sample(scene, cfg, np.random.default_rng(0))
+    m = len(s["coord"])
+    assert m == 500
+    assert s["feat"].shape == (m, 6) and s["grid_coord"].shape == (m, 3) and s["segment"].shape == (m,)
+    assert s["grid_coord"].min() == 0
+    assert len(np.unique(s["grid_coord"], axis=0)) == m  # one row per occupied cell
+    np.testing.assert_allclose(np.linalg.norm(s["feat"][:, 3:], axis=1), 1.0, atol=1e-5)  # normals turned, unit
+    assert set(np.unique(s["segment"])) <= {-1, 0, 1}
+    # without augmentation the rows are original points with their own features
+    plain = training_sample(scene, _data_cfg(data_root, grid_size_m=0.05, max_points=10 ** 6, augment=False),
+                            np.random.default_rng(0))
+    where = {tuple(c): i for i, c in enumerate(scene.coord)}
+    rows = np.array([where[tuple(c)] for c in plain["coord"]])  # KeyError if a row were not an original point
+    np.testing.assert_allclose(plain["feat"][:, :3] * 255.0, scene.color[rows], rtol=1e-5)
+    assert len(rows) == len(grid_sample(scene.coord, 0.05)[0])
+    labelled = limited_point_indices(scene.segment, 20, 0, "s")
+    lim = training_sample(scene, _data_cfg(data_root, grid_size_m=0.05, max_points=10 ** 6), np.random.default_rng(0),
+                          labelled)
+    # every labelled point lands in some row (one per cell), and no other label survives
+    assert 0 < (lim["segment"] >= 0).sum() <= 20
+
+
+def test_dataset_collate_and_step(data_root):
+    cfg = _data_cfg(data_root, loop=2)
+    ds = SegmentationDataset(list_scenes(data_root, "train"), cfg)
+    assert len(ds) == 6
+    np.random.seed(0)
+    batch = collate_segmentation([ds[0], ds[4]])
+    assert batch.points.num_scenes == 2 and batch.segment.shape == (batch.points.coord.shape[0],)
+    torch.manual_seed(0)
+    out = segmentation_step(SegmentationModel(TINY, K), batch)
+    assert out["loss"].requires_grad and torch.isfinite(out["loss"])
+    assert 0.0 <= float(out["acc"]) <= 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluation on the original points
+
+
+def test_evaluation_counts_every_original_point_by_hand(tmp_path):
+    # 6 points, two of them in one grid cell; class "wall" (0) predicted everywhere by a constant head
+    coord = np.array([[0, 0, 0], [0.01, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0]], dtype=np.float32)
+    segment = np.array([0, 0, 1, -1, 2, 1])  # floor (1) twice, cabinet (2) once, one ignored
+    scene = Scene("hand", coord, np.zeros((6, 3), np.float32), np.tile([0, 0, 1.0], (6, 1)).astype(np.float32),
+                  segment, class_names=SYNTHETIC_CLASSES)
+    write_scene(scene, tmp_path / "val" / "hand")
+    model = SegmentationModel(TINY, K)
+    with torch.no_grad():
+        model.seg_head.weight.zero_()
+        model.seg_head.bias.zero_()
+        model.seg_head.bias[0] = 5.0
+    res = evaluate_scenes(Segmenter(model, SYNTHETIC_CLASSES, 0.1), list_scenes(tmp_path, "val"), "segment")
+    expected = np.zeros((K, K), np.int64)
+    expected[0, 0], expected[1, 0], expected[2, 0] = 2, 2, 1  # rows = ground truth; ignored point dropped
+    np.testing.assert_array_equal(res.conf, expected)
+    m = res.metrics
+    # wall: TP 2, FP 3 -> 2/5; floor and cabinet: 0; the 9 absent classes do not count
+    assert m["miou"] == pytest.approx((2 / 5 + 0 + 0) / 3)
+    assert m["macc"] == pytest.approx((1 + 0 + 0) / 3)
+    assert m["allacc"] == pytest.approx(2 / 5)
+    assert res.per_scene[0]["points"] == 6
+
+
+# ----------------------------------------------------------------------------------------------------
+# scripts
+
+
+def _write_config(path, root, **extra):
+    cfg = {
+        "train": {"epochs": 1, "batch_size": 2, "max_steps": 2, "seed": 0, "device": "cpu",
+                  "checkpoint_every_steps": 0, "image_every_steps": 0},
+        "optim": {"lr": 0.01},
+        "data": {"root": str(root), "label_file": "segment", "class_set": "synthetic", "grid_size_m": 0.1,
+                 "max_points": 400},
+        **extra,
+    }
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+def _pretrain_checkpoint(path, seed=0):
+    torch.manual_seed(seed)
+    enc = SegmentationModel(TINY, 2).encoder
+    tensors = {**prefixed(enc.state_dict(), "model.encoder"), "model.head.bias": torch.zeros(3)}
+    save_checkpoint(path, tensors, {"kind": "pretrain", "encoder_config": TINY.to_dict(),
+                                    "encoder_prefix": "model.encoder"})
+    return enc.state_dict()
+
+
+def test_linear_probe_from_a_pretraining_checkpoint_then_evaluate(data_root, tmp_path):
+    from training import evaluate as evaluate_script
+    from training import finetune as finetune_script
+
+    pre = _pretrain_checkpoint(tmp_path / "pre.safetensors")
+    cfg = _write_config(tmp_path / "cfg.yaml", data_root)
+    out = tmp_path / "probe"
+    rc = finetune_script.main(["--config", str(cfg), "--pretrained", str(tmp_path / "pre.safetensors"),
+                               "--linear-probe", "--out", str(out), "--no-progress", "--no-tensorboard"])
+    assert rc == 0
+    seg = Segmenter.from_checkpoint(out / "segmenter.safetensors", expected_classes=SYNTHETIC_CLASSES)
+    for k, v in pre.items():  # frozen: weights and BatchNorm statistics exactly as pretrained
+        assert torch.equal(seg.model.encoder.state_dict()[k], v), k
+    meta = load_checkpoint(out / "segmenter.safetensors")[1]
+    assert meta["linear_probe"] is True and meta["trained_steps"] == 2
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["miou"] <= 1.0 and (out / "eval" / "confusion.png").is_file()
+
+    rc = evaluate_script.main(["--checkpoint", str(out / "segmenter.safetensors"), "--root", str(data_root),
+                               "--split", "val", "--rotations", "2", "--out", str(tmp_path / "ev"),
+                               "--no-progress"])
+    assert rc == 0
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    conf = np.array(res["confusion_matrix"])
+    val = _scene("room_v", seed=3)  # as written by data_root
+    assert conf.sum() == (val.segment >= 0).sum() and res["scenes"][0]["points"] == len(val.coord)
+    assert res["metrics"]["allacc"] == pytest.approx(np.trace(conf) / conf.sum())
+    assert (tmp_path / "ev" / "confusion.csv").is_file() and res["settings"]["rotations"] == 2
+
+
+def test_pretrained_encoder_of_another_architecture_stops_the_run(data_root, tmp_path):
+    from training import finetune as finetune_script
+
+    _pretrain_checkpoint(tmp_path / "pre.safetensors")
+    other = {"base_channels": 8, "channels": [8, 16, 16, 8], "layers": [1, 1, 1, 1]}
+    cfg = _write_config(tmp_path / "cfg.yaml", data_root, encoder=other)
+    with pytest.raises(CheckpointError, match="holds"):
+        finetune_script.run(finetune_script.load_finetune_config(cfg), tmp_path / "run",
+                            str(tmp_path / "pre.safetensors"), progress=False, tensorboard=False)
+    assert finetune_script.main(["--config", str(cfg), "--pretrained", str(tmp_path / "pre.safetensors"),
+                                 "--out", str(tmp_path / "run2"), "--no-progress", "--no-tensorboard"]) == 2
+
+
+def test_limited_annotation_run_writes_reusable_selections(data_root, tmp_path):
+    from training import finetune as finetune_script
+
+    cfg_path = _write_config(tmp_path / "cfg.yaml", data_root, encoder={**TINY.to_dict()}, evaluate=False)
+    out = tmp_path / "lim"
+    assert finetune_script.main(["--config", str(cfg_path), "--limited-points", "20", "--limited-scenes", "67",
+                                 "--out", str(out), "--no-progress", "--no-tensorboard"]) == 0
+    scenes = read_scene_list(out / LIMITED_SCENES_FILE)
+    assert len(scenes) == 2 and set(scenes) <= {"room_a", "room_b", "room_c"}
+    points = read_point_indices(out / LIMITED_POINTS_FILE)
+    assert sorted(points) == scenes and all(len(v) == 20 for v in points.values())
+    # feeding the files back reproduces the selection
+    cfg = finetune_script.load_finetune_config(cfg_path, [f"data.limited_scenes_file={out / LIMITED_SCENES_FILE}",
+                                                          f"data.limited_points_file={out / LIMITED_POINTS_FILE}",
+                                                          "data.split_seed=5"])
+    finetune_script.run(cfg, tmp_path / "again", progress=False, tensorboard=False)
+    assert read_scene_list(tmp_path / "again" / LIMITED_SCENES_FILE) == scenes
+    again = read_point_indices(tmp_path / "again" / LIMITED_POINTS_FILE)
+    assert all(np.array_equal(again[k], points[k]) for k in scenes)
+
+
+def test_batchnorm_recalibration_averages_batches_and_touches_no_weight():
+    from gcross_core.finetune import recalibrate_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, momentum=0.01))
+    net.eval()
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "batches" not in k}
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(50, 3, generator=gen) * 3 + 1 for _ in range(4)]
+    assert recalibrate_batchnorm(net, batches) == 4
+    bn = net[1]
+    with torch.no_grad():
+        means = torch.stack([net[0](b).mean(0) for b in batches])
+    torch.testing.assert_close(bn.running_mean, means.mean(0))  # plain average, not the 0.01 momentum
+    assert bn.momentum == 0.01 and not net.training
+    for k, v in weights.items():
+        assert torch.equal(net.state_dict()[k], v), k

@@ -1,0 +1,504 @@
+"""The segmentation node over real DDS: a subprocess started with a params file, fed by a fixture publisher.
+
+One node process serves the module's tests (starting one takes seconds); every bad-input test checks
+that the node counts the drop under the right reason and then goes on fusing good frames. Parameters,
+the YAML config, the launch file and the RViz config are checked here too.
+"""
+import ast
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from gcross_core.encoder import SpUNetConfig  # noqa: E402
+from gcross_core.geometry import quat_from_pose  # noqa: E402
+from gcross_core.segment import build_segmenter_checkpoint  # noqa: E402
+from gcross_ros import conversions as cv  # noqa: E402
+from gcross_ros.params import SegmentNodeParams, declare_parameters  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ["floor", "wall", "chair", "table", "other"]
+W, H = 32, 24
+K = np.array([[20.0, 0, 15.5], [0, 20.0, 11.5], [0, 0, 1]])
+RENDER_W, RENDER_H = 40, 30
+QUEUE = 4
+RED = np.array([200, 30, 30], np.uint8)
+NODE_PARAMS = dict(map_frame="map", pose_source="topic", sync_slop_s=0.01, queue_size=QUEUE, voxel_size_m=0.1,
+                   max_voxels=50_000, segment_period_s=0.5, render_period_s=0.5, render_width=RENDER_W,
+                   render_height=RENDER_H, pose_tolerance_s=0.02, pose_wait_s=0.3, diagnostics_period_s=0.2,
+                   warn_throttle_s=0.5, torch_threads=1)
+STARTUP_S = 90.0  # importing torch and spconv on a loaded 2-core machine
+WAIT_S = 20.0
+
+
+def _tiny_checkpoint(path):
+    return build_segmenter_checkpoint(path, CLASSES, SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8),
+                                                                  layers=(1, 1, 1, 1)))
+
+
+def _params_file(tmp, **params):
+    path = Path(tmp) / "params.yaml"
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    return path
+
+
+def _start_node(params_file, log_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "gcross_ros.segment_node", "--ros-args", "--params-file",
+                             str(params_file)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def _wall_frame(x_offset_m):
+    """A textured wall 2 m in front of a camera at x = x_offset_m looking along +z, with a box at 1.5 m."""
+    v, u = np.mgrid[0:H, 0:W]
+    depth_m = np.full((H, W), 2.0, np.float32)
+    depth_m[8:16, 10:20] = 1.5
+    rgb = np.empty((H, W, 3), np.uint8)
+    rgb[:] = RED
+    rgb[..., 1] += (u * 2).astype(np.uint8)  # a little texture, red stays dominant
+    cam_to_map = np.eye(4)
+    cam_to_map[0, 3] = x_offset_m
+    return rgb, depth_m, cam_to_map
+
+
+class Fixture:
+    """Publishes synthetic RGB-D frames and records what the node publishes."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node("gcross_test_fixture", context=context)
+        self.lock = threading.Lock()
+        self.clouds, self.diags, self.legends = [], [], []
+        self.rendered = {"color": [], "depth": [], "semantic": []}
+        self.stamp_ns = 1_000 * 10**9
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_color = self.node.create_publisher(Image, "color/image_raw", reliable)
+        self.pub_depth = self.node.create_publisher(Image, "depth/image_raw", reliable)
+        self.pub_info = self.node.create_publisher(CameraInfo, "color/camera_info", reliable)
+        self.pub_pose = self.node.create_publisher(PoseStamped, "pose", reliable)
+        self._sub(PointCloud2, "labelled_cloud", self.clouds, reliable)
+        self._sub(DiagnosticArray, "diagnostics", self.diags, 10)
+        for name, store in self.rendered.items():
+            self._sub(Image, f"rendered/{name}", store, reliable)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._sub(String, "class_legend", self.legends, latched)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _sub(self, msg_type, topic, store, qos):
+        def keep(msg):
+            with self.lock:
+                store.append(msg)
+                del store[:-5]  # only the latest few matter
+        self.node.create_subscription(msg_type, topic, keep, qos)
+
+    def latest(self, store):
+        with self.lock:
+            return store[-1] if store else None
+
+    def diag(self):
+        msg = self.latest(self.diags)
+        if msg is None:
+            return {}
+        return {kv.key: float(kv.value) for kv in msg.status[0].values}
+
+    def next_stamp(self):
+        self.stamp_ns += 100_000_000
+        return self.stamp_ns
+
+    def send(self, x_offset_m=0.0, color_encoding="rgb8", depth_encoding="16UC1", stamp_ns=None, pose=True,
+             info=True, rgb=None, depth_m=None, color_msg=None, depth_msg=None):
+        stamp = self.next_stamp() if stamp_ns is None else stamp_ns
+        rgb0, depth0, cam_to_map = _wall_frame(x_offset_m)
+        rgb = rgb0 if rgb is None else rgb
+        depth_m = depth0 if depth_m is None else depth_m
+        if pose:
+            msg = PoseStamped()
+            msg.header = cv.make_header(stamp, "map")
+            t, q = quat_from_pose(cam_to_map)
+            msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = map(float, t)
+            (msg.pose.orientation.w, msg.pose.orientation.x, msg.pose.orientation.y,
+             msg.pose.orientation.z) = map(float, q)
+            self.pub_pose.publish(msg)
+        if info:
+            self.pub_info.publish(cv.make_camera_info(K, W, H, stamp, "camera_optical"))
+        if depth_msg is None:
+            depth_px = (np.round(depth_m * 1000).astype(np.uint16) if depth_encoding == "16UC1" else depth_m)
+            depth_msg = cv.numpy_to_image(depth_px, depth_encoding, stamp, "camera_optical")
+        depth_msg.header = cv.make_header(stamp, "camera_optical")
+        self.pub_depth.publish(depth_msg)
+        if color_msg is None:
+            px = np.ascontiguousarray(rgb[:, :, ::-1]) if color_encoding == "bgr8" else rgb
+            color_msg = cv.numpy_to_image(px, color_encoding, stamp, "camera_optical")
+        color_msg.header = cv.make_header(stamp, "camera_optical")
+        self.pub_color.publish(color_msg)
+        time.sleep(0.03)  # a camera's pace; keeps the node's best-effort queues from overflowing
+        return stamp
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def wait_for(predicate, timeout_s=WAIT_S, what="condition", proc=None, log_path=None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = Path(log_path).read_text()[-3000:] if log_path else ""
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\nnode log tail:\n{tail}")
+
+
+@pytest.fixture(scope="module")
+def ros_context():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, ros_context):
+    tmp = tmp_path_factory.mktemp("node")
+    ckpt = _tiny_checkpoint(tmp / "tiny.safetensors")
+    params_file = _params_file(tmp, checkpoint=str(ckpt), **NODE_PARAMS)
+    log_path = tmp / "node.log"
+    proc, log = _start_node(params_file, log_path)
+    fx = Fixture(ros_context)
+    try:
+        wait_for(lambda: fx.diag(), STARTUP_S, "the node's first diagnostics", proc, log_path)
+        wait_for(lambda: all(p.get_subscription_count() > 0 for p in
+                             (fx.pub_color, fx.pub_depth, fx.pub_info, fx.pub_pose)),
+                 WAIT_S, "the node's subscriptions", proc, log_path)
+        yield fx, proc, log_path
+    finally:
+        fx.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _fused_after(fx, proc, log_path, before, x_offset_m=0.0, frames=3):
+    """Send good frames until the node has fused more than ``before`` frames."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        fx.send(x_offset_m)
+        if fx.diag().get("frames_fused", 0) > before:
+            return
+        time.sleep(0.1)
+    wait_for(lambda: fx.diag().get("frames_fused", 0) > before, 2.0, "good frames to be fused again",
+             proc, log_path)
+
+
+def _check_drop_then_recovery(running, reason, send_bad):
+    fx, proc, log_path = running
+    start = fx.diag()
+    send_bad(fx)
+    wait_for(lambda: fx.diag().get(f"dropped.{reason}", 0) > start.get(f"dropped.{reason}", 0), WAIT_S,
+             f"a frame dropped as {reason}", proc, log_path)
+    fused = fx.diag().get("frames_fused", 0)
+    _fused_after(fx, proc, log_path, fused)
+    assert proc.poll() is None, "the node exited"
+
+
+# ---------------------------------------------------------------- good input
+
+def test_labelled_cloud_rendered_views_and_legend(running):
+    fx, proc, log_path = running
+    for _ in range(3):
+        fx.send(0.0, "rgb8", "16UC1")
+        fx.send(20.0, "bgr8", "32FC1")
+
+    def both_regions():
+        msg = fx.latest(fx.clouds)
+        if msg is None:
+            return None
+        pts = cv.pointcloud2_to_array(msg)
+        return msg if (pts["x"] < 10).any() and (pts["x"] > 10).any() else None
+
+    msg = wait_for(both_regions, WAIT_S, "a labelled_cloud covering both frames", proc, log_path)
+    assert msg.header.frame_id == "map"
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb", "label", "confidence"]
+    pts = cv.pointcloud2_to_array(msg)
+    assert len(pts) > 100
+    assert pts["label"].max() < len(CLASSES)
+    assert np.all((pts["confidence"] >= 1.0 / len(CLASSES) - 1e-6) & (pts["confidence"] <= 1.0 + 1e-6))
+    # the wall is 2 m in front of the camera, the box 1.5 m: the fused points must lie there
+    assert np.all((pts["z"] > 1.3) & (pts["z"] < 2.2))
+    rgb = cv.unpack_rgb(pts["rgb"]).astype(int)
+    for region in (pts["x"] < 10, pts["x"] > 10):  # rgb8 and bgr8 inputs both come out red
+        mean = rgb[region].mean(0)
+        assert mean[0] > 150 and mean[2] < 60, f"colour {mean} is not the red that was sent"
+
+    for name, enc in (("color", "rgb8"), ("depth", "32FC1"), ("semantic", "rgb8")):
+        img = wait_for(lambda: fx.latest(fx.rendered[name]), WAIT_S, f"rendered/{name}", proc, log_path)
+        assert (img.width, img.height, img.encoding) == (RENDER_W, RENDER_H, enc)
+        assert img.header.frame_id == "camera_optical"
+    depth = cv.image_to_numpy(fx.latest(fx.rendered["depth"]))
+    seen = depth[np.isfinite(depth)]
+    assert seen.size > RENDER_W * RENDER_H // 4
+    assert 1.2 < np.median(seen) < 2.3
+    color = cv.image_to_numpy(fx.latest(fx.rendered["color"])).astype(int)
+    assert color[..., 0].mean() > 2 * color[..., 2].mean()
+    semantic = wait_for(lambda: (lambda m: m if m is not None and cv.image_to_numpy(m).any() else None)(
+        fx.latest(fx.rendered["semantic"])), WAIT_S, "a labelled rendered/semantic", proc, log_path)
+    palette = cv.label_palette(len(CLASSES))
+    colors = {tuple(c) for c in cv.image_to_numpy(semantic).reshape(-1, 3)} - {(0, 0, 0)}
+    assert colors and colors <= {tuple(c) for c in palette}
+
+    legend = wait_for(lambda: fx.latest(fx.legends), WAIT_S, "class_legend", proc, log_path)
+    classes = json.loads(legend.data)["classes"]
+    assert [c["name"] for c in classes] == CLASSES
+    assert [c["color"] for c in classes] == palette.tolist()
+
+    d = fx.diag()
+    for key in ("frames_in", "frames_fused", "fusion_ms_last", "segmentation_ms", "map_voxels", "latency_ms"):
+        assert key in d, f"diagnostics lack {key}: {sorted(d)}"
+    assert d["frames_fused"] >= 2 and d["map_voxels"] > 100
+
+
+# ---------------------------------------------------------------- bad input: dropped, then still serving
+
+def test_unsupported_encoding(running):
+    def bad(fx):
+        rgba = np.zeros((H, W, 4), np.uint8)
+        msg = Image(height=H, width=W, encoding="rgba8", step=4 * W)
+        msg.data = rgba.tobytes()
+        fx.send(color_msg=msg)
+    _check_drop_then_recovery(running, "unsupported_encoding", bad)
+
+
+def test_color_depth_size_mismatch(running):
+    def bad(fx):
+        fx.send(depth_msg=cv.numpy_to_image(np.full((H // 2, W // 2), 2000, np.uint16), "16UC1"))
+    _check_drop_then_recovery(running, "size_mismatch", bad)
+
+
+def test_all_invalid_depth(running):
+    def bad(fx):
+        fx.send(depth_m=np.zeros((H, W), np.float32), depth_encoding="32FC1")
+        fx.send(depth_m=np.full((H, W), np.nan, np.float32), depth_encoding="32FC1")
+    _check_drop_then_recovery(running, "no_valid_depth", bad)
+
+
+def test_missing_camera_info(running):
+    def bad(fx):
+        for _ in range(QUEUE + 2):
+            fx.send(info=False)
+    _check_drop_then_recovery(running, "no_camera_info", bad)
+
+
+def test_no_pose_for_stamp(running):
+    _check_drop_then_recovery(running, "no_pose", lambda fx: fx.send(pose=False))
+
+
+def test_out_of_order_stamps(running):
+    def bad(fx):
+        fx.send()
+        fx.send(stamp_ns=fx.stamp_ns - 250_000_000)
+    _check_drop_then_recovery(running, "out_of_order", bad)
+
+
+# ---------------------------------------------------------------- start-up failures
+
+@pytest.mark.parametrize("case", ["missing", "corrupt"])
+def test_bad_checkpoint_fails_at_start(tmp_path, case):
+    ckpt = tmp_path / "model.safetensors"
+    if case == "corrupt":
+        ckpt.write_bytes(b"\x00\x01 definitely not safetensors" * 10)
+    params_file = _params_file(tmp_path, checkpoint=str(ckpt), **NODE_PARAMS)
+    log_path = tmp_path / "node.log"
+    proc, log = _start_node(params_file, log_path)
+    try:
+        rc = proc.wait(timeout=STARTUP_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = log_path.read_text()
+    assert rc != 0, out
+    assert "cannot start" in out and str(ckpt) in out, out
+    assert "Traceback" not in out, out
+
+
+# ---------------------------------------------------------------- parameters and configuration
+
+def test_params_coerce_and_validate(tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"x")
+    p = SegmentNodeParams.from_dict({"checkpoint": str(ckpt), "segment_period_s": 1, "queue_size": 3}).validate()
+    assert p.segment_period_s == 1.0 and isinstance(p.segment_period_s, float) and p.queue_size == 3
+    with pytest.raises(ValueError, match="queue_size must be an integer"):
+        SegmentNodeParams.from_dict({"queue_size": 2.5})
+    with pytest.raises(ValueError, match="unknown parameters \\['voxel_size'\\]"):
+        SegmentNodeParams.from_dict({"voxel_size": 0.1})
+    with pytest.raises(ValueError, match="checkpoint is empty"):
+        SegmentNodeParams().validate()
+    with pytest.raises(ValueError, match="does not exist"):
+        SegmentNodeParams(checkpoint=str(tmp_path / "nope")).validate()
+    bad = dict(checkpoint=str(ckpt), pose_source="odom", device="gpu", sync_slop_s=-1.0, render_width=0)
+    with pytest.raises(ValueError) as err:
+        SegmentNodeParams(**bad).validate()
+    for name in ("pose_source 'odom'", "device 'gpu'", "sync_slop_s", "render_width"):
+        assert name in str(err.value)
+
+
+def test_params_declared_on_a_node_with_descriptions(ros_context):
+    node = rclpy.create_node("gcross_param_check", context=ros_context, parameter_overrides=[
+        Parameter("voxel_size_m", value=0.07), Parameter("segment_period_s", value=3)])
+    try:
+        declare_parameters(node)
+        p = SegmentNodeParams.from_node(node)
+        assert p.voxel_size_m == 0.07 and p.segment_period_s == 3.0 and p.map_frame == "map"
+        for name, text in SegmentNodeParams.descriptions().items():
+            desc = node.describe_parameter(name)
+            assert desc.description == text and len(text) > 10 and desc.read_only
+    finally:
+        node.destroy_node()
+
+
+def test_config_yaml_lists_every_parameter_with_its_default():
+    cfg = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
+    assert set(cfg) == set(SegmentNodeParams.parameter_names())
+    defaults = SegmentNodeParams.defaults()
+    for name, value in cfg.items():
+        assert value == defaults[name], f"{name}: yaml {value!r} vs default {defaults[name]!r}"
+
+
+def test_rviz_config_shows_the_node_outputs():
+    cfg = yaml.safe_load((REPO / "config" / "segment.rviz").read_text())
+    manager = cfg["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "map"
+    displays = manager["Displays"]
+    clouds = [d for d in displays if d["Class"] == "rviz_default_plugins/PointCloud2"]
+    assert {d["Topic"]["Value"] for d in clouds} == {"/labelled_cloud"}
+    by_transformer = {d["Color Transformer"]: d for d in clouds}
+    assert by_transformer["Intensity"]["Channel Name"] == "label" and by_transformer["Intensity"]["Enabled"]
+    assert "RGB8" in by_transformer and not by_transformer["RGB8"]["Enabled"]
+    images = {d["Topic"]["Value"] for d in displays if d["Class"] == "rviz_default_plugins/Image"}
+    assert images == {"/rendered/color", "/rendered/depth", "/rendered/semantic"}
+
+
+def test_launch_file_parses_and_declares_its_arguments():
+    path = REPO / "launch" / "segment.launch.py"
+    tree = ast.parse(path.read_text())
+    assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    declared = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
+                and getattr(c.func, "id", "") == "DeclareLaunchArgument" and c.args
+                and isinstance(c.args[0], ast.Constant)}
+    assert {"checkpoint", "camera", "params_file", "use_rviz", "device"} <= declared
+
+
+def test_launch_description_builds():
+    pytest.importorskip("launch_ros")
+    pytest.importorskip("launch.actions")  # the repo's own launch/ folder would satisfy a bare "launch"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("segment_launch", REPO / "launch" / "segment.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from launch import LaunchDescription
+
+    assert isinstance(module.generate_launch_description(), LaunchDescription)
+
+
+def test_pose_helper_rejects_bad_quaternions():
+    from geometry_msgs.msg import Pose
+
+    from gcross_ros.segment_node import pose_msg_to_matrix
+
+    pose = Pose()
+    pose.orientation.w = 0.0
+    with pytest.raises(ValueError, match="quaternion"):
+        pose_msg_to_matrix(pose)
+    pose.orientation.w, pose.orientation.z = 2 * math.cos(0.3), 2 * math.sin(0.3)  # not unit: normalised
+    T = pose_msg_to_matrix(pose)
+    np.testing.assert_allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-12)
+
+
+def test_tf_pose_source_with_a_stand_in_tf2_ros(tmp_path, ros_context, monkeypatch):
+    """pose_source tf: the node asks TF for map <- camera at the image stamp, waits, then drops ('no pose')."""
+    import types
+
+    from geometry_msgs.msg import TransformStamped
+
+    from gcross_ros import segment_node as sn
+
+    fake = types.ModuleType("tf2_ros")
+
+    class TransformException(Exception):
+        pass
+
+    class Buffer:
+        def __init__(self):
+            self.transforms, self.asked = {}, []
+
+        def lookup_transform(self, target, source, when):
+            self.asked.append((target, source, when.nanoseconds))
+            if (target, source, when.nanoseconds) not in self.transforms:
+                raise TransformException(f"no {target} <- {source}")
+            return self.transforms[(target, source, when.nanoseconds)]
+
+    fake.TransformException, fake.Buffer = TransformException, Buffer
+    fake.TransformListener = lambda buffer, node: None
+    monkeypatch.setitem(sys.modules, "tf2_ros", fake)
+
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    node = sn.SegmentNode(context=ros_context, parameter_overrides=[
+        Parameter("checkpoint", value=str(ckpt)), Parameter("pose_source", value="tf"),
+        Parameter("voxel_size_m", value=0.1), Parameter("pose_wait_s", value=0.2),
+        Parameter("publish_rendered", value=False)])
+    try:
+        rgb, depth_m, _ = _wall_frame(0.0)
+        frame = sn._Frame(5 * 10**9, "camera_optical", rgb, depth_m, K, time.monotonic())
+        assert node._lookup_pose(frame).status == "wait"
+        assert node._tf_buffer.asked[-1] == ("map", "camera_optical", 5 * 10**9)
+
+        tf = TransformStamped()
+        tf.transform.translation.x = 3.0
+        tf.transform.rotation.y, tf.transform.rotation.w = math.sin(0.25), math.cos(0.25)  # 0.5 rad about y
+        node._tf_buffer.transforms[("map", "camera_optical", 5 * 10**9)] = tf
+        node._resolve(frame)
+        assert len(node.map) > 0
+        R = np.array([[math.cos(0.5), 0, math.sin(0.5)], [0, 1, 0], [-math.sin(0.5), 0, math.cos(0.5)]])
+        in_cam = (node.map.coords() - [3.0, 0.0, 0.0]) @ R  # back into the camera frame with the TF pose
+        assert np.all((in_cam[:, 2] > 1.4) & (in_cam[:, 2] < 2.1))  # the wall (2 m) and the box (1.5 m)
+        assert abs(np.median(in_cam[:, 2]) - 2.0) < 0.06
+
+        late = sn._Frame(6 * 10**9, "camera_optical", rgb, depth_m, K, time.monotonic() - 1.0)
+        node._resolve(late)
+        assert len(node._pending) == 1
+        node._retry_pending()  # waited longer than pose_wait_s
+        assert len(node._pending) == 0 and node.stats.dropped["no_pose"] == 1
+    finally:
+        node.destroy_node()

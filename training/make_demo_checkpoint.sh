@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Rebuild the demo segmenter gcross_core/assets/segmenter_synthetic.safetensors from nothing:
+# procedural rooms -> GaussianCross pretraining (synthetic_tiny.yaml) -> fine-tuning
+# (finetune_synthetic.yaml) -> evaluation on held-out rooms -> copy into the package.
+#
+#   training/make_demo_checkpoint.sh [WORK_DIR]        (default runs/demo_checkpoint)
+#
+# Fixed seeds everywhere (rooms 0-7 for training, 1000-1003 for validation, training seed 0). CPU only,
+# one thread: on a shared 2-core machine oversubscribed OpenMP threads are slower than one. The classes
+# are SYNTHETIC_CLASSES (gcross_core/data/classes.py), a subset of the ScanNet20 names. The weights are
+# for demos and smoke tests of the node and the bag tools, not for real scans.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-runs/demo_checkpoint}
+PY=${PYTHON:-python}
+export OMP_NUM_THREADS=1
+ROOMS=(--views 8 --width 80 --height 60 --points 20000 --quiet)
+start=$(date +%s)
+
+"$PY" training/make_synthetic.py --out "$WORK/data/train" --rooms 8 --seed 0 "${ROOMS[@]}"
+"$PY" training/make_synthetic.py --out "$WORK/data/val" --rooms 4 --seed 1000 "${ROOMS[@]}"
+
+"$PY" training/pretrain.py --config training/configs/synthetic_tiny.yaml --out "$WORK/pretrain" \
+    --set data.root="$WORK/data/train" --set data.synthetic.rooms=0 --set train.seed=0 \
+    --set train.device=cpu --no-progress --no-tensorboard
+
+"$PY" training/finetune.py --config training/configs/finetune_synthetic.yaml \
+    --pretrained "$WORK/pretrain/final.safetensors" --out "$WORK/finetune" \
+    --set data.root="$WORK/data" --set train.seed=0 --set train.device=cpu \
+    --set train.max_steps=150 --set train.batch_size=2 --threads 1 --no-progress --no-tensorboard
+
+cp "$WORK/finetune/segmenter.safetensors" gcross_core/assets/segmenter_synthetic.safetensors
+echo "wrote gcross_core/assets/segmenter_synthetic.safetensors in $(( $(date +%s) - start )) s;" \
+     "validation report: $WORK/finetune/eval/report.md"
