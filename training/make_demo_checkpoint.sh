@@ -29,6 +29,6 @@ start=$(date +%s)
     --set data.root="$WORK/data" --set train.seed=0 --set train.device=cpu \
     --set train.max_steps=150 --set train.batch_size=2 --threads 1 --no-progress --no-tensorboard
 
-cp "$WORK/finetune/segmenter.safetensors" gcross_core/assets/segmenter_synthetic.safetensors
+install -m 0644 "$WORK/finetune/segmenter.safetensors" gcross_core/assets/segmenter_synthetic.safetensors
 echo "wrote gcross_core/assets/segmenter_synthetic.safetensors in $(( $(date +%s) - start )) s;" \
      "validation report: $WORK/finetune/eval/report.md"

@@ -193,7 +193,8 @@ def test_loss_ignores_unlabelled_rows_and_survives_an_all_ignored_batch():
         segmentation_loss(logits, labels[:4])
 
 
-@pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="demo checkpoint not built (training/make_demo_checkpoint.sh)")
+@pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(),
+                    reason="demo checkpoint not built (training/make_demo_checkpoint.sh)")
 def test_demo_checkpoint_segments_an_unseen_synthetic_room_well_above_chance():
     from gcross_core.data.classes import SYNTHETIC_CLASSES
     from gcross_core.data.synthetic import make_room
