@@ -20,7 +20,7 @@ setup(
     # (CPU wheel vs CUDA build) and rclpy/messages come either from PyPI or from a sourced ROS 2 workspace,
     # so they are deliberately not listed in install_requires.
     install_requires=["setuptools"],
-    zip_safe=True,
+    zip_safe=False,  # gcross_core/assets is read from the file system
     maintainer="gcross maintainers",
     maintainer_email="maintainers@gcross.dev",
     description="GaussianCross pretraining, 3D semantic segmentation and a ROS 2 segmentation node.",

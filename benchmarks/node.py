@@ -85,10 +85,11 @@ def segmentation_figures(frames, sizes: Sequence[int], checkpoint: Path, repeats
 
 # ---------------------------------------------------------------- the node over DDS
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process now (VmRSS) or its peak so far (VmHWM), MB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -172,6 +173,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             pubs["color"].publish(color)
             if k in rss_at:
                 out[f"node_rss_after_{k}_mb"] = _rss_mb(proc.pid)
+                out[f"node_peak_after_{k}_mb"] = _rss_mb(proc.pid, "VmHWM")
                 with lock:
                     out[f"node_voxels_after_{k}"] = diags[-1].get("map_voxels", 0)
             t_next += period
@@ -179,18 +181,21 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
         # The last frames still need a segmentation: the second cloud that arrives after the last frame
         # was sent started after it (clouds come one segmentation at a time).
         sent_all = time.monotonic()
-        deadline = sent_all + min(2 * params["segment_period_s"] + 60, 180)
-        while time.monotonic() < deadline:
+        while True:
             with lock:
                 if sum(recv > sent_all for recv, _, _ in clouds) >= 2:
                     break
+                seg_s = diags[-1].get("segmentation_ms", 0.0) / 1e3
+            if time.monotonic() > sent_all + min(2 * (params["segment_period_s"] + seg_s) + 30, 600):
+                break
             time.sleep(0.2)
         with lock:
             got, diag = list(clouds), dict(diags[-1])
             fusion_means = [d["fusion_ms_mean"] for d in diags if "fusion_ms_mean" in d]
             node_latency = sorted({d["latency_ms"] for d in diags if "latency_ms" in d})
         lat = [recv - sent[stamp] for recv, stamp, _ in got if stamp in sent]
-        out.update(frames_sent=max(rss_at), frames_in=diag.get("frames_in", 0), frames_fused=diag.get("frames_fused", 0),
+        out.update(frames_sent=max(rss_at), frames_in=diag.get("frames_in", 0),
+                   frames_fused=diag.get("frames_fused", 0),
                    frames_dropped=diag.get("frames_dropped", 0), clouds=len(got),
                    cloud_points_last=got[-1][2] if got else 0, map_voxels=diag.get("map_voxels", 0),
                    node_fusion_ms=float(np.mean(fusion_means)) if fusion_means else float("nan"),
@@ -227,10 +232,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--reliable-inputs", action="store_true",
                     help="switch the node's camera subscriptions to reliable (qos_overrides parameters): "
                          "measures the node rather than large best-effort samples lost by the transport")
+    ap.add_argument("--dds-profile", default=None,
+                    help="Fast DDS XML profile for this process and the node (e.g. config/fastdds.xml); "
+                         "default: the DDS defaults")
     ap.add_argument("--rss-at", default=None,
                     help="frame counts at which the node's RSS is read (default 100,1000; quick 20,100)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
+    if args.dds_profile:  # read when this process and the node create their DDS participants
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
     from gcross_ros.params import SegmentNodeParams
 
     voxel = args.voxel_size or SegmentNodeParams().voxel_size_m
@@ -265,7 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                           for topic in ("color/image_raw", "depth/image_raw", "color/camera_info")}
         fig = node_figures(frames, ckpt, rss_at, args.rate, tmp, overrides)
         qos = "reliable" if args.reliable_inputs else "sensor-data (best effort)"
-        print(f"node (config/segment.yaml, {qos} inputs, {w}x{h} at {fig['rate_hz']:g} Hz): "
+        dds = f"DDS profile {args.dds_profile}" if args.dds_profile else "default DDS transports"
+        print(f"node (config/segment.yaml, {qos} inputs, {dds}, {w}x{h} at {fig['rate_hz']:g} Hz): "
               f"{fig['frames_sent']} frames sent, "
               f"{fig['frames_in']:.0f} received, {fig['frames_fused']:.0f} fused, {fig['frames_dropped']:.0f} "
               f"dropped {fig['dropped']}; fusion {fig['node_fusion_ms']:.1f} ms/frame in the node")
@@ -275,10 +286,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"latency image publish -> labelled_cloud received: median {fig['e2e_latency_s_median']:.2f} s, "
                   f"max {fig['e2e_latency_s_max']:.2f} s; node receipt -> publish median "
                   f"{fig.get('node_latency_s_median', float('nan')):.2f} s")
-        rss = [f"{k[len('node_rss_after_'):-3]} frames {v:.0f} MB "
-               f"({fig['node_voxels_after_' + k[len('node_rss_after_'):-3]]:.0f} voxels)"
-               for k, v in fig.items() if k.startswith("node_rss_after_")]
-        print("node process RSS: " + ", ".join(rss))
+        rss = []
+        for key in (k for k in fig if k.startswith("node_rss_after_")):
+            n = key[len("node_rss_after_"):-3]
+            rss.append(f"{n} frames {fig[key]:.0f} MB now / {fig[f'node_peak_after_{n}_mb']:.0f} MB peak "
+                       f"({fig[f'node_voxels_after_{n}']:.0f} voxels)")
+        print("node process RSS (a segmentation in flight holds the encoder's activations): " + ", ".join(rss))
 
 
 if __name__ == "__main__":

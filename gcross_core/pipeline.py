@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # segment.py pulls in torch and spconv; only needed by from_c
 class PipelineConfig:
     """Mirrors the node parameters of the same names (gcross_ros/params.py holds the defaults' reasons)."""
 
-    voxel_size_m: float = 0.04
+    voxel_size_m: float = 0.02
     max_voxels: int = 400_000
     max_depth_m: float = 5.0
     segment_period_s: float = 2.0  # in stream time (image stamps), not wall time

@@ -318,17 +318,3 @@ def labelled_cloud(xyz: np.ndarray,  # [N, 3] float metres, frame ``frame_id``
     return array_to_pointcloud2(points, stamp_ns, frame_id)
 
 
-def label_palette(num_classes: int) -> np.ndarray:
-    """[K, 3] uint8 distinct colors, one per class (golden-ratio hues, so neighbouring ids differ)."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    hue = (np.arange(num_classes) * 0.618033988749895) % 1.0
-    sat = np.where(np.arange(num_classes) % 2 == 0, 0.85, 0.6)
-    val = np.where(np.arange(num_classes) % 3 == 2, 0.75, 0.95)
-    i = np.floor(hue * 6).astype(int) % 6
-    f = hue * 6 - np.floor(hue * 6)
-    p, q, t = val * (1 - sat), val * (1 - f * sat), val * (1 - (1 - f) * sat)
-    r = np.choose(i, [val, q, p, p, t, val])
-    g = np.choose(i, [t, val, val, q, p, p])
-    b = np.choose(i, [p, p, t, val, val, q])
-    return np.round(np.stack([r, g, b], axis=1) * 255).astype(np.uint8)

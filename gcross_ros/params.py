@@ -22,7 +22,9 @@ def _p(default: Any, description: str):
 
 @dataclass(frozen=True)
 class SegmentNodeParams:
-    checkpoint: str = _p("", "Segmenter checkpoint (.safetensors) to load at start; required.")
+    checkpoint: str = _p("", "Segmenter checkpoint (.safetensors) to load at start; empty: the bundled demo "
+                             "segmenter (12 classes, trained on synthetic rooms only: a smoke test, not a model "
+                             "for real scans).")
     device: str = _p("cpu", "Torch device for segmentation and rendering: 'cpu', 'cuda' or 'cuda:N'.")
     map_frame: str = _p("map", "Frame of the fused map, of labelled_cloud and of the camera poses.")
     camera_frame: str = _p("", "Camera optical frame; empty: the frame_id of the color images. Used for "
@@ -35,8 +37,9 @@ class SegmentNodeParams:
                                  "('no pose'); generous because a busy node may handle the pose late.")
     sync_slop_s: float = _p(0.02, "Largest stamp spread of a synchronized color/depth/camera_info set.")
     queue_size: int = _p(10, "Messages kept per input stream while waiting for partners.")
-    voxel_size_m: float = _p(0.04, "Edge of a map voxel. Coarser than the encoder's 2 cm grid so that a "
-                                   "room stays small enough to segment every period on a CPU.")
+    voxel_size_m: float = _p(0.02, "Edge of a map voxel. The default matches the encoder's 2 cm grid, the "
+                                   "point density it was trained on; coarser maps segment faster on a CPU "
+                                   "but leave the encoder's first layers without neighbours.")
     max_voxels: int = _p(400_000, "Upper bound on map voxels; beyond it the map evicts (see fusion.py).")
     max_depth_m: float = _p(5.0, "Depth readings beyond this are ignored (structured-light noise grows "
                                  "with the square of the range).")
@@ -85,14 +88,20 @@ class SegmentNodeParams:
         """Read the declared parameters of an rclpy node (see :func:`declare_parameters`)."""
         return cls.from_dict({name: node.get_parameter(name).value for name in cls.parameter_names()})
 
+    @property
+    def checkpoint_path(self) -> str:
+        """The checkpoint to load: ``checkpoint``, or the bundled demo segmenter when it is empty."""
+        if self.checkpoint:
+            return self.checkpoint
+        from gcross_core.segment import DEMO_CHECKPOINT  # the path only; gcross_core.segment imports torch
+
+        return str(DEMO_CHECKPOINT)
+
     def validate(self) -> "SegmentNodeParams":
         """Raise ValueError naming the first unusable parameter; returns self for chaining."""
         errors = []
-        if not self.checkpoint:
-            errors.append("checkpoint is empty: pass the path of a segmenter checkpoint "
-                          "(e.g. --ros-args -p checkpoint:=/path/model.safetensors)")
-        elif not os.path.isfile(self.checkpoint):
-            errors.append(f"checkpoint {self.checkpoint!r} does not exist or is not a file")
+        if not os.path.isfile(self.checkpoint_path):
+            errors.append(f"checkpoint {self.checkpoint_path!r} does not exist or is not a file")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             errors.append(f"device {self.device!r} is not 'cpu', 'cuda' or 'cuda:N'")
         if not self.map_frame:

@@ -46,14 +46,15 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
-from gcross_core.fusion import VoxelMap
 from gcross_core.geometry import invert_rigid, is_valid_pose, pose_from_quat, scale_intrinsics
+from gcross_core.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.render import render
+from gcross_core.report import class_palette
 from gcross_core.segment import Segmenter
 from gcross_core.train.checkpoint import CheckpointError
 from gcross_core.types import Cameras, Gaussians
 from gcross_ros.conversions import (DEPTH_16UC1_UNITS_PER_M, DEPTH_ENCODINGS, camera_info_to_K, color_to_rgb,
-                                    image_to_numpy, label_palette, labelled_cloud, numpy_to_image, stamp_to_ns)
+                                    image_to_numpy, labelled_cloud, numpy_to_image, stamp_to_ns)
 from gcross_ros.params import SegmentNodeParams, declare_parameters
 from gcross_ros.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
                              PoseBuffer, PoseLookup)
@@ -194,12 +195,18 @@ def voxel_gaussians(coords: np.ndarray,  # [N, 3] map frame metres
                     num_classes: int, voxel_size_m: float, device: str = "cpu") -> Gaussians:
     """One isotropic Gaussian per voxel; features are the one-hot labels (zero where unlabelled)."""
     n = len(coords)
+    for name, arr, shape in (("coords", coords, (n, 3)), ("colors", colors, (n, 3)), ("labels", labels, (n,))):
+        if np.shape(arr) != shape:
+            raise ValueError(f"{name} has shape {np.shape(arr)}, expected {shape}")
     features = np.zeros((n, num_classes), dtype=np.float32)
     labelled = labels >= 0
     features[np.flatnonzero(labelled), labels[labelled]] = 1.0
     quats = np.zeros((n, 4), dtype=np.float32)
     quats[:, 0] = 1.0
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)  # noqa: E731
+
+    def as_t(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
     return Gaussians(means=as_t(coords), quats=as_t(quats),
                      scales=torch.full((n, 3), VOXEL_GAUSSIAN_SCALE * voxel_size_m, device=device),
                      colors=as_t(np.clip(colors, 0, 255) / 255.0),
@@ -212,6 +219,8 @@ def visible_voxels(coords: np.ndarray,  # [N, 3] map frame
                    K: np.ndarray,  # [3, 3] for width x height
                    width: int, height: int, margin_m: float, limit: int) -> np.ndarray:
     """Indices of the voxels whose Gaussians can touch the image, the ``limit`` nearest if more."""
+    if coords.ndim != 2 or coords.shape[1] != 3:
+        raise ValueError(f"coords has shape {coords.shape}, expected [N, 3]")
     T = invert_rigid(cam_to_map)
     pts = coords @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
     z = pts[:, 2]
@@ -237,10 +246,23 @@ class SegmentNode(Node):
         p = self.params
         if p.torch_threads:
             torch.set_num_threads(p.torch_threads)
-        self.segmenter = Segmenter.from_checkpoint(p.checkpoint, p.device)
+        if not p.checkpoint:
+            self.get_logger().warning(
+                f"no checkpoint given: using the bundled demo segmenter {p.checkpoint_path}, trained on synthetic "
+                "rooms only; pass checkpoint:=/path/segmenter.safetensors for real scans")
+        self.segmenter = Segmenter.from_checkpoint(p.checkpoint_path, p.device)
+        if p.voxel_size_m > 1.5 * self.segmenter.grid_size_m:
+            self.get_logger().warning(
+                f"voxel_size_m={p.voxel_size_m:g} is coarser than the segmenter's grid "
+                f"({self.segmenter.grid_size_m:g} m): its first layers see isolated points, unlike in training; "
+                "expect lower accuracy")
         self.class_names = list(self.segmenter.class_names)
-        self.palette = label_palette(len(self.class_names))
-        self.map = VoxelMap(p.voxel_size_m, p.max_voxels, len(self.class_names), max_depth_m=p.max_depth_m)
+        self.palette = class_palette(len(self.class_names))
+        # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
+        # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
+        self.pipeline = SegmentationPipeline(self.segmenter, PipelineConfig(
+            voxel_size_m=p.voxel_size_m, max_voxels=p.max_voxels, max_depth_m=p.max_depth_m, segment_period_s=0.0))
+        self.map = self.pipeline.map
 
         self.stats = _Stats()
         self._warn = _ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
@@ -250,9 +272,12 @@ class SegmentNode(Node):
         self._latest_view: Optional[_View] = None
         self._pose_buffer = PoseBuffer(int(p.pose_tolerance_s * 1e9))
 
-        # Inputs share one mutually exclusive group so the synchronizer and pose state need no lock;
-        # segmentation and rendering get their own groups, i.e. their own executor threads.
-        inputs = MutuallyExclusiveCallbackGroup()
+        # The camera callbacks and timers share the node's default (mutually exclusive) callback group, so
+        # the synchronizer and the frames waiting for poses need no lock under any executor. Poses have a
+        # group of their own: behind a busy image stream (whose keep-last queues skip ahead) they would
+        # otherwise fall behind the images that need them. Segmentation and rendering run on worker
+        # threads of their own (_start_workers).
+        #
         # Sensor-data QoS (best effort, keep last 5) by default. Deployments whose transport loses large
         # best-effort samples can switch an input to reliable with the standard parameter
         # qos_overrides./<topic>.subscription.reliability.
@@ -260,12 +285,13 @@ class SegmentNode(Node):
         for msg_type, topic, callback in ((Image, "color/image_raw", self._on_color),
                                           (Image, "depth/image_raw", self._on_depth),
                                           (CameraInfo, "color/camera_info", self._on_camera_info)):
-            self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data, callback_group=inputs,
+            self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data,
                                      qos_overriding_options=overridable)
         self._tf_buffer = None
         if p.pose_source == "topic":
             pose_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
-            self.create_subscription(PoseStamped, "pose", self._on_pose, pose_qos, callback_group=inputs)
+            self.create_subscription(PoseStamped, "pose", self._on_pose, pose_qos,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
         else:
             import tf2_ros  # only this pose source needs it, and it is not on PyPI
 
@@ -283,18 +309,14 @@ class SegmentNode(Node):
             self.render_pubs = {name: self.create_publisher(Image, f"rendered/{name}", reliable)
                                 for name in ("color", "depth", "semantic")}
 
-        self.create_timer(0.05, self._retry_pending, callback_group=inputs)
-        self.create_timer(p.diagnostics_period_s, self._publish_diagnostics, callback_group=inputs)
-        # Worker timers are re-armed when their work ends (_segment_once, _render_once), so a slow
-        # segmentation or render leaves a full period of CPU time to fusion instead of running back to back.
-        self._segment_timer = self.create_timer(p.segment_period_s, self._segment_once,
-                                                callback_group=MutuallyExclusiveCallbackGroup())
-        if p.publish_rendered:
-            self._render_timer = self.create_timer(p.render_period_s, self._render_once,
-                                                   callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(0.05, self._retry_pending)
+        self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
+        self._stop = threading.Event()
+        self._workers = []
+        self._start_workers()
         self._publish_legend()
         self.get_logger().info(
-            f"segmenting with {p.checkpoint} ({len(self.class_names)} classes) on {p.device}; "
+            f"segmenting with {p.checkpoint_path} ({len(self.class_names)} classes) on {p.device}; "
             f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={p.voxel_size_m}")
 
     # ------------------------------------------------------------------ inputs
@@ -321,8 +343,7 @@ class SegmentNode(Node):
         except ValueError as e:
             self.stats.inc("poses_ignored")
             self._warn.warn("pose_invalid", f"pose ignored: {e}")
-            return
-        self._retry_pending()
+        # frames waiting for this pose are picked up by _retry_pending on the camera callbacks' thread
 
     def _offer(self, stream: int, msg) -> None:
         result = self._sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
@@ -435,7 +456,7 @@ class SegmentNode(Node):
     def _fuse(self, frame: _Frame, cam_to_map: np.ndarray) -> None:
         t0 = time.perf_counter()
         try:
-            self.map.integrate(frame.color_rgb, frame.depth, frame.K, cam_to_map)
+            self.pipeline.process_frame(frame.color_rgb, frame.depth, frame.K, cam_to_map, frame.stamp_ns * 1e-9)
         except ValueError as e:
             return self._drop(FUSION_ERROR, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: {e}")
         self.stats.fusion_time((time.perf_counter() - t0) * 1e3)
@@ -445,32 +466,42 @@ class SegmentNode(Node):
 
     # ------------------------------------------------------------------ workers
 
-    def _segment_once(self) -> None:
-        try:
-            self._segment()
-        finally:
-            self._segment_timer.reset()
+    def _start_workers(self) -> None:
+        """Segmentation (and rendering) threads; they run whatever executor spins the node, and end with it."""
+        jobs = [("segment", self._segment, self.params.segment_period_s)]
+        if self.params.publish_rendered:
+            jobs.append(("render", self._render, self.params.render_period_s))
+        for name, work, pause_s in jobs:
+            thread = threading.Thread(target=self._work_loop, args=(work, pause_s), name=f"{NODE_NAME}_{name}",
+                                      daemon=True)
+            thread.start()
+            self._workers.append(thread)
 
-    def _render_once(self) -> None:
-        try:
-            self._render()
-        finally:
-            self._render_timer.reset()
+    def stop_workers(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout_s)  # a segmentation in flight may take seconds; the threads are daemons
+
+    def destroy_node(self) -> None:
+        self.stop_workers()
+        super().destroy_node()
+
+    def _work_loop(self, work, pause_s: float) -> None:
+        # A pause after each run, not a rate: a segmentation slower than its period must not starve fusion.
+        while not self._stop.wait(pause_s):
+            work()
 
     def _segment(self) -> None:
-        view = self._latest_view  # read before the snapshot: the snapshot contains this frame
-        snap = self.map.snapshot()
-        if view is None or len(snap) == 0:
+        view = self._latest_view  # read before the segmentation's snapshot, which contains this frame
+        if view is None:
             return
         try:
-            t0 = time.perf_counter()
-            _, _, probs = self.segmenter.predict(snap.coords, snap.colors, snap.normals, return_probs=True)
-            self.map.fuse_probabilities(np.arange(len(snap)), probs, snapshot=snap)
-            seg_ms = (time.perf_counter() - t0) * 1e3
-            fused = self.map.snapshot()
-            keep = fused.labels >= 0  # voxels added since `snap` have no label yet
-            colors = np.clip(np.round(fused.colors[keep]), 0, 255).astype(np.uint8)
-            msg = labelled_cloud(fused.coords[keep], colors, fused.labels[keep], fused.confidence[keep],
+            seg = self.pipeline.segment()
+            if seg is None:  # empty map
+                return
+            pts = self.pipeline.labelled_points()
+            keep = pts.label >= 0  # voxels added since the segmentation's snapshot have no label yet
+            msg = labelled_cloud(pts.coord[keep], pts.color[keep], pts.label[keep], pts.confidence[keep],
                                  stamp_ns=view.stamp_ns, frame_id=self.params.map_frame)
             self.cloud_pub.publish(msg)
         except Exception as e:  # the worker must survive; the error is reported, not swallowed
@@ -478,8 +509,8 @@ class SegmentNode(Node):
             self._warn.warn("segmentation_error", f"segmentation failed: {type(e).__name__}: {e}")
             return
         self.stats.inc("clouds_published")
-        self.stats.timing("segmentation_ms", seg_ms)
-        self.stats.timing("segmented_voxels", len(snap))
+        self.stats.timing("segmentation_ms", seg.seconds * 1e3)
+        self.stats.timing("segmented_voxels", seg.voxels)
         self.stats.timing("latency_ms", (time.monotonic() - view.received) * 1e3)
 
     def _render(self) -> None:
@@ -535,7 +566,7 @@ class SegmentNode(Node):
     def _publish_legend(self) -> None:
         legend = {"classes": [{"id": i, "name": n, "color": self.palette[i].tolist()}
                               for i, n in enumerate(self.class_names)],
-                  "label_field": "label", "checkpoint": self.params.checkpoint}
+                  "label_field": "label", "checkpoint": self.params.checkpoint_path}
         self.legend_pub.publish(String(data=json.dumps(legend)))
 
     def _publish_diagnostics(self) -> None:
@@ -572,7 +603,7 @@ def main(args=None) -> int:
         except (ValueError, CheckpointError) as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
             return 1
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = MultiThreadedExecutor(num_threads=2)  # camera callbacks + pose callbacks
         executor.add_node(node)
         try:
             executor.spin()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
@@ -217,17 +218,20 @@ class PoseBuffer:
         self.capacity = int(capacity)
         self._stamps: List[int] = []
         self._poses: List[np.ndarray] = []
+        self._lock = threading.Lock()  # poses may be added on another thread than the one looking up
 
     def __len__(self) -> int:
         return len(self._stamps)
 
     @property
     def newest_stamp_ns(self) -> Optional[int]:
-        return self._stamps[-1] if self._stamps else None
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
 
     def clear(self) -> None:
-        self._stamps.clear()
-        self._poses.clear()
+        with self._lock:
+            self._stamps.clear()
+            self._poses.clear()
 
     def add(self, stamp_ns: int, cam_to_map: np.ndarray) -> None:
         """Insert a pose (late poses are placed in stamp order; a repeated stamp replaces the old pose)."""
@@ -235,16 +239,21 @@ class PoseBuffer:
         if not is_valid_pose(cam_to_map):
             raise ValueError(f"cam_to_map is not a finite rigid 4x4 transform: {cam_to_map.tolist()}")
         stamp_ns = int(stamp_ns)
-        k = bisect.bisect_left(self._stamps, stamp_ns)
-        if k < len(self._stamps) and self._stamps[k] == stamp_ns:
-            self._poses[k] = cam_to_map
-            return
-        self._stamps.insert(k, stamp_ns)
-        self._poses.insert(k, cam_to_map)
-        if len(self._stamps) > self.capacity:
-            del self._stamps[0], self._poses[0]
+        with self._lock:
+            k = bisect.bisect_left(self._stamps, stamp_ns)
+            if k < len(self._stamps) and self._stamps[k] == stamp_ns:
+                self._poses[k] = cam_to_map
+                return
+            self._stamps.insert(k, stamp_ns)
+            self._poses.insert(k, cam_to_map)
+            if len(self._stamps) > self.capacity:
+                del self._stamps[0], self._poses[0]
 
     def lookup(self, stamp_ns: int) -> PoseLookup:
+        with self._lock:
+            return self._lookup(int(stamp_ns))
+
+    def _lookup(self, stamp_ns: int) -> PoseLookup:
         stamps, tol = self._stamps, self.tolerance_ns
         if not stamps:
             return PoseLookup(POSE_WAIT)

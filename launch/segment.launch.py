@@ -6,7 +6,12 @@
 The node runs in the root namespace; its camera inputs are remapped under ``camera`` (for example
 ``color/image_raw`` -> ``/camera/color/image_raw``), its outputs keep their relative names
 (``/labelled_cloud``, ``/rendered/...``, ``/diagnostics``), which is what config/segment.rviz shows.
-Launch arguments left empty keep the value from the params file.
+Launch arguments left empty keep the value from the params file; with no checkpoint at all the node
+loads the bundled demo segmenter (synthetic classes; it says so in its log).
+
+Full-size RGB-D streams between processes overflow Fast DDS's default buffers (lost or late frames and
+camera_info, counted in /diagnostics): export config/fastdds.xml to the camera driver and this launch
+(FASTDDS_DEFAULT_PROFILES_FILE, see the file).
 """
 import os
 
@@ -47,7 +52,8 @@ def _actions(context):
 def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("checkpoint", default_value="",
-                              description="Segmenter checkpoint (.safetensors); empty: the params file's."),
+                              description="Segmenter checkpoint (.safetensors); empty: the params file's "
+                                          "(itself empty: the bundled demo segmenter)."),
         DeclareLaunchArgument("camera", default_value="/camera",
                               description="Namespace of the RGB-D camera topics (color/image_raw, "
                                           "depth/image_raw, color/camera_info); empty: no remapping."),

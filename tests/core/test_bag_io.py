@@ -321,3 +321,15 @@ def test_record_cli_on_a_scene_folder(tmp_path):
         np.testing.assert_allclose(got.depth_m[i], f.depth_m, atol=0.0005 + 1e-6)  # mm in the folder and bag
         np.testing.assert_allclose(got.cam_to_map[i], f.cam_to_world, atol=1e-9)
     assert main(["-q", "record", "--scene", str(tmp_path / "room"), "--out", str(tmp_path / "bag")]) == 2
+
+
+def test_pipeline_defaults_match_the_node_parameters():
+    """gcross-bag eval and the node must fuse and segment alike unless told otherwise."""
+    from dataclasses import fields
+
+    from gcross_ros.params import SegmentNodeParams
+
+    node = SegmentNodeParams.defaults()
+    shared = [f.name for f in fields(PipelineConfig) if f.name in node]
+    assert {"voxel_size_m", "max_voxels", "max_depth_m", "segment_period_s"} <= set(shared)
+    assert {n: getattr(PipelineConfig(), n) for n in shared} == {n: node[n] for n in shared}

@@ -208,12 +208,6 @@ def test_cloud_errors_name_the_problem():
         cv.array_to_pointcloud2(np.zeros(3, np.float32))
 
 
-def test_palette_is_distinct():
-    pal = cv.label_palette(20)
-    assert pal.shape == (20, 3) and pal.dtype == np.uint8
-    assert len({tuple(c) for c in pal}) == 20
-
-
 def test_matches_sensor_msgs_py():
     """Where ROS provides sensor_msgs_py, both give identical bytes and read back identical points."""
     pc2 = pytest.importorskip("sensor_msgs_py.point_cloud2")

@@ -29,6 +29,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from gcross_core.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.geometry import quat_from_pose  # noqa: E402
+from gcross_core.report import class_palette  # noqa: E402
 from gcross_core.segment import build_segmenter_checkpoint  # noqa: E402
 from gcross_ros import conversions as cv  # noqa: E402
 from gcross_ros.params import SegmentNodeParams, declare_parameters  # noqa: E402
@@ -51,8 +52,9 @@ WAIT_S = 20.0
 
 
 def _tiny_checkpoint(path):
+    # grid_size_m = the tests' voxel_size_m, so the encoder sees the map at its own density
     return build_segmenter_checkpoint(path, CLASSES, SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8),
-                                                                  layers=(1, 1, 1, 1)))
+                                                                  layers=(1, 1, 1, 1)), grid_size_m=0.1)
 
 
 def _params_file(tmp, **params):
@@ -272,7 +274,7 @@ def test_labelled_cloud_rendered_views_and_legend(running):
     assert color[..., 0].mean() > 2 * color[..., 2].mean()
     semantic = wait_for(lambda: (lambda m: m if m is not None and cv.image_to_numpy(m).any() else None)(
         fx.latest(fx.rendered["semantic"])), WAIT_S, "a labelled rendered/semantic", proc, log_path)
-    palette = cv.label_palette(len(CLASSES))
+    palette = class_palette(len(CLASSES))
     colors = {tuple(c) for c in cv.image_to_numpy(semantic).reshape(-1, 3)} - {(0, 0, 0)}
     assert colors and colors <= {tuple(c) for c in palette}
 
@@ -362,8 +364,8 @@ def test_params_coerce_and_validate(tmp_path):
         SegmentNodeParams.from_dict({"queue_size": 2.5})
     with pytest.raises(ValueError, match="unknown parameters \\['voxel_size'\\]"):
         SegmentNodeParams.from_dict({"voxel_size": 0.1})
-    with pytest.raises(ValueError, match="checkpoint is empty"):
-        SegmentNodeParams().validate()
+    demo = SegmentNodeParams().validate()  # empty checkpoint: the bundled demo segmenter, which must exist
+    assert Path(demo.checkpoint_path).is_file() and demo.checkpoint_path.endswith(".safetensors")
     with pytest.raises(ValueError, match="does not exist"):
         SegmentNodeParams(checkpoint=str(tmp_path / "nope")).validate()
     bad = dict(checkpoint=str(ckpt), pose_source="odom", device="gpu", sync_slop_s=-1.0, render_width=0)
@@ -500,5 +502,20 @@ def test_tf_pose_source_with_a_stand_in_tf2_ros(tmp_path, ros_context, monkeypat
         assert len(node._pending) == 1
         node._retry_pending()  # waited longer than pose_wait_s
         assert len(node._pending) == 0 and node.stats.dropped["no_pose"] == 1
+    finally:
+        node.destroy_node()
+
+
+def test_node_without_checkpoint_uses_the_demo_segmenter(ros_context):
+    """`ros2 launch gcross_ros segment.launch.py` with no arguments starts on the bundled demo model."""
+    from gcross_core.data.classes import SYNTHETIC_CLASSES
+    from gcross_core.segment import DEMO_CHECKPOINT
+    from gcross_ros import segment_node as sn
+
+    node = sn.SegmentNode(context=ros_context, parameter_overrides=[Parameter("publish_rendered", value=False)])
+    try:
+        assert node.params.checkpoint == "" and node.params.checkpoint_path == str(DEMO_CHECKPOINT)
+        assert node.class_names == list(SYNTHETIC_CLASSES)
+        assert node.map.voxel_size_m == pytest.approx(SegmentNodeParams().voxel_size_m)
     finally:
         node.destroy_node()
