@@ -152,37 +152,21 @@ def register_color_to_depth(color: np.ndarray,  # [Hc, Wc, 3] uint8
                             K_color: np.ndarray,  # [3, 3]
                             K_depth: np.ndarray,  # [3, 3]
                             depth_hw: Tuple[int, int],
-                            ) -> np.ndarray:  # [Hd, Wd, 3] uint8
-    """Resample the color image into the depth camera (shared pose), bilinear; outside -> black.
+                            ) -> Tuple[np.ndarray, np.ndarray]:  # ([Hd, Wd, 3] uint8, [Hd, Wd] bool seen)
+    """The color image resampled into the depth camera (shared pose), and where the color camera sees.
 
-    Depth pixel (u, v) sees color pixel ``K_color @ inv(K_depth) @ (u, v, 1)``. The depth camera may
-    see beyond the color image (ScanNet's depth field of view is wider); those pixels get black.
+    The same resampling as training data (:func:`gcross_core.data.scene.resample_color`); the depth camera
+    may see beyond the color image (ScanNet's depth field of view is wider): ``seen`` is False there, and
+    :func:`record_scene` writes no depth for those pixels.
     """
+    from gcross_core.data.scene import color_seen_mask, resample_color
+
     color = np.asarray(color)
     if color.ndim != 3 or color.shape[2] != 3 or color.dtype != np.uint8:
         raise ValueError(f"color image has shape {color.shape} {color.dtype}, expected [H, W, 3] uint8")
-    K_color = np.asarray(K_color, np.float64)
-    K_depth = np.asarray(K_depth, np.float64)
     hd, wd = int(depth_hw[0]), int(depth_hw[1])
-    if color.shape[:2] == (hd, wd) and np.allclose(K_color, K_depth):
-        return color.copy()
-    M = K_color @ np.linalg.inv(K_depth)  # zero skew on both sides: an axis-aligned affine map
-    x = M[0, 0] * np.arange(wd) + M[0, 2]
-    y = M[1, 1] * np.arange(hd) + M[1, 2]
-    hc, wc = color.shape[:2]
-    inside = ((y >= -0.5) & (y <= hc - 0.5))[:, None] & ((x >= -0.5) & (x <= wc - 0.5))[None, :]
-    x = np.clip(x, 0, wc - 1)
-    y = np.clip(y, 0, hc - 1)
-    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, wc - 1), np.minimum(y0 + 1, hc - 1)
-    fx = (x - x0)[None, :, None]
-    fy = (y - y0)[:, None, None]
-    c = color.astype(np.float32)
-    top = c[y0][:, x0] * (1 - fx) + c[y0][:, x1] * fx
-    bottom = c[y1][:, x0] * (1 - fx) + c[y1][:, x1] * fx
-    out = np.rint(top * (1 - fy) + bottom * fy)
-    out[~inside] = 0
-    return np.clip(out, 0, 255).astype(np.uint8)
+    rgb = resample_color(color, np.asarray(K_color, np.float64), np.asarray(K_depth, np.float64), wd, hd)
+    return rgb, color_seen_mask(color.shape[:2], K_color, K_depth, wd, hd)
 
 
 def depth_to_mm(depth_m: np.ndarray) -> np.ndarray:  # [H, W] float32 m -> [H, W] uint16 mm
@@ -436,7 +420,8 @@ def record_frames(out,
                 skipped += 1  # ScanNet marks lost tracking with -inf poses; such frames carry no geometry
                 continue
             K_depth = np.asarray(K_color if K_depth is None else K_depth, np.float64)
-            rgb = register_color_to_depth(color, K_color, K_depth, depth_m.shape)
+            rgb, seen = register_color_to_depth(color, K_color, K_depth, depth_m.shape)
+            depth_m = np.where(seen, depth_m, 0.0)  # no color of its own: no point
             t = t0 + written * period_ns
             h, w = depth_m.shape
             size = (w, h)

@@ -99,6 +99,24 @@ def resample_color(color: np.ndarray,  # [Hc, Wc, 3] uint8
     return np.asarray(out)
 
 
+def color_seen_mask(color_hw: Tuple[int, int],  # (Hc, Wc) of the color image
+                    K_color: np.ndarray,  # [3, 3]
+                    K_target: np.ndarray,  # [3, 3] of the wanted image (same pose)
+                    width: int, height: int) -> np.ndarray:  # -> [height, width] bool
+    """Target pixels whose centre falls on the color image (same affine map as :func:`resample_color`).
+
+    A depth camera with a wider field of view than the color camera (ScanNet's) sees a border the color
+    camera does not; :func:`resample_color` extends the color's edge there, this mask says where.
+    """
+    hc, wc = int(color_hw[0]), int(color_hw[1])
+    M = np.asarray(K_color, np.float64) @ np.linalg.inv(np.asarray(K_target, np.float64))
+    x = M[0, 0] * np.arange(int(width)) + M[0, 2]
+    y = M[1, 1] * np.arange(int(height)) + M[1, 2]
+    eps = 1e-6
+    return (((y >= -0.5 - eps) & (y <= hc - 0.5 + eps))[:, None]
+            & ((x >= -0.5 - eps) & (x <= wc - 0.5 + eps))[None, :])
+
+
 def resize_depth_nearest(depth_m: np.ndarray, width: int, height: int) -> np.ndarray:
     """[Hd, Wd] -> [height, width] by nearest neighbour (no averaging across depth edges)."""
     hd, wd = depth_m.shape
@@ -143,15 +161,21 @@ class Frame:
         """Color and depth both ``width`` x ``height`` in the depth camera (K_color == K_depth after).
 
         Depth is resized by nearest neighbour; color is resampled through both intrinsics, so a ScanNet
-        1296x968 color image lands registered on the 640x480 depth grid.
+        1296x968 color image lands registered on the 640x480 depth grid. Depth pixels the color camera
+        does not see (:func:`color_seen_mask`) become 0 = no measurement: a point without a color of its
+        own is dropped rather than given an invented one.
         """
         width, height = int(width), int(height)
         if width < 1 or height < 1:
             raise ValueError(f"resized: width and height must be >= 1, got {width}x{height}")
         wd, hd = self.depth_size
         K = scale_intrinsics(self.K_depth, width / wd, height / hd)
+        depth = resize_depth_nearest(self.depth_m, width, height)
+        seen = color_seen_mask(self.color.shape[:2], self.K_color, K, width, height)
+        if not seen.all():
+            depth = np.where(seen, depth, np.float32(0))
         return Frame(color=resample_color(self.color, self.K_color, K, width, height),
-                     depth_m=resize_depth_nearest(self.depth_m, width, height), K_color=K, K_depth=K.copy(),
+                     depth_m=depth, K_color=K, K_depth=K.copy(),
                      cam_to_world=self.cam_to_world, frame_id=self.frame_id)
 
     def registered(self) -> "Frame":

@@ -145,14 +145,14 @@ def test_color_is_registered_to_the_depth_camera():
     K_color = scale_intrinsics(K_depth, 2, 2)  # color at twice the depth resolution
     v, u = np.mgrid[0:12, 0:16]
     color = np.stack([8 * u, 10 * v, np.full_like(u, 100)], -1).astype(np.uint8)  # linear ramps
-    out = register_color_to_depth(color, K_color, K_depth, (6, 8))
-    assert out.shape == (6, 8, 3)
+    out, seen = register_color_to_depth(color, K_color, K_depth, (6, 8))
+    assert out.shape == (6, 8, 3) and seen.all()
     # depth pixel (ud, vd) sees colour pixel (2 ud + 0.5, 2 vd + 0.5); a linear ramp survives any
     # symmetric resampling filter away from the border
     vd, ud = np.mgrid[1:5, 1:7]
     np.testing.assert_allclose(out[1:5, 1:7, 0], 8 * (2 * ud + 0.5), atol=1)
     np.testing.assert_allclose(out[1:5, 1:7, 1], 10 * (2 * vd + 0.5), atol=1)
-    np.testing.assert_array_equal(register_color_to_depth(color, K_depth, K_depth, (12, 16)), color)
+    np.testing.assert_array_equal(register_color_to_depth(color, K_depth, K_depth, (12, 16))[0], color)
 
 
 @pytest.mark.parametrize("storage,ext", [("sqlite3", "db3"), ("mcap", "mcap")])
@@ -294,14 +294,31 @@ def test_ground_truth_is_remapped_by_class_name():
         labels_for_classes(gt, ["floor", "chair"])
 
 
-def test_registration_with_scannet_intrinsics_blackens_what_color_does_not_see():
+def test_registration_with_scannet_intrinsics_marks_what_color_does_not_see():
     # ScanNet: 1296x968 color, 640x480 depth with a slightly wider field of view
     K_color = np.array([[1170.19, 0, 647.75], [0, 1170.19, 483.75], [0, 0, 1]])
     K_depth = np.array([[571.62, 0, 319.5], [0, 571.62, 239.5], [0, 0, 1]])
     color = np.full((968, 1296, 3), 200, np.uint8)
-    out = register_color_to_depth(color, K_color, K_depth, (480, 640))
-    assert out.shape == (480, 640, 3)
-    assert (out[:, 0] == 0).all() and (out[240, 320] == 200).all()
+    out, seen = register_color_to_depth(color, K_color, K_depth, (480, 640))
+    assert out.shape == (480, 640, 3) and (out == 200).all()
+    # depth pixel u sees color pixel ~2.047 u - 6.3: a border of ~3 pixels lies outside the color image
+    assert not seen[:, :3].any() and not seen[:, -3:].any() and not seen[:3].any() and not seen[-3:].any()
+    assert seen[4:-4, 4:-4].all()
+
+
+def test_recorded_depth_stops_where_the_color_camera_does(tmp_path):
+    """A depth camera wider than the color camera: the bag has no depth where no color is known."""
+    K_depth = np.array([[40.0, 0, 15.5], [0, 40.0, 11.5], [0, 0, 1]])
+    K_color = np.array([[80.0, 0, 23.5], [0, 80.0, 19.5], [0, 0, 1]])  # 48x40: narrower than depth
+    color = np.full((40, 48, 3), 90, np.uint8)
+    depth = np.full((24, 32), 1.5, np.float32)
+    frame = SimpleNamespace(color=color, depth_m=depth, K_color=K_color, K_depth=K_depth, cam_to_world=np.eye(4))
+    record_scene(SimpleNamespace(name="narrow", frames=_Frames([frame]), segment=None), tmp_path / "bag")
+    expected = register_color_to_depth(color, K_color, K_depth, depth.shape)[1]
+    assert 0 < expected.sum() < expected.size
+    recorded = read_bag(tmp_path / "bag").depth_m[0]
+    np.testing.assert_array_equal(recorded > 0, expected)
+    assert np.allclose(recorded[expected], 1.5)
 
 
 def test_record_cli_on_a_scene_folder(tmp_path):

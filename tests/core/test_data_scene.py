@@ -117,6 +117,21 @@ def test_sensreader_frames_skip_invalid_poses_and_resize_into_the_depth_camera(t
     assert small.K_depth[0, 0] == pytest.approx(5.0) and small.K_depth[0, 2] == pytest.approx(1.5)
 
 
+def test_registration_drops_depth_the_color_camera_does_not_see():
+    # a depth camera with a wider field of view (ScanNet-like): its border has no color of its own
+    K_depth = np.array([[10.0, 0, 3.5], [0, 10.0, 2.5], [0, 0, 1]])
+    K_color = np.array([[30.0, 0, 9.5], [0, 30.0, 7.5], [0, 0, 1]])  # 20x16 color covers 6.7x5.3 depth pixels
+    f = Frame(color=np.full((16, 20, 3), 77, np.uint8), depth_m=np.full((6, 8), 2.0, np.float32),
+              K_color=K_color, K_depth=K_depth, cam_to_world=np.eye(4))
+    r = f.registered()
+    u = (np.arange(8) - 3.5) * 3 + 9.5  # color column seen by each depth column
+    v = (np.arange(6) - 2.5) * 3 + 7.5
+    seen = ((v >= -0.5) & (v <= 15.5))[:, None] & ((u >= -0.5) & (u <= 19.5))[None, :]
+    assert 0 < seen.sum() < seen.size
+    np.testing.assert_array_equal(r.depth_m > 0, seen)
+    assert (r.color == 77).all() and (r.depth_m[seen] == 2.0).all()
+
+
 def test_depth_of_wrong_dtype_or_size_and_broken_frames_get_clear_errors(tmp_path):
     d = tmp_path / "frames"
     write_sensreader(d, n=3)
