@@ -19,8 +19,9 @@ Camera poses are camera-to-map transforms of the camera's *optical* frame (x rig
 which is the convention of the images and of the renderer.
 
 Bad input never stops the node: the frame is dropped, the reason counted (``diagnostics``) and a
-throttled warning logged. A missing or unusable checkpoint or parameter stops it at start with a message
-and a non-zero exit status.
+throttled warning logged. A checkpoint that does not exist or cannot be loaded, or an unusable parameter,
+stops it at start with a message and a non-zero exit status; with no checkpoint at all it loads the
+bundled demo segmenter and warns.
 """
 from __future__ import annotations
 

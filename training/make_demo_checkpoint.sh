@@ -27,7 +27,7 @@ start=$(date +%s)
 "$PY" training/finetune.py --config training/configs/finetune_synthetic.yaml \
     --pretrained "$WORK/pretrain/final.safetensors" --out "$WORK/finetune" \
     --set data.root="$WORK/data" --set train.seed=0 --set train.device=cpu \
-    --set train.max_steps=150 --set train.batch_size=2 --threads 1 --no-progress --no-tensorboard
+    --set train.max_steps=300 --set train.batch_size=2 --threads 1 --no-progress --no-tensorboard
 
 install -m 0644 "$WORK/finetune/segmenter.safetensors" gcross_core/assets/segmenter_synthetic.safetensors
 echo "wrote gcross_core/assets/segmenter_synthetic.safetensors in $(( $(date +%s) - start )) s;" \
