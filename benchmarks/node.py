@@ -192,6 +192,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
         with lock:
             got, diag = list(clouds), dict(diags[-1])
             fusion_means = [d["fusion_ms_mean"] for d in diags if "fusion_ms_mean" in d]
+            fusion_cpu = [d["fusion_cpu_ms_mean"] for d in diags if "fusion_cpu_ms_mean" in d]
             node_latency = sorted({d["latency_ms"] for d in diags if "latency_ms" in d})
         lat = [recv - sent[stamp] for recv, stamp, _ in got if stamp in sent]
         out.update(frames_sent=max(rss_at), frames_in=diag.get("frames_in", 0),
@@ -199,8 +200,13 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
                    frames_dropped=diag.get("frames_dropped", 0), clouds=len(got),
                    cloud_points_last=got[-1][2] if got else 0, map_voxels=diag.get("map_voxels", 0),
                    node_fusion_ms=float(np.mean(fusion_means)) if fusion_means else float("nan"),
+                   node_fusion_cpu_ms=float(np.mean(fusion_cpu)) if fusion_cpu else float("nan"),
                    node_segmentation_ms_last=diag.get("segmentation_ms", float("nan")),
                    node_render_ms_last=diag.get("render_ms", float("nan")))
+        # each segmentation / render is reported once per diagnostics period until the next: distinct values
+        for key in ("segmentation_ms", "render_ms"):
+            runs = sorted({d[key] for d in diags if key in d})
+            out[f"node_{key}_median"] = float(np.median(runs)) if runs else float("nan")
         if lat:
             out.update(e2e_latency_s_median=float(np.median(lat)), e2e_latency_s_max=float(np.max(lat)))
         if node_latency:
@@ -232,11 +238,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--reliable-inputs", action="store_true",
                     help="switch the node's camera subscriptions to reliable (qos_overrides parameters): "
                          "measures the node rather than large best-effort samples lost by the transport")
-    ap.add_argument("--dds-profile", default=None,
-                    help="Fast DDS XML profile for this process and the node (e.g. config/fastdds.xml); "
-                         "default: the DDS defaults")
+    ap.add_argument("--dds-profile", default=str(REPO / "config" / "fastdds.xml"),
+                    help="Fast DDS XML profile for this process and the node (default: config/fastdds.xml, "
+                         "what the launch file gives the node); '' for Fast DDS's defaults")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a node parameter of config/segment.yaml (YAML value), e.g. torch_threads=1")
     ap.add_argument("--rss-at", default=None,
-                    help="frame counts at which the node's RSS is read (default 100,1000; quick 20,100)")
+                    help="frame counts at which the node's RSS is read (default 100,400,1000: the 7-Scenes "
+                         "sample room is covered after ~330 frames; quick 20,100)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     if args.dds_profile:  # read when this process and the node create their DDS participants
@@ -244,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from gcross_ros.params import SegmentNodeParams
 
     voxel = args.voxel_size or SegmentNodeParams().voxel_size_m
-    timed, repeats, rss_at, sizes = 100, 3, (100, 1000), (50_000, 100_000)
+    timed, repeats, rss_at, sizes = 100, 3, (100, 400, 1000), (50_000, 100_000)
     if args.quick:
         timed, repeats, rss_at, sizes = 20, 1, (20, 100), (5_000, 10_000)
     if args.rss_at:
@@ -270,18 +279,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if "node" not in parts:
             return
         overrides = {}
+        for item in args.param:
+            name, sep, value = item.partition("=")
+            if not sep or name not in SegmentNodeParams.parameter_names():
+                raise SystemExit(f"--param {item!r}: expected NAME=VALUE with NAME one of "
+                                 f"{sorted(SegmentNodeParams.parameter_names())}")
+            overrides[name] = yaml.safe_load(value)
         if args.reliable_inputs:
             overrides["qos_overrides"] = {f"/{topic}": {"subscription": {"reliability": "reliable"}}
                                           for topic in ("color/image_raw", "depth/image_raw", "color/camera_info")}
         fig = node_figures(frames, ckpt, rss_at, args.rate, tmp, overrides)
         qos = "reliable" if args.reliable_inputs else "sensor-data (best effort)"
-        dds = f"DDS profile {args.dds_profile}" if args.dds_profile else "default DDS transports"
-        print(f"node (config/segment.yaml, {qos} inputs, {dds}, {w}x{h} at {fig['rate_hz']:g} Hz): "
+        dds = f"DDS profile {Path(args.dds_profile).name}" if args.dds_profile else "Fast DDS default transports"
+        changed = "".join(f", {k}={v}" for k, v in overrides.items() if k != "qos_overrides")
+        print(f"node (config/segment.yaml{changed}, {qos} inputs, {dds}, {w}x{h} at {fig['rate_hz']:g} Hz): "
               f"{fig['frames_sent']} frames sent, "
               f"{fig['frames_in']:.0f} received, {fig['frames_fused']:.0f} fused, {fig['frames_dropped']:.0f} "
-              f"dropped {fig['dropped']}; fusion {fig['node_fusion_ms']:.1f} ms/frame in the node")
-        print(f"node map {fig['map_voxels']:.0f} voxels; segmentation {fig['node_segmentation_ms_last'] / 1e3:.2f} s, "
-              f"render {fig['node_render_ms_last'] / 1e3:.2f} s (last of each); {fig['clouds']} clouds")
+              f"dropped {fig['dropped']}; fusion in the node {fig['node_fusion_ms']:.1f} ms/frame wall, "
+              f"{fig['node_fusion_cpu_ms']:.1f} ms CPU (wall > CPU: the thread waited for a core or the GIL)")
+        print(f"node map {fig['map_voxels']:.0f} voxels; segmentation {fig['node_segmentation_ms_last'] / 1e3:.2f} s "
+              f"last, {fig['node_segmentation_ms_median'] / 1e3:.2f} s median (the map grows); render "
+              f"{fig['node_render_ms_last'] / 1e3:.2f} s last, {fig['node_render_ms_median'] / 1e3:.2f} s median; "
+              f"{fig['clouds']} clouds")
         if "e2e_latency_s_median" in fig:
             print(f"latency image publish -> labelled_cloud received: median {fig['e2e_latency_s_median']:.2f} s, "
                   f"max {fig['e2e_latency_s_max']:.2f} s; node receipt -> publish median "

@@ -56,7 +56,9 @@ class SegmentNodeParams:
     max_render_gaussians: int = _p(50_000, "At most this many voxels (nearest in the view) are rendered.")
     diagnostics_period_s: float = _p(1.0, "Period of the diagnostics message.")
     warn_throttle_s: float = _p(5.0, "Repeated warnings of one kind are logged at most once per this time.")
-    torch_threads: int = _p(0, "Threads torch may use; 0 keeps torch's default.")
+    torch_threads: int = _p(0, "Threads torch may use for segmentation and rendering; 0: all cores but one, "
+                               "which stays free for fusion and the DDS callbacks (torch's default of all "
+                               "cores oversubscribes the machine: on 2 cores segmentation took twice as long).")
 
     @classmethod
     def parameter_names(cls) -> List[str]:

@@ -10,8 +10,9 @@ Launch arguments left empty keep the value from the params file; with no checkpo
 loads the bundled demo segmenter (synthetic classes; it says so in its log).
 
 Full-size RGB-D streams between processes overflow Fast DDS's default buffers (lost or late frames and
-camera_info, counted in /diagnostics): export config/fastdds.xml to the camera driver and this launch
-(FASTDDS_DEFAULT_PROFILES_FILE, see the file).
+camera_info, counted in /diagnostics). The node is started with config/fastdds.xml as its Fast DDS
+profile unless FASTDDS_DEFAULT_PROFILES_FILE is already set; export the same file to the camera driver
+(see the file).
 """
 import os
 
@@ -41,8 +42,11 @@ def _actions(context):
     remappings = [(topic, f"{camera}/{topic}") for topic in CAMERA_TOPICS] if camera else []
     if arg("pose_topic"):
         remappings.append(("pose", arg("pose_topic")))
+    # The node gets the Fast DDS profile with buffers for full-size frames unless one is set already.
+    env = {} if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") else {
+        "FASTDDS_DEFAULT_PROFILES_FILE": _share("config", "fastdds.xml")}
     actions = [Node(package=PACKAGE, executable="segment_node", name="gcross_segment", output="screen",
-                    parameters=[params_file, overrides], remappings=remappings)]
+                    parameters=[params_file, overrides], remappings=remappings, additional_env=env)]
     if arg("use_rviz").lower() in ("true", "1", "yes", "on"):
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                             arguments=["-d", _share("config", "segment.rviz")]))
