@@ -10,15 +10,18 @@ Figures printed:
      checkpoint, fed 640x480 RGB-D frames + poses at --rate Hz by this process over DDS: end-to-end
      latency from publishing an image to receiving the labelled_cloud that contains it (the cloud's
      stamp is that of the newest fused frame), the node's own receipt-to-publish latency, its fusion
-     time per frame, frames in/fused/dropped, and the node process RSS after 100 and after 1000 frames
-     of the same room (looped).
+     time per frame (wall and CPU), frames in/fused/dropped, and the node process RSS after 100, 400
+     and 1000 frames of the same room (looped). This process and the node share the machine, and the
+     DDS transport uses config/fastdds.xml unless --dds-profile says otherwise.
 
     python benchmarks/node.py --frames DIR    # a ScanNet SensReader export (color/, depth/, pose/, intrinsic/)
     python benchmarks/node.py                 # synthetic room frames (benchmarks/fusion.py)
     python benchmarks/node.py --quick         # small sizes, RSS after 20 and 100 frames
 
 The latency of a labelled cloud is dominated by the segmentation period (a frame waits for the next
-segmentation tick, up to segment_period_s) plus the segmentation time of the whole map.
+segmentation tick, up to segment_period_s) plus the segmentation time of what is segmented (the
+voxels observed since the previous segmentation with segment_scope recent, the default; the whole map
+with segment_scope map: --param segment_scope=map).
 """
 from __future__ import annotations
 
@@ -204,7 +207,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
                    node_segmentation_ms_last=diag.get("segmentation_ms", float("nan")),
                    node_render_ms_last=diag.get("render_ms", float("nan")))
         # each segmentation / render is reported once per diagnostics period until the next: distinct values
-        for key in ("segmentation_ms", "render_ms"):
+        for key in ("segmentation_ms", "render_ms", "segmented_voxels"):
             runs = sorted({d[key] for d in diags if key in d})
             out[f"node_{key}_median"] = float(np.median(runs)) if runs else float("nan")
         if lat:
@@ -298,7 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f"dropped {fig['dropped']}; fusion in the node {fig['node_fusion_ms']:.1f} ms/frame wall, "
               f"{fig['node_fusion_cpu_ms']:.1f} ms CPU (wall > CPU: the thread waited for a core or the GIL)")
         print(f"node map {fig['map_voxels']:.0f} voxels; segmentation {fig['node_segmentation_ms_last'] / 1e3:.2f} s "
-              f"last, {fig['node_segmentation_ms_median'] / 1e3:.2f} s median (the map grows); render "
+              f"last, {fig['node_segmentation_ms_median'] / 1e3:.2f} s median (median "
+              f"{fig['node_segmented_voxels_median']:.0f} voxels segmented at a time); render "
               f"{fig['node_render_ms_last'] / 1e3:.2f} s last, {fig['node_render_ms_median'] / 1e3:.2f} s median; "
               f"{fig['clouds']} clouds")
         if "e2e_latency_s_median" in fig:

@@ -6,6 +6,13 @@
 identically at any speed) the whole map is segmented and the per-point probabilities are fused into the
 voxels (``maybe_segment``). ``labelled_points`` returns the labelled map.
 
+What is segmented (``segment_scope``): ``map`` runs the encoder on the whole map every time, so its
+cost grows with the map; ``recent`` runs it on the voxels observed since the previous segmentation (and
+any never labelled), with ``segment_context_m`` of already segmented map around them as context for the
+encoder, and fuses the probabilities of the observed voxels only. Its cost follows what the camera saw
+in a period, not the size of the map; every observed voxel is still segmented at least once after each
+observation, and the per-voxel probability fusion averages the overlapping updates.
+
 Segmentation works on a snapshot of the map, so the node may call ``segment`` on a worker thread while
 ``process_frame`` keeps integrating; ``VoxelMap.fuse_probabilities`` maps the snapshot's rows back even if
 eviction renumbered the voxels meanwhile.
@@ -19,15 +26,18 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .fusion import FrameStats, VoxelMap
+from .fusion import FrameStats, MapSnapshot, VoxelMap
 from .train.metrics import confusion_matrix, segmentation_metrics
 
 if TYPE_CHECKING:  # segment.py pulls in torch and spconv; only needed by from_checkpoint
     from .segment import Segmenter
+
+
+SEGMENT_SCOPES = ("map", "recent")
 
 
 @dataclass(frozen=True)
@@ -38,11 +48,17 @@ class PipelineConfig:
     max_voxels: int = 400_000
     max_depth_m: float = 5.0
     segment_period_s: float = 2.0  # in stream time (image stamps), not wall time
+    segment_scope: str = "recent"  # "map" or "recent" (module docstring)
+    segment_context_m: float = 0.5  # with "recent": context around the observed voxels
     min_voxels_to_segment: int = 1  # below this the map is not worth a forward pass
 
     def __post_init__(self):
         if not self.segment_period_s >= 0:
             raise ValueError(f"segment_period_s must be >= 0, got {self.segment_period_s}")
+        if self.segment_scope not in SEGMENT_SCOPES:
+            raise ValueError(f"segment_scope {self.segment_scope!r} is not one of {SEGMENT_SCOPES}")
+        if not self.segment_context_m >= 0:
+            raise ValueError(f"segment_context_m must be >= 0, got {self.segment_context_m}")
         if self.min_voxels_to_segment < 1:
             raise ValueError(f"min_voxels_to_segment must be >= 1, got {self.min_voxels_to_segment}")
 
@@ -50,7 +66,7 @@ class PipelineConfig:
 @dataclass(frozen=True)
 class SegmentStats:
     stamp_s: float  # stream time at which segmentation ran
-    voxels: int  # map voxels segmented
+    voxels: int  # voxels given to the encoder (with "recent": the observed ones plus their context)
     updated: int  # voxels whose probabilities were fused (fewer if eviction ran meanwhile)
     seconds: float  # wall time of predict + fuse
 
@@ -76,6 +92,7 @@ class SegmentationPipeline:
         self._last_segment_s: Optional[float] = None
         self._first_stamp_s: Optional[float] = None
         self._segment_lock = threading.Lock()  # one segmentation at a time
+        self._segmented_upto = 0  # frames integrated when the last segmentation took its snapshot
         self.frames_processed = 0
         self.segmentations = 0
 
@@ -120,13 +137,38 @@ class SegmentationPipeline:
             if len(snap) < self.config.min_voxels_to_segment:
                 return None
             t0 = time.perf_counter()
-            _, _, probs = self.segmenter.predict(snap.coords, snap.colors, snap.normals, return_probs=True)
-            updated = self.map.fuse_probabilities(np.arange(len(snap)), probs, snapshot=snap)
+            rows, fuse = self.segment_rows(snap)
+            if len(fuse):
+                _, _, probs = self.segmenter.predict(snap.coords[rows], snap.colors[rows], snap.normals[rows],
+                                                     return_probs=True)
+                updated = self.map.fuse_probabilities(rows[fuse], probs[fuse], snapshot=snap)
+            else:
+                updated = 0  # nothing observed since the last segmentation
             seconds = time.perf_counter() - t0
+            self._segmented_upto = snap.frame_index
             if now_s is not None:
                 self._last_segment_s = float(now_s)
             self.segmentations += 1
-            return SegmentStats(float(now_s) if now_s is not None else float("nan"), len(snap), updated, seconds)
+            return SegmentStats(float(now_s) if now_s is not None else float("nan"), len(rows), updated, seconds)
+
+    def segment_rows(self, snap: MapSnapshot) -> Tuple[np.ndarray, np.ndarray]:
+        """(rows of ``snap`` to give the encoder [R], positions within them whose probabilities are fused)."""
+        n = len(snap)
+        if self.config.segment_scope == "map":
+            return np.arange(n), np.arange(n)
+        target = (snap.last_seen >= self._segmented_upto) | (snap.labels < 0)
+        if not target.any():
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        context = np.zeros(n, bool)
+        if self.config.segment_context_m > 0 and not target.all():
+            from scipy.spatial import cKDTree
+
+            others = np.flatnonzero(~target)
+            dist, _ = cKDTree(snap.coords[target]).query(snap.coords[others], k=1,
+                                                         distance_upper_bound=self.config.segment_context_m)
+            context[others[np.isfinite(dist)]] = True
+        rows = np.flatnonzero(target | context)
+        return rows, np.flatnonzero(target[rows])
 
     def labelled_points(self) -> LabelledPoints:
         snap = self.map.snapshot()

@@ -460,7 +460,7 @@ def _cloud_labels(msg):
 
 def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud", legend_topic: str = "/class_legend",
                   rate: float = 1.0, settle_s: float = 20.0, discovery_s: float = 30.0,
-                  radius_m: Optional[float] = None, voxel_size_m: float = 0.04,
+                  radius_m: Optional[float] = None, voxel_size_m: float = 0.02,
                   topics: BagTopics = BagTopics()) -> dict:
     """Replay a bag into a running segmentation node and score the cloud it publishes.
 
@@ -550,7 +550,8 @@ def cmd_eval_live(args) -> int:
 
 def cmd_eval(args) -> int:
     pipe_cfg = pipeline_config_from_params(args.params_file, {"voxel_size_m": args.voxel_size_m,
-                                                              "segment_period_s": args.segment_period_s})
+                                                              "segment_period_s": args.segment_period_s,
+                                                              "segment_scope": args.segment_scope})
     cfg = EvalConfig(radius_m=args.radius_m, final_segment=not args.no_final_segment, device=args.device,
                      max_frames=args.max_frames)
     res = evaluate_bag(args.bag, args.checkpoint, args.out, pipe_cfg, cfg, progress=not args.quiet)
@@ -599,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--params-file", default=None, help="node parameter YAML (config/segment.yaml)")
     e.add_argument("--voxel-size-m", type=float, default=None)
     e.add_argument("--segment-period-s", type=float, default=None)
+    e.add_argument("--segment-scope", choices=("map", "recent"), default=None,
+                   help="what each segmentation covers (node parameter segment_scope)")
     e.add_argument("--radius-m", type=float, default=None, help="label transfer radius (default 2 voxels)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--max-frames", type=int, default=None)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List
 
 POSE_SOURCES = ("topic", "tf")
 RENDER_BACKENDS = ("auto", "reference", "gsplat")
+SEGMENT_SCOPES = ("map", "recent")  # gcross_core.pipeline.SEGMENT_SCOPES (no torch import here)
 
 
 def _p(default: Any, description: str):
@@ -46,6 +47,11 @@ class SegmentNodeParams:
     segment_period_s: float = _p(2.0, "Pause between the end of one map segmentation and the start of the "
                                       "next (a worker thread); a pause, not a rate, so that a segmentation "
                                       "slower than the period cannot starve fusion.")
+    segment_scope: str = _p("recent", "What each segmentation covers: 'map', the whole map (cost grows with the "
+                                      "map); 'recent', the voxels observed since the previous segmentation plus "
+                                      "segment_context_m of context (cost follows the camera, not the map).")
+    segment_context_m: float = _p(0.5, "With segment_scope 'recent': already segmented map within this "
+                                        "distance of the observed voxels is given to the encoder as context.")
     render_period_s: float = _p(2.0, "Pause between two renderings of the map at the latest camera pose "
                                      "(the CPU reference renderer needs about 1 s for 20k voxels at 320x240).")
     publish_rendered: bool = _p(True, "Publish rendered/color, rendered/depth and rendered/semantic.")
@@ -110,6 +116,10 @@ class SegmentNodeParams:
             errors.append("map_frame is empty")
         if self.pose_source not in POSE_SOURCES:
             errors.append(f"pose_source {self.pose_source!r} is not one of {POSE_SOURCES}")
+        if self.segment_scope not in SEGMENT_SCOPES:
+            errors.append(f"segment_scope {self.segment_scope!r} is not one of {SEGMENT_SCOPES}")
+        if not self.segment_context_m >= 0:
+            errors.append(f"segment_context_m must be >= 0, got {self.segment_context_m}")
         if self.render_backend not in RENDER_BACKENDS:
             errors.append(f"render_backend {self.render_backend!r} is not one of {RENDER_BACKENDS}")
         for name in ("pose_tolerance_s", "sync_slop_s"):

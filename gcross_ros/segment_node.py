@@ -12,6 +12,7 @@ Interface (relative names; the launch file remaps the inputs under the camera na
 Data flow: the three camera streams are synchronized by stamp (sync_slop_s), converted and checked;
 the camera pose at the image stamp is looked up (a frame may wait up to pose_wait_s for it); the frame
 is fused into the VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
+(segment_scope: the voxels observed since the previous segmentation plus context, or the whole map),
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
 another worker renders the map as Gaussians at the latest camera pose, then pauses render_period_s.
 
@@ -266,7 +267,8 @@ class SegmentNode(Node):
         # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
         # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
         self.pipeline = SegmentationPipeline(self.segmenter, PipelineConfig(
-            voxel_size_m=p.voxel_size_m, max_voxels=p.max_voxels, max_depth_m=p.max_depth_m, segment_period_s=0.0))
+            voxel_size_m=p.voxel_size_m, max_voxels=p.max_voxels, max_depth_m=p.max_depth_m, segment_period_s=0.0,
+            segment_scope=p.segment_scope, segment_context_m=p.segment_context_m))
         self.map = self.pipeline.map
 
         self.stats = _Stats()
@@ -502,7 +504,7 @@ class SegmentNode(Node):
             return
         try:
             seg = self.pipeline.segment()
-            if seg is None:  # empty map
+            if seg is None or seg.updated == 0:  # empty map, or nothing observed since the last segmentation
                 return
             pts = self.pipeline.labelled_points()
             keep = pts.label >= 0  # voxels added since the segmentation's snapshot have no label yet

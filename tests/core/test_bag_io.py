@@ -350,3 +350,71 @@ def test_pipeline_defaults_match_the_node_parameters():
     shared = [f.name for f in fields(PipelineConfig) if f.name in node]
     assert {"voxel_size_m", "max_voxels", "max_depth_m", "segment_period_s"} <= set(shared)
     assert {n: getattr(PipelineConfig(), n) for n in shared} == {n: node[n] for n in shared}
+
+
+class _CountingOracle(HeightOracle):
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def predict(self, coord, color, normal, return_probs=False):
+        self.sizes.append(len(coord))
+        return super().predict(coord, color, normal, return_probs)
+
+
+@pytest.mark.parametrize("scope", ["recent", "map"])
+def test_recent_scope_segments_what_was_observed_since_the_last_segmentation(scope):
+    f = plane_scene(n_frames=1).frames.frame(0)
+    moved = f.cam_to_world.copy()
+    moved[0, 3] += 20.0  # the same view 20 m away: a disjoint part of the map
+    oracle = _CountingOracle()
+    pipe = SegmentationPipeline(oracle, PipelineConfig(segment_scope=scope, segment_context_m=1.0))
+    pipe.process_frame(f.color, f.depth_m, f.K_depth, f.cam_to_world, 0.0)
+    first = len(pipe.map)
+    assert pipe.segment(0.0).updated == first and oracle.sizes == [first]
+
+    quiet = pipe.segment(1.0)  # nothing observed since
+    pipe.process_frame(f.color, f.depth_m, f.K_depth, moved, 2.0)
+    second = pipe.segment(2.0)
+    total = len(pipe.map)
+    if scope == "map":
+        assert oracle.sizes == [first, first, total] and quiet.updated == first and second.updated == total
+    else:
+        assert quiet.voxels == 0 and quiet.updated == 0 and len(oracle.sizes) == 2  # no pass when quiet
+        assert second.updated == total - first and oracle.sizes[-1] == total - first  # no context 20 m away
+        pipe.process_frame(f.color, f.depth_m, f.K_depth, f.cam_to_world, 3.0)  # back to the first view
+        third = pipe.segment(3.0)
+        assert third.updated == first and third.voxels == first
+    pts = pipe.labelled_points()
+    assert (pts.label >= 0).all() and set(np.unique(pts.label)) == {0, 1}
+
+
+def test_recent_scope_gives_the_encoder_context_around_what_it_fuses():
+    f = plane_scene(n_frames=1).frames.frame(0)
+    oracle = _CountingOracle()
+    pipe = SegmentationPipeline(oracle, PipelineConfig(segment_scope="recent", segment_context_m=0.3))
+    pipe.process_frame(f.color, f.depth_m, f.K_depth, f.cam_to_world, 0.0)
+    pipe.segment(0.0)
+    snap = pipe.map.snapshot()
+    # observe again only the voxels of the left half of the image (depth elsewhere invalid)
+    half = f.depth_m.copy()
+    half[:, half.shape[1] // 2:] = 0
+    pipe.process_frame(f.color, half, f.K_depth, f.cam_to_world, 1.0)
+    rows, fuse = pipe.segment_rows(pipe.map.snapshot())
+    seen = pipe.map.snapshot().last_seen == 1
+    assert 0 < seen.sum() < len(snap)
+    np.testing.assert_array_equal(rows[fuse], np.flatnonzero(seen))
+    context = np.setdiff1d(rows, np.flatnonzero(seen))
+    assert len(context) > 0
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(snap.coords[seen]).query(snap.coords[context])
+    assert d.max() <= 0.3 + 1e-6
+    assert pipe.segment(1.0).updated == seen.sum()
+
+
+def test_pipeline_config_rejects_unknown_scope():
+    with pytest.raises(ValueError, match="segment_scope 'all'"):
+        PipelineConfig(segment_scope="all")
+    with pytest.raises(ValueError, match="segment_context_m"):
+        PipelineConfig(segment_context_m=-1.0)
