@@ -29,7 +29,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -108,6 +107,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
 
     from gcross_core.geometry import quat_from_pose
     from gcross_ros import conversions as cv
+    from gcross_ros.node_process import start_node_process, stop_node_process
 
     params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
     params.update(checkpoint=str(checkpoint), **(overrides or {}))
@@ -118,9 +118,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     log_path = tmp / "node.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "gcross_ros.segment_node", "--ros-args", "--params-file",
-                             str(params_file)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, log = start_node_process(params_file, log_path, env=env, cwd=REPO)
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("gcross_node_benchmark", context=context)
@@ -216,12 +214,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             out.update(node_latency_s_median=float(np.median(node_latency)) / 1e3)
         out["dropped"] = {k[len("dropped."):]: v for k, v in diag.items() if k.startswith("dropped.")}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_node_process(proc, log, timeout_s=20)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)

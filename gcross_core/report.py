@@ -98,7 +98,7 @@ def _pct(x) -> str:
 def metrics_markdown(metrics: Mapping, class_names: Sequence[str]) -> str:
     """Summary line and a per-class table (percent). Classes without ground truth show n/a."""
     lines = [
-        f"| mIoU | mAcc | allAcc | classes with ground truth |",
+        "| mIoU | mAcc | allAcc | classes with ground truth |",
         "|---:|---:|---:|---:|",
         f"| {_pct(metrics['miou'])} | {_pct(metrics['macc'])} | {_pct(metrics['allacc'])} | "
         f"{int(np.sum(metrics['present']))} / {len(class_names)} |",

@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -36,12 +33,11 @@ def build_scene(out_dir: Path, seed: int, views: int, width: int, height: int):
     return scene
 
 
-def _node_command(checkpoint: Path, params_file: Path) -> list:
-    cmd = [sys.executable, "-m", "gcross_ros.segment_node", "--ros-args", "--params-file", str(params_file),
-           "-p", f"checkpoint:={checkpoint}"]
+def _node_ros_args(checkpoint: Path) -> list:
+    args = ["-p", f"checkpoint:={checkpoint}"]
     for topic in CAMERA_REMAPS:
-        cmd += ["-r", f"{topic}:=/camera/{topic}"]
-    return cmd
+        args += ["-r", f"{topic}:=/camera/{topic}"]
+    return args
 
 
 def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxel_size_m: float) -> dict:
@@ -50,9 +46,9 @@ def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxe
 
     from gcross_ros.bag_tools import live_evaluate
 
-    node_log = open(out_dir.parent / "segment_node.log", "w")
-    proc = subprocess.Popen(_node_command(checkpoint, params_file), stdout=node_log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ))
+    from gcross_ros.node_process import start_node_process, stop_node_process
+
+    proc, node_log = start_node_process(params_file, out_dir.parent / "segment_node.log", _node_ros_args(checkpoint))
     rclpy.init()
     node = rclpy.create_node("gcross_demo_player")
     try:
@@ -60,12 +56,7 @@ def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxe
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        node_log.close()
+        stop_node_process(proc, node_log, timeout_s=10)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -98,7 +98,6 @@ def test_limited_points_pick_labelled_points_per_scene_and_seed():
 
 
 def test_row_labels_keep_a_labelled_point_of_the_cell_when_the_kept_one_is_unlabelled():
-    coord = np.array([[0.0, 0, 0], [0.01, 0, 0], [0.5, 0, 0], [0.51, 0, 0]], dtype=np.float32)
     segment = np.array([-1, 3, -1, -1])
     keep = np.array([0, 2])  # cell 0 kept its unlabelled point, cell 1 has no label at all
     inverse = np.array([0, 0, 1, 1])

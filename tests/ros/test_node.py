@@ -7,8 +7,6 @@ the YAML config, the launch file and the RViz config are checked here too.
 import ast
 import json
 import math
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +30,7 @@ from gcross_core.geometry import quat_from_pose  # noqa: E402
 from gcross_core.report import class_palette  # noqa: E402
 from gcross_core.segment import build_segmenter_checkpoint  # noqa: E402
 from gcross_ros import conversions as cv  # noqa: E402
+from gcross_ros.node_process import start_node_process, stop_node_process  # noqa: E402
 from gcross_ros.params import SegmentNodeParams, declare_parameters  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -64,11 +63,7 @@ def _params_file(tmp, **params):
 
 
 def _start_node(params_file, log_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "gcross_ros.segment_node", "--ros-args", "--params-file",
-                             str(params_file)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return proc, log
+    return start_node_process(params_file, log_path, cwd=REPO)
 
 
 def _wall_frame(x_offset_m):
@@ -202,12 +197,7 @@ def running(tmp_path_factory, ros_context):
         yield fx, proc, log_path
     finally:
         fx.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_node_process(proc, log)
 
 
 def _fused_after(fx, proc, log_path, before, x_offset_m=0.0, frames=3):
@@ -344,9 +334,7 @@ def test_bad_checkpoint_fails_at_start(tmp_path, case):
     try:
         rc = proc.wait(timeout=STARTUP_S)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+        stop_node_process(proc, log)
     out = log_path.read_text()
     assert rc != 0, out
     assert "cannot start" in out and str(ckpt) in out, out
