@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .train.config import from_dict as config_from_dict, to_dict as config_to_dict
 from .types import PointBatch
 
 
@@ -100,15 +101,12 @@ class SpUNetConfig:
         return len(self.layers) // 2
 
     def to_dict(self) -> Dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "SpUNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"SpUNetConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; unknown keys and ill-typed values raise ConfigError (a ValueError)."""
+        return config_from_dict(cls, d)
 
 
 def _norm(channels: int) -> nn.BatchNorm1d:

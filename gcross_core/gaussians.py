@@ -11,13 +11,14 @@ other scenes of the batch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .train.config import from_dict as config_from_dict, to_dict as config_to_dict
 from .types import Gaussians, PointBatch, offset_to_batch
 
 
@@ -51,15 +52,12 @@ class GaussianHeadConfig:
                 raise ValueError(f"GaussianHeadConfig: {name} must lie in (0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> Dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GaussianHeadConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"GaussianHeadConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; unknown keys and ill-typed values raise ConfigError (a ValueError)."""
+        return config_from_dict(cls, d)
 
 
 @dataclass

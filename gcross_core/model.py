@@ -1,7 +1,7 @@
 """GaussianCross: masked point encoder + feed-forward Gaussian head (paper Sec. 3.2-3.3, eqs. 4-13)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .encoder import SpUNet, SpUNetConfig
 from .gaussians import GaussianHead, GaussianHeadConfig, HeadOutput, check_point_coords
+from .train.config import from_dict as config_from_dict, to_dict as config_to_dict
 from .types import Gaussians, PointBatch
 
 
@@ -26,21 +27,12 @@ class GaussianCrossConfig:
             raise ValueError(f"GaussianCrossConfig: grid_size_m must be > 0, got {self.grid_size_m}")
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"encoder": self.encoder.to_dict(), "head": self.head.to_dict(),
-                "mask_ratio": self.mask_ratio, "grid_size_m": self.grid_size_m}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GaussianCrossConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"GaussianCrossConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        d = dict(d)
-        if "encoder" in d:
-            d["encoder"] = SpUNetConfig.from_dict(d["encoder"])
-        if "head" in d:
-            d["head"] = GaussianHeadConfig.from_dict(d["head"])
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; unknown keys and ill-typed values raise ConfigError (a ValueError)."""
+        return config_from_dict(cls, d)
 
 
 @dataclass

@@ -138,10 +138,6 @@ def build_segmenter_checkpoint(path, class_names: Sequence[str], encoder_config:
     return save_segmenter(path, model, class_names, grid_size_m, extra={"trained": False})
 
 
-def encoder_config_from_dict(d: dict) -> SpUNetConfig:
-    return SpUNetConfig.from_dict(d)
-
-
 def _load_strict(module: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict with every name and shape checked first, so a mismatch names the keys."""
     own = module.state_dict()
@@ -172,7 +168,7 @@ def checkpoint_encoder(path) -> Tuple[Dict[str, torch.Tensor], SpUNetConfig, Dic
     if "encoder_config" not in meta:
         raise CheckpointError(f"checkpoint {path} has no encoder_config in its metadata")
     try:
-        cfg = encoder_config_from_dict(meta["encoder_config"])
+        cfg = SpUNetConfig.from_dict(meta["encoder_config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: unusable encoder_config in metadata: {e}") from e
     state = unprefixed(tensors, prefix) if prefix else dict(tensors)
@@ -247,7 +243,7 @@ class Segmenter:
             raise CheckpointError(f"checkpoint {path} was trained on input features {features!r}, this "
                                   f"Segmenter builds {INPUT_FEATURES!r}")
         try:
-            enc_cfg = encoder_config_from_dict(meta["encoder_config"])
+            enc_cfg = SpUNetConfig.from_dict(meta["encoder_config"])
             model = SegmentationModel(enc_cfg, len(names))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {path}: unusable encoder_config in metadata: {e}") from e

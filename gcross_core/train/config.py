@@ -158,6 +158,8 @@ def from_dict(cls: Type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise TypeError(f"{cls!r} is not a dataclass")
     if data is None:
         data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
     try:
         hints = typing.get_type_hints(cls)
     except (NameError, TypeError):

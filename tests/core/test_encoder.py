@@ -161,6 +161,6 @@ def test_bad_input_raises_naming_the_problem():
 def test_config_validation_and_round_trip():
     with pytest.raises(ValueError, match="even"):
         SpUNetConfig(channels=(8, 8, 8), layers=(1, 1, 1))
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['in_channel'\]"):
         SpUNetConfig.from_dict({"in_channel": 6})
     assert SpUNetConfig.from_dict(TINY.to_dict()) == TINY
