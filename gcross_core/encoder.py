@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .train.config import from_dict as config_from_dict, to_dict as config_to_dict
+from .train.config import DictConfig
 from .types import PointBatch
 
 
@@ -71,7 +71,7 @@ _use_safe_cpu_scatter()
 
 
 @dataclass(frozen=True)
-class SpUNetConfig:
+class SpUNetConfig(DictConfig):
     """SparseUNet ("SpUNet34C" with the defaults), the backbone E_phi of eq. 5.
 
     ``channels``/``layers`` list the encoder stages first (downsampling by 2 each) and then the decoder
@@ -99,14 +99,6 @@ class SpUNetConfig:
     @property
     def num_stages(self) -> int:
         return len(self.layers) // 2
-
-    def to_dict(self) -> Dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "SpUNetConfig":
-        """Inverse of :meth:`to_dict`; unknown keys and ill-typed values raise ConfigError (a ValueError)."""
-        return config_from_dict(cls, d)
 
 
 def _norm(channels: int) -> nn.BatchNorm1d:

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .train.config import from_dict as config_from_dict, to_dict as config_to_dict
+from .train.config import DictConfig
 from .types import Gaussians, PointBatch, offset_to_batch
 
 
 @dataclass(frozen=True)
-class GaussianHeadConfig:
+class GaussianHeadConfig(DictConfig):
     grid: Tuple[int, int, int] = (128, 128, 32)  # X, Y, Z voxels over the unit cube (eq. 6), PonderV2's choice
     dense_channels: int = 32  # d_o of eq. 8; kept small so the encoder, not the decoder, carries the scene
     dense_blocks: int = 2  # residual blocks (two 3^3 convs each) after the first 3^3 conv of eq. 8
@@ -50,14 +50,6 @@ class GaussianHeadConfig:
         for name in ("opacity_threshold", "init_opacity_occupied", "init_opacity_empty"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"GaussianHeadConfig: {name} must lie in (0, 1), got {getattr(self, name)}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "GaussianHeadConfig":
-        """Inverse of :meth:`to_dict`; unknown keys and ill-typed values raise ConfigError (a ValueError)."""
-        return config_from_dict(cls, d)
 
 
 @dataclass

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .encoder import SpUNet, SpUNetConfig
 from .gaussians import GaussianHead, GaussianHeadConfig, HeadOutput, check_point_coords
-from .train.config import from_dict as config_from_dict, to_dict as config_to_dict
+from .train.config import DictConfig
 from .types import Gaussians, PointBatch
 
 
 @dataclass(frozen=True)
-class GaussianCrossConfig:
+class GaussianCrossConfig(DictConfig):
     encoder: SpUNetConfig = field(default_factory=SpUNetConfig)
     head: GaussianHeadConfig = field(default_factory=GaussianHeadConfig)
     mask_ratio: float = 0.5  # gamma of eq. 4: share of point rows dropped before the encoder while training
@@ -25,14 +25,6 @@ class GaussianCrossConfig:
             raise ValueError(f"GaussianCrossConfig: mask_ratio must lie in [0, 1), got {self.mask_ratio}")
         if self.grid_size_m <= 0:
             raise ValueError(f"GaussianCrossConfig: grid_size_m must be > 0, got {self.grid_size_m}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "GaussianCrossConfig":
-        """Inverse of :meth:`to_dict`; unknown keys and ill-typed values raise ConfigError (a ValueError)."""
-        return config_from_dict(cls, d)
 
 
 @dataclass

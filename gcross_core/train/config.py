@@ -181,6 +181,18 @@ def from_dict(cls: Type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: {e}") from e
 
 
+class DictConfig:
+    """Mixin for config dataclasses: ``to_dict()`` and ``cls.from_dict(d)`` through :func:`to_dict` and
+    :func:`from_dict` (unknown keys and ill-typed values raise ConfigError, a ValueError)."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: Type[T], d: Mapping[str, Any]) -> T:
+        return from_dict(cls, d)
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass (nested) -> plain dicts/lists, JSON- and YAML-serialisable."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
