@@ -1,9 +1,7 @@
 """SpUNet encoder: Pointcept SpUNet-v1m1 state-dict layout, shapes, determinism and input checks."""
-import numpy as np
 import pytest
 import torch
 
-from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.encoder import SpUNet, SpUNetConfig
 from gcross_core.types import PointBatch
 
@@ -55,22 +53,6 @@ NOT_IN_POINTCEPT = ["enc.0.block0.proj.0.weight", "dec.0.block1.proj.0.weight", 
                     "down.4.0.weight", "final.weight", "final.bias", "conv_input.0.bias"]
 
 
-def _scenes(sizes=(1200, 700, 300), grid_size_m=0.05, seed=0, c=6):
-    """Points on the walls of boxes of different sizes, grid-sampled and collated."""
-    rng = np.random.default_rng(seed)
-    coords, feats, grids = [], [], []
-    for i, n in enumerate(sizes):
-        box = np.array([2.0 + i, 1.5, 1.0 + 0.5 * i])
-        pts = rng.uniform(0, 1, (n, 3)) * box
-        face = rng.integers(0, 6, n)
-        pts[np.arange(n), face // 2] = np.where(face % 2, box[face // 2], 0.0)
-        keep, grid, _ = grid_sample(pts, grid_size_m)
-        coords.append(pts[keep])
-        feats.append(rng.uniform(0, 1, (len(keep), c)))
-        grids.append(grid)
-    return collate_points(coords, feats, grids)
-
-
 def test_default_state_dict_matches_pointcept_spunet_v1m1_names_and_shapes():
     sd = SpUNet(SpUNetConfig()).state_dict()
     for key, shape in POINTCEPT_SPUNET34C.items():
@@ -90,9 +72,9 @@ def test_num_classes_adds_pointcept_final_layer():
     assert tuple(sd["final.bias"].shape) == (5,)
 
 
-def test_forward_one_feature_per_row_for_scenes_of_different_sizes():
+def test_forward_one_feature_per_row_for_scenes_of_different_sizes(box_scenes):
     torch.manual_seed(0)
-    points = _scenes()
+    points = box_scenes()
     model = SpUNet(TINY)
     assert model.out_channels == 8
     out = model(points)
@@ -102,10 +84,10 @@ def test_forward_one_feature_per_row_for_scenes_of_different_sizes():
     assert out.abs().sum() > 0
 
 
-def test_scenes_are_independent_and_runs_are_repeatable_in_eval():
+def test_scenes_are_independent_and_runs_are_repeatable_in_eval(box_scenes):
     # also guards the CPU scatter-add fix in gcross_core.encoder: the stock kernel races between threads
     torch.manual_seed(0)
-    points = _scenes()
+    points = box_scenes()
     model = SpUNet(TINY).eval()
     n0 = int(points.offset[0])
     alone = PointBatch(coord=points.coord[:n0], feat=points.feat[:n0], offset=points.offset[:1],
@@ -118,8 +100,8 @@ def test_scenes_are_independent_and_runs_are_repeatable_in_eval():
     torch.testing.assert_close(batched[:n0], single_a, atol=1e-5, rtol=1e-5)
 
 
-def test_same_seed_same_weights_and_outputs():
-    points = _scenes(sizes=(500, 300))
+def test_same_seed_same_weights_and_outputs(box_scenes):
+    points = box_scenes(sizes=(500, 300))
     outs = []
     for _ in range(2):
         torch.manual_seed(3)
@@ -128,9 +110,9 @@ def test_same_seed_same_weights_and_outputs():
     torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
 
 
-def test_backward_reaches_every_stage():
+def test_backward_reaches_every_stage(box_scenes):
     torch.manual_seed(0)
-    points = _scenes(sizes=(500, 300))
+    points = box_scenes(sizes=(500, 300))
     model = SpUNet(TINY)
     (model(points) ** 2).mean().backward()
     for name in ("conv_input.0.weight", "down.3.0.weight", "enc.3.block0.conv2.weight", "up.3.0.weight",
@@ -139,9 +121,9 @@ def test_backward_reaches_every_stage():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
-def test_bad_input_raises_naming_the_problem():
+def test_bad_input_raises_naming_the_problem(box_scenes):
     model = SpUNet(TINY)
-    points = _scenes(sizes=(300,))
+    points = box_scenes(sizes=(300,))
     with pytest.raises(ValueError, match="in_channels=6"):
         model(PointBatch(points.coord, points.feat[:, :5], points.offset, points.grid_coord))
     with pytest.raises(ValueError, match="grid_coord is None"):

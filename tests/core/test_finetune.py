@@ -26,13 +26,7 @@ TINY = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
 K = len(SYNTHETIC_CLASSES)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # spconv's OpenMP kernels slow down by an order of magnitude when the 2 cores are shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _scene(name, seed, n=1500):

@@ -1,9 +1,7 @@
 """Cuboid normalization, voxel scatter, Gaussian heads and the GaussianCross model (eqs. 4-13)."""
-import numpy as np
 import pytest
 import torch
 
-from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.encoder import SpUNetConfig
 from gcross_core.gaussians import (CubeTransform, GaussianHead, GaussianHeadConfig, scatter_to_voxels,
                                    to_unit_cube)
@@ -16,25 +14,8 @@ HEAD = GaussianHeadConfig(grid=(16, 16, 8), dense_channels=8, dense_blocks=1, he
 CFG = GaussianCrossConfig(encoder=ENC, head=HEAD)
 
 
-def _scenes(sizes=(1200, 700, 300), grid_size_m=0.05, seed=0, shift_m=(0.0, 0.0, 0.0)):
-    """Points on the walls of boxes of different sizes (one scene each), grid-sampled and collated."""
-    rng = np.random.default_rng(seed)
-    coords, feats, grids = [], [], []
-    for i, n in enumerate(sizes):
-        box = np.array([2.0 + i, 1.5, 1.0 + 0.5 * i])
-        pts = rng.uniform(0, 1, (n, 3)) * box
-        face = rng.integers(0, 6, n)
-        pts[np.arange(n), face // 2] = np.where(face % 2, box[face // 2], 0.0)
-        pts += np.asarray(shift_m) * (i + 1)
-        keep, grid, _ = grid_sample(pts, grid_size_m)
-        coords.append(pts[keep])
-        feats.append(rng.uniform(0, 1, (len(keep), 6)))
-        grids.append(grid)
-    return collate_points(coords, feats, grids)
-
-
-def test_unit_cube_round_trip_and_isotropy():
-    points = _scenes(shift_m=(-7.0, 3.0, 1.5))
+def test_unit_cube_round_trip_and_isotropy(box_scenes):
+    points = box_scenes(shift_m=(-7.0, 3.0, 1.5))
     cube, tf = to_unit_cube(points.coord, points.offset)
     batch = points.batch
     assert cube.shape == points.coord.shape
@@ -94,9 +75,9 @@ def _head_out(points, head, seed=0):
     return head(points, feat)
 
 
-def test_head_shapes_dtypes_and_ranges_for_three_scenes():
+def test_head_shapes_dtypes_and_ranges_for_three_scenes(box_scenes):
     torch.manual_seed(0)
-    points = _scenes()
+    points = box_scenes()
     head = GaussianHead(8, HEAD)
     out = _head_out(points, head)
     gs = out.gaussians
@@ -120,9 +101,9 @@ def test_head_shapes_dtypes_and_ranges_for_three_scenes():
     torch.testing.assert_close(gs.quats[:, 0].detach(), torch.ones(g), atol=0.05, rtol=0)
 
 
-def test_kept_gaussians_are_above_tau_and_offsets_bounded_by_delta():
+def test_kept_gaussians_are_above_tau_and_offsets_bounded_by_delta(box_scenes):
     torch.manual_seed(1)
-    points = _scenes()
+    points = box_scenes()
     head = GaussianHead(8, HEAD)
     with torch.no_grad():  # large random last layers: opacities on both sides of tau, saturated offsets
         for mlp in (head.opacity_head, head.offset_head):
@@ -147,9 +128,9 @@ def test_kept_gaussians_are_above_tau_and_offsets_bounded_by_delta():
     torch.testing.assert_close(out.anchors_m, out.transform.to_world(centre_cube, gs.batch), atol=1e-5, rtol=0)
 
 
-def test_gaussians_scale_with_the_scene_in_world_metres():
+def test_gaussians_scale_with_the_scene_in_world_metres(box_scenes):
     torch.manual_seed(0)
-    points = _scenes(sizes=(600, 400))
+    points = box_scenes(sizes=(600, 400))
     head = GaussianHead(8, HEAD)
     feat = torch.randn(points.coord.shape[0], 8)
     a = head(points, feat).gaussians
@@ -162,9 +143,9 @@ def test_gaussians_scale_with_the_scene_in_world_metres():
     torch.testing.assert_close(b.opacities, a.opacities)
 
 
-def test_head_rejects_bad_input():
+def test_head_rejects_bad_input(box_scenes):
     head = GaussianHead(8, HEAD)
-    points = _scenes(sizes=(300,))
+    points = box_scenes(sizes=(300,))
     n = points.coord.shape[0]
     with pytest.raises(ValueError, match=rf"expected \[{n}, 8\]"):
         head(points, torch.randn(n, 7))
@@ -176,9 +157,9 @@ def test_head_rejects_bad_input():
         GaussianHeadConfig(grid=(16, 0, 8))
 
 
-def test_model_forward_masks_encodes_and_backpropagates_to_the_encoder():
+def test_model_forward_masks_encodes_and_backpropagates_to_the_encoder(box_scenes):
     torch.manual_seed(0)
-    points = _scenes()
+    points = box_scenes()
     model = GaussianCross(CFG).train()
     out = model(points, generator=torch.Generator().manual_seed(0))
     counts = torch.diff(points.offset, prepend=torch.zeros(1, dtype=torch.long))
@@ -198,8 +179,8 @@ def test_model_forward_masks_encodes_and_backpropagates_to_the_encoder():
     assert model(points).kept.all()
 
 
-def test_model_is_deterministic_under_a_fixed_seed():
-    points = _scenes(sizes=(500, 300))
+def test_model_is_deterministic_under_a_fixed_seed(box_scenes):
+    points = box_scenes(sizes=(500, 300))
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
@@ -213,9 +194,9 @@ def test_model_is_deterministic_under_a_fixed_seed():
     assert not torch.equal(other, a.kept)
 
 
-def test_model_rejects_bad_input():
+def test_model_rejects_bad_input(box_scenes):
     model = GaussianCross(CFG)
-    points = _scenes(sizes=(300,))
+    points = box_scenes(sizes=(300,))
     with pytest.raises(ValueError, match="in_channels=6"):
         model(PointBatch(points.coord, points.feat[:, :4], points.offset, points.grid_coord))
     with pytest.raises(ValueError, match="empty"):

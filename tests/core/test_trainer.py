@@ -114,14 +114,9 @@ def main(argv=None):
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The subprocess runs use one thread; the in-process runs they are compared with must too (the
-    summation order of multi-threaded reductions differs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The subprocess runs use one thread; the in-process runs they are compared with must too (the
+# summation order of multi-threaded reductions differs).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _env():
