@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,6 +61,11 @@ class PipelineConfig:
             raise ValueError(f"segment_context_m must be >= 0, got {self.segment_context_m}")
         if self.min_voxels_to_segment < 1:
             raise ValueError(f"min_voxels_to_segment must be >= 1, got {self.min_voxels_to_segment}")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+        """The fields of this config found in ``values`` (e.g. all node parameters); other keys are ignored."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 @dataclass(frozen=True)

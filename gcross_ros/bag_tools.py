@@ -23,7 +23,7 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -252,8 +252,7 @@ def pipeline_config_from_params(params_file: Optional[str] = None, overrides: Op
     if params_file:
         values.update(_read_params_file(params_file))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    names = {f.name for f in fields(PipelineConfig)}
-    return PipelineConfig(**{k: values[k] for k in names if k in values})
+    return PipelineConfig.from_values(values)
 
 
 def _read_params_file(path) -> dict:

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Deque, Dict, Optional
 
 import numpy as np
@@ -266,9 +266,8 @@ class SegmentNode(Node):
         self.palette = class_palette(len(self.class_names))
         # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
         # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
-        self.pipeline = SegmentationPipeline(self.segmenter, PipelineConfig(
-            voxel_size_m=p.voxel_size_m, max_voxels=p.max_voxels, max_depth_m=p.max_depth_m, segment_period_s=0.0,
-            segment_scope=p.segment_scope, segment_context_m=p.segment_context_m))
+        self.pipeline = SegmentationPipeline(self.segmenter,
+                                             PipelineConfig.from_values({**asdict(p), "segment_period_s": 0.0}))
         self.map = self.pipeline.map
 
         self.stats = _Stats()

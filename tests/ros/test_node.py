@@ -505,5 +505,8 @@ def test_node_without_checkpoint_uses_the_demo_segmenter(ros_context):
         assert node.params.checkpoint == "" and node.params.checkpoint_path == str(DEMO_CHECKPOINT)
         assert node.class_names == list(SYNTHETIC_CLASSES)
         assert node.map.voxel_size_m == pytest.approx(SegmentNodeParams().voxel_size_m)
+        cfg = node.pipeline.config  # the node's parameters, but paced in wall time by its worker
+        assert (cfg.segment_scope, cfg.segment_context_m, cfg.max_voxels, cfg.segment_period_s) == (
+            node.params.segment_scope, node.params.segment_context_m, node.params.max_voxels, 0.0)
     finally:
         node.destroy_node()
