@@ -165,7 +165,7 @@ def register_color_to_depth(color: np.ndarray,  # [Hc, Wc, 3] uint8
     if color.ndim != 3 or color.shape[2] != 3 or color.dtype != np.uint8:
         raise ValueError(f"color image has shape {color.shape} {color.dtype}, expected [H, W, 3] uint8")
     hd, wd = int(depth_hw[0]), int(depth_hw[1])
-    rgb = resample_color(color, np.asarray(K_color, np.float64), np.asarray(K_depth, np.float64), wd, hd)
+    rgb = resample_color(color, K_color, K_depth, wd, hd)
     return rgb, color_seen_mask(color.shape[:2], K_color, K_depth, wd, hd)
 
 

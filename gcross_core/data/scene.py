@@ -67,20 +67,27 @@ def _check_K(name: str, K) -> np.ndarray:
     return K
 
 
+def _target_to_color(K_color: np.ndarray, K_target: np.ndarray) -> Tuple[float, float, float, float]:
+    """(a, b, c, d) with color pixel ``(a u + b, c v + d)`` seen by target pixel (u, v), same pose.
+
+    Both intrinsics have zero skew, so ``K_color @ inv(K_target)`` is an axis-aligned affine map.
+    """
+    M = np.asarray(K_color, np.float64) @ np.linalg.inv(np.asarray(K_target, np.float64))
+    return M[0, 0], M[0, 2], M[1, 1], M[1, 2]
+
+
 def resample_color(color: np.ndarray,  # [Hc, Wc, 3] uint8
                    K_color: np.ndarray,  # [3, 3] intrinsics of ``color``
                    K_target: np.ndarray,  # [3, 3] intrinsics of the wanted image (same pose)
                    width: int, height: int) -> np.ndarray:  # -> [height, width, 3] uint8
     """Color image as seen by another pinhole camera at the same pose (area-averaged when shrinking).
 
-    Both intrinsics have zero skew, so target pixel -> color pixel is an axis-aligned affine map
-    ``u_c = a u + b``: a crop-and-resize, which PIL does with sub-pixel boxes. Pixel
-    centres sit at integer indices (see ``geometry.scale_intrinsics``); PIL's box is in pixel-edge
-    coordinates, hence the +-0.5.
+    Target pixel -> color pixel is an axis-aligned affine map (:func:`_target_to_color`): a crop-and-resize,
+    which PIL does with sub-pixel boxes. Pixel centres sit at integer indices (see
+    ``geometry.scale_intrinsics``); PIL's box is in pixel-edge coordinates, hence the +-0.5.
     """
     hc, wc = color.shape[:2]
-    M = K_color @ np.linalg.inv(K_target)
-    a, b, c, d = M[0, 0], M[0, 2], M[1, 1], M[1, 2]
+    a, b, c, d = _target_to_color(K_color, K_target)
     box = (b - 0.5 * a + 0.5, d - 0.5 * c + 0.5, a * (width - 0.5) + b + 0.5, c * (height - 0.5) + d + 0.5)
     if (width, height) == (wc, hc) and np.allclose(box, (0, 0, wc, hc), atol=1e-6):
         return color.copy()
@@ -103,15 +110,15 @@ def color_seen_mask(color_hw: Tuple[int, int],  # (Hc, Wc) of the color image
                     K_color: np.ndarray,  # [3, 3]
                     K_target: np.ndarray,  # [3, 3] of the wanted image (same pose)
                     width: int, height: int) -> np.ndarray:  # -> [height, width] bool
-    """Target pixels whose centre falls on the color image (same affine map as :func:`resample_color`).
+    """Target pixels whose centre falls on the color image (the map of :func:`_target_to_color`).
 
     A depth camera with a wider field of view than the color camera (ScanNet's) sees a border the color
     camera does not; :func:`resample_color` extends the color's edge there, this mask says where.
     """
     hc, wc = int(color_hw[0]), int(color_hw[1])
-    M = np.asarray(K_color, np.float64) @ np.linalg.inv(np.asarray(K_target, np.float64))
-    x = M[0, 0] * np.arange(int(width)) + M[0, 2]
-    y = M[1, 1] * np.arange(int(height)) + M[1, 2]
+    a, b, c, d = _target_to_color(K_color, K_target)
+    x = a * np.arange(int(width)) + b
+    y = c * np.arange(int(height)) + d
     eps = 1e-6
     return (((y >= -0.5 - eps) & (y <= hc - 0.5 + eps))[:, None]
             & ((x >= -0.5 - eps) & (x <= wc - 0.5 + eps))[None, :])

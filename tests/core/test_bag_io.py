@@ -346,6 +346,10 @@ def test_pipeline_defaults_match_the_node_parameters():
 
     from gcross_ros.params import SegmentNodeParams
 
+    from gcross_core.pipeline import SEGMENT_SCOPES
+    from gcross_ros.params import SEGMENT_SCOPES as NODE_SEGMENT_SCOPES
+
+    assert NODE_SEGMENT_SCOPES == SEGMENT_SCOPES  # params.py keeps its own copy to stay torch-free
     node = SegmentNodeParams.defaults()
     shared = [f.name for f in fields(PipelineConfig) if f.name in node]
     assert {"voxel_size_m", "max_voxels", "max_depth_m", "segment_period_s"} <= set(shared)
