@@ -113,7 +113,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
     params.update(checkpoint=str(checkpoint), **(overrides or {}))
     params_file = tmp / "node_params.yaml"
     params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
