@@ -28,8 +28,8 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "segment_node = gcross_ros.segment_node:main",
-            "gcross-bag = gcross_ros.bag_tools:main",
+            "segment_node = gcross_ros.node.segment_node:main",
+            "gcross-bag = gcross_ros.bag.cli:main",
         ],
     },
 )

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gcross_core.data.grid import collate_points, grid_sample  # noqa: E402
-from gcross_core.encoder import SpUNet, SpUNetConfig  # noqa: E402
-from gcross_core.model import GaussianCross, GaussianCrossConfig  # noqa: E402
+from gcross_core.model.encoder import SpUNet, SpUNetConfig  # noqa: E402
+from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig  # noqa: E402
 
 
 def room_points(num_points: int, grid_size_m: float, seed: int = 0):

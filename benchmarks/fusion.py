@@ -1,4 +1,4 @@
-"""RGB-D fusion speed and memory: gcross_core.fusion.VoxelMap beside Open3D's point-cloud pipeline.
+"""RGB-D fusion speed and memory: gcross_core.mapping.fusion.VoxelMap beside Open3D's point-cloud pipeline.
 
 Frames come from a ScanNet SensReader export folder (``color/<i>.jpg|png``, ``depth/<i>.png`` uint16 mm,
 ``pose/<i>.txt`` camera-to-world, ``intrinsic/intrinsic_depth.txt``) given with ``--frames``, or, without
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from gcross_core.fusion import VoxelMap  # noqa: E402
+from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
 
 
 class Frame(NamedTuple):
@@ -215,7 +215,7 @@ def rss_over_frames(frames: Sequence[Frame], checkpoints: Sequence[int] = (100, 
     The frames are already in memory before the first reading, so growth is the map's (bounded by
     max_voxels) plus allocator slack.
     """
-    fusion_log = logging.getLogger("gcross_core.fusion")
+    fusion_log = logging.getLogger("gcross_core.mapping.fusion")
     level = fusion_log.level
     fusion_log.setLevel(logging.ERROR)  # eviction warnings would flood the output; counted below instead
     try:

@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from gcross_core.fusion import VoxelMap  # noqa: E402
-from gcross_core.segment import Segmenter, build_segmenter_checkpoint  # noqa: E402
+from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
+from gcross_core.segmentation.segmenter import Segmenter, build_segmenter_checkpoint  # noqa: E402
 
 
 def _fusion_benchmark():
@@ -62,7 +62,7 @@ NUM_CLASSES = 20  # ScanNet-20 sized head
 def segmentation_figures(frames, sizes: Sequence[int], checkpoint: Path, repeats: int,
                          voxel_size_m: float = 0.02) -> Dict[str, float]:
     """Median seconds of predict + fuse_probabilities on the ``n`` voxels nearest the map centroid."""
-    logging.getLogger("gcross_core.fusion").setLevel(logging.ERROR)
+    logging.getLogger("gcross_core.mapping.fusion").setLevel(logging.ERROR)
     vmap = VoxelMap(voxel_size_m, 2_000_000, NUM_CLASSES)
     for fr in frames:
         vmap.integrate(fr.color, fr.depth_mm, fr.K, fr.cam_to_world)
@@ -107,7 +107,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
 
     from gcross_core.geometry import quat_from_pose
     from gcross_ros import conversions as cv
-    from gcross_ros.node_process import start_node_process, stop_node_process
+    from gcross_ros.node.process import start_node_process, stop_node_process
 
     params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
     params.update(checkpoint=str(checkpoint), **(overrides or {}))
@@ -246,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parts = set(args.parts.split(","))
     if args.dds_profile:  # read when this process and the node create their DDS participants
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
-    from gcross_ros.params import SegmentNodeParams
+    from gcross_ros.node.params import SegmentNodeParams
 
     voxel = args.voxel_size or SegmentNodeParams().voxel_size_m
     timed, repeats, rss_at, sizes = 100, 3, (100, 400, 1000), (50_000, 100_000)

@@ -47,8 +47,8 @@ def _rss_bytes() -> int:
 
 def build_case(case: str, cache_dir: Path):
     """(PretrainModule, optimizer, PretrainBatch, scenes per step, description)."""
-    from gcross_core.data.dataset import PretrainDataset, collate_pretrain
-    from gcross_core.pretrain import PretrainConfig, build_pretrain_module, scene_dirs
+    from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
+    from gcross_core.pretraining.run import PretrainConfig, build_pretrain_module, scene_dirs
     from gcross_core.train.config import from_dict, load_config, to_dict
     from gcross_core.train.trainer import adamw_factory
 
@@ -80,8 +80,8 @@ def build_case(case: str, cache_dir: Path):
 
 def staged_step(module, optimizer, batch) -> dict:
     """One training step with each stage timed on its own (forward and backward)."""
-    from gcross_core.losses import total_loss
-    from gcross_core.model import mask_points
+    from gcross_core.pretraining.losses import total_loss
+    from gcross_core.model.gaussiancross import mask_points
     from gcross_core.render import render
     from gcross_core.types import Gaussians
 

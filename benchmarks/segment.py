@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from gcross_core.data.classes import SCANNET20_CLASSES  # noqa: E402
 from gcross_core.data.grid import grid_sample  # noqa: E402
 from gcross_core.data.synthetic import make_room  # noqa: E402
-from gcross_core.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.segment import Segmenter, build_segmenter_checkpoint  # noqa: E402
+from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
+from gcross_core.segmentation.segmenter import Segmenter, build_segmenter_checkpoint  # noqa: E402
 
 MODELS = {
     "spunet34c": SpUNetConfig(),  # the paper's backbone (ScanNet checkpoints)

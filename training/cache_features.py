@@ -5,7 +5,7 @@
 
 Each scene needs SensReader color frames (``<scene>/frames/color/<i>.jpg|png``, or ``<scene>/color/...``).
 Features go to ``<scene>/features/<teacher>_<H>x<W>/<i>.npy`` (or ``<out>/<scene name>/...`` with ``--out``,
-e.g. when the scenes are read-only), next to a manifest; see ``gcross_core.teachers.cache``. Frames already
+e.g. when the scenes are read-only), next to a manifest; see ``gcross_core.pretraining.teachers.cache``. Frames already
 cached for the same teacher are skipped, so an interrupted run resumes; a cache written by another teacher
 under the same key is discarded and recomputed. ``--height/--width`` is the teacher's input resolution.
 """
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from gcross_core.teachers import TEACHER_NAMES, FeatureCache, build_teacher  # noqa: E402
+from gcross_core.pretraining.teachers import TEACHER_NAMES, FeatureCache, build_teacher  # noqa: E402
 
 logger = logging.getLogger("cache_features")
 

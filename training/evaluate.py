@@ -10,7 +10,7 @@ numbers are over the points as stored, not over grid cells. ``--rotations R`` av
 probabilities over R rotations about z (test-time augmentation). Writes into ``--out``: results.json
 (mIoU, mAcc, allAcc, per-class IoU/accuracy, per-scene mIoU, settings), report.md, confusion.csv and
 confusion.png. mIoU and mAcc average over the classes present in the ground truth (see
-``gcross_core.train.metrics``).
+``gcross_core.evaluation.metrics``).
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ if __package__ in (None, ""):
 
 from tqdm import tqdm  # noqa: E402
 
-from gcross_core.finetune import evaluate_scenes, list_scenes  # noqa: E402
-from gcross_core.report import write_metrics_report  # noqa: E402
-from gcross_core.segment import Segmenter  # noqa: E402
-from gcross_core.train.checkpoint import CheckpointError  # noqa: E402
+from gcross_core.segmentation.dataset import evaluate_scenes, list_scenes  # noqa: E402
+from gcross_core.evaluation.report import write_metrics_report  # noqa: E402
+from gcross_core.segmentation.segmenter import Segmenter  # noqa: E402
+from gcross_core.checkpoint import CheckpointError  # noqa: E402
 
 log = logging.getLogger("evaluate")
 

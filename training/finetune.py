@@ -37,14 +37,14 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gcross_core.data.classes import class_names_for  # noqa: E402
-from gcross_core.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.finetune import (SegDataConfig, SegmentationDataset, collate_segmentation,  # noqa: E402
+from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
+from gcross_core.segmentation.dataset import (SegDataConfig, SegmentationDataset, collate_segmentation,  # noqa: E402
                                   evaluate_scenes, list_scenes, load_labelled_scene, recalibrate_batchnorm,
                                   segmentation_step, select_labelled_points, select_training_scenes)
-from gcross_core.report import write_metrics_report  # noqa: E402
-from gcross_core.segment import (SegmentationModel, Segmenter, checkpoint_encoder,  # noqa: E402
+from gcross_core.evaluation.report import write_metrics_report  # noqa: E402
+from gcross_core.segmentation.segmenter import (SegmentationModel, Segmenter, checkpoint_encoder,  # noqa: E402
                                  load_pretrained_encoder, save_segmenter)
-from gcross_core.train.checkpoint import CheckpointError  # noqa: E402
+from gcross_core.checkpoint import CheckpointError  # noqa: E402
 from gcross_core.train.config import (ConfigError, OptimConfig, RunConfig, TrainerConfig,  # noqa: E402
                                       apply_overrides, from_dict, read_yaml, to_dict)
 from gcross_core.train.distributed import (barrier, derive_seed, init_distributed,  # noqa: E402
@@ -70,7 +70,7 @@ class FinetuneConfig:
     encoder: Optional[SpUNetConfig] = None
     linear_probe: bool = False  # freeze the encoder, train the classifier only (Table 1)
     # linear probing: first re-estimate the frozen encoder's BatchNorm statistics on this many training
-    # batches (gcross_core.finetune.recalibrate_batchnorm); 0 keeps the checkpoint's statistics
+    # batches (gcross_core.segmentation.dataset.recalibrate_batchnorm); 0 keeps the checkpoint's statistics
     bn_recalibration_batches: int = 0
     # global batch of the data-efficient runs (Table S.2: 24); 0 keeps train.batch_size
     limited_batch_size: int = 0

@@ -25,8 +25,8 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gcross_core.encoder import SpUNet, SpUNetConfig  # noqa: E402
-from gcross_core.train.checkpoint import prefixed, save_checkpoint  # noqa: E402
+from gcross_core.model.encoder import SpUNet, SpUNetConfig  # noqa: E402
+from gcross_core.checkpoint import prefixed, save_checkpoint  # noqa: E402
 
 logger = logging.getLogger("import_pointcept")
 

@@ -26,9 +26,9 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gcross_core.pretrain import PretrainConfig, run_pretraining  # noqa: E402
-from gcross_core.teachers import TeacherWeightsNotFound  # noqa: E402
-from gcross_core.train.checkpoint import CheckpointError  # noqa: E402
+from gcross_core.pretraining.run import PretrainConfig, run_pretraining  # noqa: E402
+from gcross_core.pretraining.teachers import TeacherWeightsNotFound  # noqa: E402
+from gcross_core.checkpoint import CheckpointError  # noqa: E402
 from gcross_core.train.config import ConfigError, load_config  # noqa: E402
 
 log = logging.getLogger("pretrain")

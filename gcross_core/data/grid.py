@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..types import PointBatch
+from gcross_core.types import PointBatch
 
 
 def grid_sample(coord: np.ndarray, grid_size_m: float, rng: Optional[np.random.Generator] = None):

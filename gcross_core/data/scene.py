@@ -16,7 +16,7 @@ On disk (one folder per scene)::
 
 A folder with only ``frames/`` (or a bare SensReader export with ``color/ depth/ pose/ intrinsic/``) is a
 frames-only scene: it loads with ``coord=None`` and its points come from fusing the frames
-(:func:`fuse_frames_to_points`, which uses ``gcross_core.fusion.VoxelMap``).
+(:func:`fuse_frames_to_points`, which uses ``gcross_core.mapping.fusion.VoxelMap``).
 
 Frames load lazily, one at a time. Frames whose pose is not a finite rigid transform (ScanNet writes -inf
 where tracking failed) are skipped when the set is opened and counted in ``FrameSet.skipped_frames``.
@@ -38,8 +38,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 from PIL import Image
 
-from ..geometry import is_valid_pose, scale_intrinsics
-from .classes import SCANNET20_CLASSES, SCANNET200_CLASSES
+from gcross_core.geometry import is_valid_pose, scale_intrinsics
+from gcross_core.data.classes import SCANNET20_CLASSES, SCANNET200_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -666,15 +666,15 @@ def write_scene(scene: Scene, out_dir: PathLike, *, extra_arrays: Optional[Mappi
 def fuse_frames_to_points(frames: FrameSet, voxel_size_m: float, *, every: int = 1,
                           max_frames: Optional[int] = None, max_depth_m: float = 5.0,
                           max_voxels: int = 20_000_000) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fuse posed RGB-D frames into a voxel point map with ``gcross_core.fusion.VoxelMap``.
+    """Fuse posed RGB-D frames into a voxel point map with ``gcross_core.mapping.fusion.VoxelMap``.
 
     Color is first registered to the depth camera. Returns (coord [M, 3] float32 metres,
     color [M, 3] float32 0..255, normal [M, 3] float32, zero where the frames gave no normal).
     """
     try:
-        from ..fusion import VoxelMap
+        from gcross_core.mapping.fusion import VoxelMap
     except ImportError as e:  # pragma: no cover - fusion ships with the package
-        raise ImportError(f"fusing a frames-only scene needs gcross_core.fusion.VoxelMap ({e})") from e
+        raise ImportError(f"fusing a frames-only scene needs gcross_core.mapping.fusion.VoxelMap ({e})") from e
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     indices = list(range(0, len(frames), every))[:max_frames]

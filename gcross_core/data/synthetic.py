@@ -21,8 +21,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .classes import SYNTHETIC_CLASSES, SYNTHETIC_TO_SCANNET20
-from .scene import Frame, FrameList, Scene
+from gcross_core.data.classes import SYNTHETIC_CLASSES, SYNTHETIC_TO_SCANNET20
+from gcross_core.data.scene import Frame, FrameList, Scene
 
 _C = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
 IGNORE = -1  # the ceiling is not a ScanNet20 class

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, TypeVar
 
 import yaml
 
-from .schedule import ScheduleConfig
+from gcross_core.train.schedule import ScheduleConfig
 
 T = TypeVar("T")
 

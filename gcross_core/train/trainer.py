@@ -36,12 +36,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import OptimConfig, RunConfig, save_resolved, to_dict
-from .distributed import (DistInfo, ResumableDistributedSampler, barrier, derive_seed, gather_objects,
+from gcross_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gcross_core.train.config import OptimConfig, RunConfig, save_resolved, to_dict
+from gcross_core.train.distributed import (DistInfo, ResumableDistributedSampler, barrier, derive_seed, gather_objects,
                           any_true, mean_over_ranks, resolve_device)
-from .logging import RunLogger, format_metrics
-from .schedule import lr_at
+from gcross_core.train.logging import RunLogger, format_metrics
+from gcross_core.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("rosbags")
 
 from gcross_core.geometry import pose_from_quat, scale_intrinsics  # noqa: E402
-from gcross_core.pipeline import PipelineConfig, SegmentationPipeline, score_labelled_map  # noqa: E402
-from gcross_ros.bag_io import (  # noqa: E402
+from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline, score_labelled_map  # noqa: E402
+from gcross_ros.bag.io import (  # noqa: E402
     BagError, RecordConfig, read_bag, record_scene, register_color_to_depth)
-from gcross_ros.bag_tools import EvalConfig, evaluate_bag, main  # noqa: E402
+from gcross_ros.bag.cli import EvalConfig, evaluate_bag, main  # noqa: E402
 
 CLASSES = ["floor", "cabinet", "lamp"]  # lamp never occurs: an absent class
 
@@ -244,8 +244,8 @@ def test_eval_uncovered_ground_truth_counts_as_misses(plane_bag, tmp_path):
 
 def test_eval_cli_with_a_real_segmenter_checkpoint(plane_bag, tmp_path):
     pytest.importorskip("spconv")
-    from gcross_core.encoder import SpUNetConfig
-    from gcross_core.segment import build_segmenter_checkpoint
+    from gcross_core.model.encoder import SpUNetConfig
+    from gcross_core.segmentation.segmenter import build_segmenter_checkpoint
 
     tiny = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1))
     ckpt = build_segmenter_checkpoint(tmp_path / "seg.safetensors", CLASSES, tiny)
@@ -267,7 +267,7 @@ def test_eval_rejects_a_bag_without_ground_truth(tmp_path):
 
 
 def test_replay_schedule_scales_with_rate():
-    from gcross_ros.bag_tools import wall_target
+    from gcross_ros.bag.cli import wall_target
 
     t0 = 10**18
     assert wall_target(t0 + 2 * 10**9, t0, 100.0, rate=1.0) == pytest.approx(102.0)
@@ -284,8 +284,8 @@ def test_failed_recording_leaves_no_bag(tmp_path):
 
 
 def test_ground_truth_is_remapped_by_class_name():
-    from gcross_ros.bag_io import GroundTruthCloud
-    from gcross_ros.bag_tools import labels_for_classes
+    from gcross_ros.bag.io import GroundTruthCloud
+    from gcross_ros.bag.cli import labels_for_classes
 
     gt = GroundTruthCloud(np.zeros((4, 3), np.float32), np.zeros((4, 3), np.uint8), np.array([0, 1, -1, 1]),
                           class_names=["wall", "floor"])
@@ -344,10 +344,10 @@ def test_pipeline_defaults_match_the_node_parameters():
     """gcross-bag eval and the node must fuse and segment alike unless told otherwise."""
     from dataclasses import fields
 
-    from gcross_ros.params import SegmentNodeParams
+    from gcross_ros.node.params import SegmentNodeParams
 
-    from gcross_core.pipeline import SEGMENT_SCOPES
-    from gcross_ros.params import SEGMENT_SCOPES as NODE_SEGMENT_SCOPES
+    from gcross_core.mapping.pipeline import SEGMENT_SCOPES
+    from gcross_ros.node.params import SEGMENT_SCOPES as NODE_SEGMENT_SCOPES
 
     assert NODE_SEGMENT_SCOPES == SEGMENT_SCOPES  # params.py keeps its own copy to stay torch-free
     node = SegmentNodeParams.defaults()

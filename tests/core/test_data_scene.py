@@ -208,12 +208,13 @@ def test_frames_only_scene_loads_without_points_and_fuses(tmp_path):
         np.savetxt(d / "pose" / f"{i}.txt", np.eye(4))
     s = load_scene(d)
     assert s.coord is None and len(s.frames) == 2
-    pytest.importorskip("gcross_core.fusion")
+    pytest.importorskip("gcross_core.mapping.fusion")
     fused = load_scene(d, fuse_voxel_size_m=0.05)
     assert fused.num_points > 0
     np.testing.assert_allclose(fused.coord[:, 2], 2.0, atol=0.03)
     # pretraining accepts the folder as it is: points come from fusion, views from the frames
-    from gcross_core.data import AugmentConfig, PretrainDataConfig, PretrainDataset
+    from gcross_core.data import AugmentConfig
+    from gcross_core.pretraining.dataset import PretrainDataConfig, PretrainDataset
 
     cfg = PretrainDataConfig(grid_size_m=0.05, views_per_scene=2, image_size=(6, 8), fuse_voxel_size_m=0.05,
                              fuse_every=2, augment=AugmentConfig.none())

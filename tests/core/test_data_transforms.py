@@ -8,8 +8,8 @@ import torch
 import transforms3d
 from scipy.spatial import cKDTree
 
-from gcross_core.data import (AugmentConfig, PretrainDataConfig, PretrainDataset, make_room,
-                              sample_augmentation)
+from gcross_core.data import AugmentConfig, make_room, sample_augmentation
+from gcross_core.pretraining.dataset import PretrainDataConfig, PretrainDataset
 from gcross_core.geometry import backproject_depth, transform_points
 
 H, W = 36, 48

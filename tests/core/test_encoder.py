@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gcross_core.encoder import SpUNet, SpUNetConfig
+from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.types import PointBatch
 
 TINY = SpUNetConfig(base_channels=8, channels=(8, 16, 16, 16, 16, 16, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1))
@@ -85,7 +85,7 @@ def test_forward_one_feature_per_row_for_scenes_of_different_sizes(box_scenes):
 
 
 def test_scenes_are_independent_and_runs_are_repeatable_in_eval(box_scenes):
-    # also guards the CPU scatter-add fix in gcross_core.encoder: the stock kernel races between threads
+    # also guards the CPU scatter-add fix in gcross_core.model.encoder: the stock kernel races between threads
     torch.manual_seed(0)
     points = box_scenes()
     model = SpUNet(TINY).eval()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gcross_core.teachers import FeatureCache, StaleCacheError, build_teacher
+from gcross_core.pretraining.teachers import FeatureCache, StaleCacheError, build_teacher
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("cache_features", ROOT / "training" / "cache_features.py")

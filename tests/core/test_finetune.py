@@ -14,13 +14,13 @@ if str(REPO) not in sys.path:
 from gcross_core.data.classes import SYNTHETIC_CLASSES  # noqa: E402
 from gcross_core.data.grid import grid_sample  # noqa: E402
 from gcross_core.data.scene import Scene, write_scene  # noqa: E402
-from gcross_core.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.finetune import (LIMITED_POINTS_FILE, LIMITED_SCENES_FILE, SegDataConfig,  # noqa: E402
+from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
+from gcross_core.segmentation.dataset import (LIMITED_POINTS_FILE, LIMITED_SCENES_FILE, SegDataConfig,  # noqa: E402
                                   SegmentationDataset, collate_segmentation, evaluate_scenes, keep_labels,
                                   limited_point_indices, limited_scenes, list_scenes, read_point_indices,
                                   read_scene_list, row_labels, segmentation_step, sphere_crop, training_sample)
-from gcross_core.segment import SegmentationModel, Segmenter  # noqa: E402
-from gcross_core.train.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint  # noqa: E402
+from gcross_core.segmentation.segmenter import SegmentationModel, Segmenter  # noqa: E402
+from gcross_core.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint  # noqa: E402
 
 TINY = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
 K = len(SYNTHETIC_CLASSES)
@@ -268,7 +268,7 @@ def test_limited_annotation_run_writes_reusable_selections(data_root, tmp_path):
 
 
 def test_batchnorm_recalibration_averages_batches_and_touches_no_weight():
-    from gcross_core.finetune import recalibrate_batchnorm
+    from gcross_core.segmentation.dataset import recalibrate_batchnorm
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, momentum=0.01))
     net.eval()

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from gcross_core.fusion import VoxelMap, depth_normals, unpack_keys
+from gcross_core.mapping.fusion import VoxelMap, depth_normals, unpack_keys
 
 W, H = 80, 60
 K = np.array([[60.0, 0, W / 2 - 0.5], [0, 60.0, H / 2 - 0.5], [0, 0, 1]])
@@ -262,7 +262,7 @@ def test_eviction_bound_and_order(caplog):
     vm.integrate(col, partial, Ks, np.eye(4))  # frame 2: left half of A again (count 2)
     vm.integrate(col, C, Ks, np.eye(4))  # frame 3: C; map now full (A, B, C)
     assert len(vm) == 3 * w * h
-    with caplog.at_level(logging.WARNING, logger="gcross_core.fusion"):
+    with caplog.at_level(logging.WARNING, logger="gcross_core.mapping.fusion"):
         stats = vm.integrate(col, D, Ks, np.eye(4))  # frame 4: D needs w*h slots
     assert stats.evicted == w * h and len(vm) == 3 * w * h
     assert any("evicted" in r.message and str(w * h) in r.message for r in caplog.records)

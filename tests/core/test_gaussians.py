@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from gcross_core.encoder import SpUNetConfig
-from gcross_core.gaussians import (CubeTransform, GaussianHead, GaussianHeadConfig, scatter_to_voxels,
+from gcross_core.model.encoder import SpUNetConfig
+from gcross_core.model.gaussians import (CubeTransform, GaussianHead, GaussianHeadConfig, scatter_to_voxels,
                                    to_unit_cube)
-from gcross_core.model import GaussianCross, GaussianCrossConfig, mask_points
+from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig, mask_points
 from gcross_core.types import PointBatch
 
 ENC = SpUNetConfig(base_channels=8, channels=(8, 16, 16, 16, 16, 16, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gcross_core.data.grid import collate_points, grid_sample, split_by_offset
-from gcross_core.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gcross_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_grid_sample_one_point_per_cell_and_inverse():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.encoder import SpUNet, SpUNetConfig
-from gcross_core.train.checkpoint import load_checkpoint, unprefixed
+from gcross_core.model.encoder import SpUNet, SpUNetConfig
+from gcross_core.checkpoint import load_checkpoint, unprefixed
 from gcross_core.types import PointBatch
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from gcross_core.losses import LossConfig, depth_l1, feature_cosine, image_l1, total_loss, valid_depth_mask
+from gcross_core.pretraining.losses import LossConfig, depth_l1, feature_cosine, image_l1, total_loss, valid_depth_mask
 
 
 def _color_pair():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gcross_core.report import class_palette, colorize_labels, save_topdown_png, write_metrics_report
-from gcross_core.train.metrics import confusion_matrix, segmentation_metrics
+from gcross_core.evaluation.report import class_palette, colorize_labels, save_topdown_png, write_metrics_report
+from gcross_core.evaluation.metrics import confusion_matrix, segmentation_metrics
 
 # 5 classes: 0-2 occur in the ground truth, 3 only in a prediction, 4 nowhere; two points ignored.
 GT = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1, -1, 0])

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.data.dataset import PretrainDataset, collate_pretrain
-from gcross_core.pretrain import (ENCODER_PREFIX, PretrainConfig, build_pretrain_module, run_pretraining,
+from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
+from gcross_core.pretraining.run import (ENCODER_PREFIX, PretrainConfig, build_pretrain_module, run_pretraining,
                                   scene_dirs, visualize)
-from gcross_core.segment import checkpoint_encoder
-from gcross_core.train.checkpoint import load_checkpoint
+from gcross_core.segmentation.segmenter import checkpoint_encoder
+from gcross_core.checkpoint import load_checkpoint
 from gcross_core.train.config import ConfigError, from_dict, load_config
 from gcross_core.train.logging import read_metrics
 

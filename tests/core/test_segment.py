@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from gcross_core.data.grid import collate_points, grid_sample
-from gcross_core.encoder import SpUNetConfig
-from gcross_core.segment import (DEMO_CHECKPOINT, SegmentationModel, Segmenter, build_segmenter_checkpoint,
+from gcross_core.model.encoder import SpUNetConfig
+from gcross_core.segmentation.segmenter import (DEMO_CHECKPOINT, SegmentationModel, Segmenter, build_segmenter_checkpoint,
                                  load_pretrained_encoder, point_features, save_segmenter, segmentation_loss)
-from gcross_core.train.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
+from gcross_core.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
 
 TINY = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
 OTHER = SpUNetConfig(base_channels=8, channels=(8, 16, 16, 8), layers=(1, 1, 1, 1))
@@ -192,7 +192,7 @@ def test_loss_ignores_unlabelled_rows_and_survives_an_all_ignored_batch():
 def test_demo_checkpoint_segments_an_unseen_synthetic_room_well_above_chance():
     from gcross_core.data.classes import SYNTHETIC_CLASSES
     from gcross_core.data.synthetic import make_room
-    from gcross_core.train.metrics import confusion_matrix, segmentation_metrics
+    from gcross_core.evaluation.metrics import confusion_matrix, segmentation_metrics
 
     seg = Segmenter.from_checkpoint(DEMO_CHECKPOINT, expected_classes=SYNTHETIC_CLASSES)
     room = make_room(4242, num_views=0, num_points=10000)  # a seed no training room used

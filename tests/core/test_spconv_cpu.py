@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from gcross_core.encoder import spconv
+from gcross_core.model.encoder import spconv
 
 
 def _dense_weight(w):

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gcross_core.losses import LossConfig, total_loss
-from gcross_core.teachers import (MultiTeacherProjection, ProjectionHead, TeacherHeadSpec, TeacherWeightsNotFound,
+from gcross_core.pretraining.losses import LossConfig, total_loss
+from gcross_core.pretraining.teachers import (MultiTeacherProjection, ProjectionHead, TeacherHeadSpec, TeacherWeightsNotFound,
                                   build_teacher)
-from gcross_core.teachers.efficientnet import Conv2dSame, default_weights_path, load_efficientnet_lite0
+from gcross_core.pretraining.teachers.efficientnet import Conv2dSame, default_weights_path, load_efficientnet_lite0
 
 
 def _assert_frozen(teacher):

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gcross_core.train.checkpoint import load_checkpoint  # noqa: E402
+from gcross_core.checkpoint import load_checkpoint  # noqa: E402
 from gcross_core.train.config import (ConfigError, OptimConfig, RunConfig, TrainerConfig,  # noqa: E402
                                       from_dict, load_config, save_resolved)
 from gcross_core.train.distributed import (ResumableDistributedSampler, init_distributed,  # noqa: E402

@@ -13,9 +13,9 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from gcross_core.geometry import pose_from_quat  # noqa: E402
-from gcross_ros.bag_io import (  # noqa: E402
+from gcross_ros.bag.io import (  # noqa: E402
     BagTopics, RecordConfig, cloud_from_msg, image_from_msg, mm_to_depth, pose_from_msg, record_scene)
-from gcross_ros.bag_tools import BagPlayer  # noqa: E402
+from gcross_ros.bag.cli import BagPlayer  # noqa: E402
 
 pytestmark = pytest.mark.ros
 TOPICS = BagTopics()
@@ -133,7 +133,7 @@ def test_live_evaluation_agrees_with_offline(tmp_path):
     are not identical by design: the node segments on a wall-clock timer, the offline run in bag time,
     so the voxels' probability running means can average a different number of updates.
     """
-    segment_node = pytest.importorskip("gcross_ros.segment_node")
+    segment_node = pytest.importorskip("gcross_ros.node.segment_node")
     pytest.importorskip("spconv")
     import json
 
@@ -141,10 +141,10 @@ def test_live_evaluation_agrees_with_offline(tmp_path):
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from gcross_core.encoder import SpUNetConfig
-    from gcross_core.pipeline import PipelineConfig
-    from gcross_core.segment import SegmentationModel, save_segmenter
-    from gcross_ros.bag_tools import evaluate_bag, live_evaluate
+    from gcross_core.model.encoder import SpUNetConfig
+    from gcross_core.mapping.pipeline import PipelineConfig
+    from gcross_core.segmentation.segmenter import SegmentationModel, save_segmenter
+    from gcross_ros.bag.cli import evaluate_bag, live_evaluate
 
     scenes = _plane_scene_module()
     record_scene(scenes.plane_scene(n_frames=8, h=48, w=64), tmp_path / "bag", RecordConfig(),

@@ -6,7 +6,7 @@ pytest.importorskip("sensor_msgs")
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2, PointField  # noqa: E402
 
-from gcross_ros import conversions as cv  # noqa: E402
+from gcross_ros.msgs import rclpy_msgs as cv  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

@@ -25,13 +25,13 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from gcross_core.encoder import SpUNetConfig  # noqa: E402
+from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.geometry import quat_from_pose  # noqa: E402
-from gcross_core.report import class_palette  # noqa: E402
-from gcross_core.segment import build_segmenter_checkpoint  # noqa: E402
-from gcross_ros import conversions as cv  # noqa: E402
-from gcross_ros.node_process import start_node_process, stop_node_process  # noqa: E402
-from gcross_ros.params import SegmentNodeParams, declare_parameters  # noqa: E402
+from gcross_core.evaluation.report import class_palette  # noqa: E402
+from gcross_core.segmentation.segmenter import build_segmenter_checkpoint  # noqa: E402
+from gcross_ros.msgs import rclpy_msgs as cv  # noqa: E402
+from gcross_ros.node.process import start_node_process, stop_node_process  # noqa: E402
+from gcross_ros.node.params import SegmentNodeParams, declare_parameters  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -425,7 +425,7 @@ def test_launch_description_builds():
 def test_pose_helper_rejects_bad_quaternions():
     from geometry_msgs.msg import Pose
 
-    from gcross_ros.segment_node import pose_msg_to_matrix
+    from gcross_ros.node.segment_node import pose_msg_to_matrix
 
     pose = Pose()
     pose.orientation.w = 0.0
@@ -442,7 +442,7 @@ def test_tf_pose_source_with_a_stand_in_tf2_ros(tmp_path, ros_context, monkeypat
 
     from geometry_msgs.msg import TransformStamped
 
-    from gcross_ros import segment_node as sn
+    from gcross_ros.node import segment_node as sn
 
     fake = types.ModuleType("tf2_ros")
 
@@ -497,8 +497,8 @@ def test_tf_pose_source_with_a_stand_in_tf2_ros(tmp_path, ros_context, monkeypat
 def test_node_without_checkpoint_uses_the_demo_segmenter(ros_context):
     """`ros2 launch gcross_ros segment.launch.py` with no arguments starts on the bundled demo model."""
     from gcross_core.data.classes import SYNTHETIC_CLASSES
-    from gcross_core.segment import DEMO_CHECKPOINT
-    from gcross_ros import segment_node as sn
+    from gcross_core.segmentation.segmenter import DEMO_CHECKPOINT
+    from gcross_ros.node import segment_node as sn
 
     node = sn.SegmentNode(context=ros_context, parameter_overrides=[Parameter("publish_rendered", value=False)])
     try:

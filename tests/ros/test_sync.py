@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gcross_core.geometry import pose_from_quat, quat_from_pose
-from gcross_ros.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, QUEUE_OVERFLOW, TIME_JUMP,
+from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, QUEUE_OVERFLOW, TIME_JUMP,
                              UNMATCHED, ApproximateTimeSync, PoseBuffer, interpolate_pose)
 
 MS = 1_000_000
@@ -150,7 +150,7 @@ def test_matches_message_filters():
     mf = pytest.importorskip("message_filters")
     from std_msgs.msg import Header
 
-    from gcross_ros.conversions import ns_to_stamp
+    from gcross_ros.msgs.rclpy_msgs import ns_to_stamp
 
     class Msg:
         def __init__(self, stream, ns):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gcross_core.teachers.base import Teacher, TeacherWeightsNotFound, ceil_div
+from gcross_core.pretraining.teachers.base import Teacher, TeacherWeightsNotFound, ceil_div
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .train.config import DictConfig
-from .types import Gaussians, PointBatch, offset_to_batch
+from gcross_core.train.config import DictConfig
+from gcross_core.types import Gaussians, PointBatch, offset_to_batch
 
 
 @dataclass(frozen=True)

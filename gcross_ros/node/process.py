@@ -1,6 +1,6 @@
 """The segmentation node as a child process, for the demo, the node benchmark and the node tests.
 
-``start_node_process`` runs ``python -m gcross_ros.segment_node --ros-args --params-file FILE ...`` with
+``start_node_process`` runs ``python -m gcross_ros.node.segment_node --ros-args --params-file FILE ...`` with
 its output in a log file; ``stop_node_process`` asks it to stop (SIGTERM, which rclpy turns into a clean
 shutdown), waits, kills it if it does not end in time, and closes the log.
 """
@@ -17,7 +17,7 @@ def start_node_process(params_file, log_path, ros_args: Sequence[str] = (), env:
                        cwd=None) -> Tuple[subprocess.Popen, IO]:
     """Start the node with a parameter file (plus ``-p``/``-r`` ``ros_args``); returns (process, log file)."""
     log = open(Path(log_path), "w")
-    cmd = [sys.executable, "-m", "gcross_ros.segment_node", "--ros-args", "--params-file", str(params_file),
+    cmd = [sys.executable, "-m", "gcross_ros.node.segment_node", "--ros-args", "--params-file", str(params_file),
            *map(str, ros_args)]
     try:
         proc = subprocess.Popen(cmd, cwd=cwd, env=dict(os.environ if env is None else env, PYTHONUNBUFFERED="1"),

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.grid import collate_points, grid_sample
-from .encoder import SpUNet, SpUNetConfig
-from .train.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint, unprefixed
-from .types import PointBatch
+from gcross_core.data.grid import collate_points, grid_sample
+from gcross_core.model.encoder import SpUNet, SpUNetConfig
+from gcross_core.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint, unprefixed
+from gcross_core.types import PointBatch
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ INPUT_FEATURES = "rgb01_normal"
 DEFAULT_ENCODER_PREFIXES = {"pretrain": "model.encoder", SEGMENTER_KIND: ENCODER_PREFIX}
 # A small segmenter of the synthetic rooms (SYNTHETIC_CLASSES) shipped with the package for demos and smoke
 # tests; training/make_demo_checkpoint.sh rebuilds it.
-DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "segmenter_synthetic.safetensors"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "segmenter_synthetic.safetensors"
 
 
 class SegmentationModel(nn.Module):

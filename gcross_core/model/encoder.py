@@ -8,8 +8,8 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
-from .train.config import DictConfig
-from .types import PointBatch
+from gcross_core.train.config import DictConfig
+from gcross_core.types import PointBatch
 
 
 def _import_spconv():

@@ -63,7 +63,7 @@ from typing import Optional
 
 import numpy as np
 
-from .geometry import backproject_depth, is_valid_pose
+from gcross_core.geometry import backproject_depth, is_valid_pose
 
 log = logging.getLogger(__name__)
 

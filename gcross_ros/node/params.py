@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 
 POSE_SOURCES = ("topic", "tf")
 RENDER_BACKENDS = ("auto", "reference", "gsplat")
-SEGMENT_SCOPES = ("map", "recent")  # gcross_core.pipeline.SEGMENT_SCOPES (no torch import here)
+SEGMENT_SCOPES = ("map", "recent")  # gcross_core.mapping.pipeline.SEGMENT_SCOPES (no torch import here)
 
 
 def _p(default: Any, description: str):
@@ -101,7 +101,7 @@ class SegmentNodeParams:
         """The checkpoint to load: ``checkpoint``, or the bundled demo segmenter when it is empty."""
         if self.checkpoint:
             return self.checkpoint
-        from gcross_core.segment import DEMO_CHECKPOINT  # the path only; gcross_core.segment imports torch
+        from gcross_core.segmentation.segmenter import DEMO_CHECKPOINT  # the path only; gcross_core.segmentation.segmenter imports torch
 
         return str(DEMO_CHECKPOINT)
 

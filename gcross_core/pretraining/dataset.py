@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from ..geometry import invert_rigid
-from ..types import Cameras, PointBatch
-from .grid import collate_points, grid_sample
-from .scene import FrameSet, Scene, find_frames_dir, fuse_frames_to_points, load_scene
-from .transforms import AugmentConfig, sample_augmentation
+from gcross_core.geometry import invert_rigid
+from gcross_core.types import Cameras, PointBatch
+from gcross_core.data.grid import collate_points, grid_sample
+from gcross_core.data.scene import FrameSet, Scene, find_frames_dir, fuse_frames_to_points, load_scene
+from gcross_core.data.transforms import AugmentConfig, sample_augmentation
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ SceneSource = Union[str, Path, Scene]
 
 @dataclass(frozen=True)
 class TeacherCacheSpec:
-    """Where cached teacher features of a scene live (see ``gcross_core.teachers.cache``)."""
+    """Where cached teacher features of a scene live (see ``gcross_core.pretraining.teachers.cache``)."""
 
     teacher: str  # teacher name, e.g. "efficientnet_lite0"
     height: int  # the teacher's input resolution the cache was built at
@@ -226,7 +226,7 @@ class PretrainDataset(Dataset):
         src = self._sources[index]
         if not self.cfg.teacher_caches or isinstance(src, Scene):
             return {}
-        from ..teachers.cache import FeatureCache
+        from gcross_core.pretraining.teachers.cache import FeatureCache
 
         out = {}
         for spec in self.cfg.teacher_caches:

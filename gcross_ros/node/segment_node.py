@@ -50,16 +50,16 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
 from gcross_core.geometry import invert_rigid, is_valid_pose, pose_from_quat, scale_intrinsics
-from gcross_core.pipeline import PipelineConfig, SegmentationPipeline
+from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.render import render
-from gcross_core.report import class_palette
-from gcross_core.segment import Segmenter
-from gcross_core.train.checkpoint import CheckpointError
+from gcross_core.evaluation.report import class_palette
+from gcross_core.segmentation.segmenter import Segmenter
+from gcross_core.checkpoint import CheckpointError
 from gcross_core.types import Cameras, Gaussians
-from gcross_ros.conversions import (DEPTH_16UC1_UNITS_PER_M, DEPTH_ENCODINGS, camera_info_to_K, color_to_rgb,
+from gcross_ros.msgs.rclpy_msgs import (DEPTH_16UC1_UNITS_PER_M, DEPTH_ENCODINGS, camera_info_to_K, color_to_rgb,
                                     image_to_numpy, labelled_cloud, numpy_to_image, stamp_to_ns)
-from gcross_ros.params import SegmentNodeParams, declare_parameters
-from gcross_ros.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
+from gcross_ros.node.params import SegmentNodeParams, declare_parameters
+from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
                              PoseBuffer, PoseLookup)
 
 NODE_NAME = "gcross_segment"

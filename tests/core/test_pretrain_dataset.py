@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.data import (AugmentConfig, PretrainBatch, PretrainDataConfig, PretrainDataset, Scene,
-                              TeacherCacheSpec, collate_pretrain, make_room, pretrain_loader, split_by_offset,
-                              write_scene)
+from gcross_core.data import AugmentConfig, Scene, make_room, split_by_offset, write_scene
+from gcross_core.pretraining.dataset import (PretrainBatch, PretrainDataConfig, PretrainDataset, TeacherCacheSpec,
+                                             collate_pretrain, pretrain_loader)
 
 GRID = 0.05
 
@@ -87,7 +87,7 @@ def test_same_seed_gives_the_same_batches_with_any_number_of_workers(rooms):
 
 
 def test_scene_folders_with_cached_teacher_features(tmp_path, rooms):
-    from gcross_core.teachers.cache import FeatureCache
+    from gcross_core.pretraining.teachers.cache import FeatureCache
 
     path = write_scene(rooms[0], tmp_path / "room", color_format="png")
     cache = FeatureCache(path, "toy", 18, 24)

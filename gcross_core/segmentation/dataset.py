@@ -5,7 +5,7 @@ Training samples follow Pointcept's semantic-segmentation pipeline with the pret
 Table S.1: random rotation / scaling / flip -> grid sampling with a random point per cell -> sphere crop
 to a point budget (Table S.2: 102400) -> point shuffle. Evaluation never crops or augments: every
 original point gets the label of its grid cell (optionally averaged over rotations, see
-:meth:`gcross_core.segment.Segmenter.predict_proba`).
+:meth:`gcross_core.segmentation.segmenter.Segmenter.predict_proba`).
 
 Data-efficient runs (Hou et al., 2021; paper Table 2) come in two kinds:
 
@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data.classes import class_names_for
-from .data.grid import collate_points, grid_sample
-from .data.scene import Scene, load_scene
-from .data.transforms import AugmentConfig, sample_augmentation
-from .segment import IGNORE_INDEX, Segmenter, point_features, segmentation_loss
-from .train.metrics import confusion_matrix, segmentation_metrics
-from .types import PointBatch
+from gcross_core.data.classes import class_names_for
+from gcross_core.data.grid import collate_points, grid_sample
+from gcross_core.data.scene import Scene, load_scene
+from gcross_core.data.transforms import AugmentConfig, sample_augmentation
+from gcross_core.segmentation.segmenter import IGNORE_INDEX, Segmenter, point_features, segmentation_loss
+from gcross_core.evaluation.metrics import confusion_matrix, segmentation_metrics
+from gcross_core.types import PointBatch
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ Heavy optional dependencies (transformers, RADIO's code) are imported only when 
 """
 from __future__ import annotations
 
-from gcross_core.teachers.base import Teacher, TeacherWeightsNotFound
-from gcross_core.teachers.cache import FeatureCache, StaleCacheError
-from gcross_core.teachers.projection import MultiTeacherProjection, ProjectionHead, TeacherHeadSpec
+from gcross_core.pretraining.teachers.base import Teacher, TeacherWeightsNotFound
+from gcross_core.pretraining.teachers.cache import FeatureCache, StaleCacheError
+from gcross_core.pretraining.teachers.projection import MultiTeacherProjection, ProjectionHead, TeacherHeadSpec
 
 TEACHER_NAMES = ("efficientnet_lite0", "dinov2", "clip", "radio")
 DEFAULT_TEACHER = "efficientnet_lite0"  # the only one whose weights need no download
@@ -32,13 +32,13 @@ def build_teacher(name: str = DEFAULT_TEACHER, **kwargs) -> Teacher:
     """
     key = name.lower()
     if key == "efficientnet_lite0":
-        from gcross_core.teachers.efficientnet import EfficientNetLite0Teacher
+        from gcross_core.pretraining.teachers.efficientnet import EfficientNetLite0Teacher
         return EfficientNetLite0Teacher(**kwargs)
     if key in ("dinov2", "clip"):
-        from gcross_core.teachers.hf import HFTeacher
+        from gcross_core.pretraining.teachers.hf import HFTeacher
         return HFTeacher(key, **kwargs)
     if key == "radio":
-        from gcross_core.teachers.radio import RadioTeacher
+        from gcross_core.pretraining.teachers.radio import RadioTeacher
         return RadioTeacher(**kwargs)
     raise ValueError(f"unknown teacher {name!r}; expected one of {list(TEACHER_NAMES)}")
 

@@ -71,7 +71,7 @@ class MultiTeacherProjection(nn.Module):
 
     With a single teacher this is GaussianCross; with several it is the multi-teacher setting of Chorus.
     ``forward`` returns ``{teacher: [V, d*_t, h_t, w_t]}`` for the requested feature sizes, ready for
-    ``gcross_core.losses.total_loss(features=..., feature_weights=self.loss_weights)``.
+    ``gcross_core.pretraining.losses.total_loss(features=..., feature_weights=self.loss_weights)``.
     """
 
     def __init__(self, d_f: int, teachers: Mapping[str, TeacherHeadSpec]):

@@ -7,10 +7,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .encoder import SpUNet, SpUNetConfig
-from .gaussians import GaussianHead, GaussianHeadConfig, HeadOutput, check_point_coords
-from .train.config import DictConfig
-from .types import Gaussians, PointBatch
+from gcross_core.model.encoder import SpUNet, SpUNetConfig
+from gcross_core.model.gaussians import GaussianHead, GaussianHeadConfig, HeadOutput, check_point_coords
+from gcross_core.train.config import DictConfig
+from gcross_core.types import Gaussians, PointBatch
 
 
 @dataclass(frozen=True)

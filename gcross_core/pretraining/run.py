@@ -20,17 +20,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .data.dataset import PretrainDataConfig, PretrainDataset, collate_pretrain
-from .losses import LossConfig, total_loss, valid_depth_mask
-from .model import GaussianCross, GaussianCrossConfig
-from .render import render
-from .teachers import MultiTeacherProjection, Teacher, TeacherHeadSpec, build_teacher
-from .train.config import OptimConfig, RunConfig, TrainerConfig, to_dict
-from .train.distributed import barrier, init_distributed, shutdown_distributed
-from .train.logging import depth_to_rgb, image_grid, pca_basis, pca_rgb, psnr, to_uint8
-from .train.schedule import ScheduleConfig
-from .train.trainer import FINAL_CHECKPOINT, Trainer, TrainState, seed_everything
-from .types import Cameras, Gaussians
+from gcross_core.pretraining.dataset import PretrainDataConfig, PretrainDataset, collate_pretrain
+from gcross_core.pretraining.losses import LossConfig, total_loss, valid_depth_mask
+from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig
+from gcross_core.render import render
+from gcross_core.pretraining.teachers import MultiTeacherProjection, Teacher, TeacherHeadSpec, build_teacher
+from gcross_core.train.config import OptimConfig, RunConfig, TrainerConfig, to_dict
+from gcross_core.train.distributed import barrier, init_distributed, shutdown_distributed
+from gcross_core.train.logging import depth_to_rgb, image_grid, pca_basis, pca_rgb, psnr, to_uint8
+from gcross_core.train.schedule import ScheduleConfig
+from gcross_core.train.trainer import FINAL_CHECKPOINT, Trainer, TrainState, seed_everything
+from gcross_core.types import Cameras, Gaussians
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ ENCODER_PREFIX = "model.encoder"  # where the encoder weights live in a pretrain
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    name: str = "efficientnet_lite0"  # see gcross_core.teachers.TEACHER_NAMES
+    name: str = "efficientnet_lite0"  # see gcross_core.pretraining.teachers.TEACHER_NAMES
     loss_weight: float = 1.0  # this teacher's share of L_sem (several teachers: the Chorus setting)
     head_hidden: Optional[int] = None  # projection head of eq. 16: None = one 1x1 conv, else a 2-layer MLP
     # keyword arguments of build_teacher(name, ...), e.g. {input_size: [480, 640]} or {repo_dir: ...}
@@ -267,8 +267,8 @@ class _Looped(Dataset):
 
 def synthetic_scene_dirs(cfg: SyntheticRooms, run_dir, create: bool = True) -> List[Path]:
     """Folders of the configured synthetic rooms, generating the missing ones when ``create``."""
-    from .data.scene import write_scene
-    from .data.synthetic import make_room
+    from gcross_core.data.scene import write_scene
+    from gcross_core.data.synthetic import make_room
 
     root = Path(cfg.cache_dir) if cfg.cache_dir else Path(run_dir) / "cache" / "synthetic"
     dirs = []

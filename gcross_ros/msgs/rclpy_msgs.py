@@ -158,7 +158,7 @@ def depth_to_m(msg: Image) -> np.ndarray:
         raise _unsupported(msg.encoding, DEPTH_ENCODINGS)
     depth = image_to_numpy(msg)
     if msg.encoding == "16UC1":
-        # a division, like gcross_core.fusion, so both paths give bit-identical metres
+        # a division, like gcross_core.mapping.fusion, so both paths give bit-identical metres
         return depth.astype(np.float32) / np.float32(DEPTH_16UC1_UNITS_PER_M)
     return depth
 

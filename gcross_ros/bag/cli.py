@@ -8,7 +8,7 @@
 
 ``play`` and ``eval-live`` need rclpy and the message packages; the other commands do not.
 
-``eval`` runs the node's processing offline through :class:`gcross_core.pipeline.SegmentationPipeline`
+``eval`` runs the node's processing offline through :class:`gcross_core.mapping.pipeline.SegmentationPipeline`
 (the same VoxelMap fusion per frame and snapshot -> predict -> fuse_probabilities segmentation, with the
 node's parameter defaults or a node parameter file), frame by frame with the segmentation period counted
 in bag time, then scores the final labelled map against the bag's ground-truth cloud and writes a report
@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .bag_io import BagError, BagReader, BagTopics, RecordConfig, iter_frames, read_ground_truth, record_scene
+from gcross_ros.bag.io import BagError, BagReader, BagTopics, RecordConfig, iter_frames, read_ground_truth, record_scene
 
 log = logging.getLogger("gcross_bag")
 
@@ -244,9 +244,9 @@ class EvalConfig:
 
 def pipeline_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
     """A PipelineConfig from the node's parameter defaults, a node parameter YAML and explicit overrides."""
-    from gcross_core.pipeline import PipelineConfig
+    from gcross_core.mapping.pipeline import PipelineConfig
 
-    from .params import SegmentNodeParams
+    from gcross_ros.node.params import SegmentNodeParams
 
     values = dict(SegmentNodeParams.defaults())
     if params_file:
@@ -302,7 +302,7 @@ def labels_for_classes(gt, class_names: Sequence[str], bag_path="") -> np.ndarra
 def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig = EvalConfig(),
                         topics: BagTopics = BagTopics(), progress: bool = False):
     """Feed a bag's frames through SegmentationPipeline as the node does -> (LabelledPoints, perf dict)."""
-    from gcross_core.pipeline import SegmentationPipeline, latency_summary
+    from gcross_core.mapping.pipeline import SegmentationPipeline, latency_summary
 
     pipe = SegmentationPipeline(segmenter, pipeline_config)
     frame_s, fusion_s, seg_s = [], [], []
@@ -356,8 +356,8 @@ def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_na
     map_coord [M, 3], map_label [M] (-1 = unlabelled), gt_coord [N, 3], gt_label [N] (-1 = ignore), all
     in the map frame. Writes results.json, report.md, confusion.csv/png and topdown.png.
     """
-    from gcross_core.pipeline import score_labelled_map
-    from gcross_core.report import save_topdown_png, write_metrics_report
+    from gcross_core.mapping.pipeline import score_labelled_map
+    from gcross_core.evaluation.report import save_topdown_png, write_metrics_report
 
     names = list(class_names)
     score = score_labelled_map(map_coord, map_label, gt_coord, gt_label, len(names), radius_m)
@@ -383,14 +383,14 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
     """Run the node's pipeline over a bag, score the final map and write the report folder.
 
     ``checkpoint`` is a segmenter checkpoint path, or an object with ``class_names`` and
-    ``predict(coord, color, normal, return_probs=True)`` like :class:`gcross_core.segment.Segmenter`.
+    ``predict(coord, color, normal, return_probs=True)`` like :class:`gcross_core.segmentation.segmenter.Segmenter`.
     """
     pipeline_config = pipeline_config or pipeline_config_from_params()
     gt = load_ground_truth(bag_path, topics)  # a bag without ground truth fails before the model loads
     if hasattr(checkpoint, "predict"):
         segmenter, checkpoint = checkpoint, type(checkpoint).__name__
     else:
-        from gcross_core.segment import Segmenter
+        from gcross_core.segmentation.segmenter import Segmenter
 
         segmenter = Segmenter.from_checkpoint(checkpoint, device=config.device)
     names = list(segmenter.class_names)
@@ -447,7 +447,7 @@ def _eval_markdown(coverage: dict, perf: Optional[dict], settings: dict) -> str:
 
 
 def _cloud_labels(msg):
-    from .bag_io import cloud_from_msg
+    from gcross_ros.bag.io import cloud_from_msg
 
     fields_ = cloud_from_msg(msg)
     coord = np.stack([fields_["x"], fields_["y"], fields_["z"]], axis=1).astype(np.float32)
@@ -631,7 +631,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from gcross_core.train.checkpoint import CheckpointError
+    from gcross_core.checkpoint import CheckpointError
 
     try:
         return args.func(args)

@@ -1,7 +1,7 @@
 """The per-frame segmentation pipeline shared by the ROS node and the offline bag evaluator.
 
-``SegmentationPipeline`` holds a :class:`~gcross_core.fusion.VoxelMap` and a
-:class:`~gcross_core.segment.Segmenter`. Each RGB-D frame is fused into the map
+``SegmentationPipeline`` holds a :class:`~gcross_core.mapping.fusion.VoxelMap` and a
+:class:`~gcross_core.segmentation.segmenter.Segmenter`. Each RGB-D frame is fused into the map
 (``process_frame``); every ``segment_period_s`` of *stream* time (image stamps, so a bag replays
 identically at any speed) the whole map is segmented and the per-point probabilities are fused into the
 voxels (``maybe_segment``). ``labelled_points`` returns the labelled map.
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .fusion import FrameStats, MapSnapshot, VoxelMap
-from .train.metrics import confusion_matrix, segmentation_metrics
+from gcross_core.mapping.fusion import FrameStats, MapSnapshot, VoxelMap
+from gcross_core.evaluation.metrics import confusion_matrix, segmentation_metrics
 
 if TYPE_CHECKING:  # segment.py pulls in torch and spconv; only needed by from_checkpoint
-    from .segment import Segmenter
+    from gcross_core.segmentation.segmenter import Segmenter
 
 
 SEGMENT_SCOPES = ("map", "recent")
@@ -103,7 +103,7 @@ class SegmentationPipeline:
 
     @classmethod
     def from_checkpoint(cls, path, config: PipelineConfig = PipelineConfig(), device: str = "cpu"):
-        from .segment import Segmenter
+        from gcross_core.segmentation.segmenter import Segmenter
 
         return cls(Segmenter.from_checkpoint(path, device=device), config)
 
