@@ -14,13 +14,10 @@ from typing import Any, Dict, Tuple
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from gcross_core.errors import CheckpointError
 
 FORMAT_KEY = "gcross_format"
 FORMAT_VERSION = "1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit what the caller expects."""
 
 
 def save_checkpoint(path, tensors: Dict[str, torch.Tensor], metadata: Dict[str, Any]) -> Path:

@@ -27,16 +27,13 @@ import torch  # noqa: E402
 
 from gcross_core.model.encoder import SpUNet, SpUNetConfig  # noqa: E402
 from gcross_core.checkpoint import prefixed, save_checkpoint  # noqa: E402
+from gcross_core.errors import PointceptImportError
 
 logger = logging.getLogger("import_pointcept")
 
 
 # Input convention of encoders trained in Pointcept: colour in [-1, 1] (NormalizeColor), then unit normal
 POINTCEPT_INPUT_FEATURES = "rgb_minus1_1_normal"
-
-
-class PointceptImportError(ValueError):
-    """The checkpoint cannot be converted faithfully; the message lists every offending key."""
 
 
 @dataclass

@@ -32,7 +32,8 @@ from PIL import Image
 
 from gcross_core.geometry import is_valid_pose
 from gcross_core.data.classes import SCANNET20_CLASSES, nyu40_to_scannet20, scannet_id_to_scannet200
-from gcross_core.data.scene import Frame, FrameSet, Scene, write_scene
+from gcross_core.data.frames import Frame, FrameSet
+from gcross_core.data.scene import Scene, write_scene
 
 log = logging.getLogger(__name__)
 

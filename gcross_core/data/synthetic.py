@@ -22,7 +22,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from gcross_core.data.classes import SYNTHETIC_CLASSES, SYNTHETIC_TO_SCANNET20
-from gcross_core.data.scene import Frame, FrameList, Scene
+from gcross_core.data.frames import Frame, FrameList
+from gcross_core.data.scene import Scene
 
 _C = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
 IGNORE = -1  # the ceiling is not a ScanNet20 class

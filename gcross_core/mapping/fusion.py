@@ -59,11 +59,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 from gcross_core.geometry import backproject_depth, is_valid_pose
+from gcross_core.data.frames import FrameSet
+from gcross_core.image import check_intrinsics, depth_to_metres
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +115,6 @@ class _FrameVoxels:
     valid_pixels: int
 
 
-def _check_intrinsics(K: np.ndarray) -> np.ndarray:
-    K = np.asarray(K)
-    if K.shape != (3, 3):
-        raise ValueError(f"K has shape {K.shape}, expected [3, 3] pinhole intrinsics")
-    if not np.all(np.isfinite(K)):
-        raise ValueError("K contains NaN or inf, expected finite intrinsics")
-    if not (K[0, 0] > 0 and K[1, 1] > 0):
-        raise ValueError(f"K has focal lengths fx={K[0, 0]}, fy={K[1, 1]}, expected both > 0")
-    if abs(K[0, 1]) > 1e-6 or abs(K[1, 0]) > 1e-6 or not np.allclose(K[2], [0, 0, 1]):
-        raise ValueError(f"K is {K.tolist()}, expected [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
-    return K.astype(np.float64)
-
-
 def _check_pose(cam_to_map: np.ndarray) -> np.ndarray:
     T = np.asarray(cam_to_map)
     if T.shape != (4, 4):
@@ -136,20 +125,6 @@ def _check_pose(cam_to_map: np.ndarray) -> np.ndarray:
         raise ValueError("cam_to_map is not rigid: expected an orthonormal rotation with det +1 and last row "
                          f"0 0 0 1, got {np.round(T, 4).tolist()}")
     return T.astype(np.float64)
-
-
-def depth_to_metres(depth: np.ndarray) -> np.ndarray:
-    """[H, W] uint16 millimetres (ROS 16UC1) or float32 metres (32FC1) -> float32 metres."""
-    depth = np.asarray(depth)
-    if depth.ndim != 2:
-        raise ValueError(f"depth has shape {depth.shape}, expected [H, W]")
-    if depth.dtype == np.uint16:
-        # Division (not multiplication by 0.001) so uint16 mm and the float32 metres a driver computes as
-        # mm / 1000 give bit-identical maps.
-        return depth.astype(np.float32) / np.float32(1000.0)
-    if depth.dtype == np.float32:
-        return depth
-    raise ValueError(f"depth has dtype {depth.dtype}, expected uint16 millimetres or float32 metres")
 
 
 def pixel_normals(depth_m: np.ndarray,  # [H, W] float32 metres; <= 0 or non-finite is invalid
@@ -226,7 +201,7 @@ def depth_normals(depth_m: np.ndarray,  # [H, W] float32 metres
     depth_m = np.asarray(depth_m, dtype=np.float32)
     if depth_m.ndim != 2:
         raise ValueError(f"depth_m has shape {depth_m.shape}, expected [H, W]")
-    K = _check_intrinsics(K)
+    K = check_intrinsics(K)
     h, w = depth_m.shape
     return pixel_normals(depth_m, K, np.arange(h * w), baseline_px, max_jump).reshape(h, w, 3)
 
@@ -334,7 +309,7 @@ class VoxelMap:
         if color_rgb.shape[:2] != (h, w):
             raise ValueError(f"depth image {w}x{h} does not match color {color_rgb.shape[1]}x{color_rgb.shape[0]}"
                              " (expected depth registered to color)")
-        K = _check_intrinsics(K)
+        K = check_intrinsics(K)
         T = _check_pose(cam_to_map)
 
         # float32 intrinsics keep backproject_depth's arithmetic in float32.
@@ -716,3 +691,26 @@ class VoxelMap:
         """[N] float32 fused probability of ``labels()``, 0 where never segmented."""
         with self._lock:
             return self._confidence_locked()
+
+
+def fuse_frames_to_points(frames: FrameSet, voxel_size_m: float, *, every: int = 1,
+                          max_frames: Optional[int] = None, max_depth_m: float = 5.0,
+                          max_voxels: int = 20_000_000) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fuse posed RGB-D frames into a voxel point map with :class:`VoxelMap`.
+
+    Color is first registered to the depth camera. Returns (coord [M, 3] float32 metres,
+    color [M, 3] float32 0..255, normal [M, 3] float32, zero where the frames gave no normal).
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    indices = list(range(0, len(frames), every))[:max_frames]
+    if not indices:
+        raise ValueError("fuse_frames_to_points: no frames to fuse")
+    vmap = VoxelMap(voxel_size_m, max_voxels, 1, max_depth_m=max_depth_m)
+    for i in indices:
+        f = frames.frame(i).registered()
+        vmap.integrate(f.color, f.depth_m, f.K_depth, f.cam_to_world)
+    if len(vmap) == 0:
+        raise ValueError(f"fusing {len(indices)} frames gave no points (no valid depth within {max_depth_m} m)")
+    return (vmap.coords().astype(np.float32), vmap.colors().astype(np.float32),
+            vmap.normals().astype(np.float32))

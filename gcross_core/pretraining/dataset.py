@@ -33,7 +33,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from gcross_core.geometry import invert_rigid
 from gcross_core.types import Cameras, PointBatch
 from gcross_core.data.grid import collate_points, grid_sample
-from gcross_core.data.scene import FrameSet, Scene, find_frames_dir, fuse_frames_to_points, load_scene
+from gcross_core.data.frames import FrameSet, find_frames_dir
+from gcross_core.data.scene import Scene, load_scene
+from gcross_core.mapping.fusion import fuse_frames_to_points
 from gcross_core.data.transforms import AugmentConfig, sample_augmentation
 
 log = logging.getLogger(__name__)
@@ -191,8 +193,10 @@ class PretrainDataset(Dataset):
                                  "pretraining renders its views")
             if not (path / "coord.npy").is_file():
                 log.info("fusing the frames of %s into points (voxel %.3f m)", path, cfg.fuse_voxel_size_m)
-                self._sources.append(load_scene(path, segment="none", frames_dir=fdir,
-                                                fuse_voxel_size_m=cfg.fuse_voxel_size_m, fuse_every=cfg.fuse_every))
+                scene = load_scene(path, segment="none", frames_dir=fdir)
+                coord, color, normal = fuse_frames_to_points(scene.frames, cfg.fuse_voxel_size_m,
+                                                             every=cfg.fuse_every)
+                self._sources.append(Scene(scene.name, coord, color, normal, frames=scene.frames))
                 continue
             self._sources.append(path)
 

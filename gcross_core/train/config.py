@@ -17,12 +17,9 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, TypeVar
 import yaml
 
 from gcross_core.train.schedule import ScheduleConfig
+from gcross_core.errors import ConfigError
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override does not fit the dataclass it is read into."""
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from gcross_ros.bag.io import BagError, BagReader, BagTopics, RecordConfig, iter_frames, read_ground_truth, record_scene
+from gcross_core.errors import LiveEvalError
 
 log = logging.getLogger("gcross_bag")
-
-
-class LiveEvalError(RuntimeError):
-    """The node under live evaluation did not subscribe or did not publish a usable cloud in time."""
 
 
 # ---------------------------------------------------------------- record

@@ -36,6 +36,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gcross_core.image import depth_m_to_mm, depth_mm_to_m, register_color_to_depth
+from gcross_core.errors import BagError
+
 log = logging.getLogger(__name__)
 
 # Fixed start so that recording the same scene twice gives byte-identical bags (2023-11-14 22:13:20 UTC).
@@ -43,10 +46,6 @@ DEFAULT_START_TIME_NS = 1_700_000_000 * 10**9
 CLASS_NAMES_KEY = "gcross/class_names"
 SCENE_NAME_KEY = "gcross/scene"
 IGNORE_LABEL_U32 = 0xFFFFFFFF  # label -1 as uint32 (two's complement), what .view(int32) turns back into -1
-
-
-class BagError(RuntimeError):
-    """A bag that cannot be read or written; the message names the bag."""
 
 
 @dataclass(frozen=True)
@@ -147,38 +146,6 @@ def _stamp_ns(header) -> int:
 
 
 # ---------------------------------------------------------------- numpy <-> message dataclasses
-
-def register_color_to_depth(color: np.ndarray,  # [Hc, Wc, 3] uint8
-                            K_color: np.ndarray,  # [3, 3]
-                            K_depth: np.ndarray,  # [3, 3]
-                            depth_hw: Tuple[int, int],
-                            ) -> Tuple[np.ndarray, np.ndarray]:  # ([Hd, Wd, 3] uint8, [Hd, Wd] bool seen)
-    """The color image resampled into the depth camera (shared pose), and where the color camera sees.
-
-    The same resampling as training data (:func:`gcross_core.data.scene.resample_color`); the depth camera
-    may see beyond the color image (ScanNet's depth field of view is wider): ``seen`` is False there, and
-    :func:`record_scene` writes no depth for those pixels.
-    """
-    from gcross_core.data.scene import color_seen_mask, resample_color
-
-    color = np.asarray(color)
-    if color.ndim != 3 or color.shape[2] != 3 or color.dtype != np.uint8:
-        raise ValueError(f"color image has shape {color.shape} {color.dtype}, expected [H, W, 3] uint8")
-    hd, wd = int(depth_hw[0]), int(depth_hw[1])
-    rgb = resample_color(color, K_color, K_depth, wd, hd)
-    return rgb, color_seen_mask(color.shape[:2], K_color, K_depth, wd, hd)
-
-
-def depth_to_mm(depth_m: np.ndarray) -> np.ndarray:  # [H, W] float32 m -> [H, W] uint16 mm
-    """Round to millimetres; invalid (NaN, inf, <= 0, > 65.535 m) becomes 0 = no measurement."""
-    d = np.asarray(depth_m, dtype=np.float64)
-    ok = np.isfinite(d) & (d > 0) & (d <= 65.535)
-    return np.where(ok, np.rint(np.where(ok, d, 0) * 1000.0), 0).astype(np.uint16)
-
-
-def mm_to_depth(depth_mm: np.ndarray) -> np.ndarray:  # [H, W] uint16 mm -> [H, W] float32 m
-    return depth_mm.astype(np.float32) / np.float32(1000.0)
-
 
 def image_msg(pixels: np.ndarray, encoding: str, t_ns: int, frame_id: str):
     pixels = np.ascontiguousarray(pixels)
@@ -426,7 +393,7 @@ def record_frames(out,
             h, w = depth_m.shape
             size = (w, h)
             bag.write(tp.color, image_msg(rgb, "rgb8", t, config.camera_frame), t)
-            bag.write(tp.depth, image_msg(depth_to_mm(depth_m), "16UC1", t, config.camera_frame), t)
+            bag.write(tp.depth, image_msg(depth_m_to_mm(depth_m), "16UC1", t, config.camera_frame), t)
             bag.write(tp.camera_info, camera_info_msg(K_depth, w, h, t, config.camera_frame), t)
             bag.write(tp.pose, pose_stamped_msg(cam_to_map, t, config.map_frame), t)
             tf = transform_stamped_msg(cam_to_map, t, config.map_frame, config.camera_frame)
@@ -662,7 +629,7 @@ def _frame_from_msgs(stamp: int, slot: dict, topics: BagTopics, use_tf: bool) ->
     depth_msg = slot[topics.depth]
     depth = image_from_msg(depth_msg)
     if depth_msg.encoding in ("16UC1", "mono16"):
-        depth_m = mm_to_depth(depth)
+        depth_m = depth_mm_to_m(depth)
     elif depth_msg.encoding == "32FC1":
         depth_m = np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     else:
@@ -696,14 +663,9 @@ def read_bag(path, topics: BagTopics = BagTopics()) -> BagContents:
     return BagContents(**stack, gt=gt, class_names=class_names, scene_name=scene_name)
 
 
-def bag_duration_s(path) -> float:
-    with BagReader(path) as bag:
-        return max(0, bag.end_time_ns - bag.start_time_ns) / 1e9 if bag.message_count else 0.0
-
-
 __all__ = [
     "BagContents", "BagError", "BagFrame", "BagReader", "BagTopics", "BagWriter", "GroundTruthCloud",
-    "RecordConfig", "RecordSummary", "cloud_from_msg", "depth_to_mm", "image_from_msg", "iter_frames",
-    "labelled_cloud_msg", "mm_to_depth", "pack_rgb", "read_bag", "read_ground_truth", "record_frames",
-    "record_scene", "register_color_to_depth", "unpack_rgb",
+    "RecordConfig", "RecordSummary", "cloud_from_msg", "image_from_msg", "iter_frames",
+    "labelled_cloud_msg", "pack_rgb", "read_bag", "read_ground_truth", "record_frames",
+    "record_scene", "unpack_rgb",
 ]

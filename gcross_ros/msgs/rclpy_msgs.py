@@ -19,6 +19,8 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from gcross_core.image import depth_mm_to_m
+
 # encoding -> (numpy element type, channels)
 IMAGE_ENCODINGS: Dict[str, Tuple[np.dtype, int]] = {
     "rgb8": (np.dtype(np.uint8), 3),
@@ -29,7 +31,6 @@ IMAGE_ENCODINGS: Dict[str, Tuple[np.dtype, int]] = {
 }
 COLOR_ENCODINGS = ("rgb8", "bgr8")
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
-DEPTH_16UC1_UNITS_PER_M = 1000.0  # REP 118: 16-bit depth images hold millimetres
 
 _POINT_FIELD_DTYPES: Dict[int, np.dtype] = {
     PointField.INT8: np.dtype(np.int8),
@@ -157,10 +158,7 @@ def depth_to_m(msg: Image) -> np.ndarray:
     if msg.encoding not in DEPTH_ENCODINGS:
         raise _unsupported(msg.encoding, DEPTH_ENCODINGS)
     depth = image_to_numpy(msg)
-    if msg.encoding == "16UC1":
-        # a division, like gcross_core.mapping.fusion, so both paths give bit-identical metres
-        return depth.astype(np.float32) / np.float32(DEPTH_16UC1_UNITS_PER_M)
-    return depth
+    return depth_mm_to_m(depth) if msg.encoding == "16UC1" else depth
 
 
 # ---------------------------------------------------------------- camera info

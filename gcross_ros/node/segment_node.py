@@ -50,13 +50,14 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
 from gcross_core.geometry import invert_rigid, is_valid_pose, pose_from_quat, scale_intrinsics
+from gcross_core.image import DEPTH_MM_INVALID, MM_PER_M
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.render import render
 from gcross_core.evaluation.report import class_palette
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_core.checkpoint import CheckpointError
 from gcross_core.types import Cameras, Gaussians
-from gcross_ros.msgs.rclpy_msgs import (DEPTH_16UC1_UNITS_PER_M, DEPTH_ENCODINGS, camera_info_to_K, color_to_rgb,
+from gcross_ros.msgs.rclpy_msgs import (DEPTH_ENCODINGS, camera_info_to_K, color_to_rgb,
                                     image_to_numpy, labelled_cloud, numpy_to_image, stamp_to_ns)
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters
 from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
@@ -192,7 +193,7 @@ def pose_msg_to_matrix(msg) -> np.ndarray:
 def _has_valid_depth(depth: np.ndarray, max_depth_m: float) -> bool:
     """True when some pixel holds a usable reading (NaN and inf compare false and drop out)."""
     if depth.dtype == np.uint16:
-        return bool(np.any((depth > 0) & (depth <= max_depth_m * DEPTH_16UC1_UNITS_PER_M)))
+        return bool(np.any((depth > 0) & (depth <= max_depth_m * MM_PER_M) & (depth != DEPTH_MM_INVALID)))
     return bool(np.any((depth > 0) & (depth <= max_depth_m)))
 
 

@@ -11,7 +11,8 @@ pytest.importorskip("rosbags")
 from gcross_core.geometry import pose_from_quat, scale_intrinsics  # noqa: E402
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline, score_labelled_map  # noqa: E402
 from gcross_ros.bag.io import (  # noqa: E402
-    BagError, RecordConfig, read_bag, record_scene, register_color_to_depth)
+    BagError, RecordConfig, read_bag, record_scene,)
+from gcross_core.image import register_color_to_depth
 from gcross_ros.bag.cli import EvalConfig, evaluate_bag, main  # noqa: E402
 
 CLASSES = ["floor", "cabinet", "lamp"]  # lamp never occurs: an absent class

@@ -209,7 +209,9 @@ def test_frames_only_scene_loads_without_points_and_fuses(tmp_path):
     s = load_scene(d)
     assert s.coord is None and len(s.frames) == 2
     pytest.importorskip("gcross_core.mapping.fusion")
-    fused = load_scene(d, fuse_voxel_size_m=0.05)
+    from gcross_core.mapping.fusion import fuse_frames_to_points
+    fused = load_scene(d)
+    fused = Scene(fused.name, *fuse_frames_to_points(fused.frames, 0.05), frames=fused.frames)
     assert fused.num_points > 0
     np.testing.assert_allclose(fused.coord[:, 2], 2.0, atol=0.03)
     # pretraining accepts the folder as it is: points come from fusion, views from the frames

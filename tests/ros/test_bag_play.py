@@ -14,7 +14,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from gcross_core.geometry import pose_from_quat  # noqa: E402
 from gcross_ros.bag.io import (  # noqa: E402
-    BagTopics, RecordConfig, cloud_from_msg, image_from_msg, mm_to_depth, pose_from_msg, record_scene)
+    BagTopics, RecordConfig, cloud_from_msg, image_from_msg, pose_from_msg, record_scene)
+from gcross_core.image import depth_mm_to_m as mm_to_depth
 from gcross_ros.bag.cli import BagPlayer  # noqa: E402
 
 pytestmark = pytest.mark.ros

@@ -14,10 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-
-class TeacherWeightsNotFound(FileNotFoundError):
-    """The code or weights of a teacher are not on this machine; the message says which files go where."""
+from gcross_core.errors import TeacherWeightsNotFound
 
 
 def check_input_size(input_size: Sequence[int], multiple: int = 1, name: str = "input_size") -> Tuple[int, int]:

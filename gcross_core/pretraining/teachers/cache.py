@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+from gcross_core.errors import StaleCacheError
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ MANIFEST_NAME = "manifest.json"
 _FRAME_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
 
 PathLike = Union[str, Path]
-
-
-class StaleCacheError(RuntimeError):
-    """The cache is missing or was built for another teacher/resolution; the message says how to rebuild it."""
 
 
 def cache_dir_for(scene_dir: PathLike, teacher_name: str, height: int, width: int,
