@@ -299,7 +299,8 @@ def labels_for_classes(gt, class_names: Sequence[str], bag_path="") -> np.ndarra
 def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig = EvalConfig(),
                         topics: BagTopics = BagTopics(), progress: bool = False):
     """Feed a bag's frames through SegmentationPipeline as the node does -> (LabelledPoints, perf dict)."""
-    from gcross_core.mapping.pipeline import SegmentationPipeline, latency_summary
+    from gcross_core.evaluation.map_score import latency_summary
+    from gcross_core.mapping.pipeline import SegmentationPipeline
 
     pipe = SegmentationPipeline(segmenter, pipeline_config)
     frame_s, fusion_s, seg_s = [], [], []
@@ -353,7 +354,7 @@ def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_na
     map_coord [M, 3], map_label [M] (-1 = unlabelled), gt_coord [N, 3], gt_label [N] (-1 = ignore), all
     in the map frame. Writes results.json, report.md, confusion.csv/png and topdown.png.
     """
-    from gcross_core.mapping.pipeline import score_labelled_map
+    from gcross_core.evaluation.map_score import score_labelled_map
     from gcross_core.evaluation.report import save_topdown_png, write_metrics_report
 
     names = list(class_names)

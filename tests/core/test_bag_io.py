@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("rosbags")
 
 from gcross_core.geometry import pose_from_quat, scale_intrinsics  # noqa: E402
-from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline, score_labelled_map  # noqa: E402
+from gcross_core.evaluation.map_score import score_labelled_map  # noqa: E402
+from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline  # noqa: E402
 from gcross_ros.bag.io import (  # noqa: E402
     BagError, RecordConfig, read_bag, record_scene,)
 from gcross_core.image import register_color_to_depth
