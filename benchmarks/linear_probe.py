@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from training import finetune as finetune_script  # noqa: E402
+from gcross_core.config import load_config  # noqa: E402
+from gcross_core.pretraining.config import PretrainConfig  # noqa: E402
+from gcross_core.pretraining.run import run_pretraining  # noqa: E402
+from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa: E402
 
 CONFIG = ROOT / "training" / "configs" / "finetune_synthetic.yaml"
 PRETRAIN_CONFIG = ROOT / "training" / "configs" / "synthetic_tiny.yaml"
@@ -50,12 +54,12 @@ MODES = (  # name, linear probe, use the pretrained encoder
 
 
 def make_data(data: Path, rooms: int, val_rooms: int, points: int) -> None:
-    from training import make_synthetic
-
     common = ["--views", "8", "--width", "80", "--height", "60", "--points", str(points), "--quiet"]
     for split, n, seed in (("train", rooms, 0), ("val", val_rooms, 1000)):
         if not (data / split).is_dir() or len(list((data / split).iterdir())) < n:
-            if make_synthetic.main(["--out", str(data / split), "--rooms", str(n), "--seed", str(seed)] + common):
+            cmd = [sys.executable, str(ROOT / "training" / "make_synthetic.py"), "--out", str(data / split),
+                   "--rooms", str(n), "--seed", str(seed)] + common
+            if subprocess.run(cmd).returncode:
                 raise SystemExit(f"make_synthetic failed for {data / split}")
 
 
@@ -63,14 +67,12 @@ def pretrain(data: Path, out: Path, steps: int) -> Path:
     final = out / "final.safetensors"
     if final.is_file():
         return final
-    from training import pretrain as pretrain_script
-
     overrides = [f"data.root={data / 'train'}", "data.synthetic.rooms=0", "train.epochs=1000",
                  f"train.max_steps={steps}", "train.seed=0"]
-    rc = pretrain_script.main(["--config", str(PRETRAIN_CONFIG), "--out", str(out), "--no-progress",
-                               "--no-tensorboard"] + [a for o in overrides for a in ("--set", o)])
-    if rc or not final.is_file():
-        raise SystemExit(f"pretraining failed (exit {rc})")
+    cfg = load_config(PRETRAIN_CONFIG, PretrainConfig, overrides)
+    run_pretraining(cfg, out, progress=False, tensorboard=False)
+    if not final.is_file():
+        raise SystemExit(f"pretraining wrote no {final}")
     return final
 
 
@@ -82,8 +84,8 @@ def run_one(out: Path, data: Path, seed: int, probe: bool, pretrained, steps: in
                      f"train.batch_size={batch}"]
         if probe:
             overrides += ["linear_probe=true", f"bn_recalibration_batches={recal}", f"optim.lr={probe_lr}"]
-        cfg = finetune_script.load_finetune_config(CONFIG, overrides)
-        finetune_script.run(cfg, out, str(pretrained) if pretrained else None, progress=False, tensorboard=False)
+        cfg = load_config(CONFIG, FinetuneConfig, overrides)
+        run_finetuning(cfg, out, str(pretrained) if pretrained else None, progress=False, tensorboard=False)
     m = json.loads(res_file.read_text())["metrics"]
     return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"],
             "iou": {k: v["iou"] for k, v in m["per_class"].items()}}

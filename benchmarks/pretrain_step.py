@@ -48,8 +48,10 @@ def _rss_bytes() -> int:
 def build_case(case: str, cache_dir: Path):
     """(PretrainModule, optimizer, PretrainBatch, scenes per step, description)."""
     from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
-    from gcross_core.pretraining.run import PretrainConfig, build_pretrain_module, scene_dirs
-    from gcross_core.train.config import from_dict, load_config, to_dict
+    from gcross_core.pretraining.config import PretrainConfig
+    from gcross_core.pretraining.module import build_pretrain_module
+    from gcross_core.pretraining.run import scene_dirs
+    from gcross_core.config import from_dict, load_config, to_dict
     from gcross_core.train.trainer import adamw_factory
 
     if case == "tiny":

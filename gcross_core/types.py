@@ -19,12 +19,6 @@ def offset_to_batch(offset: Tensor) -> Tensor:
     return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts)
 
 
-def batch_to_offset(batch: Tensor, num_scenes: Optional[int] = None) -> Tensor:
-    """Per-row scene index [N] (sorted) -> cumulative end indices [B] (int64)."""
-    n = int(batch.max().item()) + 1 if num_scenes is None and batch.numel() else (num_scenes or 0)
-    return torch.cumsum(torch.bincount(batch, minlength=n), 0)
-
-
 def _check_rows(name: str, t: Tensor, n: int, trailing: tuple) -> None:
     if t.shape[0] != n or tuple(t.shape[1:]) != trailing:
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {(n, *trailing)}")

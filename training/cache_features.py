@@ -26,6 +26,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.errors import InputError  # noqa: E402
 from gcross_core.pretraining.teachers import TEACHER_NAMES, FeatureCache, build_teacher  # noqa: E402
 
 logger = logging.getLogger("cache_features")
@@ -102,11 +104,12 @@ def teacher_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
+@cli_main("cache_features.py")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     if args.batch_size <= 0:
-        raise SystemExit("--batch-size must be positive")
+        raise InputError(f"--batch-size must be positive, got {args.batch_size}")
     teacher = build_teacher(args.teacher, **teacher_kwargs(args)).to(args.device)
     logger.info("teacher %s: %d channels at %dx%d for %dx%d input, fingerprint %s", teacher.name,
                 teacher.feature_dim, *teacher.output_size, *teacher.input_size, teacher.fingerprint())

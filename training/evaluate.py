@@ -26,10 +26,12 @@ if __package__ in (None, ""):
 
 from tqdm import tqdm  # noqa: E402
 
-from gcross_core.segmentation.dataset import evaluate_scenes, list_scenes  # noqa: E402
+from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.errors import InputError  # noqa: E402
 from gcross_core.evaluation.report import write_metrics_report  # noqa: E402
+from gcross_core.segmentation.dataset import list_scenes  # noqa: E402
+from gcross_core.segmentation.evaluate import evaluate_scenes  # noqa: E402
 from gcross_core.segmentation.segmenter import Segmenter  # noqa: E402
-from gcross_core.checkpoint import CheckpointError  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
@@ -55,24 +57,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli_main("evaluate.py")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        if args.rotations < 1:
-            raise ValueError(f"--rotations must be >= 1, got {args.rotations}")
-        segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
-        label_file = args.label_file or LABEL_FILE_FOR_CLASSES.get(segmenter.num_classes, "segment")
-        scenes = list_scenes(args.root, args.split) if args.root else [Path(s) for s in args.scenes]
-        if args.max_scenes:
-            scenes = scenes[: args.max_scenes]
-        wrap = None if args.no_progress else (lambda it: tqdm(it, desc="evaluate", unit="scene"))
-        t0 = time.perf_counter()
-        res = evaluate_scenes(segmenter, scenes, label_file, args.rotations, wrap)
-        seconds = time.perf_counter() - t0
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 2
+    if args.rotations < 1:
+        raise InputError(f"--rotations must be >= 1, got {args.rotations}")
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    label_file = args.label_file or LABEL_FILE_FOR_CLASSES.get(segmenter.num_classes, "segment")
+    scenes = list_scenes(args.root, args.split) if args.root else [Path(s) for s in args.scenes]
+    if args.max_scenes:
+        scenes = scenes[: args.max_scenes]
+    wrap = None if args.no_progress else (lambda it: tqdm(it, desc="evaluate", unit="scene"))
+    t0 = time.perf_counter()
+    res = evaluate_scenes(segmenter, scenes, label_file, args.rotations, wrap)
+    seconds = time.perf_counter() - t0
     settings = {"checkpoint": str(args.checkpoint), "label_file": label_file, "rotations": args.rotations,
                 "grid_size_m": segmenter.grid_size_m, "num_scenes": len(scenes), "seconds": seconds}
     paths = write_metrics_report(args.out, res.conf, res.metrics, segmenter.class_names,

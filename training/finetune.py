@@ -23,200 +23,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
-import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from gcross_core.data.classes import class_names_for  # noqa: E402
-from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.segmentation.dataset import (SegDataConfig, SegmentationDataset, collate_segmentation,  # noqa: E402
-                                  evaluate_scenes, list_scenes, load_labelled_scene, recalibrate_batchnorm,
-                                  segmentation_step, select_labelled_points, select_training_scenes)
-from gcross_core.evaluation.report import write_metrics_report  # noqa: E402
-from gcross_core.segmentation.segmenter import (SegmentationModel, Segmenter, checkpoint_encoder,  # noqa: E402
-                                 load_pretrained_encoder, save_segmenter)
-from gcross_core.checkpoint import CheckpointError  # noqa: E402
-from gcross_core.train.config import (ConfigError, OptimConfig, RunConfig, TrainerConfig,  # noqa: E402
-                                      apply_overrides, from_dict, read_yaml, to_dict)
-from gcross_core.train.distributed import (barrier, derive_seed, init_distributed,  # noqa: E402
-                                           shutdown_distributed)
-from gcross_core.train.schedule import ScheduleConfig  # noqa: E402
-from gcross_core.train.trainer import Trainer, rng_scope, seed_everything  # noqa: E402
+from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.config import load_config  # noqa: E402
+from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa: E402
 
 log = logging.getLogger("finetune")
-
-SEGMENTER_FILE = "segmenter.safetensors"
-RECALIBRATION_STREAM = 7919  # seed key of the BatchNorm recalibration draws (apart from the training stream)
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    # Table S.2 (ScanNet): batch 32, 800 epochs, AdamW (0.9, 0.95), wd 0.05, lr 0.005, cosine, 40 warmup epochs
-    train: TrainerConfig = field(default_factory=lambda: TrainerConfig(epochs=800, batch_size=32))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.005))
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="cosine", warmup_fraction=0.05))
-    data: SegDataConfig = field(default_factory=SegDataConfig)
-    # None: the pretrained checkpoint's encoder configuration (SpUNetConfig() when training from scratch);
-    # when set and a pretrained checkpoint is given, the two must agree
-    encoder: Optional[SpUNetConfig] = None
-    linear_probe: bool = False  # freeze the encoder, train the classifier only (Table 1)
-    # linear probing: first re-estimate the frozen encoder's BatchNorm statistics on this many training
-    # batches (gcross_core.segmentation.dataset.recalibrate_batchnorm); 0 keeps the checkpoint's statistics
-    bn_recalibration_batches: int = 0
-    # global batch of the data-efficient runs (Table S.2: 24); 0 keeps train.batch_size
-    limited_batch_size: int = 0
-    evaluate: bool = True  # evaluate the validation split at the end
-    eval_rotations: int = 1  # test-time augmentation: rotations about z averaged at evaluation
-
-    def __post_init__(self) -> None:
-        if self.limited_batch_size < 0 or self.eval_rotations < 1 or self.bn_recalibration_batches < 0:
-            raise ValueError("limited_batch_size and bn_recalibration_batches must be >= 0, eval_rotations >= 1")
-
-    @property
-    def data_efficient(self) -> bool:
-        d = self.data
-        return bool(d.limited_scenes_pct or d.limited_points or d.limited_scenes_file or d.limited_points_file)
-
-    def run_config(self) -> RunConfig:
-        train = self.train
-        if self.data_efficient and self.limited_batch_size:
-            train = replace(train, batch_size=self.limited_batch_size)
-        return RunConfig(train=train, optim=self.optim, schedule=self.schedule)
-
-
-def load_finetune_config(path, overrides: Sequence[str] = ()) -> FinetuneConfig:
-    data = apply_overrides(read_yaml(path), overrides)
-    try:
-        return from_dict(FinetuneConfig, data)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
-
-
-def build_model(cfg: FinetuneConfig, pretrained: Optional[str]) -> SegmentationModel:
-    """The segmentation model, its encoder initialised from ``pretrained`` when given (strictly)."""
-    num_classes = len(class_names_for(cfg.data.class_set))
-    enc_cfg = cfg.encoder
-    if pretrained:
-        _, ckpt_cfg, _ = checkpoint_encoder(pretrained)
-        if enc_cfg is not None and enc_cfg != ckpt_cfg:
-            raise CheckpointError(f"config asks for encoder {enc_cfg.to_dict()}, the pretrained checkpoint "
-                                  f"{pretrained} holds {ckpt_cfg.to_dict()}")
-        enc_cfg = ckpt_cfg
-    model = SegmentationModel(enc_cfg or SpUNetConfig(), num_classes)
-    if pretrained:
-        meta = load_pretrained_encoder(model, pretrained)
-        log.info("encoder initialised from %s (%s checkpoint)", pretrained, meta.get("kind", "encoder"))
-    elif cfg.linear_probe:
-        log.warning("linear probing a randomly initialised encoder (no --pretrained): a baseline, not a model")
-    if cfg.linear_probe:
-        model.freeze_encoder()
-    return model
-
-
-def run(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = None, progress: bool = True,
-        tensorboard: bool = True, resume: bool = False) -> Dict[str, Any]:
-    """Train, save the segmenter and (optionally) evaluate; returns a summary dict (main process)."""
-    run_dir = Path(run_dir)
-    dist = init_distributed(cfg.train.device)
-    try:
-        if cfg.train.num_threads:
-            torch.set_num_threads(cfg.train.num_threads)  # before any encoder call (BatchNorm recalibration)
-        seed_everything(cfg.train.seed)
-        class_names = class_names_for(cfg.data.class_set)
-        train_dirs = list_scenes(cfg.data.root, cfg.data.train_split)
-        train_dirs = select_training_scenes(train_dirs, cfg.data, run_dir if dist.is_main else None)
-        labelled = None
-        if cfg.data.limited_points or cfg.data.limited_points_file:
-            scenes = [load_labelled_scene(p, cfg.data.label_file, class_names, mmap=True) for p in train_dirs]
-            labelled = select_labelled_points(scenes, cfg.data, run_dir if dist.is_main else None)
-            log.info("limited annotations: %d labelled points in %d scenes",
-                     sum(len(v) for v in labelled.values()), len(scenes))
-        run_cfg = cfg.run_config()
-        data_cfg = cfg.data
-        min_loop = math.ceil(run_cfg.train.batch_size / len(train_dirs))
-        if data_cfg.loop < min_loop:
-            log.info("%d training scenes for a global batch of %d: repeating each scene %d times per epoch",
-                     len(train_dirs), run_cfg.train.batch_size, min_loop)
-            data_cfg = replace(data_cfg, loop=min_loop)
-        dataset = SegmentationDataset(train_dirs, data_cfg, labelled)
-        model = build_model(cfg, pretrained)
-        if cfg.linear_probe and cfg.bn_recalibration_batches:
-            recalibrate(model, dataset, cfg, run_cfg.train.batch_size // dist.world_size, dist.device)
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("%s: %d trainable parameters, %d classes, %d training scenes",
-                 "linear probe" if cfg.linear_probe else "fine-tuning", n_train, len(class_names), len(train_dirs))
-        meta = {"kind": "finetune", "class_names": list(class_names), "encoder_config": model.encoder_config.to_dict(),
-                "encoder_prefix": "encoder",
-                "pretrained": str(pretrained) if pretrained else None, "linear_probe": cfg.linear_probe}
-        trainer = Trainer(model, segmentation_step, dataset, collate_segmentation, run_cfg, run_dir,
-                          dist_info=dist, checkpoint_metadata=meta, resolved_config=cfg, progress=progress,
-                          tensorboard=tensorboard)
-        t0 = time.perf_counter()
-        state = trainer.fit(resume=resume)
-        train_s = time.perf_counter() - t0
-        summary: Dict[str, Any] = {"steps": state.step, "train_seconds": train_s,
-                                   "last_metrics": state.last_metrics, "run_dir": str(run_dir)}
-        if dist.is_main:
-            extra = {"config": to_dict(cfg), "pretrained": meta["pretrained"], "linear_probe": cfg.linear_probe,
-                     "trained_steps": state.step}
-            path = save_segmenter(run_dir / SEGMENTER_FILE, model, class_names, cfg.data.grid_size_m, extra=extra)
-            summary["segmenter"] = str(path)
-            if cfg.evaluate:
-                summary["eval"] = evaluate_run(cfg, model, class_names, run_dir / "eval", progress)
-        barrier(dist)
-        return summary
-    finally:
-        shutdown_distributed(dist)
-
-
-def recalibrate(model: SegmentationModel, dataset: SegmentationDataset, cfg: FinetuneConfig, batch_size: int,
-                device) -> None:
-    """BatchNorm statistics of the frozen encoder from ``cfg.bn_recalibration_batches`` training batches,
-    drawn reproducibly from the training seed (and the same on every rank: BatchNorm is not synced here)."""
-
-    def batches():
-        for b in range(cfg.bn_recalibration_batches):
-            samples = []
-            for j in range(batch_size):
-                i = (b * batch_size + j) % len(dataset)
-                with rng_scope(derive_seed(cfg.train.seed, RECALIBRATION_STREAM, b, j)):
-                    samples.append(dataset[i])
-            yield collate_segmentation(samples).points.to(device)
-
-    model.encoder.to(device)
-    n = recalibrate_batchnorm(model.encoder, batches())
-    model.freeze_encoder()
-    log.info("re-estimated the frozen encoder's BatchNorm statistics on %d batches of %d scenes", n, batch_size)
-
-
-def evaluate_run(cfg: FinetuneConfig, model: SegmentationModel, class_names, out_dir, progress: bool = True
-                 ) -> Optional[Dict[str, Any]]:
-    try:
-        val_dirs = list_scenes(cfg.data.root, cfg.data.val_split)
-    except FileNotFoundError as e:
-        log.warning("no evaluation: %s", e)
-        return None
-    if cfg.data.max_val_scenes:
-        val_dirs = val_dirs[: cfg.data.max_val_scenes]
-    device = next(model.parameters()).device
-    segmenter = Segmenter(model, class_names, cfg.data.grid_size_m, device=str(device))
-    wrap = (lambda it: tqdm(it, desc="evaluate", unit="scene", leave=False)) if progress else None
-    res = evaluate_scenes(segmenter, val_dirs, cfg.data.label_file, cfg.eval_rotations, wrap)
-    write_metrics_report(out_dir, res.conf, res.metrics, class_names, title="Validation",
-                         extra_json={"scenes": res.per_scene, "rotations": cfg.eval_rotations})
-    m = res.metrics
-    log.info("validation (%d scenes): mIoU %.1f  mAcc %.1f  allAcc %.1f", len(val_dirs), 100 * m["miou"],
-             100 * m["macc"], 100 * m["allacc"])
-    return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "scenes": len(val_dirs)}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -242,6 +60,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli_main("finetune.py")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -256,13 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides.append("evaluate=false")
     if args.threads is not None:
         overrides.append(f"train.num_threads={args.threads}")
-    try:
-        cfg = load_finetune_config(args.config, overrides)
-        summary = run(cfg, args.out, args.pretrained, progress=not args.no_progress,
-                      tensorboard=not args.no_tensorboard, resume=args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 2
+    cfg = load_config(args.config, FinetuneConfig, overrides)
+    summary = run_finetuning(cfg, args.out, args.pretrained, progress=not args.no_progress,
+                             tensorboard=not args.no_tensorboard, resume=args.resume)
     if summary.get("segmenter"):
         log.info("segmenter written to %s", summary["segmenter"])
     return 0

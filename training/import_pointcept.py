@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from gcross_core.model.encoder import SpUNet, SpUNetConfig  # noqa: E402
 from gcross_core.checkpoint import prefixed, save_checkpoint  # noqa: E402
-from gcross_core.errors import PointceptImportError
+from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.errors import ConfigError, PointceptImportError  # noqa: E402
 
 logger = logging.getLogger("import_pointcept")
 
@@ -221,6 +222,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli_main("import_pointcept.py")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -229,13 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             config = SpUNetConfig.from_dict(json.loads(args.encoder_config))
         except (json.JSONDecodeError, TypeError, ValueError) as e:
-            logger.error("--encoder-config: %s", e)
-            return 2
-    try:
-        report = import_pointcept(args.src, args.dst, config, args.allow_partial, args.prefix)
-    except PointceptImportError as e:
-        logger.error("import failed: %s", e)
-        return 1
+            raise ConfigError(f"--encoder-config: {e}") from e
+    report = import_pointcept(args.src, args.dst, config, args.allow_partial, args.prefix)
     logger.info("wrote %s: %d tensors, SpUNet %s", args.dst, len(report.converted), report.config.to_dict())
     logger.info("note: Pointcept-trained encoders expect colour / 127.5 - 1 in [-1, 1] (metadata "
                 "input_features=%s), gcross feeds RGB in 0..1", POINTCEPT_INPUT_FEATURES)

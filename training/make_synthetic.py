@@ -21,6 +21,8 @@ if __package__ in (None, ""):
 
 from tqdm import tqdm  # noqa: E402
 
+from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.errors import InputError  # noqa: E402
 from gcross_core.data.scene import write_scene  # noqa: E402
 from gcross_core.data.synthetic import RoomConfig, make_room  # noqa: E402
 
@@ -43,12 +45,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@cli_main("make_synthetic.py")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.rooms < 1 or args.views < 1:
-        logger.error("--rooms and --views must be >= 1")
-        return 2
+        raise InputError(f"--rooms and --views must be >= 1, got {args.rooms} and {args.views}")
     cfg = RoomConfig(num_points=args.points, num_views=args.views, width=args.width, height=args.height,
                      ceiling=args.ceiling)
     t0 = time.perf_counter()

@@ -31,6 +31,8 @@ if __package__ in (None, ""):
 
 from tqdm import tqdm  # noqa: E402
 
+from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.errors import InputError  # noqa: E402
 from gcross_core.data.scannet import ScanNetPrepConfig, prepare_scan  # noqa: E402
 
 logger = logging.getLogger("prepare_scannet")
@@ -104,19 +106,18 @@ def remove_stale_temporaries(out_root: Path) -> int:
     return n
 
 
+@cli_main("prepare_scannet.py")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     root = args.scannet_root
     scans = find_scans(root)
     if not scans:
-        logger.error("no scans found under %s/scans or %s/scans_test", root, root)
-        return 2
+        raise InputError(f"no scans found under {root}/scans or {root}/scans_test")
     if args.scenes:
         missing = sorted(set(args.scenes) - set(scans))
         if missing:
-            logger.error("scenes not found: %s", ", ".join(missing))
-            return 2
+            raise InputError(f"scenes not found under {root}: {', '.join(missing)}")
         scans = {k: scans[k] for k in args.scenes}
     tsv = args.tsv or root / "scannetv2-labels.combined.tsv"
     if not tsv.is_file():

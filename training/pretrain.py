@@ -26,10 +26,10 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gcross_core.pretraining.run import PretrainConfig, run_pretraining  # noqa: E402
-from gcross_core.pretraining.teachers import TeacherWeightsNotFound  # noqa: E402
-from gcross_core.checkpoint import CheckpointError  # noqa: E402
-from gcross_core.train.config import ConfigError, load_config  # noqa: E402
+from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.config import load_config  # noqa: E402
+from gcross_core.pretraining.config import PretrainConfig  # noqa: E402
+from gcross_core.pretraining.run import run_pretraining  # noqa: E402
 
 log = logging.getLogger("pretrain")
 
@@ -47,21 +47,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli_main("pretrain.py")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, PretrainConfig, args.overrides)
-    except ConfigError as e:
-        log.error("%s", e)
-        return 2
+    cfg = load_config(args.config, PretrainConfig, args.overrides)
     out = args.out or Path("runs") / cfg.name
-    try:
-        state, final = run_pretraining(cfg, out, resume=args.resume, progress=not args.no_progress,
-                                       tensorboard=not args.no_tensorboard)
-    except (TeacherWeightsNotFound, CheckpointError, FileNotFoundError) as e:
-        log.error("%s", e)
-        return 1
+    state, final = run_pretraining(cfg, out, resume=args.resume, progress=not args.no_progress,
+                                   tensorboard=not args.no_tensorboard)
     if final is not None:
         summary = {"steps": state.step, "skipped_steps": state.skipped_steps, "first": state.first_metrics,
                    "last": state.last_metrics, "checkpoint": str(final)}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -146,3 +146,28 @@ def sample_augmentation(coord: np.ndarray,  # [N, 3] original points (for the ro
         lo, hi = moved.min(0), moved.max(0)
         A = _translation([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]]) @ A
     return Augmentation(A, s, cfg.flip_cameras)
+
+
+class SampleStream:
+    """The random generator a dataset's ``__getitem__`` draws from when no caller passes one.
+
+    Seeded by the dataset's ``seed`` and, inside a DataLoader worker, also by that worker's seed (torch
+    derives it from the loader's generator), so workers never repeat each other's draws and the global
+    numpy RNG is neither read nor advanced. Reproducible runs go through ``dataset.sample(index, rng)``
+    with a generator per (seed, epoch, index) instead (the trainer's ``SeededDataset``).
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self._worker_seed: Optional[int] = None
+        self._rng: Optional[np.random.Generator] = None
+
+    def generator(self) -> np.random.Generator:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker_seed = None if info is None else int(info.seed)
+        if self._rng is None or worker_seed != self._worker_seed:
+            self._worker_seed = worker_seed
+            self._rng = np.random.default_rng(self.seed if worker_seed is None else [self.seed, worker_seed])
+        return self._rng

@@ -8,7 +8,7 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
-from gcross_core.train.config import DictConfig
+from gcross_core.config import DictConfig
 from gcross_core.types import PointBatch
 
 

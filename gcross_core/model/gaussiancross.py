@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.model.gaussians import GaussianHead, GaussianHeadConfig, HeadOutput, check_point_coords
-from gcross_core.train.config import DictConfig
+from gcross_core.config import DictConfig
 from gcross_core.types import Gaussians, PointBatch
 
 

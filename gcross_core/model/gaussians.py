@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gcross_core.train.config import DictConfig
+from gcross_core.config import DictConfig
 from gcross_core.types import Gaussians, PointBatch, offset_to_batch
 
 

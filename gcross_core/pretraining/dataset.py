@@ -10,13 +10,14 @@ One sample (:meth:`PretrainDataset.sample`) of a scene:
      keeping ``inverse``: the row of every original point;
   4. if the scene has more cells than ``max_points``, keep the ``max_points`` cells nearest to the
      middle of the first view (the original points of dropped cells are dropped too);
-  5. input features = color / 255 and normal (6 channels).
+  5. input features: :func:`gcross_core.model.features.encoder_features` (colour in 0..1 and normal).
 
 "Original points" below are the scene's points after shuffling and cropping, before grid sampling.
 :func:`collate_pretrain` concatenates samples (Pointcept offsets, no padding) into a
-:class:`PretrainBatch`. Randomness comes from a ``numpy.random.Generator`` per sample: from the global
-numpy RNG by default (the trainer seeds it per (seed, epoch, index)), or from ``(seed, epoch, index)``
-via :func:`pretrain_loader`, so the same seed gives the same batches with any number of workers.
+:class:`PretrainBatch`. Randomness comes from the ``numpy.random.Generator`` passed to
+:meth:`PretrainDataset.sample`: one per ``(seed, epoch, index)`` under the trainer and
+:func:`pretrain_loader` (so the same seed gives the same batches with any number of workers), or the
+dataset's own stream for plain indexing; the global numpy RNG is never used.
 """
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.data.frames import FrameSet, find_frames_dir
 from gcross_core.data.scene import Scene, load_scene
 from gcross_core.mapping.fusion import fuse_frames_to_points
-from gcross_core.data.transforms import AugmentConfig, sample_augmentation
+from gcross_core.train.trainer import SeededDataset
+from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
+from gcross_core.errors import InputError
+from gcross_core.model.features import encoder_features
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,7 @@ class PretrainSample:
 
     name: str
     coord: np.ndarray  # [n, 3] float32 augmented metres, one row per grid cell
-    feat: np.ndarray  # [n, 6] float32 color / 255 and normal
+    feat: np.ndarray  # [n, 6] float32 encoder_features(color, normal)
     grid_coord: np.ndarray  # [n, 3] int32 grid cell, min 0
     inverse: np.ndarray  # [n_orig] int64 row of each original point
     segment: Optional[np.ndarray]  # [n_orig] int64 or None
@@ -167,18 +171,21 @@ class PretrainDataset(Dataset):
 
     scenes: scene folders (loaded per item, frames opened once per worker) or in-memory Scenes.
     Frames-only folders are fused into points once, at construction. Every scene needs frames.
+    ``seed`` seeds the stream plain indexing draws from (``sample(index, rng)`` takes its own generator).
     """
 
-    def __init__(self, scenes: Sequence[SceneSource], cfg: PretrainDataConfig = PretrainDataConfig()):
+    def __init__(self, scenes: Sequence[SceneSource], cfg: PretrainDataConfig = PretrainDataConfig(),
+                 seed: int = 0):
         if not scenes:
-            raise ValueError("PretrainDataset: no scenes given")
+            raise InputError("PretrainDataset: no scenes given")
         self.cfg = cfg
+        self._stream = SampleStream(seed)
         self._sources: List[SceneSource] = []
         self._frames: Dict[int, FrameSet] = {}  # per-process cache of opened frame sets
         for src in scenes:
             if isinstance(src, Scene):
                 if src.frames is None or len(src.frames) == 0:
-                    raise ValueError(f"scene {src.name!r} has no frames; pretraining renders its views")
+                    raise InputError(f"scene {src.name!r} has no frames; pretraining renders its views")
                 if src.coord is None:
                     coord, color, normal = fuse_frames_to_points(src.frames, cfg.fuse_voxel_size_m,
                                                                  every=cfg.fuse_every)
@@ -189,7 +196,7 @@ class PretrainDataset(Dataset):
             fdir = self._frames_dir(path)
             if (fdir is None and find_frames_dir(path) is None) or (fdir is not None and not fdir.is_dir()):
                 where = "" if fdir is None else f" and {fdir} does not exist"
-                raise ValueError(f"scene folder {path} has no frames/ (SensReader layout){where}; "
+                raise InputError(f"scene folder {path} has no frames/ (SensReader layout){where}; "
                                  "pretraining renders its views")
             if not (path / "coord.npy").is_file():
                 log.info("fusing the frames of %s into points (voxel %.3f m)", path, cfg.fuse_voxel_size_m)
@@ -216,15 +223,14 @@ class PretrainDataset(Dataset):
         if index in self._frames:
             scene.frames = self._frames[index]
         elif scene.frames is None or len(scene.frames) == 0:
-            raise ValueError(f"scene {src} has no usable frames (frames/ missing or every pose invalid); "
+            raise InputError(f"scene {src} has no usable frames (frames/ missing or every pose invalid); "
                              "pretraining renders its views")
         else:
             self._frames[index] = scene.frames
         return scene
 
     def __getitem__(self, index: int) -> PretrainSample:
-        # The global numpy RNG is what the trainer seeds per (seed, epoch, index).
-        return self.sample(index, np.random.default_rng(np.random.randint(0, 2**63 - 1, dtype=np.int64)))
+        return self.sample(index, self._stream.generator())
 
     def _teacher_features(self, index: int, frame_ids: List[str]) -> Dict[str, np.ndarray]:
         src = self._sources[index]
@@ -282,7 +288,7 @@ class PretrainDataset(Dataset):
             color, normal, coord = color[originals], normal[originals], coord[originals]
             keep = np.searchsorted(originals, keep)  # kept points are among the originals by construction
             segment = None if segment is None else segment[originals]
-        feat = np.concatenate([color[keep] / 255.0, normal[keep]], axis=1).astype(np.float32)
+        feat = encoder_features(color[keep], normal[keep])
         return PretrainSample(
             name=scene.name, coord=coord[keep], feat=feat, grid_coord=grid_coord.astype(np.int32),
             inverse=inverse.astype(np.int64), segment=segment, images=np.stack(images),
@@ -303,19 +309,6 @@ class PretrainDataset(Dataset):
         return (cam_to_world @ np.array([0.0, 0.0, float(np.median(valid)), 1.0]))[:3]
 
 
-class _SeededView(Dataset):
-    """Items of ``dataset`` drawn from generators seeded by (seed, epoch, index): worker-count independent."""
-
-    def __init__(self, dataset: PretrainDataset, seed: int, epoch: int):
-        self.dataset, self.seed, self.epoch = dataset, int(seed), int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> PretrainSample:
-        return self.dataset.sample(index, np.random.default_rng([self.seed, self.epoch, int(index)]))
-
-
 def _seed_worker(worker_id: int) -> None:
     # Anything that still uses the global RNGs gets a stream derived from the loader's seeded generator.
     seed = torch.initial_seed() % 2**32
@@ -332,7 +325,8 @@ def pretrain_loader(dataset: PretrainDataset, batch_size: int, *, seed: int = 0,
     (seed, epoch) only. Build one per epoch (the trainer in ``gcross_core.train`` has its own)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    view = _SeededView(dataset, seed, epoch)
+    view = SeededDataset(dataset, seed)
+    view.set_epoch(epoch)
     g = torch.Generator()
     g.manual_seed(int(np.random.default_rng([seed, epoch, 2**31]).integers(2**62)))
     sampler = RandomSampler(view, generator=g) if shuffle else SequentialSampler(view)

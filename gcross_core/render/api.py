@@ -1,42 +1,25 @@
 """One entry point for rendering Gaussians: :func:`render`, with a CPU reference and a gsplat (CUDA) backend."""
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from gcross_core.render.config import BACKENDS, RenderConfig
 from gcross_core.types import Cameras, Gaussians, RenderOutput
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "reference", "gsplat")
-_announced: set = set()  # (backend, device) choices of "auto" already logged at INFO; later ones at DEBUG
 
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """Rasterization settings shared by both backends (gsplat 'classic' conventions)."""
-
-    near_plane_m: float = 0.01  # Gaussians whose camera z is below this are culled
-    far_plane_m: float = 1e10
-    eps2d: float = 0.3  # px^2 added to the diagonal of Sigma_2D so that tiny Gaussians still cover a pixel
-    tile_size: Optional[int] = None  # px; None: 8 for the reference (fastest on CPU), 16 for gsplat; speed only
-    chunk_size: int = 32  # reference only: Gaussians per tile composited per step; changes speed only
-    batch_elements: int = 1 << 19  # reference only: tiles x chunk x tile pixels per step (working memory)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.near_plane_m < self.far_plane_m:
-            raise ValueError(f"need 0 < near_plane_m < far_plane_m, got {self.near_plane_m}, {self.far_plane_m}")
-        if self.eps2d < 0:
-            raise ValueError(f"eps2d must be >= 0, got {self.eps2d}")
-        if self.tile_size is not None and self.tile_size < 1:
-            raise ValueError(f"tile_size must be a positive number of pixels or None, got {self.tile_size}")
-        if self.chunk_size < 1 or self.batch_elements < 1:
-            raise ValueError(f"chunk_size and batch_elements must be >= 1, got {self.chunk_size}, "
-                             f"{self.batch_elements}")
+@functools.lru_cache(maxsize=None)
+def _announce_backend(backend: str, device: str) -> None:
+    """Log an automatic backend choice at INFO the first time it is made for a device (cached per
+    process); every later call is a cache hit and logs nothing, see :func:`render`."""
+    log.info("render backend=auto picked %r for tensors on %s", backend, device)
 
 
 def render(gaussians: Gaussians, cameras: Cameras, width: int, height: int, backend: str = "auto",
@@ -81,12 +64,8 @@ def render(gaussians: Gaussians, cameras: Cameras, width: int, height: int, back
 
     if backend == "auto":
         backend = "gsplat" if gaussians.means.is_cuda else "reference"
-        key = (backend, str(gaussians.means.device))
-        if key not in _announced:
-            _announced.add(key)
-            log.info("render backend=auto picked %r for tensors on %s", backend, gaussians.means.device)
-        else:
-            log.debug("render backend=auto picked %r", backend)
+        log.debug("render backend=auto picked %r", backend)
+        _announce_backend(backend, str(gaussians.means.device))
 
     # The project's intrinsics follow OpenCV (pixel i's centre at coordinate i, as in
     # geometry.backproject_depth); both rasterizers put pixel centres at i + 0.5 like gsplat. Shift the

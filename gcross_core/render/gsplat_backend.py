@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gcross_core.render.api import RenderConfig
+from gcross_core.render.config import RenderConfig
 from gcross_core.types import Cameras, Gaussians
 
 GSPLAT_TILE_SIZE = 16  # gsplat's default and the size its kernels are tuned for

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from gcross_core.geometry import covariance_3d
-from gcross_core.render.api import RenderConfig
+from gcross_core.render.config import RenderConfig
 from gcross_core.types import Cameras, Gaussians
 
 ALPHA_MIN = 1.0 / 255.0  # alphas below this are skipped (gsplat ALPHA_THRESHOLD)

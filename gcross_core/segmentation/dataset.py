@@ -1,11 +1,10 @@
-"""Downstream 3D semantic segmentation (paper Sec. 4.2): training data, the training step, the
-data-efficient splits of Table 2 and evaluation on the original points. ROS-free.
+"""Downstream 3D semantic segmentation (paper Sec. 4.2): labelled scenes, training samples and batches,
+and the data-efficient splits of Table 2. ROS-free.
 
 Training samples follow Pointcept's semantic-segmentation pipeline with the pretraining augmentations of
 Table S.1: random rotation / scaling / flip -> grid sampling with a random point per cell -> sphere crop
-to a point budget (Table S.2: 102400) -> point shuffle. Evaluation never crops or augments: every
-original point gets the label of its grid cell (optionally averaged over rotations, see
-:meth:`gcross_core.segmentation.segmenter.Segmenter.predict_proba`).
+to a point budget (Table S.2: 102400) -> point shuffle. Evaluation
+(:mod:`gcross_core.segmentation.evaluate`) never crops or augments.
 
 Data-efficient runs (Hou et al., 2021; paper Table 2) come in two kinds:
 
@@ -22,7 +21,7 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,9 +30,10 @@ from torch.utils.data import Dataset
 from gcross_core.data.classes import class_names_for
 from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.data.scene import Scene, load_scene
-from gcross_core.data.transforms import AugmentConfig, sample_augmentation
-from gcross_core.segmentation.segmenter import IGNORE_INDEX, Segmenter, point_features, segmentation_loss
-from gcross_core.evaluation.metrics import confusion_matrix, segmentation_metrics
+from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
+from gcross_core.errors import InputError
+from gcross_core.model.features import encoder_features
+from gcross_core.segmentation.model import IGNORE_INDEX
 from gcross_core.types import PointBatch
 
 log = logging.getLogger(__name__)
@@ -95,15 +95,15 @@ def load_labelled_scene(path, label_file: str, class_names: Optional[Sequence[st
     """A scene with points and labels; checks the labels against ``class_names`` when given."""
     scene = load_scene(path, segment=label_file, frames=False, mmap=mmap)
     if scene.coord is None or scene.segment is None:
-        raise ValueError(f"scene {path} has no labelled points ({label_file}.npy)")
+        raise InputError(f"scene {path} has no labelled points ({label_file}.npy)")
     if class_names is not None:
         k = len(class_names)
         if scene.class_names is not None and tuple(scene.class_names) != tuple(class_names):
-            raise ValueError(f"scene {path}: its labels name the classes {list(scene.class_names)[:5]}... "
+            raise InputError(f"scene {path}: its labels name the classes {list(scene.class_names)[:5]}... "
                              f"({len(scene.class_names)}), the run expects {list(class_names)[:5]}... ({k})")
         bad = (scene.segment < IGNORE_INDEX) | (scene.segment >= k)
         if bad.any():
-            raise ValueError(f"scene {path}: {label_file}.npy holds labels {np.unique(scene.segment[bad])[:5]} "
+            raise InputError(f"scene {path}: {label_file}.npy holds labels {np.unique(scene.segment[bad])[:5]} "
                              f"outside -1..{k - 1}")
     return scene
 
@@ -161,7 +161,7 @@ def read_scene_list(path) -> List[str]:
     names = [line.strip() for line in Path(path).read_text().splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
-        raise ValueError(f"scene list {path} is empty")
+        raise InputError(f"scene list {path} is empty")
     return names
 
 
@@ -185,7 +185,7 @@ def select_training_scenes(scene_dirs: Sequence[Path], cfg: SegDataConfig, run_d
         names = read_scene_list(cfg.limited_scenes_file)
         unknown = sorted(set(names) - set(by_name))
         if unknown:
-            raise ValueError(f"{cfg.limited_scenes_file} names scenes that are not in the training set: {unknown[:5]}")
+            raise InputError(f"{cfg.limited_scenes_file} names scenes that are not in the training set: {unknown[:5]}")
     elif cfg.limited_scenes_pct:
         names = limited_scenes(list(by_name), cfg.limited_scenes_pct, cfg.split_seed)
     else:
@@ -203,7 +203,7 @@ def select_labelled_points(scenes: Sequence[Scene], cfg: SegDataConfig, run_dir=
         chosen = read_point_indices(cfg.limited_points_file)
         missing = sorted(s.name for s in scenes if s.name not in chosen)
         if missing:
-            raise ValueError(f"{cfg.limited_points_file} has no labelled points for scenes {missing[:5]}")
+            raise InputError(f"{cfg.limited_points_file} has no labelled points for scenes {missing[:5]}")
     elif cfg.limited_points:
         chosen = {s.name: limited_point_indices(s.segment, cfg.limited_points, cfg.split_seed, s.name)
                   for s in scenes}
@@ -276,23 +276,28 @@ def training_sample(scene: Scene, cfg: SegDataConfig, rng: np.random.Generator,
     rows = keep[order]
     grid = grid[order]
     grid = (grid - grid.min(0)).astype(np.int32)
-    feat = point_features(np.asarray(scene.color)[rows], normal[rows])
+    feat = encoder_features(np.asarray(scene.color)[rows], normal[rows])
     return {"coord": coord[rows], "feat": feat, "grid_coord": grid, "segment": labels[order]}
 
 
 class SegmentationDataset(Dataset):
-    """Training samples of labelled scene folders; randomness comes from numpy's global RNG, which the
-    trainer's ``SeededDataset`` seeds per (seed, epoch, index)."""
+    """Training samples of labelled scene folders.
+
+    ``sample(index, rng)`` draws every random choice from ``rng``; the trainer's ``SeededDataset`` passes
+    one generator per (seed, epoch, index). Plain indexing draws from this dataset's own stream
+    (:class:`~gcross_core.data.transforms.SampleStream`, seeded by ``seed``).
+    """
 
     def __init__(self, scene_dirs: Sequence[Path], cfg: SegDataConfig,
-                 labelled_points: Optional[Mapping[str, np.ndarray]] = None):
+                 labelled_points: Optional[Mapping[str, np.ndarray]] = None, seed: int = 0):
         if not scene_dirs:
-            raise ValueError("SegmentationDataset: no scenes")
+            raise InputError("SegmentationDataset: no scenes")
         self.scene_dirs = [Path(p) for p in scene_dirs]
         self.cfg = cfg
         self.class_names = class_names_for(cfg.class_set)
         self.labelled_points = dict(labelled_points) if labelled_points is not None else None
         self._cache: Dict[int, Scene] = {}
+        self._stream = SampleStream(seed)
 
     def __len__(self) -> int:
         return len(self.scene_dirs) * self.cfg.loop
@@ -308,8 +313,10 @@ class SegmentationDataset(Dataset):
         return scene
 
     def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+        return self.sample(index, self._stream.generator())
+
+    def sample(self, index: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
         scene = self.scene(index)
-        rng = np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
         labelled = None
         if self.labelled_points is not None:
             if scene.name not in self.labelled_points:
@@ -336,75 +343,3 @@ def collate_segmentation(samples: Sequence[Mapping[str, np.ndarray]]) -> SegBatc
                             [s["grid_coord"] for s in samples])
     segment = torch.from_numpy(np.concatenate([s["segment"] for s in samples]).astype(np.int64))
     return SegBatch(points, segment)
-
-
-def recalibrate_batchnorm(encoder: torch.nn.Module, batches: Iterable[PointBatch]) -> int:
-    """Re-estimate the BatchNorm running statistics of ``encoder`` as the plain average over ``batches``;
-    no weight changes. Returns the number of batches seen.
-
-    Linear probing keeps the encoder frozen, BatchNorm included. A random or pretrained encoder's running
-    statistics need not describe the downstream data (a fresh encoder has mean 0 / variance 1 everywhere,
-    so its deeper features shrink layer after layer); re-estimating them is the only change made, the
-    same for every encoder compared.
-    """
-    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch weighs the same
-    was_training = encoder.training
-    encoder.train()
-    seen = 0
-    try:
-        with torch.no_grad():
-            for points in batches:
-                encoder(points)
-                seen += 1
-    finally:
-        for m, mom in zip(norms, momenta):
-            m.momentum = mom
-        encoder.train(was_training)
-    return seen
-
-
-def segmentation_step(model: torch.nn.Module, batch: SegBatch) -> Dict[str, Any]:
-    """The trainer's step_fn: cross-entropy over labelled rows, plus row accuracy for the logs."""
-    logits = model(batch.points)
-    loss = segmentation_loss(logits, batch.segment)
-    with torch.no_grad():
-        valid = batch.segment != IGNORE_INDEX
-        n = valid.sum()
-        acc = ((logits.argmax(1) == batch.segment) & valid).sum() / n.clamp_min(1)
-    return {"loss": loss, "acc": acc, "labelled_rows": n.float()}
-
-
-# ----------------------------------------------------------------------------------------------------
-# evaluation
-
-
-@dataclass
-class EvalResult:
-    conf: np.ndarray  # [K, K] int64 over the original points of every scene
-    metrics: Dict[str, Any]  # segmentation_metrics(conf)
-    per_scene: List[Dict[str, Any]]  # name, points, miou, allacc
-
-
-def evaluate_scenes(segmenter: Segmenter, scene_dirs: Sequence[Path], label_file: str, rotations: int = 1,
-                    progress=None) -> EvalResult:
-    """Confusion matrix of ``segmenter`` on the ORIGINAL points of labelled scene folders.
-
-    ``progress``: optional callable wrapping the scene iterable (e.g. tqdm).
-    """
-    k = segmenter.num_classes
-    conf = np.zeros((k, k), dtype=np.int64)
-    per_scene = []
-    it = progress(scene_dirs) if progress is not None else scene_dirs
-    for path in it:
-        scene = load_labelled_scene(path, label_file, segmenter.class_names)
-        pred, _, _ = segmenter.predict(scene.coord, scene.color, scene.normal, rotations=rotations)
-        c = confusion_matrix(pred, scene.segment, k)
-        conf += c
-        m = segmentation_metrics(c)
-        per_scene.append({"name": scene.name, "points": int(scene.num_points), "miou": m["miou"],
-                          "allacc": m["allacc"]})
-    return EvalResult(conf=conf, metrics=segmentation_metrics(conf), per_scene=per_scene)

@@ -8,7 +8,7 @@ The trainer knows nothing about Gaussians or segmentation. It takes
 - a map-style dataset and its ``collate_fn`` (the trainer builds the DataLoader, because the sampler
   must be distributed and resumable);
 - an optimizer factory (default: AdamW with betas (0.9, 0.95), weight decay 0.05, Table S.1);
-- a :class:`~gcross_core.train.config.RunConfig`.
+- a :class:`RunConfig` (defined here with its :class:`TrainerConfig` and :class:`OptimConfig`).
 
 and runs the loop: lr from a plain function of the step, autocast on CUDA, gradient clipping, DDP when
 launched by torchrun, a NaN/inf guard, scalars / images / progress, and atomic safetensors checkpoints
@@ -27,7 +27,7 @@ import math
 import random
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -36,12 +36,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from gcross_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from gcross_core.train.config import OptimConfig, RunConfig, save_resolved, to_dict
+from gcross_core.checkpoint import load_checkpoint, save_checkpoint
+from gcross_core.errors import CheckpointError
+from gcross_core.config import save_resolved, to_dict
 from gcross_core.train.distributed import (DistInfo, ResumableDistributedSampler, barrier, derive_seed, gather_objects,
                           any_true, mean_over_ranks, resolve_device)
 from gcross_core.train.logging import RunLogger, format_metrics
-from gcross_core.train.schedule import lr_at
+from gcross_core.train.schedule import ScheduleConfig, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,72 @@ RNG_PREFIX = "rng."
 RESERVED_PREFIXES = (OPTIMIZER_PREFIX, RNG_PREFIX)
 LAST_CHECKPOINT = "checkpoints/last.safetensors"
 FINAL_CHECKPOINT = "final.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-3  # Table S.1 (pretraining); fine-tuning uses 5e-3 (Table S.2)
+    betas: Tuple[float, float] = (0.9, 0.95)  # Tables S.1-S.3
+    weight_decay: float = 0.05  # Tables S.1-S.3
+    # global gradient-norm clip; the paper gives none, 3.0 is a common value for sparse-conv U-Nets and
+    # only bites on outlier batches. 0 disables clipping.
+    grad_clip_norm: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or self.grad_clip_norm < 0:
+            raise ValueError("weight_decay and grad_clip_norm must be >= 0")
+
+
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = 1
+    batch_size: int = 1  # GLOBAL batch (all ranks together); each rank loads batch_size / world_size
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = epochs * steps_per_epoch
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda; under torchrun "cuda" means cuda:LOCAL_RANK
+    amp: str = "bf16"  # autocast dtype on CUDA (off | bf16 | fp16); always off on CPU
+    num_workers: int = 0  # DataLoader worker processes per rank
+    # CPU threads for torch ops in this process; 0 keeps torch's default (one per core). On a shared,
+    # oversubscribed machine 1 thread is often several times faster: OpenMP threads spin-wait for each other
+    num_threads: int = 0
+    checkpoint_every_steps: int = 500  # 0 = only at the end
+    log_every_steps: int = 1  # scalars to TensorBoard and metrics.jsonl
+    image_every_steps: int = 500  # rendered-vs-ground-truth panels; 0 = never
+    sync_batchnorm: bool = True  # convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)
+    # DDP must be told when some parameters get no gradient in a step (e.g. an unused teacher head)
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.max_steps < 0:
+            raise ValueError(f"epochs and batch_size must be >= 1 and max_steps >= 0, got "
+                             f"{self.epochs}, {self.batch_size}, {self.max_steps}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp {self.amp!r} is not one of {AMP_MODES}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda")
+        for name in ("num_workers", "num_threads", "checkpoint_every_steps", "log_every_steps", "image_every_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What the generic trainer needs: optimizer, schedule and loop settings."""
+
+    train: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,13 +179,14 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 class SeededDataset(Dataset):
-    """Wraps a dataset so that sample ``i`` of epoch ``e`` draws its randomness from python / numpy /
-    torch RNGs seeded with f(seed, e, i), whichever process or worker loads it.
+    """Wraps a dataset so that sample ``i`` of epoch ``e`` draws its randomness from generators seeded
+    by (seed, e, i), whichever process or worker loads it.
 
     That makes augmentations independent of the number of workers, of how samples are spread over
     ranks, and of where a resumed run starts, and leaves the training process's RNG streams untouched.
-    The wrapped dataset should use the global RNGs (``np.random.*``, ``torch.rand*``, ``random``) or
-    seed its own generators from them.
+    A dataset with a ``sample(index, rng)`` method gets an explicit ``numpy.random.Generator`` seeded
+    with [seed, e, i]; any other is indexed with the python / numpy / torch global RNGs seeded from
+    (seed, e, i) for the duration of the call.
     """
 
     def __init__(self, dataset: Dataset, seed: int):
@@ -133,6 +201,9 @@ class SeededDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
+        sample = getattr(self.dataset, "sample", None)
+        if callable(sample):
+            return sample(index, np.random.default_rng([self.seed, self.epoch, int(index)]))
         with rng_scope(derive_seed(self.seed, self.epoch, index)):
             return self.dataset[index]
 

@@ -106,7 +106,7 @@ def test_reference_runs_on_cuda_like_on_cpu():
 
 def test_auto_picks_gsplat_on_cuda(caplog):
     g, cams = _scene(n=50, seed=3, feature_dim=0)
-    render_api._announced.clear()
+    render_api._announce_backend.cache_clear()
     with caplog.at_level(logging.INFO, logger="gcross_core.render.api"):
         out = render(_leaves(g, torch.float32, "cuda"), cams.to("cuda"), WIDTH, HEIGHT)
     assert "gsplat" in caplog.text

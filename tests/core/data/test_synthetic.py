@@ -95,7 +95,7 @@ def test_ceiling_closes_the_room_and_is_ignored():
 
 
 def load_script(name):
-    path = Path(__file__).resolve().parents[2] / "training" / f"{name}.py"
+    path = Path(__file__).resolve().parents[3] / "training" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

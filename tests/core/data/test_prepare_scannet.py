@@ -88,7 +88,7 @@ def write_tsv(root):
 
 
 def load_script():
-    path = Path(__file__).resolve().parents[2] / "training" / "prepare_scannet.py"
+    path = Path(__file__).resolve().parents[3] / "training" / "prepare_scannet.py"
     spec = importlib.util.spec_from_file_location("prepare_scannet", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

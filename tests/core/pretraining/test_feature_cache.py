@@ -11,7 +11,7 @@ from PIL import Image
 
 from gcross_core.pretraining.teachers import FeatureCache, StaleCacheError, build_teacher
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 _spec = importlib.util.spec_from_file_location("cache_features", ROOT / "training" / "cache_features.py")
 cache_features = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("cache_features", cache_features)

@@ -317,7 +317,7 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_backend_selection(caplog):
     g = _random_gaussians(4, seed=7, dtype=torch.float32)
-    render_api._announced.clear()
+    render_api._announce_backend.cache_clear()
     with caplog.at_level(logging.INFO, logger="gcross_core.render.api"):
         out = render(g, _cameras(K_SMALL), 13, 10)  # CPU tensors -> reference
     assert "reference" in caplog.text

@@ -79,11 +79,14 @@ def test_same_seed_gives_the_same_batches_with_any_number_of_workers(rooms):
     assert not all(batches_equal(x, y) for x, y in zip(ref, other))
     next_epoch = list(pretrain_loader(ds, batch_size=2, seed=3, epoch=1, num_workers=0))
     assert not all(batches_equal(x, y) for x, y in zip(ref, next_epoch))
-    # the default item path draws from the global numpy RNG, which the trainer seeds per sample
+    # plain indexing draws from the dataset's own seeded stream and leaves the global numpy RNG alone
     np.random.seed(11)
+    before = np.random.get_state()[1].copy()
     first = ds[1]
-    np.random.seed(11)
-    assert np.array_equal(ds[1].coord, first.coord)
+    assert np.array_equal(np.random.get_state()[1], before)
+    cfg = PretrainDataConfig(grid_size_m=GRID, views_per_scene=2, image_size=(18, 24))
+    assert np.array_equal(PretrainDataset(rooms, cfg)[1].coord, first.coord)
+    assert not np.array_equal(PretrainDataset(rooms, cfg, seed=1)[1].coord, first.coord)
 
 
 def test_scene_folders_with_cached_teacher_features(tmp_path, rooms):

@@ -1,5 +1,8 @@
-"""Fine-tuning data, data-efficient splits, evaluation on the original points and the two scripts."""
+"""Fine-tuning data, data-efficient splits, the fine-tuning run, evaluation on the original points and
+the two scripts (training/finetune.py, training/evaluate.py) run as separate processes."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,20 +10,31 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from gcross_core.checkpoint import load_checkpoint, prefixed, save_checkpoint
+from gcross_core.config import load_config
+from gcross_core.data.classes import SYNTHETIC_CLASSES
+from gcross_core.data.grid import grid_sample
+from gcross_core.data.scene import Scene, write_scene
+from gcross_core.errors import CheckpointError
+from gcross_core.model.encoder import SpUNetConfig
+from gcross_core.segmentation.dataset import (LIMITED_POINTS_FILE, LIMITED_SCENES_FILE, SegDataConfig,
+                                              SegmentationDataset, collate_segmentation, keep_labels,
+                                              limited_point_indices, limited_scenes, list_scenes,
+                                              read_point_indices, read_scene_list, row_labels, sphere_crop,
+                                              training_sample)
+from gcross_core.segmentation.evaluate import evaluate_scenes
+from gcross_core.segmentation.model import SegmentationModel
+from gcross_core.segmentation.run import FinetuneConfig, run_finetuning, segmentation_step
+from gcross_core.segmentation.segmenter import Segmenter
 
-from gcross_core.data.classes import SYNTHETIC_CLASSES  # noqa: E402
-from gcross_core.data.grid import grid_sample  # noqa: E402
-from gcross_core.data.scene import Scene, write_scene  # noqa: E402
-from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.segmentation.dataset import (LIMITED_POINTS_FILE, LIMITED_SCENES_FILE, SegDataConfig,  # noqa: E402
-                                  SegmentationDataset, collate_segmentation, evaluate_scenes, keep_labels,
-                                  limited_point_indices, limited_scenes, list_scenes, read_point_indices,
-                                  read_scene_list, row_labels, segmentation_step, sphere_crop, training_sample)
-from gcross_core.segmentation.segmenter import SegmentationModel, Segmenter  # noqa: E402
-from gcross_core.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint  # noqa: E402
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _script(name, *args):
+    """Run ``training/<name>.py`` as its users do: a separate process; returns (exit status, stderr)."""
+    out = subprocess.run([sys.executable, str(REPO / "training" / f"{name}.py"), *map(str, args)],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return out.returncode, out.stderr
 
 TINY = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
 K = len(SYNTHETIC_CLASSES)
@@ -140,7 +154,6 @@ def test_dataset_collate_and_step(data_root):
     cfg = _data_cfg(data_root, loop=2)
     ds = SegmentationDataset(list_scenes(data_root, "train"), cfg)
     assert len(ds) == 6
-    np.random.seed(0)
     batch = collate_segmentation([ds[0], ds[4]])
     assert batch.points.num_scenes == 2 and batch.segment.shape == (batch.points.coord.shape[0],)
     torch.manual_seed(0)
@@ -204,15 +217,12 @@ def _pretrain_checkpoint(path, seed=0):
 
 
 def test_linear_probe_from_a_pretraining_checkpoint_then_evaluate(data_root, tmp_path):
-    from training import evaluate as evaluate_script
-    from training import finetune as finetune_script
-
     pre = _pretrain_checkpoint(tmp_path / "pre.safetensors")
     cfg = _write_config(tmp_path / "cfg.yaml", data_root)
     out = tmp_path / "probe"
-    rc = finetune_script.main(["--config", str(cfg), "--pretrained", str(tmp_path / "pre.safetensors"),
-                               "--linear-probe", "--out", str(out), "--no-progress", "--no-tensorboard"])
-    assert rc == 0
+    rc, err = _script("finetune", "--config", cfg, "--pretrained", tmp_path / "pre.safetensors",
+                      "--linear-probe", "--out", out, "--no-progress", "--no-tensorboard", "--threads", "1")
+    assert rc == 0, err
     seg = Segmenter.from_checkpoint(out / "segmenter.safetensors", expected_classes=SYNTHETIC_CLASSES)
     for k, v in pre.items():  # frozen: weights and BatchNorm statistics exactly as pretrained
         assert torch.equal(seg.model.encoder.state_dict()[k], v), k
@@ -221,10 +231,9 @@ def test_linear_probe_from_a_pretraining_checkpoint_then_evaluate(data_root, tmp
     results = json.loads((out / "eval" / "results.json").read_text())
     assert 0.0 <= results["metrics"]["miou"] <= 1.0 and (out / "eval" / "confusion.png").is_file()
 
-    rc = evaluate_script.main(["--checkpoint", str(out / "segmenter.safetensors"), "--root", str(data_root),
-                               "--split", "val", "--rotations", "2", "--out", str(tmp_path / "ev"),
-                               "--no-progress"])
-    assert rc == 0
+    rc, err = _script("evaluate", "--checkpoint", out / "segmenter.safetensors", "--root", data_root,
+                      "--split", "val", "--rotations", "2", "--out", tmp_path / "ev", "--no-progress")
+    assert rc == 0, err
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     conf = np.array(res["confusion_matrix"])
     val = _scene("room_v", seed=3)  # as written by data_root
@@ -234,41 +243,39 @@ def test_linear_probe_from_a_pretraining_checkpoint_then_evaluate(data_root, tmp
 
 
 def test_pretrained_encoder_of_another_architecture_stops_the_run(data_root, tmp_path):
-    from training import finetune as finetune_script
-
     _pretrain_checkpoint(tmp_path / "pre.safetensors")
     other = {"base_channels": 8, "channels": [8, 16, 16, 8], "layers": [1, 1, 1, 1]}
     cfg = _write_config(tmp_path / "cfg.yaml", data_root, encoder=other)
     with pytest.raises(CheckpointError, match="holds"):
-        finetune_script.run(finetune_script.load_finetune_config(cfg), tmp_path / "run",
-                            str(tmp_path / "pre.safetensors"), progress=False, tensorboard=False)
-    assert finetune_script.main(["--config", str(cfg), "--pretrained", str(tmp_path / "pre.safetensors"),
-                                 "--out", str(tmp_path / "run2"), "--no-progress", "--no-tensorboard"]) == 2
+        run_finetuning(load_config(cfg, FinetuneConfig), tmp_path / "run",
+                       str(tmp_path / "pre.safetensors"), progress=False, tensorboard=False)
+    rc, err = _script("finetune", "--config", cfg, "--pretrained", tmp_path / "pre.safetensors",
+                      "--out", tmp_path / "run2", "--no-progress", "--no-tensorboard")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "holds" in err, err
 
 
 def test_limited_annotation_run_writes_reusable_selections(data_root, tmp_path):
-    from training import finetune as finetune_script
-
     cfg_path = _write_config(tmp_path / "cfg.yaml", data_root, encoder={**TINY.to_dict()}, evaluate=False)
     out = tmp_path / "lim"
-    assert finetune_script.main(["--config", str(cfg_path), "--limited-points", "20", "--limited-scenes", "67",
-                                 "--out", str(out), "--no-progress", "--no-tensorboard"]) == 0
+    rc, err = _script("finetune", "--config", cfg_path, "--limited-points", "20", "--limited-scenes", "67",
+                      "--out", out, "--no-progress", "--no-tensorboard", "--threads", "1")
+    assert rc == 0, err
     scenes = read_scene_list(out / LIMITED_SCENES_FILE)
     assert len(scenes) == 2 and set(scenes) <= {"room_a", "room_b", "room_c"}
     points = read_point_indices(out / LIMITED_POINTS_FILE)
     assert sorted(points) == scenes and all(len(v) == 20 for v in points.values())
     # feeding the files back reproduces the selection
-    cfg = finetune_script.load_finetune_config(cfg_path, [f"data.limited_scenes_file={out / LIMITED_SCENES_FILE}",
-                                                          f"data.limited_points_file={out / LIMITED_POINTS_FILE}",
-                                                          "data.split_seed=5"])
-    finetune_script.run(cfg, tmp_path / "again", progress=False, tensorboard=False)
+    cfg = load_config(cfg_path, FinetuneConfig, [f"data.limited_scenes_file={out / LIMITED_SCENES_FILE}",
+                                                 f"data.limited_points_file={out / LIMITED_POINTS_FILE}",
+                                                 "data.split_seed=5"])
+    run_finetuning(cfg, tmp_path / "again", progress=False, tensorboard=False)
     assert read_scene_list(tmp_path / "again" / LIMITED_SCENES_FILE) == scenes
     again = read_point_indices(tmp_path / "again" / LIMITED_POINTS_FILE)
     assert all(np.array_equal(again[k], points[k]) for k in scenes)
 
 
 def test_batchnorm_recalibration_averages_batches_and_touches_no_weight():
-    from gcross_core.segmentation.dataset import recalibrate_batchnorm
+    from gcross_core.segmentation.run import recalibrate_batchnorm
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, momentum=0.01))
     net.eval()

@@ -2,7 +2,7 @@
 2-process gloo run against a 1-process run, checkpoint contents and config loading.
 
 This file is also the toy training script the subprocess tests launch
-(``python tests/core/test_trainer.py --out DIR ...``, optionally under torchrun).
+(``python tests/core/train/test_trainer.py --out DIR ...``, optionally under torchrun).
 """
 from __future__ import annotations
 
@@ -22,19 +22,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from gcross_core.checkpoint import load_checkpoint  # noqa: E402
-from gcross_core.train.config import (ConfigError, OptimConfig, RunConfig, TrainerConfig,  # noqa: E402
-                                      from_dict, load_config, save_resolved)
-from gcross_core.train.distributed import (ResumableDistributedSampler, init_distributed,  # noqa: E402
-                                           shutdown_distributed)
-from gcross_core.train.logging import read_metrics  # noqa: E402
-from gcross_core.train.schedule import ScheduleConfig  # noqa: E402
-from gcross_core.train.trainer import (FINAL_CHECKPOINT, LAST_CHECKPOINT, Trainer,  # noqa: E402
-                                       seed_everything)
+from gcross_core.checkpoint import load_checkpoint
+from gcross_core.config import from_dict, load_config, save_resolved
+from gcross_core.errors import ConfigError
+from gcross_core.train.distributed import ResumableDistributedSampler, init_distributed, shutdown_distributed
+from gcross_core.train.logging import read_metrics
+from gcross_core.train.schedule import ScheduleConfig
+from gcross_core.train.trainer import (FINAL_CHECKPOINT, LAST_CHECKPOINT, OptimConfig, RunConfig, Trainer,
+                                       TrainerConfig, seed_everything)
 
 IN_DIM = 6
 
@@ -117,6 +112,9 @@ def main(argv=None):
 # The subprocess runs use one thread; the in-process runs they are compared with must too (the
 # summation order of multi-threaded reductions differs).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _env():

@@ -1,87 +1,24 @@
-"""Run configuration: small frozen dataclasses, read from YAML with errors on unknown keys.
+"""Configuration files: small frozen dataclasses, read from YAML with errors on unknown keys.
 
 ``from_dict(cls, data)`` builds any (nested) dataclass from plain dicts and lists, converting lists to
 tuples where a field is declared as a tuple, and raises ``ConfigError`` naming the dotted path of a key
 that the dataclass does not have. ``load_config(path, cls, overrides)`` adds YAML reading and
 ``key.sub=value`` overrides (values parsed as YAML, so ``--set train.epochs=3`` gives an int).
+``save_resolved`` writes the config a run actually used into its folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, TypeVar
 
 import yaml
 
-from gcross_core.train.schedule import ScheduleConfig
 from gcross_core.errors import ConfigError
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 2e-3  # Table S.1 (pretraining); fine-tuning uses 5e-3 (Table S.2)
-    betas: Tuple[float, float] = (0.9, 0.95)  # Tables S.1-S.3
-    weight_decay: float = 0.05  # Tables S.1-S.3
-    # global gradient-norm clip; the paper gives none, 3.0 is a common value for sparse-conv U-Nets and
-    # only bites on outlier batches. 0 disables clipping.
-    grad_clip_norm: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if self.weight_decay < 0 or self.grad_clip_norm < 0:
-            raise ValueError("weight_decay and grad_clip_norm must be >= 0")
-
-
-AMP_MODES = ("off", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    epochs: int = 1
-    batch_size: int = 1  # GLOBAL batch (all ranks together); each rank loads batch_size / world_size
-    max_steps: int = 0  # stop after this many optimizer steps; 0 = epochs * steps_per_epoch
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda; under torchrun "cuda" means cuda:LOCAL_RANK
-    amp: str = "bf16"  # autocast dtype on CUDA (off | bf16 | fp16); always off on CPU
-    num_workers: int = 0  # DataLoader worker processes per rank
-    # CPU threads for torch ops in this process; 0 keeps torch's default (one per core). On a shared,
-    # oversubscribed machine 1 thread is often several times faster: OpenMP threads spin-wait for each other
-    num_threads: int = 0
-    checkpoint_every_steps: int = 500  # 0 = only at the end
-    log_every_steps: int = 1  # scalars to TensorBoard and metrics.jsonl
-    image_every_steps: int = 500  # rendered-vs-ground-truth panels; 0 = never
-    sync_batchnorm: bool = True  # convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)
-    # DDP must be told when some parameters get no gradient in a step (e.g. an unused teacher head)
-    find_unused_parameters: bool = False
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.max_steps < 0:
-            raise ValueError(f"epochs and batch_size must be >= 1 and max_steps >= 0, got "
-                             f"{self.epochs}, {self.batch_size}, {self.max_steps}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp {self.amp!r} is not one of {AMP_MODES}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda")
-        for name in ("num_workers", "num_threads", "checkpoint_every_steps", "log_every_steps", "image_every_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What the generic trainer needs: optimizer, schedule and loop settings."""
-
-    train: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,14 +7,17 @@ import pytest
 import torch
 
 from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
-from gcross_core.pretraining.run import (ENCODER_PREFIX, PretrainConfig, build_pretrain_module, run_pretraining,
-                                  scene_dirs, visualize)
-from gcross_core.segmentation.segmenter import checkpoint_encoder
+from gcross_core.checkpoint import PRETRAIN_ENCODER_PREFIX
 from gcross_core.checkpoint import load_checkpoint
-from gcross_core.train.config import ConfigError, from_dict, load_config
+from gcross_core.pretraining.config import PretrainConfig
+from gcross_core.pretraining.module import build_pretrain_module, visualize
+from gcross_core.pretraining.run import run_pretraining, scene_dirs
+from gcross_core.segmentation.model import checkpoint_encoder
+from gcross_core.config import from_dict, load_config
+from gcross_core.errors import ConfigError
 from gcross_core.train.logging import read_metrics
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 MICRO = {
     "name": "micro",
@@ -57,12 +60,12 @@ def test_micro_run_trains_and_writes_a_downstream_checkpoint(micro_run):
     assert meta["kind"] == "pretrain"
     assert meta["model_config"]["head"]["grid"] == [16, 16, 8]
     assert meta["config"]["name"] == "micro"
-    assert any(k.startswith(ENCODER_PREFIX + ".") for k in tensors)
+    assert any(k.startswith(PRETRAIN_ENCODER_PREFIX + ".") for k in tensors)
     assert not any(k.startswith(("optimizer.", "rng.")) for k in tensors)  # weights only
     # what fine-tuning loads: the encoder and its configuration
     state_dict, enc_cfg, _ = checkpoint_encoder(final)
     assert enc_cfg == cfg.model.encoder
-    assert set(state_dict) == {k[len(ENCODER_PREFIX) + 1:] for k in tensors if k.startswith(ENCODER_PREFIX + ".")}
+    assert set(state_dict) == {k[len(PRETRAIN_ENCODER_PREFIX) + 1:] for k in tensors if k.startswith(PRETRAIN_ENCODER_PREFIX + ".")}
     # the teacher is not part of the checkpoint
     assert not any("teacher" in k or k.startswith("net.") for k in tensors)
     assert sorted(p.name for p in (run / "images").glob("*.png"))  # rendered-vs-real panels

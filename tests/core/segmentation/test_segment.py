@@ -5,9 +5,12 @@ import torch
 
 from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.model.encoder import SpUNetConfig
-from gcross_core.segmentation.segmenter import (DEMO_CHECKPOINT, SegmentationModel, Segmenter, build_segmenter_checkpoint,
-                                 load_pretrained_encoder, point_features, save_segmenter, segmentation_loss)
-from gcross_core.checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
+from gcross_core.checkpoint import load_checkpoint, prefixed, save_checkpoint
+from gcross_core.errors import CheckpointError
+from gcross_core.model.features import encoder_features
+from gcross_core.segmentation.model import (SegmentationModel, load_pretrained_encoder, save_segmenter,
+                                            segmentation_loss)
+from gcross_core.segmentation.segmenter import DEMO_CHECKPOINT, Segmenter, build_segmenter_checkpoint
 
 TINY = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
 OTHER = SpUNetConfig(base_channels=8, channels=(8, 16, 16, 8), layers=(1, 1, 1, 1))
@@ -50,7 +53,7 @@ def test_predict_returns_one_label_per_input_point_undoing_grid_sampling(ckpt):
     np.testing.assert_allclose(probs[same], np.broadcast_to(probs[0], probs[same].shape), atol=1e-6)
     # and the per-point result equals running the model on the grid rows by hand
     keep, grid, inv = grid_sample(coord, 0.05)
-    batch = collate_points([coord[keep]], [point_features(color, normal)[keep]], [grid], [inv])
+    batch = collate_points([coord[keep]], [encoder_features(color, normal)[keep]], [grid], [inv])
     with torch.no_grad():
         rows = torch.softmax(seg.model(batch), 1).numpy()
     np.testing.assert_allclose(probs, rows[inv], atol=1e-5)
@@ -164,7 +167,7 @@ def test_linear_probe_trains_only_the_head_and_keeps_batchnorm_statistics():
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     coord, color, normal = _cloud(500)
     keep, grid, inv = grid_sample(coord, 0.05)
-    batch = collate_points([coord[keep]], [point_features(color, normal)[keep]], [grid])
+    batch = collate_points([coord[keep]], [encoder_features(color, normal)[keep]], [grid])
     labels = torch.from_numpy(np.random.default_rng(0).integers(-1, 3, len(keep)))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     loss = segmentation_loss(model(batch), labels)

@@ -11,7 +11,7 @@ from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.checkpoint import load_checkpoint, unprefixed
 from gcross_core.types import PointBatch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 _spec = importlib.util.spec_from_file_location("import_pointcept", ROOT / "training" / "import_pointcept.py")
 imp = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("import_pointcept", imp)  # dataclasses look their module up by name
@@ -116,7 +116,7 @@ def test_cli(tmp_path, capsys):
     assert imp.main([str(src), str(tmp_path / "m.safetensors")]) == 0
     assert (tmp_path / "m.safetensors").is_file()
     bad = _pointcept_file(tmp_path / "bad.pth", SpUNet(SMALL), drop=("down.0.0.weight",))
-    assert imp.main([str(bad), str(tmp_path / "bad.safetensors")]) == 1
+    assert imp.main([str(bad), str(tmp_path / "bad.safetensors")]) == 2  # an unusable input file
     assert imp.main([str(src), str(tmp_path / "x.safetensors"), "--encoder-config", "{not json"]) == 2
     with pytest.raises(SystemExit) as e:
         imp.main(["--help"])

@@ -1,0 +1,162 @@
+"""The segmentation model: the point encoder followed by a per-point linear classifier, its loss, and
+its checkpoints.
+
+A segmentation model is the SpUNet encoder followed by ``seg_head``, the same 1x1 map as Pointcept's
+``final`` layer. Linear probing (paper Table 1) freezes the encoder, BatchNorm statistics included, and
+trains only the classifier; fine-tuning (Tables 2-3) trains both.
+
+A segmenter checkpoint carries the encoder configuration, the class names, the grid size and the
+input-feature convention next to the weights; :func:`checkpoint_encoder` reads the encoder out of any
+checkpoint kind (pretraining, segmenter, imported Pointcept).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gcross_core.checkpoint import (DEFAULT_ENCODER_PREFIXES, HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
+                                    load_checkpoint, prefixed, save_checkpoint, unprefixed)
+from gcross_core.errors import CheckpointError
+from gcross_core.model.encoder import SpUNet, SpUNetConfig
+from gcross_core.model.features import INPUT_FEATURES
+from gcross_core.types import PointBatch
+
+IGNORE_INDEX = -1
+
+
+class SegmentationModel(nn.Module):
+    """Encoder + linear classifier: logits [N, K] for the rows of a PointBatch."""
+
+    def __init__(self, encoder_config: SpUNetConfig, num_classes: int):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if encoder_config.num_classes != 0:
+            raise ValueError(f"the encoder of a SegmentationModel must be a backbone (num_classes=0), got "
+                             f"num_classes={encoder_config.num_classes}; the classifier is seg_head")
+        self.encoder_config = encoder_config
+        self.encoder = SpUNet(encoder_config)
+        self.seg_head = nn.Linear(self.encoder.out_channels, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.seg_head.out_features
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.encoder.parameters())
+
+    def forward(self, points: PointBatch) -> torch.Tensor:  # -> [N, K]
+        if self.encoder_frozen:
+            # no graph through a frozen encoder: linear probing costs one forward pass of it
+            with torch.no_grad():
+                feat = self.encoder(points)
+        else:
+            feat = self.encoder(points)
+        return self.seg_head(feat)
+
+    def freeze_encoder(self) -> None:
+        """Linear probing: only the classifier trains; the encoder's BatchNorm statistics stay fixed."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+
+def segmentation_loss(logits: torch.Tensor,  # [N, K]
+                      labels: torch.Tensor,  # [N] int64, -1 = ignore
+                      ) -> torch.Tensor:
+    """Cross-entropy over the labelled rows (ignore index -1)."""
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"logits {tuple(logits.shape)} must be [N, K] and labels {tuple(labels.shape)} [N]")
+    if not (labels != IGNORE_INDEX).any():
+        # cross_entropy would return NaN on an all-ignored batch; a zero loss keeps the graph intact
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+# ----------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_segmenter(path, model: SegmentationModel, class_names: Sequence[str], grid_size_m: float,
+                   extra: Optional[dict] = None) -> Path:
+    """Write a checkpoint that :meth:`Segmenter.from_checkpoint` loads.
+
+    ``extra`` (JSON-serialisable) is stored next to the required metadata, e.g. the training config.
+    """
+    if len(class_names) != model.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class head")
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"class names must be unique, got {list(class_names)}")
+    if grid_size_m <= 0:
+        raise ValueError(f"grid_size_m must be > 0, got {grid_size_m}")
+    tensors = {**prefixed(model.encoder.state_dict(), SEGMENTER_ENCODER_PREFIX),
+               **prefixed(model.seg_head.state_dict(), HEAD_PREFIX)}
+    meta = {**(extra or {}), "kind": SEGMENTER_KIND, "encoder_config": model.encoder_config.to_dict(),
+            "encoder_prefix": SEGMENTER_ENCODER_PREFIX, "class_names": list(class_names), "grid_size_m": float(grid_size_m),
+            "input_features": INPUT_FEATURES}
+    return save_checkpoint(path, tensors, meta)
+
+
+def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict with every name and shape checked first, so a mismatch names the keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        raise CheckpointError(
+            f"{what} do not match the architecture ({len(missing)} missing {missing[:5]}, {len(unexpected)} "
+            f"unexpected {unexpected[:5]}, {len(bad_shape)} of another shape {bad_shape[:5]})")
+    module.load_state_dict(state, strict=True)
+
+
+def checkpoint_encoder(path) -> Tuple[Dict[str, torch.Tensor], SpUNetConfig, Dict[str, Any]]:
+    """The encoder weights of a pretraining, segmenter or imported (Pointcept) checkpoint.
+
+    Returns (encoder state dict without prefix, its SpUNetConfig, the checkpoint metadata). The prefix is
+    read from the metadata (``encoder_prefix``) or, for a known ``kind``, its default. Raises
+    CheckpointError when there is no encoder config or no tensor under the prefix.
+    """
+    tensors, meta = load_checkpoint(path)
+    kind = meta.get("kind")
+    prefix = meta.get("encoder_prefix", DEFAULT_ENCODER_PREFIXES.get(kind))
+    if prefix is None:
+        raise CheckpointError(f"checkpoint {path} (kind {kind!r}) says nowhere where its encoder weights are "
+                              f"(no 'encoder_prefix' in its metadata)")
+    if "encoder_config" not in meta:
+        raise CheckpointError(f"checkpoint {path} has no encoder_config in its metadata")
+    try:
+        cfg = SpUNetConfig.from_dict(meta["encoder_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: unusable encoder_config in metadata: {e}") from e
+    state = unprefixed(tensors, prefix) if prefix else dict(tensors)
+    if not state:
+        raise CheckpointError(f"checkpoint {path} has no tensors under {prefix!r} (kind {kind!r}); "
+                              f"it holds e.g. {sorted(tensors)[:3]}")
+    return state, cfg, meta
+
+
+def load_pretrained_encoder(model: SegmentationModel, path) -> Dict[str, Any]:
+    """Initialise ``model.encoder`` from a checkpoint (strict: every key and shape must match).
+
+    Returns the checkpoint metadata. Raises CheckpointError when the checkpoint's encoder configuration
+    differs from the model's or any tensor is missing, unexpected or of another shape.
+    """
+    state, cfg, meta = checkpoint_encoder(path)
+    if cfg != model.encoder_config:
+        raise CheckpointError(f"checkpoint {path} holds an encoder {cfg.to_dict()}, the model was built with "
+                              f"{model.encoder_config.to_dict()}")
+    load_strict(model.encoder, state, f"encoder weights of {path}")
+    return meta

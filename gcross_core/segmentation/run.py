@@ -1,0 +1,248 @@
+"""Semantic segmentation on a (pretrained) encoder: linear probing, fine-tuning and data-efficient runs
+(paper Sec. 4.2, Tables 1-3). ``training/finetune.py`` is its command line.
+
+- ``pretrained``: a pretraining checkpoint (encoder under ``model.encoder.*``), a segmenter checkpoint or
+  an imported Pointcept encoder. Every encoder tensor must match the encoder configuration by name and
+  shape or the run stops. Without one the encoder starts from random weights (training from scratch, or
+  the random-encoder linear-probing baseline).
+- ``linear_probe``: freeze the encoder (weights and BatchNorm statistics) and train only the linear
+  classifier (Table 1). Otherwise the whole network trains (Tables 2-3).
+- data-efficient settings (Table 2, ``data.limited_*``): the chosen scenes / labelled point indices are
+  written into the run folder and can be fed back in.
+
+The run folder receives the resolved config, training logs, the trainer's checkpoints,
+``segmenter.safetensors`` (what :meth:`~gcross_core.segmentation.segmenter.Segmenter.from_checkpoint`
+loads) and, with ``evaluate``, an evaluation of the validation split in ``eval/``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gcross_core.checkpoint import FINETUNE_KIND, SEGMENTER_ENCODER_PREFIX
+from gcross_core.config import to_dict
+from gcross_core.data.classes import class_names_for
+from gcross_core.errors import CheckpointError
+from gcross_core.evaluation.report import write_metrics_report
+from gcross_core.model.encoder import SpUNetConfig
+from gcross_core.segmentation.dataset import (SegBatch, SegDataConfig, SegmentationDataset, collate_segmentation,
+                                              list_scenes, load_labelled_scene, select_labelled_points,
+                                              select_training_scenes)
+from gcross_core.segmentation.evaluate import evaluate_scenes
+from gcross_core.segmentation.model import (IGNORE_INDEX, SegmentationModel, checkpoint_encoder,
+                                            load_pretrained_encoder, save_segmenter, segmentation_loss)
+from gcross_core.segmentation.segmenter import Segmenter
+from gcross_core.train.distributed import barrier, derive_seed, init_distributed, shutdown_distributed
+from gcross_core.train.schedule import ScheduleConfig
+from gcross_core.train.trainer import OptimConfig, RunConfig, Trainer, TrainerConfig, seed_everything
+from gcross_core.types import PointBatch
+
+log = logging.getLogger(__name__)
+
+SEGMENTER_FILE = "segmenter.safetensors"
+RECALIBRATION_STREAM = 7919  # seed key of the BatchNorm recalibration draws (apart from the training stream)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    # Table S.2 (ScanNet): batch 32, 800 epochs, AdamW (0.9, 0.95), wd 0.05, lr 0.005, cosine, 40 warmup epochs
+    train: TrainerConfig = field(default_factory=lambda: TrainerConfig(epochs=800, batch_size=32))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.005))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="cosine", warmup_fraction=0.05))
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    # None: the pretrained checkpoint's encoder configuration (SpUNetConfig() when training from scratch);
+    # when set and a pretrained checkpoint is given, the two must agree
+    encoder: Optional[SpUNetConfig] = None
+    linear_probe: bool = False  # freeze the encoder, train the classifier only (Table 1)
+    # linear probing: first re-estimate the frozen encoder's BatchNorm statistics on this many training
+    # batches (recalibrate_batchnorm below); 0 keeps the checkpoint's statistics
+    bn_recalibration_batches: int = 0
+    # global batch of the data-efficient runs (Table S.2: 24); 0 keeps train.batch_size
+    limited_batch_size: int = 0
+    evaluate: bool = True  # evaluate the validation split at the end
+    eval_rotations: int = 1  # test-time augmentation: rotations about z averaged at evaluation
+
+    def __post_init__(self) -> None:
+        if self.limited_batch_size < 0 or self.eval_rotations < 1 or self.bn_recalibration_batches < 0:
+            raise ValueError("limited_batch_size and bn_recalibration_batches must be >= 0, eval_rotations >= 1")
+
+    @property
+    def data_efficient(self) -> bool:
+        d = self.data
+        return bool(d.limited_scenes_pct or d.limited_points or d.limited_scenes_file or d.limited_points_file)
+
+    def run_config(self) -> RunConfig:
+        train = self.train
+        if self.data_efficient and self.limited_batch_size:
+            train = replace(train, batch_size=self.limited_batch_size)
+        return RunConfig(train=train, optim=self.optim, schedule=self.schedule)
+
+
+def build_model(cfg: FinetuneConfig, pretrained: Optional[str]) -> SegmentationModel:
+    """The segmentation model, its encoder initialised from ``pretrained`` when given (strictly)."""
+    num_classes = len(class_names_for(cfg.data.class_set))
+    enc_cfg = cfg.encoder
+    if pretrained:
+        _, ckpt_cfg, _ = checkpoint_encoder(pretrained)
+        if enc_cfg is not None and enc_cfg != ckpt_cfg:
+            raise CheckpointError(f"config asks for encoder {enc_cfg.to_dict()}, the pretrained checkpoint "
+                                  f"{pretrained} holds {ckpt_cfg.to_dict()}")
+        enc_cfg = ckpt_cfg
+    model = SegmentationModel(enc_cfg or SpUNetConfig(), num_classes)
+    if pretrained:
+        meta = load_pretrained_encoder(model, pretrained)
+        log.info("encoder initialised from %s (%s checkpoint)", pretrained, meta.get("kind", "encoder"))
+    elif cfg.linear_probe:
+        log.warning("linear probing a randomly initialised encoder (no --pretrained): a baseline, not a model")
+    if cfg.linear_probe:
+        model.freeze_encoder()
+    return model
+
+
+def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = None, progress: bool = True,
+        tensorboard: bool = True, resume: bool = False) -> Dict[str, Any]:
+    """Train, save the segmenter and (optionally) evaluate; returns a summary dict (main process)."""
+    run_dir = Path(run_dir)
+    dist = init_distributed(cfg.train.device)
+    try:
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)  # before any encoder call (BatchNorm recalibration)
+        seed_everything(cfg.train.seed)
+        class_names = class_names_for(cfg.data.class_set)
+        train_dirs = list_scenes(cfg.data.root, cfg.data.train_split)
+        train_dirs = select_training_scenes(train_dirs, cfg.data, run_dir if dist.is_main else None)
+        labelled = None
+        if cfg.data.limited_points or cfg.data.limited_points_file:
+            scenes = [load_labelled_scene(p, cfg.data.label_file, class_names, mmap=True) for p in train_dirs]
+            labelled = select_labelled_points(scenes, cfg.data, run_dir if dist.is_main else None)
+            log.info("limited annotations: %d labelled points in %d scenes",
+                     sum(len(v) for v in labelled.values()), len(scenes))
+        run_cfg = cfg.run_config()
+        data_cfg = cfg.data
+        min_loop = math.ceil(run_cfg.train.batch_size / len(train_dirs))
+        if data_cfg.loop < min_loop:
+            log.info("%d training scenes for a global batch of %d: repeating each scene %d times per epoch",
+                     len(train_dirs), run_cfg.train.batch_size, min_loop)
+            data_cfg = replace(data_cfg, loop=min_loop)
+        dataset = SegmentationDataset(train_dirs, data_cfg, labelled)
+        model = build_model(cfg, pretrained)
+        if cfg.linear_probe and cfg.bn_recalibration_batches:
+            recalibrate(model, dataset, cfg, run_cfg.train.batch_size // dist.world_size, dist.device)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("%s: %d trainable parameters, %d classes, %d training scenes",
+                 "linear probe" if cfg.linear_probe else "fine-tuning", n_train, len(class_names), len(train_dirs))
+        meta = {"kind": FINETUNE_KIND, "class_names": list(class_names),
+                "encoder_config": model.encoder_config.to_dict(), "encoder_prefix": SEGMENTER_ENCODER_PREFIX,
+                "pretrained": str(pretrained) if pretrained else None, "linear_probe": cfg.linear_probe}
+        trainer = Trainer(model, segmentation_step, dataset, collate_segmentation, run_cfg, run_dir,
+                          dist_info=dist, checkpoint_metadata=meta, resolved_config=cfg, progress=progress,
+                          tensorboard=tensorboard)
+        t0 = time.perf_counter()
+        state = trainer.fit(resume=resume)
+        train_s = time.perf_counter() - t0
+        summary: Dict[str, Any] = {"steps": state.step, "train_seconds": train_s,
+                                   "last_metrics": state.last_metrics, "run_dir": str(run_dir)}
+        if dist.is_main:
+            extra = {"config": to_dict(cfg), "pretrained": meta["pretrained"], "linear_probe": cfg.linear_probe,
+                     "trained_steps": state.step}
+            path = save_segmenter(run_dir / SEGMENTER_FILE, model, class_names, cfg.data.grid_size_m, extra=extra)
+            summary["segmenter"] = str(path)
+            if cfg.evaluate:
+                summary["eval"] = evaluate_run(cfg, model, class_names, run_dir / "eval", progress)
+        barrier(dist)
+        return summary
+    finally:
+        shutdown_distributed(dist)
+
+
+def recalibrate(model: SegmentationModel, dataset: SegmentationDataset, cfg: FinetuneConfig, batch_size: int,
+                device) -> None:
+    """BatchNorm statistics of the frozen encoder from ``cfg.bn_recalibration_batches`` training batches,
+    drawn reproducibly from the training seed (and the same on every rank: BatchNorm is not synced here)."""
+
+    def batches():
+        for b in range(cfg.bn_recalibration_batches):
+            samples = []
+            for j in range(batch_size):
+                i = (b * batch_size + j) % len(dataset)
+                rng = np.random.default_rng(derive_seed(cfg.train.seed, RECALIBRATION_STREAM, b, j))
+                samples.append(dataset.sample(i, rng))
+            yield collate_segmentation(samples).points.to(device)
+
+    model.encoder.to(device)
+    n = recalibrate_batchnorm(model.encoder, batches())
+    model.freeze_encoder()
+    log.info("re-estimated the frozen encoder's BatchNorm statistics on %d batches of %d scenes", n, batch_size)
+
+
+def evaluate_run(cfg: FinetuneConfig, model: SegmentationModel, class_names, out_dir, progress: bool = True
+                 ) -> Optional[Dict[str, Any]]:
+    try:
+        val_dirs = list_scenes(cfg.data.root, cfg.data.val_split)
+    except FileNotFoundError as e:
+        log.warning("no evaluation: %s", e)
+        return None
+    if cfg.data.max_val_scenes:
+        val_dirs = val_dirs[: cfg.data.max_val_scenes]
+    device = next(model.parameters()).device
+    segmenter = Segmenter(model, class_names, cfg.data.grid_size_m, device=str(device))
+    wrap = (lambda it: tqdm(it, desc="evaluate", unit="scene", leave=False)) if progress else None
+    res = evaluate_scenes(segmenter, val_dirs, cfg.data.label_file, cfg.eval_rotations, wrap)
+    write_metrics_report(out_dir, res.conf, res.metrics, class_names, title="Validation",
+                         extra_json={"scenes": res.per_scene, "rotations": cfg.eval_rotations})
+    m = res.metrics
+    log.info("validation (%d scenes): mIoU %.1f  mAcc %.1f  allAcc %.1f", len(val_dirs), 100 * m["miou"],
+             100 * m["macc"], 100 * m["allacc"])
+    return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "scenes": len(val_dirs)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the pieces of a run
+
+
+def recalibrate_batchnorm(encoder: torch.nn.Module, batches: Iterable[PointBatch]) -> int:
+    """Re-estimate the BatchNorm running statistics of ``encoder`` as the plain average over ``batches``;
+    no weight changes. Returns the number of batches seen.
+
+    Linear probing keeps the encoder frozen, BatchNorm included. A random or pretrained encoder's running
+    statistics need not describe the downstream data (a fresh encoder has mean 0 / variance 1 everywhere,
+    so its deeper features shrink layer after layer); re-estimating them is the only change made, the
+    same for every encoder compared.
+    """
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    was_training = encoder.training
+    encoder.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for points in batches:
+                encoder(points)
+                seen += 1
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        encoder.train(was_training)
+    return seen
+
+
+def segmentation_step(model: torch.nn.Module, batch: SegBatch) -> Dict[str, Any]:
+    """The trainer's step_fn: cross-entropy over labelled rows, plus row accuracy for the logs."""
+    logits = model(batch.points)
+    loss = segmentation_loss(logits, batch.segment)
+    with torch.no_grad():
+        valid = batch.segment != IGNORE_INDEX
+        n = valid.sum()
+        acc = ((logits.argmax(1) == batch.segment) & valid).sum() / n.clamp_min(1)
+    return {"loss": loss, "acc": acc, "labelled_rows": n.float()}
