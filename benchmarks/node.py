@@ -105,8 +105,8 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from gcross_core.geometry import quat_from_pose
-    from gcross_ros import conversions as cv
+    from gcross_ros.msgs import rclpy_msgs as cv
+    from gcross_ros.msgs.codec import stamp_to_ns
     from gcross_ros.node.process import start_node_process, stop_node_process
 
     params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
@@ -128,7 +128,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
 
     def on_cloud(msg):
         with lock:
-            clouds.append((time.monotonic(), cv.stamp_to_ns(msg.header.stamp), msg.width))
+            clouds.append((time.monotonic(), stamp_to_ns(msg.header.stamp), msg.width))
 
     def on_diag(msg):
         with lock:
@@ -158,12 +158,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
         for k in range(1, max(rss_at) + 1):
             fr = frames[(k - 1) % len(frames)]
             stamp = stamp0 + k * int(period * 1e9)
-            pose = PoseStamped()
-            pose.header = cv.make_header(stamp, params["map_frame"])
-            t, q = quat_from_pose(fr.cam_to_world)
-            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, t)
-            o = pose.pose.orientation
-            o.w, o.x, o.y, o.z = map(float, q)
+            pose = cv.pose_stamped(fr.cam_to_world, stamp, params["map_frame"])
             h, w = fr.depth_mm.shape
             color = cv.numpy_to_image(fr.color, "rgb8", stamp, "camera_optical")
             depth = cv.numpy_to_image(fr.depth_mm, "16UC1", stamp, "camera_optical")

@@ -44,7 +44,7 @@ def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxe
     """Start the node as its own process, replay the bag into it and score what it publishes."""
     import rclpy
 
-    from gcross_ros.bag.cli import live_evaluate
+    from gcross_ros.bag.live_eval import live_evaluate
 
     from gcross_ros.node.process import start_node_process, stop_node_process
 
@@ -72,8 +72,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from gcross_ros.bag.io import RecordConfig, record_scene
-    from gcross_ros.bag.cli import EvalConfig, evaluate_bag, pipeline_config_from_params
+    from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, pipeline_config_from_params
+    from gcross_ros.bag.format import RecordConfig
+    from gcross_ros.bag.writer import record_scene
 
     t0 = time.perf_counter()
     out = args.out.resolve()

@@ -14,7 +14,9 @@ the camera pose at the image stamp is looked up (a frame may wait up to pose_wai
 is fused into the VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
 (segment_scope: the voxels observed since the previous segmentation plus context, or the whole map),
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
-another worker renders the map as Gaussians at the latest camera pose, then pauses render_period_s.
+another worker renders the map as Gaussians at the latest camera pose (gcross_core.mapping.map_view),
+then pauses render_period_s. Message conversion is gcross_ros.msgs; counters, throttled warnings and the
+diagnostics status are gcross_ros.node.health.
 
 Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
 which is the convention of the images and of the renderer.
@@ -31,14 +33,14 @@ import os
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Deque, Dict, Optional
 
 import numpy as np
 import rclpy
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -49,16 +51,17 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
-from gcross_core.geometry import invert_rigid, is_valid_pose, pose_from_quat, scale_intrinsics
-from gcross_core.image import DEPTH_MM_INVALID, MM_PER_M
-from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
-from gcross_core.render import render
+from gcross_core.errors import CheckpointError
 from gcross_core.evaluation.report import class_palette
+from gcross_core.geometry import scale_intrinsics
+from gcross_core.image import DEPTH_MM_INVALID, MM_PER_M
+from gcross_core.mapping.map_view import render_map_view
+from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
-from gcross_core.checkpoint import CheckpointError
-from gcross_core.types import Cameras, Gaussians
-from gcross_ros.msgs.rclpy_msgs import (DEPTH_ENCODINGS, camera_info_to_K, color_to_rgb,
-                                    image_to_numpy, labelled_cloud, numpy_to_image, stamp_to_ns)
+from gcross_ros.msgs.codec import (camera_info_to_K, decode_color_rgb, decode_depth, pose_to_matrix,
+                                   stamp_to_ns)
+from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
+from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters
 from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
                              PoseBuffer, PoseLookup)
@@ -67,12 +70,6 @@ NODE_NAME = "gcross_segment"
 COLOR, DEPTH, INFO = 0, 1, 2
 STREAM_NAMES = ("color", "depth", "camera_info")
 TIME_JUMP_RESET_S = 1.0  # stamps this far behind their predecessor mean a restarted bag or simulator
-
-# Gaussians built from voxels (the "simplest honest" splat of a voxel map): one isotropic Gaussian per
-# voxel whose standard deviation is half the voxel edge, so neighbours overlap into a closed surface.
-VOXEL_GAUSSIAN_SCALE = 0.5  # x voxel_size_m
-VOXEL_GAUSSIAN_OPACITY = 0.9
-RENDER_MIN_ALPHA = 0.5  # rendered pixels less covered than this have no depth / class
 
 # Drop reasons (keys of the diagnostics counters).
 UNSUPPORTED_ENCODING = "unsupported_encoding"
@@ -113,135 +110,11 @@ class _View:
     received: float
 
 
-class _Stats:
-    """Counters and timings shared by the callback and worker threads."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.counts: Counter = Counter()
-        self.dropped: Counter = Counter()
-        self.timings: Dict[str, float] = {}
-        self._fusion_ms: list = []
-        self._fusion_cpu_ms: list = []
-
-    def inc(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self.counts[key] += n
-
-    def drop(self, reason: str) -> None:
-        with self._lock:
-            self.dropped[reason] += 1
-
-    def fusion_time(self, ms: float, cpu_ms: float) -> None:
-        """Wall time of one frame's fusion, and the CPU time its thread spent (less under contention)."""
-        with self._lock:
-            self._fusion_ms.append(ms)
-            self._fusion_cpu_ms.append(cpu_ms)
-            self.timings["fusion_ms_last"] = ms
-
-    def timing(self, key: str, value: float) -> None:
-        with self._lock:
-            self.timings[key] = value
-
-    def report(self) -> Dict[str, float]:
-        """Everything as one flat dict; the fusion mean covers the time since the previous report."""
-        with self._lock:
-            out: Dict[str, float] = dict(self.counts)
-            out["frames_dropped"] = sum(self.dropped.values())
-            out.update({f"dropped.{k}": v for k, v in sorted(self.dropped.items())})
-            out.update(self.timings)
-            if self._fusion_ms:
-                out["fusion_ms_mean"] = float(np.mean(self._fusion_ms))
-                out["fusion_cpu_ms_mean"] = float(np.mean(self._fusion_cpu_ms))
-            self._fusion_ms, self._fusion_cpu_ms = [], []
-            return out
-
-
-class _ThrottledWarnings:
-    """At most one warning per kind per period, saying how many were held back in between."""
-
-    def __init__(self, logger, period_s: float):
-        self._logger, self._period_s = logger, period_s
-        self._last: Dict[str, float] = {}
-        self._held: Counter = Counter()
-        self._lock = threading.Lock()
-
-    def warn(self, kind: str, message: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(kind, -np.inf) < self._period_s:
-                self._held[kind] += 1
-                return
-            held, self._held[kind] = self._held[kind], 0
-            self._last[kind] = now
-        suffix = f" ({held} more like this in the last {self._period_s:g} s)" if held else ""
-        self._logger.warning(message + suffix)
-
-
-def pose_msg_to_matrix(msg) -> np.ndarray:
-    """geometry_msgs Pose -> 4x4; raises ValueError for a zero or non-finite quaternion."""
-    q = np.array([msg.orientation.w, msg.orientation.x, msg.orientation.y, msg.orientation.z], dtype=np.float64)
-    norm = np.linalg.norm(q)
-    if not np.isfinite(norm) or norm < 1e-6:
-        raise ValueError(f"pose orientation {q.tolist()} is not a usable quaternion (w, x, y, z)")
-    T = pose_from_quat([msg.position.x, msg.position.y, msg.position.z], q / norm)
-    if not is_valid_pose(T):
-        raise ValueError(f"pose position {T[:3, 3].tolist()} is not finite")
-    return T
-
-
 def _has_valid_depth(depth: np.ndarray, max_depth_m: float) -> bool:
     """True when some pixel holds a usable reading (NaN and inf compare false and drop out)."""
     if depth.dtype == np.uint16:
         return bool(np.any((depth > 0) & (depth <= max_depth_m * MM_PER_M) & (depth != DEPTH_MM_INVALID)))
     return bool(np.any((depth > 0) & (depth <= max_depth_m)))
-
-
-def voxel_gaussians(coords: np.ndarray,  # [N, 3] map frame metres
-                    colors: np.ndarray,  # [N, 3] 0..255
-                    labels: np.ndarray,  # [N] int, -1 = not segmented
-                    num_classes: int, voxel_size_m: float, device: str = "cpu") -> Gaussians:
-    """One isotropic Gaussian per voxel; features are the one-hot labels (zero where unlabelled)."""
-    n = len(coords)
-    for name, arr, shape in (("coords", coords, (n, 3)), ("colors", colors, (n, 3)), ("labels", labels, (n,))):
-        if np.shape(arr) != shape:
-            raise ValueError(f"{name} has shape {np.shape(arr)}, expected {shape}")
-    features = np.zeros((n, num_classes), dtype=np.float32)
-    labelled = labels >= 0
-    features[np.flatnonzero(labelled), labels[labelled]] = 1.0
-    quats = np.zeros((n, 4), dtype=np.float32)
-    quats[:, 0] = 1.0
-
-    def as_t(a):
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
-
-    return Gaussians(means=as_t(coords), quats=as_t(quats),
-                     scales=torch.full((n, 3), VOXEL_GAUSSIAN_SCALE * voxel_size_m, device=device),
-                     colors=as_t(np.clip(colors, 0, 255) / 255.0),
-                     opacities=torch.full((n,), VOXEL_GAUSSIAN_OPACITY, device=device),
-                     features=as_t(features), batch=torch.zeros(n, dtype=torch.int64, device=device))
-
-
-def visible_voxels(coords: np.ndarray,  # [N, 3] map frame
-                   cam_to_map: np.ndarray,  # [4, 4]
-                   K: np.ndarray,  # [3, 3] for width x height
-                   width: int, height: int, margin_m: float, limit: int) -> np.ndarray:
-    """Indices of the voxels whose Gaussians can touch the image, the ``limit`` nearest if more."""
-    if coords.ndim != 2 or coords.shape[1] != 3:
-        raise ValueError(f"coords has shape {coords.shape}, expected [N, 3]")
-    T = invert_rigid(cam_to_map)
-    pts = coords @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
-    z = pts[:, 2]
-    front = z > 0.01
-    zs = np.where(front, z, 1.0)
-    u = K[0, 0] * pts[:, 0] / zs + K[0, 2]
-    v = K[1, 1] * pts[:, 1] / zs + K[1, 2]
-    pad_u, pad_v = K[0, 0] * margin_m / zs, K[1, 1] * margin_m / zs
-    inside = front & (u > -pad_u) & (u < width + pad_u) & (v > -pad_v) & (v < height + pad_v)
-    idx = np.flatnonzero(inside)
-    if len(idx) > limit:
-        idx = idx[np.argpartition(z[idx], limit - 1)[:limit]]
-    return idx
 
 
 class SegmentNode(Node):
@@ -271,8 +144,9 @@ class SegmentNode(Node):
                                              PipelineConfig.from_values({**asdict(p), "segment_period_s": 0.0}))
         self.map = self.pipeline.map
 
-        self.stats = _Stats()
-        self._warn = _ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
+        self.stats = Stats()
+        self._dropped_at_last_report = 0
+        self._warn = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
         self._sync = ApproximateTimeSync(3, int(p.sync_slop_s * 1e9), p.queue_size,
                                          reset_jump_ns=int(TIME_JUMP_RESET_S * 1e9))
         self._pending: Deque[_Frame] = deque()  # frames waiting for their pose
@@ -346,7 +220,8 @@ class SegmentNode(Node):
                                           f"map_frame '{self.params.map_frame}'")
             return
         try:
-            self._pose_buffer.add(stamp_to_ns(msg.header.stamp), pose_msg_to_matrix(msg.pose))
+            self._pose_buffer.add(stamp_to_ns(msg.header.stamp),
+                                  pose_to_matrix(msg.pose.position, msg.pose.orientation))
         except ValueError as e:
             self.stats.inc("poses_ignored")
             self._warn.warn("pose_invalid", f"pose ignored: {e}")
@@ -391,14 +266,11 @@ class SegmentNode(Node):
         stamp = stamp_to_ns(color.header.stamp)
         t = stamp * 1e-9
         try:
-            rgb = color_to_rgb(color)
+            rgb = decode_color_rgb(color)
         except ValueError as e:
             return self._drop(UNSUPPORTED_ENCODING, f"color image at {t:.3f} s dropped: {e}")
         try:
-            if depth.encoding not in DEPTH_ENCODINGS:
-                raise ValueError(f"unsupported image encoding {depth.encoding!r}; supported: "
-                                 f"{', '.join(DEPTH_ENCODINGS)}")
-            depth_px = image_to_numpy(depth)
+            depth_px = decode_depth(depth)
         except ValueError as e:
             return self._drop(UNSUPPORTED_ENCODING, f"depth image at {t:.3f} s dropped: {e}")
         h, w = rgb.shape[:2]
@@ -427,9 +299,10 @@ class SegmentNode(Node):
                                                   Time(nanoseconds=frame.stamp_ns))
         except self._tf_errors:
             return PoseLookup(POSE_WAIT)  # TF may still arrive; pose_wait_s bounds the wait
-        tr, rot = tf.transform.translation, tf.transform.rotation
-        q = np.array([rot.w, rot.x, rot.y, rot.z])
-        return PoseLookup(POSE_OK, pose_from_quat([tr.x, tr.y, tr.z], q / np.linalg.norm(q)))
+        try:
+            return PoseLookup(POSE_OK, pose_to_matrix(tf.transform.translation, tf.transform.rotation))
+        except ValueError:
+            return PoseLookup(POSE_MISSING)  # TF holds an unusable rotation for this stamp
 
     def _resolve(self, frame: _Frame) -> None:
         lookup = self._lookup_pose(frame)
@@ -540,33 +413,13 @@ class SegmentNode(Node):
         """rendered/{color, depth, semantic} of the map seen from ``view``, at render_width x render_height."""
         p = self.params
         w, h = p.render_width, p.render_height
-        K = scale_intrinsics(view.K, w / view.width, h / view.height)
         snap = self.map.snapshot()
-        idx = visible_voxels(snap.coords, view.cam_to_map, K, w, h, 3 * VOXEL_GAUSSIAN_SCALE * p.voxel_size_m,
-                             p.max_render_gaussians)
-        color = np.zeros((h, w, 3), np.uint8)
-        depth = np.full((h, w), np.nan, np.float32)
-        semantic = np.zeros((h, w, 3), np.uint8)
-        if len(idx):
-            g = voxel_gaussians(snap.coords[idx], snap.colors[idx], snap.labels[idx], len(self.class_names),
-                                p.voxel_size_m, p.device)
-            world_to_cam = torch.from_numpy(invert_rigid(view.cam_to_map)).float()[None].to(p.device)
-            cams = Cameras(world_to_cam, torch.from_numpy(K).float()[None].to(p.device),
-                           torch.zeros(1, dtype=torch.int64, device=p.device))
-            with torch.no_grad():
-                out = render(g, cams, w, h, backend=p.render_backend)
-            alpha = out.alpha[0].cpu().numpy()
-            color = (out.color[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
-            covered = alpha >= RENDER_MIN_ALPHA
-            depth = np.where(covered, out.expected_depth[0].cpu().numpy(), np.nan).astype(np.float32)
-            feat = out.features[0].cpu().numpy()  # [h, w, K] alpha-blended one-hot labels
-            # a class wins a pixel when it carries most of the pixel's opacity and enough of it
-            cls = feat.argmax(axis=2)
-            labelled = covered & (feat.max(axis=2) >= RENDER_MIN_ALPHA * alpha)
-            semantic[labelled] = self.palette[cls[labelled]]
-        return {"color": numpy_to_image(color, "rgb8", view.stamp_ns, view.frame_id),
-                "depth": numpy_to_image(depth, "32FC1", view.stamp_ns, view.frame_id),
-                "semantic": numpy_to_image(semantic, "rgb8", view.stamp_ns, view.frame_id)}
+        out = render_map_view(snap.coords, snap.colors, snap.labels, view.cam_to_map,
+                              scale_intrinsics(view.K, w / view.width, h / view.height), w, h, self.palette,
+                              p.voxel_size_m, p.max_render_gaussians, p.device, p.render_backend)
+        return {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
+                "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
+                "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}
 
     # ------------------------------------------------------------------ reporting
 
@@ -581,23 +434,9 @@ class SegmentNode(Node):
         report["pending_pose"] = len(self._pending)
         report["map_voxels"] = len(self.map)
         report["evicted_voxels"] = self.map.evicted_total
-        dropped_now = report["frames_dropped"]
-        errors = report.get("segmentation_errors", 0) + report.get("render_errors", 0)
-        level, message = DiagnosticStatus.OK, "fusing"
-        if errors:
-            level, message = DiagnosticStatus.ERROR, f"{errors:g} segmentation/render errors (see log)"
-        elif dropped_now > getattr(self, "_dropped_at_last_report", 0):
-            level, message = DiagnosticStatus.WARN, "frames dropped since the last report (see dropped.*)"
-        elif not report.get("frames_fused"):
-            level, message = DiagnosticStatus.WARN, "no frame fused yet"
-        self._dropped_at_last_report = dropped_now
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline", message=message,
-                                  hardware_id=self.params.map_frame,
-                                  values=[KeyValue(key=k, value=f"{v:g}" if isinstance(v, float) else str(v))
-                                          for k, v in sorted(report.items())])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(msg)
+        self.diag_pub.publish(diagnostics_msg(report, f"{self.get_name()}: pipeline", self.params.map_frame,
+                                              self._dropped_at_last_report, self.get_clock().now().to_msg()))
+        self._dropped_at_last_report = report["frames_dropped"]
 
 
 def main(args=None) -> int:

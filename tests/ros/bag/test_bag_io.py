@@ -11,10 +11,13 @@ pytest.importorskip("rosbags")
 from gcross_core.geometry import pose_from_quat, scale_intrinsics  # noqa: E402
 from gcross_core.evaluation.map_score import score_labelled_map  # noqa: E402
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline  # noqa: E402
-from gcross_ros.bag.io import (  # noqa: E402
-    BagError, RecordConfig, read_bag, record_scene,)
-from gcross_core.image import register_color_to_depth
-from gcross_ros.bag.cli import EvalConfig, evaluate_bag, main  # noqa: E402
+from gcross_core.errors import BagError  # noqa: E402
+from gcross_core.image import register_color_to_depth  # noqa: E402
+from gcross_ros.bag.cli import main  # noqa: E402
+from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag  # noqa: E402
+from gcross_ros.bag.format import RecordConfig  # noqa: E402
+from gcross_ros.bag.reader import read_bag  # noqa: E402
+from gcross_ros.bag.writer import record_scene  # noqa: E402
 
 CLASSES = ["floor", "cabinet", "lamp"]  # lamp never occurs: an absent class
 
@@ -269,7 +272,7 @@ def test_eval_rejects_a_bag_without_ground_truth(tmp_path):
 
 
 def test_replay_schedule_scales_with_rate():
-    from gcross_ros.bag.cli import wall_target
+    from gcross_ros.bag.player import wall_target
 
     t0 = 10**18
     assert wall_target(t0 + 2 * 10**9, t0, 100.0, rate=1.0) == pytest.approx(102.0)
@@ -286,8 +289,8 @@ def test_failed_recording_leaves_no_bag(tmp_path):
 
 
 def test_ground_truth_is_remapped_by_class_name():
-    from gcross_ros.bag.io import GroundTruthCloud
-    from gcross_ros.bag.cli import labels_for_classes
+    from gcross_ros.bag.evaluate import labels_for_classes
+    from gcross_ros.bag.format import GroundTruthCloud
 
     gt = GroundTruthCloud(np.zeros((4, 3), np.float32), np.zeros((4, 3), np.uint8), np.array([0, 1, -1, 1]),
                           class_names=["wall", "floor"])

@@ -13,10 +13,11 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from gcross_core.geometry import pose_from_quat  # noqa: E402
-from gcross_ros.bag.io import (  # noqa: E402
-    BagTopics, RecordConfig, cloud_from_msg, image_from_msg, pose_from_msg, record_scene)
-from gcross_core.image import depth_mm_to_m as mm_to_depth
-from gcross_ros.bag.cli import BagPlayer  # noqa: E402
+from gcross_core.image import depth_mm_to_m as mm_to_depth  # noqa: E402
+from gcross_ros.bag.format import BagTopics, RecordConfig  # noqa: E402
+from gcross_ros.bag.player import BagPlayer  # noqa: E402
+from gcross_ros.bag.writer import record_scene  # noqa: E402
+from gcross_ros.msgs import codec  # noqa: E402
 
 pytestmark = pytest.mark.ros
 TOPICS = BagTopics()
@@ -80,10 +81,11 @@ def test_play_delivers_recorded_images_poses_and_latched_ground_truth(tmp_path):
             assert color.encoding == "rgb8" and depth.encoding == "16UC1"
             assert color.header.stamp == depth.header.stamp == pose.header.stamp
             assert pose.header.frame_id == "map"
-            np.testing.assert_array_equal(image_from_msg(color), f.color)
-            np.testing.assert_array_equal(mm_to_depth(image_from_msg(depth)), mm_to_depth(
+            np.testing.assert_array_equal(codec.decode_color_rgb(color), f.color)
+            np.testing.assert_array_equal(mm_to_depth(codec.decode_image(depth)), mm_to_depth(
                 np.rint(f.depth_m * 1000).astype(np.uint16)))
-            np.testing.assert_allclose(pose_from_msg(pose.pose), f.cam_to_world, atol=1e-12)
+            np.testing.assert_allclose(codec.pose_to_matrix(pose.pose.position, pose.pose.orientation),
+                                       f.cam_to_world, atol=1e-12)
             np.testing.assert_allclose(np.reshape(got[TOPICS.camera_info][i].k, (3, 3)), f.K_depth)
         stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in got[TOPICS.color]]
         assert np.all(np.diff(stamps) == 50_000_000)  # 20 Hz as recorded
@@ -94,7 +96,7 @@ def test_play_delivers_recorded_images_poses_and_latched_ground_truth(tmp_path):
                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
         listener.create_subscription(PointCloud2, TOPICS.gt_cloud, clouds.append, late)
         assert _spin_until(listener, lambda: clouds, 20.0), "late subscriber did not get the latched cloud"
-        fields = cloud_from_msg(clouds[0])
+        fields = codec.decode_cloud(clouds[0])
         np.testing.assert_array_equal(np.stack([fields["x"], fields["y"], fields["z"]], 1), scene.coord)
         np.testing.assert_array_equal(fields["label"].view(np.int32), scene.segment)
     finally:
@@ -116,12 +118,12 @@ def test_play_only_selected_topics(tmp_path):
 
 
 def _plane_scene_module():
-    """The plane scene of tests/core/test_bag_io.py (floor + cabinet seen by a moving camera)."""
+    """The plane scene of tests/ros/bag/test_bag_io.py (floor + cabinet seen by a moving camera)."""
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("_gcross_bag_scenes",
-                                                  Path(__file__).resolve().parents[1] / "core" / "test_bag_io.py")
+                                                  Path(__file__).resolve().parent / "test_bag_io.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -145,7 +147,8 @@ def test_live_evaluation_agrees_with_offline(tmp_path):
     from gcross_core.model.encoder import SpUNetConfig
     from gcross_core.mapping.pipeline import PipelineConfig
     from gcross_core.segmentation.segmenter import SegmentationModel, save_segmenter
-    from gcross_ros.bag.cli import evaluate_bag, live_evaluate
+    from gcross_ros.bag.evaluate import evaluate_bag
+    from gcross_ros.bag.live_eval import live_evaluate
 
     scenes = _plane_scene_module()
     record_scene(scenes.plane_scene(n_frames=8, h=48, w=64), tmp_path / "bag", RecordConfig(),

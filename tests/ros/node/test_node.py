@@ -26,16 +26,16 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.geometry import quat_from_pose  # noqa: E402
 from gcross_core.evaluation.report import class_palette  # noqa: E402
 from gcross_core.segmentation.segmenter import build_segmenter_checkpoint  # noqa: E402
+from gcross_ros.msgs import codec  # noqa: E402
 from gcross_ros.msgs import rclpy_msgs as cv  # noqa: E402
 from gcross_ros.node.process import start_node_process, stop_node_process  # noqa: E402
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLASSES = ["floor", "wall", "chair", "table", "other"]
 W, H = 32, 24
 K = np.array([[20.0, 0, 15.5], [0, 20.0, 11.5], [0, 0, 1]])
@@ -133,13 +133,7 @@ class Fixture:
         rgb = rgb0 if rgb is None else rgb
         depth_m = depth0 if depth_m is None else depth_m
         if pose:
-            msg = PoseStamped()
-            msg.header = cv.make_header(stamp, "map")
-            t, q = quat_from_pose(cam_to_map)
-            msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = map(float, t)
-            (msg.pose.orientation.w, msg.pose.orientation.x, msg.pose.orientation.y,
-             msg.pose.orientation.z) = map(float, q)
-            self.pub_pose.publish(msg)
+            self.pub_pose.publish(cv.pose_stamped(cam_to_map, stamp, "map"))
         if info:
             self.pub_info.publish(cv.make_camera_info(K, W, H, stamp, "camera_optical"))
         if depth_msg is None:
@@ -235,19 +229,19 @@ def test_labelled_cloud_rendered_views_and_legend(running):
         msg = fx.latest(fx.clouds)
         if msg is None:
             return None
-        pts = cv.pointcloud2_to_array(msg)
+        pts = codec.decode_cloud(msg)
         return msg if (pts["x"] < 10).any() and (pts["x"] > 10).any() else None
 
     msg = wait_for(both_regions, WAIT_S, "a labelled_cloud covering both frames", proc, log_path)
     assert msg.header.frame_id == "map"
     assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb", "label", "confidence"]
-    pts = cv.pointcloud2_to_array(msg)
+    pts = codec.decode_cloud(msg)
     assert len(pts) > 100
     assert pts["label"].max() < len(CLASSES)
     assert np.all((pts["confidence"] >= 1.0 / len(CLASSES) - 1e-6) & (pts["confidence"] <= 1.0 + 1e-6))
     # the wall is 2 m in front of the camera, the box 1.5 m: the fused points must lie there
     assert np.all((pts["z"] > 1.3) & (pts["z"] < 2.2))
-    rgb = cv.unpack_rgb(pts["rgb"]).astype(int)
+    rgb = codec.unpack_rgb(pts["rgb"]).astype(int)
     for region in (pts["x"] < 10, pts["x"] > 10):  # rgb8 and bgr8 inputs both come out red
         mean = rgb[region].mean(0)
         assert mean[0] > 150 and mean[2] < 60, f"colour {mean} is not the red that was sent"
@@ -256,16 +250,16 @@ def test_labelled_cloud_rendered_views_and_legend(running):
         img = wait_for(lambda: fx.latest(fx.rendered[name]), WAIT_S, f"rendered/{name}", proc, log_path)
         assert (img.width, img.height, img.encoding) == (RENDER_W, RENDER_H, enc)
         assert img.header.frame_id == "camera_optical"
-    depth = cv.image_to_numpy(fx.latest(fx.rendered["depth"]))
+    depth = codec.decode_image(fx.latest(fx.rendered["depth"]))
     seen = depth[np.isfinite(depth)]
     assert seen.size > RENDER_W * RENDER_H // 4
     assert 1.2 < np.median(seen) < 2.3
-    color = cv.image_to_numpy(fx.latest(fx.rendered["color"])).astype(int)
+    color = codec.decode_image(fx.latest(fx.rendered["color"])).astype(int)
     assert color[..., 0].mean() > 2 * color[..., 2].mean()
-    semantic = wait_for(lambda: (lambda m: m if m is not None and cv.image_to_numpy(m).any() else None)(
+    semantic = wait_for(lambda: (lambda m: m if m is not None and codec.decode_image(m).any() else None)(
         fx.latest(fx.rendered["semantic"])), WAIT_S, "a labelled rendered/semantic", proc, log_path)
     palette = class_palette(len(CLASSES))
-    colors = {tuple(c) for c in cv.image_to_numpy(semantic).reshape(-1, 3)} - {(0, 0, 0)}
+    colors = {tuple(c) for c in codec.decode_image(semantic).reshape(-1, 3)} - {(0, 0, 0)}
     assert colors and colors <= {tuple(c) for c in palette}
 
     legend = wait_for(lambda: fx.latest(fx.legends), WAIT_S, "class_legend", proc, log_path)
@@ -425,14 +419,12 @@ def test_launch_description_builds():
 def test_pose_helper_rejects_bad_quaternions():
     from geometry_msgs.msg import Pose
 
-    from gcross_ros.node.segment_node import pose_msg_to_matrix
-
     pose = Pose()
     pose.orientation.w = 0.0
     with pytest.raises(ValueError, match="quaternion"):
-        pose_msg_to_matrix(pose)
+        codec.pose_to_matrix(pose.position, pose.orientation)
     pose.orientation.w, pose.orientation.z = 2 * math.cos(0.3), 2 * math.sin(0.3)  # not unit: normalised
-    T = pose_msg_to_matrix(pose)
+    T = codec.pose_to_matrix(pose.position, pose.orientation)
     np.testing.assert_allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-12)
 
 

@@ -1,0 +1,237 @@
+"""Offline bag evaluation (``gcross-bag eval``): the node's processing over a bag, scored against its ground truth.
+
+Runs the node's processing through :class:`gcross_core.mapping.pipeline.SegmentationPipeline` (the same
+VoxelMap fusion per frame and snapshot -> predict -> fuse_probabilities segmentation, with the node's
+parameter defaults or a node parameter file), frame by frame with the segmentation period counted in
+bag time, then scores the final labelled map against the bag's ground-truth cloud and writes a report
+folder. Needs ``rosbags`` only, no ROS installation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from gcross_core.errors import BagError, ConfigError, InputError
+from gcross_ros.bag.format import BagTopics
+from gcross_ros.bag.reader import iter_frames, read_ground_truth
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    radius_m: Optional[float] = None  # label-transfer radius; None = 2 * voxel_size_m (a voxel's mean
+    # position sits within one voxel diagonal ~1.7 voxels of any point it absorbed)
+    final_segment: bool = True  # segment once more after the last frame so every voxel is labelled
+    device: str = "cpu"
+    max_frames: Optional[int] = None
+
+
+def pipeline_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
+    """A PipelineConfig from the node's parameter defaults, a node parameter YAML and explicit overrides."""
+    from gcross_core.mapping.pipeline import PipelineConfig
+
+    from gcross_ros.node.params import SegmentNodeParams
+
+    values = dict(SegmentNodeParams.defaults())
+    if params_file:
+        values.update(_read_params_file(params_file))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return PipelineConfig.from_values(values)
+
+
+def _read_params_file(path) -> dict:
+    """ros__parameters of the first node in a ROS 2 parameter YAML (or a flat mapping)."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"parameter file {path} is not a mapping")
+    for value in data.values():
+        if isinstance(value, dict) and "ros__parameters" in value:
+            return dict(value["ros__parameters"])
+    return data
+
+
+def _align_classes(gt_names: Optional[List[str]], model_names: List[str], bag) -> Optional[np.ndarray]:
+    """Index map GT label -> model label, or None when both use the same order."""
+    if gt_names is None:
+        log.warning("bag %s has no class names; assuming the checkpoint's %d classes", bag, len(model_names))
+        return None
+    if list(gt_names) == list(model_names):
+        return None
+    missing = [n for n in gt_names if n not in model_names]
+    if missing:
+        raise InputError(f"bag {bag} labels classes {missing} that checkpoint classes {model_names} lack")
+    log.warning("bag %s orders its classes differently from the checkpoint; remapping by name", bag)
+    return np.array([model_names.index(n) for n in gt_names], np.int64)
+
+
+def load_ground_truth(bag_path, topics: BagTopics = BagTopics()):
+    """The bag's GroundTruthCloud; BagError when it has none."""
+    gt = read_ground_truth(bag_path, topics)
+    if gt is None:
+        raise BagError(f"bag {bag_path} has no ground-truth cloud on {topics.gt_cloud}; nothing to score")
+    return gt
+
+
+def labels_for_classes(gt, class_names: Sequence[str], bag_path="") -> np.ndarray:  # -> [N] int64
+    """Ground-truth labels re-indexed to ``class_names`` (by name when the bag stores its class names)."""
+    remap = _align_classes(gt.class_names, list(class_names), bag_path)
+    if remap is None:
+        return gt.label.copy()
+    ok = (gt.label >= 0) & (gt.label < len(remap))
+    return np.where(ok, remap[np.clip(gt.label, 0, len(remap) - 1)], -1)
+
+
+def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig = EvalConfig(),
+                        topics: BagTopics = BagTopics(), progress: bool = False):
+    """Feed a bag's frames through SegmentationPipeline as the node does -> (LabelledPoints, perf dict)."""
+    from gcross_core.evaluation.map_score import latency_summary
+    from gcross_core.mapping.pipeline import SegmentationPipeline
+
+    pipe = SegmentationPipeline(segmenter, pipeline_config)
+    frame_s, fusion_s, seg_s = [], [], []
+    t_wall = time.perf_counter()
+    frames = iter_frames(bag_path, topics)
+    if progress:
+        from tqdm import tqdm
+
+        frames = tqdm(frames, desc="eval", unit="frame")
+    for i, f in enumerate(frames):
+        if config.max_frames is not None and i >= config.max_frames:
+            break
+        t0 = time.perf_counter()
+        pipe.process_frame(f.color, f.depth_m, f.K, f.cam_to_map, f.stamp_ns / 1e9)
+        t1 = time.perf_counter()
+        stats = pipe.maybe_segment(f.stamp_ns / 1e9)
+        t2 = time.perf_counter()
+        fusion_s.append(t1 - t0)
+        frame_s.append(t2 - t0)
+        if stats is not None:
+            seg_s.append(stats.seconds)
+    if not frame_s:
+        raise BagError(f"bag {bag_path} has no complete RGB-D frames")
+    final_s = 0.0
+    if config.final_segment:
+        stats = pipe.segment()
+        if stats is not None:
+            seg_s.append(stats.seconds)
+            final_s = stats.seconds
+    wall = time.perf_counter() - t_wall
+    processing = float(np.sum(frame_s)) + final_s
+    n = len(frame_s)
+    perf = {
+        "frames": n,
+        "frames_per_s": n / processing if processing > 0 else float("nan"),
+        "frames_per_s_wall": n / wall if wall > 0 else float("nan"),
+        "wall_s": wall,
+        "frame_latency": latency_summary(frame_s),
+        "fusion_latency": latency_summary(fusion_s),
+        "segmentation_latency": latency_summary(seg_s),
+        "segmentations": len(seg_s),
+    }
+    return pipe.labelled_points(), perf
+
+
+def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_names: Sequence[str],
+                     radius_m: float, title: str, cell_m: float = 0.02, perf: Optional[dict] = None,
+                     settings: Optional[dict] = None) -> dict:
+    """Score a labelled map (offline pipeline or a cloud the live node published) and write the report.
+
+    map_coord [M, 3], map_label [M] (-1 = unlabelled), gt_coord [N, 3], gt_label [N] (-1 = ignore), all
+    in the map frame. Writes results.json, report.md, confusion.csv/png and topdown.png.
+    """
+    from gcross_core.evaluation.map_score import score_labelled_map
+    from gcross_core.evaluation.report import save_topdown_png, write_metrics_report
+
+    names = list(class_names)
+    score = score_labelled_map(map_coord, map_label, gt_coord, gt_label, len(names), radius_m)
+    m = score.metrics
+    coverage = {"radius_m": float(radius_m), "gt_points": int(len(gt_coord)),
+                "gt_points_scored": int(score.scored.sum()), "covered_fraction": score.coverage,
+                "uncovered_points": score.uncovered_points,
+                "covered_but_unlabelled_points": score.unlabelled_points, "map_points": int(len(map_coord))}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_topdown_png(out / "topdown.png", [("labelled map", map_coord, map_label), ("ground truth", gt_coord, gt_label)],
+                     names, min_cell_m=cell_m)
+    md = _eval_markdown(coverage, perf, settings or {})
+    extra = {"coverage": coverage, **({"performance": perf} if perf else {}), "settings": settings or {}}
+    paths = write_metrics_report(out, score.conf, m, names, title=title, extra_json=extra,
+                                 extra_markdown=md + "\n![top-down: labelled map | ground truth](topdown.png)\n")
+    return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "coverage": coverage,
+            "performance": perf, "report_dir": str(out), "files": {k: str(v) for k, v in paths.items()}}
+
+
+def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: EvalConfig = EvalConfig(),
+                 topics: BagTopics = BagTopics(), progress: bool = False) -> dict:
+    """Run the node's pipeline over a bag, score the final map and write the report folder.
+
+    ``checkpoint`` is a segmenter checkpoint path, or an object with ``class_names`` and
+    ``predict(coord, color, normal, return_probs=True)`` like :class:`gcross_core.segmentation.segmenter.Segmenter`.
+    """
+    pipeline_config = pipeline_config or pipeline_config_from_params()
+    gt = load_ground_truth(bag_path, topics)  # a bag without ground truth fails before the model loads
+    if hasattr(checkpoint, "predict"):
+        segmenter, checkpoint = checkpoint, type(checkpoint).__name__
+    else:
+        from gcross_core.segmentation.segmenter import Segmenter
+
+        segmenter = Segmenter.from_checkpoint(checkpoint, device=config.device)
+    names = list(segmenter.class_names)
+    gt_label = labels_for_classes(gt, names, bag_path)
+    pts, perf = run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config, topics, progress)
+    radius = config.radius_m if config.radius_m is not None else 2.0 * pipeline_config.voxel_size_m
+    settings = {"bag": str(bag_path), "checkpoint": str(checkpoint), "final_segment": config.final_segment,
+                **asdict(pipeline_config)}
+    res = score_and_report(out_dir, pts.coord, pts.label, gt.coord, gt_label, names, radius,
+                           title=f"Bag evaluation: {Path(bag_path).name}", cell_m=pipeline_config.voxel_size_m,
+                           perf=perf, settings=settings)
+    log.info("mIoU %.1f %% (mAcc %.1f %%, coverage %.1f %%) on %d frames at %.1f frames/s; report in %s",
+             100 * res["miou"], 100 * res["macc"], 100 * res["coverage"]["covered_fraction"], perf["frames"],
+             perf["frames_per_s"], out_dir)
+    return res
+
+
+def _eval_markdown(coverage: dict, perf: Optional[dict], settings: dict) -> str:
+    def ms(d, k):
+        return f"{d[k]:.1f}" if k in d else "n/a"
+
+    lines = [
+        "## Coverage",
+        "",
+        f"Ground-truth points take the label of the nearest map point within {coverage['radius_m']:.3f} m; "
+        f"points with none are uncovered and count as misses of their class.",
+        "",
+        f"- map points (voxels): {coverage['map_points']}",
+        f"- ground-truth points scored: {coverage['gt_points_scored']} of {coverage['gt_points']}",
+        f"- covered: {100 * coverage['covered_fraction']:.1f} %, uncovered: {coverage['uncovered_points']}, "
+        f"covered but never segmented: {coverage['covered_but_unlabelled_points']}",
+        "",
+    ]
+    if perf:
+        fl, sl = perf["frame_latency"], perf["segmentation_latency"]
+        lines += [
+            "## Speed",
+            "",
+            f"{perf['frames']} frames, {perf['frames_per_s']:.2f} frames/s of processing "
+            f"({perf['frames_per_s_wall']:.2f} frames/s including bag decoding, {perf['wall_s']:.2f} s wall); "
+            f"{perf['segmentations']} segmentations.",
+            "",
+            "| latency [ms] | p50 | p90 | p99 | max |",
+            "|---|---:|---:|---:|---:|",
+            f"| per frame (fusion + segmentation when due) | {ms(fl, 'p50_ms')} | {ms(fl, 'p90_ms')} | "
+            f"{ms(fl, 'p99_ms')} | {ms(fl, 'max_ms')} |",
+            f"| segmentation of the map | {ms(sl, 'p50_ms')} | {ms(sl, 'p90_ms')} | {ms(sl, 'p99_ms')} | "
+            f"{ms(sl, 'max_ms')} |",
+            "",
+        ]
+    if settings:
+        lines += ["## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""Live bag evaluation (``gcross-bag eval-live``): replay a bag into a running node, score the cloud it publishes.
+
+Needs rclpy and the message packages; the scoring and the report are those of
+:mod:`gcross_ros.bag.evaluate`.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from gcross_core.errors import InputError, LiveEvalError
+from gcross_ros.bag.evaluate import labels_for_classes, load_ground_truth, score_and_report
+from gcross_ros.bag.format import BagTopics
+from gcross_ros.bag.player import BagPlayer, rclpy_node
+from gcross_ros.bag.reader import BagReader
+from gcross_ros.msgs import codec
+
+
+def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud", legend_topic: str = "/class_legend",
+                  rate: float = 1.0, settle_s: float = 20.0, discovery_s: float = 30.0,
+                  radius_m: Optional[float] = None, voxel_size_m: float = 0.02,
+                  topics: BagTopics = BagTopics()) -> dict:
+    """Replay a bag into a running segmentation node and score the cloud it publishes.
+
+    ``node`` is an rclpy node of the caller's (the caller owns rclpy.init/shutdown). The camera topics
+    are replayed at ``rate``; afterwards the first cloud on ``cloud_topic`` stamped at or after the last
+    frame (the node's map then holds every frame) is scored exactly like ``evaluate_bag`` does, with
+    class names from the node's transient-local ``class_legend`` (else the bag's).
+    """
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import String
+
+    gt = load_ground_truth(bag_path, topics)
+    clouds, legends = [], []
+    node.create_subscription(PointCloud2, cloud_topic, lambda m: clouds.append((time.monotonic(), m)),
+                             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(String, legend_topic, legends.append,
+                             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                        durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    camera = [topics.color, topics.depth, topics.camera_info, topics.pose, topics.tf, topics.tf_static]
+    with BagReader(bag_path) as bag:
+        camera = [t for t in camera if t in bag.topics]
+        # camera_info shares the image stamps and is tiny to read
+        last_stamp_ns = max((t for _, _, t, _ in bag.messages([topics.camera_info])), default=0)
+    player = BagPlayer(node, bag_path, rate=rate, topics=camera)
+    needed = [topics.color, topics.depth, topics.camera_info]
+    deadline = time.monotonic() + discovery_s
+    while not player.wait_for_subscribers(0.0, needed) and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    if not player.wait_for_subscribers(0.0, needed):
+        raise LiveEvalError(f"no subscriber on {needed} after {discovery_s} s: is the node running and remapped?")
+    t_start = time.monotonic()
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (player.play_once(), done.set()), daemon=True)
+    thread.start()
+    while not done.is_set():
+        rclpy.spin_once(node, timeout_sec=0.05)
+    t_played = time.monotonic()
+    chosen = None
+    while chosen is None and time.monotonic() < t_played + settle_s:
+        rclpy.spin_once(node, timeout_sec=0.05)
+        for t_recv, msg in clouds:
+            stamp = codec.stamp_to_ns(msg.header.stamp)
+            if stamp >= last_stamp_ns:
+                chosen = (t_recv, msg)
+                break
+    if chosen is None:
+        raise LiveEvalError(f"no cloud on {cloud_topic} covering the last frame arrived within {settle_s} s "
+                           f"after playback ({len(clouds)} earlier clouds)")
+    names = gt.class_names
+    if legends:
+        legend = json.loads(legends[-1].data)
+        names = [c["name"] for c in sorted(legend["classes"], key=lambda c: c["id"])]
+    if not names:
+        raise InputError(f"bag {bag_path} has no class names and no class legend arrived on {legend_topic}")
+    coord, _, label = codec.split_labelled_points(codec.decode_cloud(chosen[1]))
+    gt_label = labels_for_classes(gt, names, bag_path)
+    radius = radius_m if radius_m is not None else 2.0 * voxel_size_m
+    live = {"messages_published": player.published,
+            "clouds_received": len(clouds), "playback_s": t_played - t_start,
+            "cloud_after_playback_s": chosen[0] - t_played, "rate": rate}
+    return score_and_report(out_dir, coord, label, gt.coord, gt_label, names, radius,
+                            title=f"Live evaluation: {Path(bag_path).name}", cell_m=voxel_size_m,
+                            settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live})
+
+
+
+def run_live_evaluation(bag_path, out_dir, cloud_topic: str = "/labelled_cloud",
+                        legend_topic: str = "/class_legend", rate: float = 1.0, settle_s: float = 20.0,
+                        radius_m: Optional[float] = None, voxel_size_m: float = 0.02) -> dict:
+    """:func:`live_evaluate` on an evaluator node of its own (rclpy.init .. shutdown)."""
+    with rclpy_node("gcross_bag_live_eval", "eval-live") as node:
+        return live_evaluate(bag_path, out_dir, node, cloud_topic=cloud_topic, legend_topic=legend_topic,
+                             rate=rate, settle_s=settle_s, radius_m=radius_m, voxel_size_m=voxel_size_m)

@@ -1,0 +1,232 @@
+"""Read gcross RGB-D bags (layout in :mod:`gcross_ros.bag.format`) with ``rosbags``; nothing imports rclpy.
+
+Whatever ``rosbags`` (or the sqlite/mcap storage under it) raises while opening, reading or decoding a
+bag becomes a :class:`~gcross_core.errors.BagError` naming the bag; so does content the codec rejects
+(an unsupported encoding, a frame whose sizes disagree). Errors of this package's own code are left
+as they are.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from gcross_core.errors import BagError, InputError
+from gcross_ros.bag.format import (CLASS_NAMES_KEY, SCENE_NAME_KEY, BagContents, BagFrame, BagTopics,
+                                   GroundTruthCloud)
+from gcross_ros.msgs import codec
+from gcross_ros.msgs import rosbags_msgs as rb
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path, doing: str):
+    """Around calls into rosbags only: anything they raise means the bag cannot be read."""
+    try:
+        yield
+    except BagError:
+        raise
+    except Exception as e:  # noqa: BLE001 - rosbags raises its own classes and lets sqlite/mcap/CDR errors through
+        raise BagError(f"bag {path} is corrupt, truncated or unreadable ({doing}): {type(e).__name__}: {e}") from e
+
+
+@contextlib.contextmanager
+def _content_errors(path: Path, doing: str):
+    """Around decoding: content the codec rejects is a bad bag, named as such."""
+    try:
+        yield
+    except InputError as e:
+        if isinstance(e, BagError):
+            raise
+        raise BagError(f"bag {path}: {doing}: {e}") from e
+
+
+class BagReader:
+    """Read raw CDR messages of a bag; storage failures become a :class:`BagError` naming the bag."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f"bag {self.path} does not exist")
+        from rosbags.rosbag2 import Reader
+
+        with _storage_errors(self.path, "opening"):
+            self._reader = Reader(self.path)
+            self._reader.open()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @property
+    def topics(self) -> Dict[str, str]:
+        """topic -> message type."""
+        return {c.topic: c.msgtype for c in self._reader.connections}
+
+    @property
+    def topic_counts(self) -> Dict[str, int]:
+        """topic -> message count from the metadata."""
+        counts: Dict[str, int] = {}
+        for c in self._reader.connections:
+            counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
+        return counts
+
+    def qos(self, topic: str):
+        """Offered QoS profiles recorded for ``topic`` (rosbags Qos tuples, possibly empty)."""
+        for c in self._reader.connections:
+            if c.topic == topic:
+                return list(getattr(c.ext, "offered_qos_profiles", []) or [])
+        return []
+
+    @property
+    def message_count(self) -> int:
+        return int(self._reader.message_count)
+
+    @property
+    def start_time_ns(self) -> int:
+        return int(self._reader.start_time)
+
+    @property
+    def end_time_ns(self) -> int:
+        return int(self._reader.end_time)
+
+    @property
+    def custom_data(self) -> Dict[str, str]:
+        meta = getattr(self._reader.storage, "metadata", None)
+        return dict(getattr(meta, "custom", None) or {})
+
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        raw = self.custom_data.get(CLASS_NAMES_KEY)
+        if raw is None:
+            return None
+        try:
+            names = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise BagError(f"bag {self.path}: metadata {CLASS_NAMES_KEY} is not JSON ({e})") from e
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BagError(f"bag {self.path}: metadata {CLASS_NAMES_KEY} is not a list of names")
+        return names
+
+    def messages(self, topics: Optional[Sequence[str]] = None,
+                 ) -> Iterator[Tuple[str, str, int, bytes]]:
+        """(topic, msgtype, receive time ns, raw CDR) in time order.
+
+        After a complete pass over all topics the count is checked against the metadata, so a bag
+        whose data file lost its tail is reported instead of silently yielding fewer messages.
+        """
+        conns = [c for c in self._reader.connections if topics is None or c.topic in topics]
+        if topics is not None and not conns:
+            return
+        expected = sum(int(c.msgcount) for c in conns)
+        n = 0
+        with _storage_errors(self.path, "reading messages"):
+            for conn, t_ns, raw in self._reader.messages(connections=conns):
+                n += 1
+                yield conn.topic, conn.msgtype, int(t_ns), bytes(raw)
+        if n != expected:
+            raise BagError(f"bag {self.path} is truncated: its metadata lists {expected} messages on "
+                           f"{sorted({c.topic for c in conns})} but only {n} could be read")
+
+    def deserialize(self, raw: bytes, msgtype: str, topic: str = ""):
+        with _storage_errors(self.path, f"decoding a {msgtype} on {topic or '?'}"):
+            return rb.deserialize(raw, msgtype)
+
+
+def read_ground_truth(path, topics: BagTopics = BagTopics()) -> Optional[GroundTruthCloud]:
+    """The labelled ground-truth cloud of a bag, or None when the bag has none."""
+    with BagReader(path) as bag:
+        if topics.gt_cloud not in bag.topics:
+            return None
+        for topic, msgtype, _, raw in bag.messages([topics.gt_cloud]):
+            msg = bag.deserialize(raw, msgtype, topic)
+            with _content_errors(bag.path, f"ground-truth cloud on {topic}"):
+                coord, color, label = codec.split_labelled_points(codec.decode_cloud(msg))
+            return GroundTruthCloud(coord, color, label, bag.class_names, codec.stamp_to_ns(msg.header.stamp))
+    return None
+
+
+def iter_frames(path, topics: BagTopics = BagTopics()) -> Iterator[BagFrame]:
+    """RGB-D frames of a bag in stamp order: color, depth, camera info and pose with equal header stamps.
+
+    The pose comes from the pose topic, or from /tf (map -> camera frame) when the bag has no pose
+    topic. Incomplete frames (a message missing for a stamp) are dropped with a warning.
+    """
+    with BagReader(path) as bag:
+        avail = bag.topics
+        use_tf = topics.pose not in avail
+        need = [topics.color, topics.depth, topics.camera_info, topics.tf if use_tf else topics.pose]
+        missing = [t for t in need if t not in avail]
+        if missing:
+            raise BagError(f"bag {bag.path} lacks topics {missing} (has {sorted(avail)})")
+        pending: Dict[int, dict] = {}
+        dropped = 0
+        for topic, msgtype, _, raw in bag.messages(need):
+            msg = bag.deserialize(raw, msgtype, topic)
+            if topic == topics.tf:
+                items = [(tr.header, tr.transform) for tr in msg.transforms]
+            else:
+                items = [(msg.header, msg)]
+            for header, payload in items:
+                stamp = codec.stamp_to_ns(header.stamp)
+                slot = pending.setdefault(stamp, {})
+                slot[topic] = payload
+                if len(slot) == len(need):
+                    del pending[stamp]
+                    # frames arrive in stamp order; anything older that is still incomplete never will be
+                    for old in [s for s in pending if s < stamp]:
+                        del pending[old]
+                        dropped += 1
+                    with _content_errors(bag.path, f"the frame at stamp {stamp}"):
+                        frame = _frame_from_msgs(stamp, slot, topics, use_tf)
+                    yield frame
+        dropped += len(pending)
+        if dropped:
+            log.warning("bag %s: dropped %d incomplete frames", bag.path, dropped)
+
+
+def _frame_from_msgs(stamp: int, slot: dict, topics: BagTopics, use_tf: bool) -> BagFrame:
+    color_msg = slot[topics.color]
+    color = codec.decode_color_rgb(color_msg)
+    # inside the library 0 is the only "no measurement"; 32FC1 may also say it with NaN or inf
+    depth_m = np.nan_to_num(codec.decode_depth_m(slot[topics.depth]), nan=0.0, posinf=0.0, neginf=0.0)
+    if depth_m.shape != color.shape[:2]:
+        raise InputError(f"depth image {depth_m.shape[1]}x{depth_m.shape[0]} does not match color "
+                         f"{color.shape[1]}x{color.shape[0]} (depth must be registered to color)")
+    K, _, _ = codec.camera_info_to_K(slot[topics.camera_info])
+    pose = slot[topics.tf if use_tf else topics.pose]
+    cam_to_map = (codec.pose_to_matrix(pose.translation, pose.rotation) if use_tf
+                  else codec.pose_to_matrix(pose.pose.position, pose.pose.orientation))
+    return BagFrame(stamp, color, depth_m, K, cam_to_map, color_msg.header.frame_id)
+
+
+def read_bag(path, topics: BagTopics = BagTopics()) -> BagContents:
+    """Everything in a gcross bag as stacked arrays (for tests and small bags; use iter_frames otherwise)."""
+    frames = list(iter_frames(path, topics))
+    gt = read_ground_truth(path, topics)
+    with BagReader(path) as bag:
+        class_names = bag.class_names
+        scene_name = bag.custom_data.get(SCENE_NAME_KEY)
+    if frames:
+        shapes = {f.depth_m.shape for f in frames}
+        if len(shapes) > 1:
+            raise BagError(f"bag {path}: frames have different sizes {sorted(shapes)}; use iter_frames")
+        stack = dict(stamps_ns=np.array([f.stamp_ns for f in frames], np.int64),
+                     color=np.stack([f.color for f in frames]), depth_m=np.stack([f.depth_m for f in frames]),
+                     K=np.stack([f.K for f in frames]), cam_to_map=np.stack([f.cam_to_map for f in frames]))
+    else:
+        stack = dict(stamps_ns=np.zeros(0, np.int64), color=np.zeros((0, 0, 0, 3), np.uint8),
+                     depth_m=np.zeros((0, 0, 0), np.float32), K=np.zeros((0, 3, 3)), cam_to_map=np.zeros((0, 4, 4)))
+    return BagContents(**stack, gt=gt, class_names=class_names, scene_name=scene_name)

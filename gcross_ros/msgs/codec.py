@@ -1,0 +1,359 @@
+"""numpy <-> ROS message fields: the one codec behind rclpy messages and rosbags messages.
+
+Reading takes any object with the fields of the message (an rclpy message, a rosbags dataclass):
+``data`` may be bytes, ``array.array('B')`` (rclpy) or a uint8 numpy array (rosbags). Reading never
+copies when the layout allows it: images and clouds come back as read-only ``np.frombuffer`` views into
+``data`` (keep the message alive while using them). A copy is made only to undo a foreign byte order,
+to gather rows not aligned to the element size, or to change units (16UC1 millimetres -> metres).
+
+Writing returns the field values as a dict that a backend (:mod:`gcross_ros.msgs.rclpy_msgs`,
+:mod:`gcross_ros.msgs.rosbags_msgs`) puts into its own message type; ``data`` is a uint8 view of the
+caller's array that the backend copies once into its message.
+
+Conventions follow REP 118 (depth images: 16UC1 millimetres, 32FC1 metres, 0 or NaN = no reading;
+65535 mm is no reading too, see :mod:`gcross_core.image`) and what RViz expects of point clouds
+(``rgb`` is a float32 field whose bits are the uint32 0x00RRGGBB). Labels travel as uint32; the ignore
+label -1 is stored as 0xFFFFFFFF.
+
+Nothing here imports a message package: PointField datatypes are the plain integers of
+``sensor_msgs/PointField``.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from gcross_core.errors import InputError
+from gcross_core.image import check_intrinsics, depth_mm_to_m
+
+NS_PER_S = 1_000_000_000
+_HOST_BIG_ENDIAN = sys.byteorder == "big"
+
+# encoding -> (numpy element type, channels)
+IMAGE_ENCODINGS: Dict[str, Tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "mono8": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+COLOR_ENCODINGS = ("rgb8", "bgr8")
+DEPTH_ENCODINGS = ("16UC1", "32FC1")  # what REP 118 allows for depth, and what the node accepts
+DEPTH_MM_ENCODINGS = ("16UC1", "mono16")  # uint16 millimetres (mono16: some drivers' name for 16UC1)
+
+# sensor_msgs/PointField datatype codes
+INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = range(1, 9)
+POINT_FIELD_DTYPES: Dict[int, np.dtype] = {
+    INT8: np.dtype(np.int8), UINT8: np.dtype(np.uint8), INT16: np.dtype(np.int16), UINT16: np.dtype(np.uint16),
+    INT32: np.dtype(np.int32), UINT32: np.dtype(np.uint32), FLOAT32: np.dtype(np.float32),
+    FLOAT64: np.dtype(np.float64),
+}
+_DTYPE_POINT_FIELDS = {(dt.kind, dt.itemsize): code for code, dt in POINT_FIELD_DTYPES.items()}
+
+# The node's output cloud: what RViz and MIT-SPARK semantic_inference style consumers read.
+LABELLED_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4"),
+                                 ("label", "<u4"), ("confidence", "<f4")])
+# The same without confidence: a ground-truth cloud.
+LABELLED_POINTS_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4"), ("label", "<u4")])
+IGNORE_LABEL_U32 = 0xFFFFFFFF  # label -1 as uint32 (two's complement)
+
+
+# ---------------------------------------------------------------- stamps
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time (anything with ``sec`` and ``nanosec``) -> integer nanoseconds."""
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def ns_to_sec_nanosec(ns: int) -> Tuple[int, int]:
+    """Integer nanoseconds -> (sec, nanosec) of a builtin_interfaces/Time."""
+    ns = int(ns)
+    if ns < 0:
+        raise InputError(f"stamp {ns} ns is negative; ROS times start at 0")
+    return ns // NS_PER_S, ns % NS_PER_S
+
+
+def _byte_view(data) -> np.ndarray:
+    """The bytes of a message ``data`` field as a flat uint8 array, without copying."""
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8)
+    return np.frombuffer(memoryview(data), dtype=np.uint8)
+
+
+def _unsupported(encoding: str, supported: Sequence[str]) -> InputError:
+    return InputError(f"unsupported image encoding {encoding!r}; supported: {', '.join(supported)}")
+
+
+# ---------------------------------------------------------------- images
+
+def decode_image(msg) -> np.ndarray:
+    """Pixels of an Image as [H, W, C] (C > 1) or [H, W]; a read-only view into ``msg.data`` when possible.
+
+    Row padding (``step`` > width * bytes per pixel) is skipped with strides, not copied. A multi-byte
+    image in the other byte order than the host's comes back as a native-order copy.
+    """
+    if msg.encoding not in IMAGE_ENCODINGS:
+        raise _unsupported(msg.encoding, tuple(IMAGE_ENCODINGS))
+    dtype, channels = IMAGE_ENCODINGS[msg.encoding]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = w * channels * dtype.itemsize
+    if step < row_bytes:
+        raise InputError(f"image {w}x{h} {msg.encoding}: step {step} is smaller than one row ({row_bytes} bytes)")
+    data = _byte_view(msg.data)
+    if data.size < step * h:
+        raise InputError(f"image {w}x{h} {msg.encoding}: data holds {data.size} bytes, expected "
+                         f"step * height = {step * h}")
+    buf = data[: step * h]
+    foreign = bool(msg.is_bigendian) != _HOST_BIG_ENDIAN and dtype.itemsize > 1
+    wire = dtype.newbyteorder(">" if msg.is_bigendian else "<") if dtype.itemsize > 1 else dtype
+    if step % dtype.itemsize == 0:
+        # strided view: rows start every `step` bytes, padding is never touched
+        pixels = np.ndarray(shape=(h, w, channels), dtype=wire, buffer=buf,
+                            strides=(step, channels * dtype.itemsize, dtype.itemsize))
+    else:
+        # rows not aligned to the element size: gather rows into a contiguous copy
+        pixels = buf.reshape(h, step)[:, :row_bytes].copy().view(wire).reshape(h, w, channels)
+    if foreign:
+        pixels = pixels.astype(dtype)
+    pixels.flags.writeable = False  # the caller must not edit the message through the view
+    return pixels[:, :, 0] if channels == 1 else pixels
+
+
+def decode_color_rgb(msg) -> np.ndarray:  # -> [H, W, 3] uint8 RGB
+    """RGB of an rgb8 or bgr8 image (a view either way; bgr8 is reversed by strides)."""
+    if msg.encoding not in COLOR_ENCODINGS:
+        raise _unsupported(msg.encoding, COLOR_ENCODINGS)
+    pixels = decode_image(msg)
+    return pixels[:, :, ::-1] if msg.encoding == "bgr8" else pixels
+
+
+def decode_depth(msg) -> np.ndarray:  # -> [H, W] uint16 mm or float32 m
+    """Raw depth of a 16UC1 (mm) or 32FC1 (m) image, as a view (what the fusion takes directly)."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise _unsupported(msg.encoding, DEPTH_ENCODINGS)
+    return decode_image(msg)
+
+
+def decode_depth_m(msg) -> np.ndarray:  # -> [H, W] float32 metres
+    """Metres of a 16UC1/mono16 (mm) or 32FC1 (m) depth image; 0 or NaN mark missing readings.
+
+    32FC1 comes back as a view; millimetres have to be converted (0 and 65535 become 0), which is the
+    one copy made.
+    """
+    supported = DEPTH_MM_ENCODINGS + ("32FC1",)
+    if msg.encoding not in supported:
+        raise _unsupported(msg.encoding, DEPTH_ENCODINGS + ("mono16",))
+    depth = decode_image(msg)
+    return depth_mm_to_m(depth) if msg.encoding in DEPTH_MM_ENCODINGS else depth
+
+
+def encode_image(pixels: np.ndarray,  # [H, W, C] or [H, W]
+                 encoding: str) -> dict:
+    """Image fields (height, width, encoding, is_bigendian, step, data) of ``pixels``: host order, no padding."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise _unsupported(encoding, tuple(IMAGE_ENCODINGS))
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    pixels = np.asarray(pixels)
+    expected = "[H, W]" if channels == 1 else f"[H, W, {channels}]"
+    shape_ok = (pixels.ndim == 2 and channels == 1) or (pixels.ndim == 3 and pixels.shape[2] == channels)
+    if not shape_ok:
+        raise InputError(f"pixels for {encoding} have shape {pixels.shape}, expected {expected}")
+    if pixels.dtype != dtype:
+        raise InputError(f"pixels for {encoding} have dtype {pixels.dtype}, expected {dtype}")
+    h, w = pixels.shape[:2]
+    return dict(height=h, width=w, encoding=encoding, is_bigendian=int(_HOST_BIG_ENDIAN),
+                step=w * channels * dtype.itemsize, data=_bytes_of(pixels))
+
+
+def _bytes_of(arr: np.ndarray) -> np.ndarray:
+    """A flat uint8 view of ``arr`` (a copy only when it is not C-contiguous)."""
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+
+
+# ---------------------------------------------------------------- camera info
+
+def camera_info_to_K(msg) -> Tuple[np.ndarray, int, int]:
+    """(K [3, 3] float64, width, height) of a CameraInfo; InputError for an unusable one."""
+    w, h = int(msg.width), int(msg.height)
+    if w <= 0 or h <= 0:
+        raise InputError(f"camera_info has size {w}x{h}, expected a positive width and height")
+    K = check_intrinsics(np.asarray(msg.k, dtype=np.float64).reshape(3, 3), "camera_info K")
+    return K, w, h
+
+
+def encode_camera_info(K: np.ndarray,  # [3, 3] pixels
+                       width: int, height: int) -> dict:
+    """CameraInfo fields of an undistorted pinhole camera (plumb_bob, D = 0, R = I, P = [K | 0]) as lists."""
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise InputError(f"K has shape {K.shape}, expected (3, 3)")
+    P = np.concatenate([K, np.zeros((3, 1))], axis=1)
+    return dict(width=int(width), height=int(height), distortion_model="plumb_bob", d=[0.0] * 5,
+                k=K.reshape(-1).tolist(), r=np.eye(3).reshape(-1).tolist(), p=P.reshape(-1).tolist())
+
+
+# ---------------------------------------------------------------- poses
+
+def pose_to_matrix(position, orientation) -> np.ndarray:  # -> [4, 4] float64
+    """4x4 from a Point/Vector3 (x, y, z) and a Quaternion (x, y, z, w), e.g. a Pose or a Transform.
+
+    The quaternion is normalised; a zero or non-finite one, or a non-finite position, is an InputError.
+    """
+    from gcross_core.geometry import is_valid_pose, pose_from_quat  # geometry imports torch: not at import
+
+    q = np.array([orientation.w, orientation.x, orientation.y, orientation.z], dtype=np.float64)
+    norm = np.linalg.norm(q)
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise InputError(f"pose orientation {q.tolist()} is not a usable quaternion (w, x, y, z)")
+    T = pose_from_quat([position.x, position.y, position.z], q / norm)
+    if not is_valid_pose(T):
+        raise InputError(f"pose position {T[:3, 3].tolist()} is not finite")
+    return T
+
+
+def matrix_to_pose(T: np.ndarray) -> Tuple[List[float], List[float]]:
+    """([x, y, z], [qx, qy, qz, qw]) of a rigid 4x4, the quaternion with w >= 0 (one sign, reproducible)."""
+    from gcross_core.geometry import quat_from_pose
+
+    t, q = quat_from_pose(np.asarray(T, np.float64))
+    q = q / np.linalg.norm(q)
+    if q[0] < 0:
+        q = -q
+    return [float(v) for v in t], [float(q[1]), float(q[2]), float(q[3]), float(q[0])]
+
+
+# ---------------------------------------------------------------- point clouds
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """[N, 3] uint8 -> [N] float32 whose bits are the uint32 0x00RRGGBB (RViz's "RGB8" transformer)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 2 or rgb.shape[1] != 3 or rgb.dtype != np.uint8:
+        raise InputError(f"rgb has shape {rgb.shape} and dtype {rgb.dtype}, expected [N, 3] uint8")
+    packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2].astype(np.uint32)
+    return packed.view(np.float32)
+
+
+def unpack_rgb(rgb_float: np.ndarray) -> np.ndarray:
+    """[N] float32 packed as by :func:`pack_rgb` -> [N, 3] uint8."""
+    packed = np.ascontiguousarray(rgb_float, dtype=np.float32).view(np.uint32)
+    return np.stack([(packed >> 16) & 0xFF, (packed >> 8) & 0xFF, packed & 0xFF], axis=1).astype(np.uint8)
+
+
+def fields_to_dtype(fields, point_step: int, is_bigendian: bool = False) -> np.dtype:
+    """Structured dtype of one point for a PointField list (fields with count > 1 become subarrays)."""
+    names, formats, offsets = [], [], []
+    for i, f in enumerate(fields):
+        if int(f.datatype) not in POINT_FIELD_DTYPES:
+            raise InputError(f"point field {f.name!r} has unknown datatype {f.datatype}")
+        base = POINT_FIELD_DTYPES[int(f.datatype)].newbyteorder(">" if is_bigendian else "<")
+        name = f.name or f"unnamed_field_{i}"
+        if name in names:
+            raise InputError(f"point field name {name!r} appears twice")
+        names.append(name)
+        formats.append(base if f.count <= 1 else np.dtype((base, (int(f.count),))))
+        offsets.append(int(f.offset))
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": int(point_step)})
+
+
+def dtype_to_fields(dtype: np.dtype) -> List[dict]:
+    """PointField values (name, offset, datatype, count) describing a little-endian structured dtype."""
+    if dtype.names is None:
+        raise InputError(f"dtype {dtype} is not structured; expected named fields such as x, y, z")
+    out = []
+    for name in dtype.names:
+        field_dtype, offset = dtype.fields[name][:2]
+        base, count = (field_dtype.base, int(np.prod(field_dtype.shape))) if field_dtype.shape else (field_dtype, 1)
+        code = _DTYPE_POINT_FIELDS.get((base.kind, base.itemsize))
+        if code is None:
+            raise InputError(f"field {name!r} has dtype {base}, which PointCloud2 cannot hold")
+        if base.byteorder == ">" or (base.byteorder == "=" and _HOST_BIG_ENDIAN):
+            raise InputError(f"field {name!r} is big-endian; convert the array to little-endian first")
+        out.append(dict(name=name, offset=int(offset), datatype=code, count=count))
+    return out
+
+
+def decode_cloud(msg) -> np.ndarray:  # -> [height * width] structured
+    """All points of a PointCloud2 as a structured array with one entry per field.
+
+    Any field layout is read (padding between fields or after the last one, foreign byte order, row
+    padding of organized clouds). A view into ``msg.data`` unless the byte order or row padding forces
+    a copy.
+    """
+    h, w, point_step, row_step = int(msg.height), int(msg.width), int(msg.point_step), int(msg.row_step)
+    dtype = fields_to_dtype(msg.fields, point_step, bool(msg.is_bigendian))
+    if h * w == 0:
+        return np.zeros(0, dtype=dtype)
+    if row_step < w * point_step:
+        raise InputError(f"cloud row_step {row_step} is smaller than width * point_step = {w * point_step}")
+    buf = _byte_view(msg.data)
+    if buf.size < row_step * (h - 1) + w * point_step:
+        raise InputError(f"cloud data holds {buf.size} bytes, expected at least "
+                         f"{row_step * (h - 1) + w * point_step} for {h}x{w} points of {point_step} bytes")
+    if row_step == w * point_step:
+        points = np.ndarray(shape=(h * w,), dtype=dtype, buffer=buf)
+    else:
+        points = np.ndarray(shape=(h, w), dtype=dtype, buffer=buf, strides=(row_step, point_step)).reshape(-1)
+    if bool(msg.is_bigendian) != _HOST_BIG_ENDIAN:
+        points = points.astype(points.dtype.newbyteorder("="))
+    return points
+
+
+def encode_cloud(points: np.ndarray,  # [N] structured
+                 is_dense: Optional[bool] = None) -> dict:
+    """Fields of an unorganized (height 1) PointCloud2; the dtype gives the layout, ``fields`` are dicts."""
+    points = np.asarray(points)
+    if points.ndim != 1:
+        raise InputError(f"points has shape {points.shape}, expected [N] structured")
+    if _HOST_BIG_ENDIAN:
+        raise NotImplementedError("writing point clouds on a big-endian host")
+    fields = dtype_to_fields(points.dtype)
+    if is_dense is None:
+        floats = [n for n in points.dtype.names if points.dtype[n].base.kind == "f" and n != "rgb"]
+        is_dense = all(bool(np.all(np.isfinite(points[n]))) for n in floats)
+    return dict(height=1, width=len(points), fields=fields, is_bigendian=False,
+                point_step=points.dtype.itemsize, row_step=points.dtype.itemsize * len(points),
+                is_dense=bool(is_dense), data=_bytes_of(points))
+
+
+def labelled_points(xyz: np.ndarray,  # [N, 3] float metres
+                    rgb: np.ndarray,  # [N, 3] uint8
+                    label: np.ndarray,  # [N] int class index, -1 = ignore
+                    confidence: Optional[np.ndarray] = None,  # [N] float in 0..1
+                    ) -> np.ndarray:  # [N] LABELLED_CLOUD_DTYPE, or LABELLED_POINTS_DTYPE without confidence
+    """Points of a labelled cloud: x, y, z, rgb (packed), label (uint32, -1 -> 0xFFFFFFFF), [confidence]."""
+    xyz = np.asarray(xyz)
+    n = len(xyz)
+    if xyz.ndim != 2 or xyz.shape[1] != 3:
+        raise InputError(f"xyz has shape {xyz.shape}, expected [N, 3]")
+    checks = [("rgb", rgb, (n, 3)), ("label", label, (n,))]
+    if confidence is not None:
+        checks.append(("confidence", confidence, (n,)))
+    for name, arr, shape in checks:
+        if np.shape(arr) != shape:
+            raise InputError(f"{name} has shape {np.shape(arr)}, expected {shape} to match xyz")
+    label = np.asarray(label).astype(np.int64)
+    if n and (label.min() < -1 or label.max() > np.iinfo(np.uint32).max):
+        raise InputError(f"label values must lie in -1..2^32-1, got {label.min()}..{label.max()}")
+    points = np.empty(n, dtype=LABELLED_POINTS_DTYPE if confidence is None else LABELLED_CLOUD_DTYPE)
+    points["x"], points["y"], points["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    points["rgb"] = pack_rgb(rgb)
+    points["label"] = np.where(label < 0, IGNORE_LABEL_U32, label).astype(np.uint32)
+    if confidence is not None:
+        points["confidence"] = confidence
+    return points
+
+
+def split_labelled_points(points: np.ndarray,  # [N] structured with x, y, z, label (rgb optional)
+                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xyz [N, 3] float32, rgb [N, 3] uint8 (zeros without an rgb field), label [N] int64, -1 = ignore)."""
+    names = points.dtype.names or ()
+    missing = [n for n in ("x", "y", "z", "label") if n not in names]
+    if missing:
+        raise InputError(f"labelled cloud has fields {list(names)}, lacks {missing}")
+    xyz = np.stack([points["x"], points["y"], points["z"]], axis=1).astype(np.float32)
+    rgb = unpack_rgb(points["rgb"]) if "rgb" in names else np.zeros((len(xyz), 3), np.uint8)
+    label = points["label"].astype(np.uint32).view(np.int32).astype(np.int64)
+    return xyz, rgb, label
