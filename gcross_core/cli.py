@@ -58,5 +58,6 @@ def cli_main(prog: str) -> Callable[[Callable[..., Optional[int]]], Callable[...
                     traceback.print_exc()
                 print(_one_line(prog, exc), file=sys.stderr, flush=True)
                 return exit_code_for(exc)
+        main.cli_prog = prog  # lets tests check that every tool goes through this convention
         return main
     return wrap

@@ -58,6 +58,17 @@ def depth_to_metres(depth: np.ndarray) -> np.ndarray:  # [H, W] uint16 mm or flo
     raise InputError(f"depth has dtype {depth.dtype}, expected uint16 millimetres or float32 metres")
 
 
+def has_valid_depth(depth: np.ndarray, max_depth_m: float) -> bool:
+    """True when some pixel of a depth image (uint16 mm or float32 m) holds a reading within ``max_depth_m``.
+
+    Checked on the raw image, before any conversion, so that a frame without depth costs nothing.
+    NaN and inf compare false and drop out.
+    """
+    if depth.dtype == np.uint16:
+        return bool(np.any((depth > 0) & (depth <= max_depth_m * MM_PER_M) & (depth != DEPTH_MM_INVALID)))
+    return bool(np.any((depth > 0) & (depth <= max_depth_m)))
+
+
 def check_intrinsics(K, name: str = "K") -> np.ndarray:  # -> [3, 3] float64
     """``K`` as float64 if it is a finite zero-skew pinhole matrix with fx, fy > 0; else an InputError."""
     K = np.asarray(K, dtype=np.float64)

@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from gcross_core.cli import cli_main
+from gcross_core.errors import InputError
+
 log = logging.getLogger("gcross.demo")
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "gcross_core" / "assets" / "segmenter_synthetic.safetensors"
 # The node subscribes to relative names; the bag carries them under /camera.
 CAMERA_REMAPS = ("color/image_raw", "depth/image_raw", "color/camera_info", "pose")
 
@@ -59,10 +61,11 @@ def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxe
         stop_node_process(proc, node_log, timeout_s=10)
 
 
+@cli_main("gcross_ros.demo")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default ./demo_out)")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="segmenter checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None, help="segmenter checkpoint (default: the shipped demo segmenter)")
     p.add_argument("--seed", type=int, default=1000, help="synthetic room seed (rooms used for training the "
                    "shipped checkpoint use seeds below 1000, so the default room is unseen)")
     p.add_argument("--views", type=int, default=30, help="RGB-D frames in the bag")
@@ -77,11 +80,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from gcross_ros.bag.writer import record_scene
 
     t0 = time.perf_counter()
+    if args.checkpoint is None:
+        from gcross_core.segmentation.segmenter import DEMO_CHECKPOINT
+
+        args.checkpoint = DEMO_CHECKPOINT
+    if not args.checkpoint.is_file():
+        raise InputError(f"checkpoint {args.checkpoint} not found (the shipped one is rebuilt by "
+                         "training/make_demo_checkpoint.sh)")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if not args.checkpoint.is_file():
-        raise SystemExit(f"demo: checkpoint {args.checkpoint} not found (rebuild it with "
-                         f"training/make_demo_checkpoint.sh)")
 
     log.info("1/4 synthetic room (seed %d, %d views at %dx%d) -> %s", args.seed, args.views, args.width,
              args.height, out / "scene")

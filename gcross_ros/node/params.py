@@ -12,6 +12,8 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, List
 
+from gcross_core.errors import InputError
+
 POSE_SOURCES = ("topic", "tf")
 RENDER_BACKENDS = ("auto", "reference", "gsplat")
 SEGMENT_SCOPES = ("map", "recent")  # gcross_core.mapping.pipeline.SEGMENT_SCOPES (no torch import here)
@@ -83,7 +85,7 @@ class SegmentNodeParams:
         """Typed parameters from plain values (ints accepted for floats); unknown keys are an error."""
         unknown = sorted(set(values) - set(cls.parameter_names()))
         if unknown:
-            raise ValueError(f"unknown parameters {unknown}; known: {cls.parameter_names()}")
+            raise InputError(f"unknown parameters {unknown}; known: {cls.parameter_names()}")
         typed = {}
         for f in fields(cls):
             if f.name not in values:
@@ -106,7 +108,7 @@ class SegmentNodeParams:
         return str(DEMO_CHECKPOINT)
 
     def validate(self) -> "SegmentNodeParams":
-        """Raise ValueError naming the first unusable parameter; returns self for chaining."""
+        """Raise InputError naming the unusable parameters; returns self for chaining."""
         errors = []
         if not os.path.isfile(self.checkpoint_path):
             errors.append(f"checkpoint {self.checkpoint_path!r} does not exist or is not a file")
@@ -135,25 +137,25 @@ class SegmentNodeParams:
         if self.torch_threads < 0:
             errors.append(f"torch_threads must be >= 0, got {self.torch_threads}")
         if errors:
-            raise ValueError("invalid parameters: " + "; ".join(errors))
+            raise InputError("invalid parameters: " + "; ".join(errors))
         return self
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:
     if kind is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"parameter {name} must be a bool, got {value!r}")
+            raise InputError(f"parameter {name} must be a bool, got {value!r}")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"parameter {name} must be an integer, got {value!r}")
+            raise InputError(f"parameter {name} must be an integer, got {value!r}")
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"parameter {name} must be a number, got {value!r}")
+            raise InputError(f"parameter {name} must be a number, got {value!r}")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"parameter {name} must be a string, got {value!r}")
+        raise InputError(f"parameter {name} must be a string, got {value!r}")
     return value
 
 

@@ -51,10 +51,11 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
-from gcross_core.errors import CheckpointError
+from gcross_core.cli import cli_main, exit_code_for
+from gcross_core.errors import GcrossError
 from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
-from gcross_core.image import DEPTH_MM_INVALID, MM_PER_M
+from gcross_core.image import has_valid_depth
 from gcross_core.mapping.map_view import render_map_view
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
@@ -108,13 +109,6 @@ class _View:
     width: int
     height: int
     received: float
-
-
-def _has_valid_depth(depth: np.ndarray, max_depth_m: float) -> bool:
-    """True when some pixel holds a usable reading (NaN and inf compare false and drop out)."""
-    if depth.dtype == np.uint16:
-        return bool(np.any((depth > 0) & (depth <= max_depth_m * MM_PER_M) & (depth != DEPTH_MM_INVALID)))
-    return bool(np.any((depth > 0) & (depth <= max_depth_m)))
 
 
 class SegmentNode(Node):
@@ -285,7 +279,7 @@ class SegmentNode(Node):
         if (info_w, info_h) != (w, h):
             return self._drop(SIZE_MISMATCH, f"frame at {t:.3f} s dropped: camera_info {info_w}x{info_h} does "
                                              f"not match color {w}x{h}")
-        if not _has_valid_depth(depth_px, self.params.max_depth_m):
+        if not has_valid_depth(depth_px, self.params.max_depth_m):
             return self._drop(NO_VALID_DEPTH, f"frame at {t:.3f} s dropped: no depth pixel is valid (all zero, "
                                               f"NaN, inf or beyond max_depth_m={self.params.max_depth_m:g})")
         frame_id = self.params.camera_frame or color.header.frame_id
@@ -439,16 +433,21 @@ class SegmentNode(Node):
         self._dropped_at_last_report = report["frames_dropped"]
 
 
+@cli_main("segment_node")
 def main(args=None) -> int:
-    """Console script ``segment_node``: run the node until shutdown; 1 when it cannot start."""
+    """Console script ``segment_node``: run the node until shutdown.
+
+    A node that cannot start logs one FATAL line naming the parameter and exits 2 for an unusable
+    parameter or input file (``gcross_core.cli``), 1 for any other failure.
+    """
     rclpy.init(args=args)
     node = None
     try:
         try:
             node = SegmentNode()
-        except (ValueError, CheckpointError) as e:
+        except (GcrossError, ValueError, FileNotFoundError) as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
-            return 1
+            return exit_code_for(e)
         executor = MultiThreadedExecutor(num_threads=2)  # camera callbacks + pose callbacks
         executor.add_node(node)
         try:
