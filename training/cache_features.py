@@ -5,71 +5,28 @@
 
 Each scene needs SensReader color frames (``<scene>/frames/color/<i>.jpg|png``, or ``<scene>/color/...``).
 Features go to ``<scene>/features/<teacher>_<H>x<W>/<i>.npy`` (or ``<out>/<scene name>/...`` with ``--out``,
-e.g. when the scenes are read-only), next to a manifest; see ``gcross_core.pretraining.teachers.cache``. Frames already
-cached for the same teacher are skipped, so an interrupted run resumes; a cache written by another teacher
-under the same key is discarded and recomputed. ``--height/--width`` is the teacher's input resolution.
+e.g. when the scenes are read-only), next to a manifest; see ``gcross_core.pretraining.teachers.cache``. The work is
+``gcross_core.pretraining.teachers.cache_run.cache_scenes``: frames already cached for the same teacher are
+skipped, so an interrupted run resumes; a cache written by another teacher under the same key is discarded
+and recomputed. ``--height/--width`` is the teacher's input resolution.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from gcross_core.cli import cli_main  # noqa: E402
 from gcross_core.errors import InputError  # noqa: E402
-from gcross_core.pretraining.teachers import TEACHER_NAMES, FeatureCache, build_teacher  # noqa: E402
-
-logger = logging.getLogger("cache_features")
-
-COLOR_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def color_frames(scene_dir: Path) -> List[Tuple[str, Path]]:
-    """(frame id, path) of the scene's color images in numeric order; the id is the file stem."""
-    for color_dir in (scene_dir / "frames" / "color", scene_dir / "color"):
-        if color_dir.is_dir():
-            files = [p for p in color_dir.iterdir() if p.suffix.lower() in COLOR_SUFFIXES]
-            files.sort(key=lambda p: (0, int(p.stem), p.stem) if p.stem.isdigit() else (1, 0, p.stem))
-            return [(p.stem, p) for p in files]
-    raise FileNotFoundError(f"scene {scene_dir} has no color frames: expected {scene_dir}/frames/color/<i>.jpg|png "
-                            "(ScanNet SensReader export layout)")
-
-
-def load_rgb(path: Path) -> torch.Tensor:  # -> [3, H, W] float32 RGB in 0..1
-    with Image.open(path) as im:
-        arr = np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy for torch
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
-
-
-def cache_scene(teacher, scene_dir: Path, out_root: Optional[Path], batch_size: int, overwrite: bool,
-                limit: Optional[int] = None) -> Tuple[int, int]:
-    """Fill one scene's cache; returns (frames computed, frames already cached)."""
-    frames = color_frames(scene_dir)[:limit]
-    cache = FeatureCache.for_teacher(scene_dir, teacher, root=out_root)
-    todo = frames if overwrite else [(fid, p) for fid, p in frames if not cache.has(fid)]
-    device = teacher.pixel_mean.device
-    for start in tqdm(range(0, len(todo), batch_size), desc=scene_dir.name, unit="batch", leave=False):
-        chunk = todo[start:start + batch_size]
-        images = [load_rgb(p) for _, p in chunk]
-        # Frames of one scene normally share a size; mixed sizes are resized one by one by the teacher.
-        if all(im.shape == images[0].shape for im in images):
-            feats = teacher(torch.stack(images).to(device))
-        else:
-            feats = torch.cat([teacher(im[None].to(device)) for im in images])
-        for (fid, _), f in zip(chunk, feats):
-            cache.put(fid, f)
-    return len(todo), len(frames) - len(todo)
+from gcross_core.pretraining.teachers import TEACHER_NAMES, build_teacher  # noqa: E402
+from gcross_core.pretraining.teachers.cache_run import cache_scenes  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -111,16 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
     teacher = build_teacher(args.teacher, **teacher_kwargs(args)).to(args.device)
-    logger.info("teacher %s: %d channels at %dx%d for %dx%d input, fingerprint %s", teacher.name,
-                teacher.feature_dim, *teacher.output_size, *teacher.input_size, teacher.fingerprint())
-    t0, total_new, total_kept = time.perf_counter(), 0, 0
-    for scene in tqdm(args.scenes, desc="scenes", unit="scene"):
-        new, kept = cache_scene(teacher, scene, args.out, args.batch_size, args.overwrite, args.limit)
-        total_new, total_kept = total_new + new, total_kept + kept
-        logger.info("%s: %d frames computed, %d already cached", scene, new, kept)
-    dt = time.perf_counter() - t0
-    logger.info("done: %d frames computed in %.1f s (%.3f s/frame), %d reused", total_new, dt,
-                dt / max(total_new, 1), total_kept)
+    cache_scenes(teacher, args.scenes, args.out, args.batch_size, args.overwrite, args.limit)
     return 0
 
 

@@ -12,21 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tqdm import tqdm  # noqa: E402
-
 from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.data.synthetic import RoomConfig, write_rooms  # noqa: E402
 from gcross_core.errors import InputError  # noqa: E402
-from gcross_core.data.scene import write_scene  # noqa: E402
-from gcross_core.data.synthetic import RoomConfig, make_room  # noqa: E402
-
-logger = logging.getLogger("make_synthetic")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -53,18 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise InputError(f"--rooms and --views must be >= 1, got {args.rooms} and {args.views}")
     cfg = RoomConfig(num_points=args.points, num_views=args.views, width=args.width, height=args.height,
                      ceiling=args.ceiling)
-    t0 = time.perf_counter()
-    written = 0
-    for k in tqdm(range(args.rooms), desc="rooms", unit="room", disable=args.quiet):
-        seed = args.seed + k
-        out_dir = args.out / f"synthetic_{seed:04d}"
-        if out_dir.exists() and not args.overwrite:
-            logger.info("%s exists; kept", out_dir)
-            continue
-        scene = make_room(seed, cfg)
-        write_scene(scene, out_dir, color_format="png", overwrite=args.overwrite)
-        written += 1
-    logger.info("wrote %d rooms to %s in %.1f s", written, args.out, time.perf_counter() - t0)
+    write_rooms(args.out, args.rooms, args.seed, cfg, overwrite=args.overwrite, progress=not args.quiet)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Readers for the official ScanNet v2 release: PLY meshes, ``.sens`` RGB-D streams and annotation files,
-and the conversion of one scan into a scene folder (``training/prepare_scannet.py`` runs it over all).
+the conversion of one scan into a scene folder, and of a whole release (``training/prepare_scannet.py`` is
+its command line).
 
 Per scan ``scans/<scene>/``:
   ``<scene>_vh_clean_2.ply``                 mesh: vertex x y z red green blue (alpha), faces
@@ -20,20 +21,24 @@ import csv
 import io
 import json
 import logging
+import shutil
 import struct
 import time
 import zlib
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from gcross_core.geometry import is_valid_pose
 from gcross_core.data.classes import SCANNET20_CLASSES, nyu40_to_scannet20, scannet_id_to_scannet200
 from gcross_core.data.frames import Frame, FrameSet
 from gcross_core.data.scene import Scene, write_scene
+from gcross_core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -531,3 +536,118 @@ def prepare_scan(scan_dir: str, out_dir: str, tsv: Optional[str], cfg: dict, col
         return name, "done", msg, time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - reported by the caller
         return name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------------------
+# the whole release -> scene folders
+
+SPLITS = ("train", "val", "test")
+
+
+def find_scans(root: PathLike) -> Dict[str, Path]:
+    """scene name -> scan folder, for every ``scans/`` and ``scans_test/`` folder holding its mesh."""
+    scans = {}
+    for sub in ("scans", "scans_test"):
+        d = Path(root) / sub
+        if d.is_dir():
+            for p in sorted(d.iterdir()):
+                if p.is_dir() and (p / f"{p.name}_vh_clean_2.ply").is_file():
+                    scans[p.name] = p
+    return scans
+
+
+def read_splits(splits_dir: PathLike) -> Dict[str, str]:
+    """scene name -> split, from whichever split lists exist."""
+    out = {}
+    for split in SPLITS:
+        f = Path(splits_dir) / f"scannetv2_{split}.txt"
+        if f.is_file():
+            for line in f.read_text().split():
+                out[line.strip()] = split
+    return out
+
+
+def remove_stale_temporaries(out_root: PathLike) -> int:
+    """Delete temporary folders a killed run left behind (``.<scene>.tmp-*`` / ``.<scene>.old-*``)."""
+    out_root = Path(out_root)
+    n = 0
+    for parent in [out_root] + [out_root / s for s in SPLITS]:
+        if parent.is_dir():
+            for p in parent.glob(".*.tmp-*"):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+            for p in parent.glob(".*.old-*"):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+    return n
+
+
+def prepare_scannet(root: PathLike, out: PathLike, tsv: Optional[PathLike] = None,
+                    splits_dir: Optional[PathLike] = None, scenes: Optional[Sequence[str]] = None,
+                    cfg: ScanNetPrepConfig = ScanNetPrepConfig(), color_format: str = "jpg",
+                    overwrite: bool = False, workers: int = 2, progress: bool = True) -> List[str]:
+    """Convert the scans under ``root`` into scene folders under ``out``; returns the scenes that failed.
+
+    ``tsv`` defaults to ``<root>/scannetv2-labels.combined.tsv`` and ``splits_dir`` to ``root``. With split
+    lists, scenes go to ``<out>/<split>/<scene>`` (scenes in no list are skipped), otherwise to
+    ``<out>/<scene>``. Finished scene folders are kept unless ``overwrite`` (resume); a failing scene is
+    logged, leaves nothing behind and does not stop the others. Raises InputError when ``root`` holds no
+    scans or ``scenes`` names one it does not hold.
+    """
+    root, out = Path(root), Path(out)
+    scans = find_scans(root)
+    if not scans:
+        raise InputError(f"no scans found under {root}/scans or {root}/scans_test")
+    if scenes:
+        missing = sorted(set(scenes) - set(scans))
+        if missing:
+            raise InputError(f"scenes not found under {root}: {', '.join(missing)}")
+        scans = {k: scans[k] for k in scenes}
+    tsv = Path(tsv) if tsv else root / "scannetv2-labels.combined.tsv"
+    if not tsv.is_file():
+        log.warning("label map %s not found: scenes with annotations will fail", tsv)
+        tsv = None
+    splits = read_splits(splits_dir or root)
+    jobs: List[Tuple[Path, Path]] = []  # (scan folder, scene folder)
+    for name, scan_dir in scans.items():
+        if splits:
+            if name not in splits:
+                log.warning("%s is in no split list; skipped", name)
+                continue
+            out_dir = out / splits[name] / name
+        else:
+            out_dir = out / name
+        jobs.append((scan_dir, out_dir))
+
+    out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out)
+    if stale:
+        log.info("removed %d temporary folders of an interrupted run", stale)
+    todo = [j for j in jobs if overwrite or not j[1].exists()]
+    log.info("%d scenes: %d already done, %d to convert", len(jobs), len(jobs) - len(todo), len(todo))
+    failed: List[str] = []
+    bar = tqdm(total=len(todo), desc="scenes", unit="scene", disable=not progress)
+
+    def report(result):
+        name, status, msg, seconds = result
+        if status == "done":
+            log.info("%s: %s (%.1f s)", name, msg, seconds)
+        else:
+            failed.append(name)
+            log.error("%s failed, nothing written: %s", name, msg)
+        bar.update(1)
+
+    # plain values only: the arguments cross into worker processes
+    job_args = [(str(s), str(o), None if tsv is None else str(tsv), asdict(cfg), color_format, overwrite)
+                for s, o in todo]
+    if workers <= 1 or len(todo) <= 1:
+        for a in job_args:
+            report(prepare_scan(*a))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for fut in as_completed([pool.submit(prepare_scan, *a) for a in job_args]):
+                report(fut.result())
+    bar.close()
+    if failed:
+        log.error("%d of %d scenes failed: %s", len(failed), len(todo), ", ".join(sorted(failed)))
+    return failed

@@ -12,18 +12,25 @@ faces (faces outside the room or inside another box are dropped). Views are ray 
 depth is the exact camera z of the first hit (0 where a ray leaves the room), color the albedo there.
 
 Everything is drawn from generators seeded by ``seed``: the same seed gives the same room and views.
+:func:`write_rooms` writes rooms as scene folders (``training/make_synthetic.py`` is its command line).
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass, replace
-from typing import List, Optional, Tuple
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from gcross_core.data.classes import SYNTHETIC_CLASSES, SYNTHETIC_TO_SCANNET20
 from gcross_core.data.frames import Frame, FrameList
-from gcross_core.data.scene import Scene
+from gcross_core.data.scene import Scene, write_scene
+
+log = logging.getLogger(__name__)
 
 _C = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
 IGNORE = -1  # the ceiling is not a ScanNet20 class
@@ -519,3 +526,23 @@ def room_boxes(seed: int = 0, cfg: Optional[RoomConfig] = None, **overrides):
     cfg = replace(cfg or RoomConfig(), **overrides)
     b = _Builder(np.random.default_rng([seed, 0]), cfg).build()
     return b.center, b.half, b.yaw, b.label
+
+
+def write_rooms(out: Union[str, Path], rooms: int, seed: int = 0, cfg: Optional[RoomConfig] = None,
+                overwrite: bool = False, progress: bool = True) -> int:
+    """Write ``make_room(seed + k, cfg)`` for k < ``rooms`` to ``<out>/synthetic_<seed + k>`` (4 digits):
+    points, labels (``segment`` and ``segment20``), instance and lossless PNG frames. Existing room
+    folders are kept unless ``overwrite``; returns the number of rooms written."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    written = 0
+    for k in tqdm(range(rooms), desc="rooms", unit="room", disable=not progress):
+        room_seed = seed + k
+        out_dir = out / f"synthetic_{room_seed:04d}"
+        if out_dir.exists() and not overwrite:
+            log.info("%s exists; kept", out_dir)
+            continue
+        write_scene(make_room(room_seed, cfg), out_dir, color_format="png", overwrite=overwrite)
+        written += 1
+    log.info("wrote %d rooms to %s in %.1f s", written, out, time.perf_counter() - t0)
+    return written

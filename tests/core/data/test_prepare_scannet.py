@@ -1,8 +1,10 @@
 """prepare_scannet on tiny hand-written ScanNet files: labels, normals, frames, resume, corrupt scenes."""
-import importlib.util
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from PIL import Image
 
 from gcross_core.data import SCANNET20_CLASSES, SCANNET200_CLASSES, load_scene
 from gcross_core.data.classes import SCANNET200_IDS
-from gcross_core.data.scannet import SensFile, read_ply, vertex_normals
+from gcross_core.data.scannet import ScanNetPrepConfig, SensFile, prepare_scannet, read_ply, vertex_normals
+from gcross_core.errors import InputError
 from gcross_core.geometry import pose_from_quat
 
 VERTS = np.array([[0, 0, 0], [2, 0, 0], [0, 2, 0], [0, 0, 1],  # triangles A (area 2, +z) and B (area 1, +x)
@@ -87,24 +90,19 @@ def write_tsv(root):
     (root / "scannetv2-labels.combined.tsv").write_text(head + "".join(rows))
 
 
-def load_script():
-    path = Path(__file__).resolve().parents[3] / "training" / "prepare_scannet.py"
-    spec = importlib.util.spec_from_file_location("prepare_scannet", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_prepare_scannet_labels_normals_frames_resume_and_corrupt_scene(tmp_path):
     root, out = tmp_path / "ScanNet", tmp_path / "out"
     _, (poses, colors, depths) = write_scan(root, "scene0000_00")
     write_scan(root, "scene0001_00", truncate_sens=True, seed=1)
     write_tsv(root)
     (root / "scannetv2_train.txt").write_text("scene0000_00\nscene0001_00\n")
-    script = load_script()
-    args = ["--scannet-root", str(root), "--out", str(out), "--frame-every", "1", "--frame-size", "8x6",
-            "--workers", "2", "--quiet"]
-    assert script.main(args) == 1  # one scene failed
+    # the command line, run as its users do (a separate process)
+    script = Path(__file__).resolve().parents[3] / "training" / "prepare_scannet.py"
+    run = subprocess.run([sys.executable, str(script), "--scannet-root", str(root), "--out", str(out),
+                          "--frame-every", "1", "--frame-size", "8x6", "--workers", "2", "--quiet"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 1, run.stderr  # one scene failed
+    assert "scene0001_00 failed, nothing written" in run.stderr and "Traceback" not in run.stderr
     assert sorted(p.name for p in (out / "train").iterdir()) == ["scene0000_00"]  # nothing half-written
 
     s = load_scene(out / "train" / "scene0000_00")
@@ -127,10 +125,16 @@ def test_prepare_scannet_labels_normals_frames_resume_and_corrupt_scene(tmp_path
         assert f.color.shape == (6, 8, 3) and np.abs(f.color.astype(int) - colors[k][:6, :8]).max() <= 6
         np.testing.assert_allclose(f.K_depth, [[10, 0, 3.5], [0, 10, 2.5], [0, 0, 1]], atol=1e-6)
 
-    # resume: the finished scene is not redone
+    # resume (the library call the command makes): the finished scene is not redone
     stamp = (out / "train" / "scene0000_00" / "coord.npy").stat().st_mtime_ns
-    assert script.main(args[:-3] + ["--scenes", "scene0000_00", "--quiet"]) == 0
+    cfg = ScanNetPrepConfig(frame_every=1, frame_width=8, frame_height=6)
+    assert prepare_scannet(root, out, scenes=["scene0000_00"], cfg=cfg, progress=False) == []
     assert (out / "train" / "scene0000_00" / "coord.npy").stat().st_mtime_ns == stamp
+    assert prepare_scannet(root, out, cfg=cfg, workers=1, progress=False) == ["scene0001_00"]
+    with pytest.raises(InputError, match="scene0009_00"):
+        prepare_scannet(root, out, scenes=["scene0009_00"], cfg=cfg)
+    with pytest.raises(InputError, match="no scans found"):
+        prepare_scannet(tmp_path / "empty", out)
 
 
 def test_sens_reader_header_frames_and_truncation(tmp_path):

@@ -1,5 +1,7 @@
 """Synthetic rooms: deterministic, frames consistent with the points, written as readable scene folders."""
-import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from gcross_core.data import SCANNET20_CLASSES, SYNTHETIC_CLASSES, load_scene, make_room
-from gcross_core.data.synthetic import room_boxes
+from gcross_core.data.synthetic import RoomConfig, room_boxes, write_rooms
 from gcross_core.geometry import backproject_depth, transform_points
 
 ROOM = dict(num_points=30_000, num_views=3, width=64, height=48)
@@ -94,19 +96,14 @@ def test_ceiling_closes_the_room_and_is_ignored():
     assert all((f.depth_m > 0).all() for f in r.frames)  # every ray hits something
 
 
-def load_script(name):
-    path = Path(__file__).resolve().parents[3] / "training" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_make_synthetic_cli_writes_loadable_rooms_and_keeps_existing(tmp_path):
-    script = load_script("make_synthetic")
-    args = ["--out", str(tmp_path), "--rooms", "2", "--views", "2", "--seed", "7", "--width", "32",
-            "--height", "24", "--points", "3000", "--quiet"]
-    assert script.main(args) == 0
+    # the command line, run as its users do (a separate process) ...
+    script = Path(__file__).resolve().parents[3] / "training" / "make_synthetic.py"
+    run = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--rooms", "2", "--views", "2",
+                          "--seed", "7", "--width", "32", "--height", "24", "--points", "3000", "--quiet"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    assert "wrote 2 rooms" in run.stderr
     dirs = sorted(p.name for p in tmp_path.iterdir())
     assert dirs == ["synthetic_0007", "synthetic_0008"]
     s = load_scene(tmp_path / "synthetic_0007", segment="segment")
@@ -116,6 +113,11 @@ def test_make_synthetic_cli_writes_loadable_rooms_and_keeps_existing(tmp_path):
     assert s.class_names == SYNTHETIC_CLASSES and len(s.frames) == 2
     np.testing.assert_array_equal(s.frames.frame(1).color, ref.frames.frame(1).color)
     assert np.abs(s.frames.frame(1).depth_m - ref.frames.frame(1).depth_m).max() <= 0.0005 + 1e-6
+    # ... and the library call it makes: existing rooms are kept, new ones written
     mtime = (tmp_path / "synthetic_0007" / "coord.npy").stat().st_mtime_ns
-    assert script.main(args) == 0
+    cfg = RoomConfig(num_points=3000, num_views=2, width=32, height=24)
+    assert write_rooms(tmp_path, 3, seed=7, cfg=cfg, progress=False) == 1
     assert (tmp_path / "synthetic_0007" / "coord.npy").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_0007", "synthetic_0008", "synthetic_0009"]
+    assert write_rooms(tmp_path, 1, seed=7, cfg=cfg, overwrite=True, progress=False) == 1
+    assert (tmp_path / "synthetic_0007" / "coord.npy").stat().st_mtime_ns != mtime

@@ -1,5 +1,7 @@
-"""training/import_pointcept.py on checkpoints written here in Pointcept's format."""
-import importlib.util
+"""gcross_core.model.pointcept on checkpoints written here in Pointcept's format, and its command line
+training/import_pointcept.py run as a separate process."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,15 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.checkpoint import load_checkpoint, unprefixed
+from gcross_core.errors import PointceptImportError
+from gcross_core.model.encoder import SpUNet, SpUNetConfig
+from gcross_core.model.pointcept import import_pointcept_checkpoint, load_pointcept_checkpoint
 from gcross_core.types import PointBatch
 
-ROOT = Path(__file__).resolve().parents[3]
-_spec = importlib.util.spec_from_file_location("import_pointcept", ROOT / "training" / "import_pointcept.py")
-imp = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("import_pointcept", imp)  # dataclasses look their module up by name
-_spec.loader.exec_module(imp)
+SCRIPT = Path(__file__).resolve().parents[3] / "training" / "import_pointcept.py"
 
 SMALL = SpUNetConfig(in_channels=6, base_channels=8, channels=(8, 16, 24, 24, 16, 8), layers=(1, 2, 1, 1, 2, 1))
 
@@ -47,7 +47,7 @@ def test_round_trip_preserves_weights_config_and_outputs(tmp_path):
     src = _pointcept_file(tmp_path / "model_best.pth", src_model,
                           extra_keys={"module.seg_head.weight": torch.zeros(20, 8)})
     dst = tmp_path / "encoder.safetensors"
-    report = imp.import_pointcept(src, dst)
+    report = import_pointcept_checkpoint(src, dst)
     assert report.config == SMALL  # inferred from shapes
     assert report.outside_backbone == ["seg_head.weight"] and not report.missing
 
@@ -67,7 +67,7 @@ def test_round_trip_preserves_weights_config_and_outputs(tmp_path):
 def test_plain_state_dict_without_backbone_prefix_and_with_classifier(tmp_path):
     cfg = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1), num_classes=13)
     src = _pointcept_file(tmp_path / "seg.pth", SpUNet(cfg), prefix="module.")
-    report = imp.import_pointcept(src, tmp_path / "seg.safetensors", prefix="")
+    report = import_pointcept_checkpoint(src, tmp_path / "seg.safetensors", prefix="")
     assert report.config.num_classes == 13
     tensors, _ = load_checkpoint(tmp_path / "seg.safetensors")
     assert tuple(tensors["final.weight"].shape) == (13, 1, 1, 1, 8)
@@ -76,52 +76,62 @@ def test_plain_state_dict_without_backbone_prefix_and_with_classifier(tmp_path):
 def test_missing_unexpected_and_misshaped_keys_are_listed_and_fail(tmp_path):
     model = SpUNet(SMALL)
     missing = _pointcept_file(tmp_path / "missing.pth", model, drop=("enc.1.block1.bn2.running_var",))
-    with pytest.raises(imp.PointceptImportError, match=r"missing key.*enc\.1\.block1\.bn2\.running_var"):
-        imp.import_pointcept(missing, tmp_path / "out.safetensors")
+    with pytest.raises(PointceptImportError, match=r"missing key.*enc\.1\.block1\.bn2\.running_var"):
+        import_pointcept_checkpoint(missing, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
-    report = imp.import_pointcept(missing, tmp_path / "partial.safetensors", allow_partial=True)
+    report = import_pointcept_checkpoint(missing, tmp_path / "partial.safetensors", allow_partial=True)
     assert report.missing == ["enc.1.block1.bn2.running_var"]
     assert load_checkpoint(tmp_path / "partial.safetensors")[1]["missing_keys"] == report.missing
 
     unexpected = _pointcept_file(tmp_path / "unexpected.pth", model,
                                  extra_keys={"module.backbone.enc.0.block0.extra.weight": torch.zeros(2)})
-    with pytest.raises(imp.PointceptImportError, match=r"unexpected key.*enc\.0\.block0\.extra\.weight"):
-        imp.import_pointcept(unexpected, tmp_path / "out.safetensors", allow_partial=True)
+    with pytest.raises(PointceptImportError, match=r"unexpected key.*enc\.0\.block0\.extra\.weight"):
+        import_pointcept_checkpoint(unexpected, tmp_path / "out.safetensors", allow_partial=True)
 
     bad_shape = _pointcept_file(tmp_path / "shape.pth", model, reshape="dec.0.block0.conv1.weight")
-    with pytest.raises(imp.PointceptImportError, match=r"dec\.0\.block0\.conv1\.weight has \(3, 3\), expected"):
-        imp.import_pointcept(bad_shape, tmp_path / "out.safetensors")
+    with pytest.raises(PointceptImportError, match=r"dec\.0\.block0\.conv1\.weight has \(3, 3\), expected"):
+        import_pointcept_checkpoint(bad_shape, tmp_path / "out.safetensors")
 
     # a checkpoint of another width against an explicit config: every mismatch is named
-    with pytest.raises(imp.PointceptImportError, match=r"conv_input\.0\.weight has \(8, 5, 5, 5, 6\), expected "
+    with pytest.raises(PointceptImportError, match=r"conv_input\.0\.weight has \(8, 5, 5, 5, 6\), expected "
                                                        r"\(32, 5, 5, 5, 6\)"):
-        imp.import_pointcept(missing, tmp_path / "out.safetensors", config=SpUNetConfig(), allow_partial=True)
+        import_pointcept_checkpoint(missing, tmp_path / "out.safetensors", config=SpUNetConfig(), allow_partial=True)
 
 
 def test_refuses_pickled_code_and_non_checkpoints(tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Path("/tmp")}, evil)
-    with pytest.raises(imp.PointceptImportError, match="weights_only"):
-        imp.load_pointcept_checkpoint(evil)
-    with pytest.raises(imp.PointceptImportError, match="does not exist"):
-        imp.load_pointcept_checkpoint(tmp_path / "nope.pth")
+    with pytest.raises(PointceptImportError, match="weights_only"):
+        load_pointcept_checkpoint(evil)
+    with pytest.raises(PointceptImportError, match="does not exist"):
+        load_pointcept_checkpoint(tmp_path / "nope.pth")
     empty = tmp_path / "empty.pth"
     torch.save({"state_dict": {}}, empty)
-    with pytest.raises(imp.PointceptImportError, match="no state dict"):
-        imp.load_pointcept_checkpoint(empty)
+    with pytest.raises(PointceptImportError, match="no state dict"):
+        load_pointcept_checkpoint(empty)
 
 
-def test_cli(tmp_path, capsys):
+def _script(*args):
+    """Run training/import_pointcept.py as its users do: a separate process."""
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli(tmp_path):
     src = _pointcept_file(tmp_path / "m.pth", SpUNet(SMALL))
-    assert imp.main([str(src), str(tmp_path / "m.safetensors")]) == 0
+    ok = _script(src, tmp_path / "m.safetensors")
+    assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "m.safetensors").is_file()
+    assert f"wrote {tmp_path / 'm.safetensors'}" in ok.stderr and "rgb_minus1_1_normal" in ok.stderr
     bad = _pointcept_file(tmp_path / "bad.pth", SpUNet(SMALL), drop=("down.0.0.weight",))
-    assert imp.main([str(bad), str(tmp_path / "bad.safetensors")]) == 2  # an unusable input file
-    assert imp.main([str(src), str(tmp_path / "x.safetensors"), "--encoder-config", "{not json"]) == 2
-    with pytest.raises(SystemExit) as e:
-        imp.main(["--help"])
-    assert e.value.code == 0
-    assert "Pointcept" in capsys.readouterr().out
+    r = _script(bad, tmp_path / "bad.safetensors")
+    assert r.returncode == 2, r.stderr  # an unusable input file
+    assert "down.0.0.weight" in r.stderr and "Traceback" not in r.stderr
+    r = _script(src, tmp_path / "x.safetensors", "--encoder-config", "{not json")
+    assert r.returncode == 2 and "--encoder-config" in r.stderr, r.stderr
+    r = _script("--help")
+    assert r.returncode == 0
+    assert "Pointcept" in r.stdout
 
 
 def test_reads_numpy_scalars_saved_under_numpy_1_names(tmp_path):
@@ -135,5 +145,5 @@ def test_reads_numpy_scalars_saved_under_numpy_1_names(tmp_path):
     old = buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
     assert b"cnumpy.core.multiarray\n" in old
     (tmp_path / "old.pth").write_bytes(old)
-    state, extra = imp.load_pointcept_checkpoint(tmp_path / "old.pth")
+    state, extra = load_pointcept_checkpoint(tmp_path / "old.pth")
     assert torch.equal(state["w"], torch.ones(2)) and float(extra["best_metric_value"]) == 0.5

@@ -1,6 +1,8 @@
-"""Teacher feature cache: float16 frames, manifest checks, staleness, and the caching command on a tiny scene."""
-import importlib.util
+"""Teacher feature cache: float16 frames, manifest checks, staleness, and filling it on a tiny scene (library
+and the training/cache_features.py command, run as a separate process)."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,12 +12,9 @@ import torch
 from PIL import Image
 
 from gcross_core.pretraining.teachers import FeatureCache, StaleCacheError, build_teacher
+from gcross_core.pretraining.teachers.cache_run import cache_scene, cache_scenes, color_frames, load_rgb
 
-ROOT = Path(__file__).resolve().parents[3]
-_spec = importlib.util.spec_from_file_location("cache_features", ROOT / "training" / "cache_features.py")
-cache_features = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("cache_features", cache_features)
-_spec.loader.exec_module(cache_features)
+SCRIPT = Path(__file__).resolve().parents[3] / "training" / "cache_features.py"
 
 
 def _cache(scene, fingerprint="abc", dim=3, size=(2, 4), **kw):
@@ -100,17 +99,33 @@ def _make_scene(path, n=3, size=(40, 56)):
 
 def test_cache_features_command_fills_resumes_and_matches_the_teacher(tmp_path):
     scene = _make_scene(tmp_path / "scene")
-    assert cache_features.main(["--scenes", str(scene), "--teacher", "efficientnet_lite0",
-                                "--height", "32", "--width", "48", "--batch-size", "2"]) == 0
+    run = subprocess.run([sys.executable, str(SCRIPT), "--scenes", str(scene), "--teacher", "efficientnet_lite0",
+                          "--height", "32", "--width", "48", "--batch-size", "2"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    assert "3 frames computed, 0 already cached" in run.stderr
     teacher = build_teacher("efficientnet_lite0", input_size=(32, 48))
     cache = FeatureCache(scene, "efficientnet_lite0", 32, 48, fingerprint=teacher.fingerprint(),
                          feature_dim=teacher.feature_dim)
     assert cache.valid and cache.frame_ids() == ["0", "1", "2"]
     assert cache.feature_size == teacher.output_size
-    expected = teacher(cache_features.load_rgb(scene / "frames" / "color" / "2.png")[None])[0]
+    expected = teacher(load_rgb(scene / "frames" / "color" / "2.png")[None])[0]
     np.testing.assert_allclose(cache.get(2).astype(np.float32), expected.numpy(), atol=3e-3)
     # a second run computes nothing new
-    assert cache_features.cache_scene(teacher, scene, None, batch_size=2, overwrite=False) == (0, 3)
+    assert cache_scene(teacher, scene, None, batch_size=2, overwrite=False) == (0, 3)
+    assert cache_scenes(teacher, [scene], batch_size=2) == (0, 3)
+
+
+def test_cache_scenes_fills_the_cache_under_a_separate_root_and_recomputes_on_overwrite(tmp_path):
+    scene = _make_scene(tmp_path / "scene", n=2)
+    teacher = build_teacher("efficientnet_lite0", input_size=(32, 48))
+    assert cache_scenes(teacher, [scene], out_root=tmp_path / "cache", batch_size=4, limit=1) == (1, 0)
+    cache = FeatureCache(scene, "efficientnet_lite0", 32, 48, root=tmp_path / "cache",
+                         fingerprint=teacher.fingerprint())
+    assert cache.valid and cache.frame_ids() == ["0"] and not (scene / "features").exists()
+    assert cache_scenes(teacher, [scene], out_root=tmp_path / "cache", overwrite=True) == (2, 0)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        cache_scene(teacher, scene, None, batch_size=0, overwrite=False)
 
 
 def test_color_frames_are_in_numeric_order_and_missing_frames_are_explained(tmp_path):
@@ -118,6 +133,6 @@ def test_color_frames_are_in_numeric_order_and_missing_frames_are_explained(tmp_
     color.mkdir(parents=True)
     for i in (10, 2, 1):
         (color / f"{i}.jpg").touch()
-    assert [fid for fid, _ in cache_features.color_frames(tmp_path / "s")] == ["1", "2", "10"]
+    assert [fid for fid, _ in color_frames(tmp_path / "s")] == ["1", "2", "10"]
     with pytest.raises(FileNotFoundError, match="frames/color"):
-        cache_features.color_frames(tmp_path / "empty")
+        color_frames(tmp_path / "empty")
