@@ -146,7 +146,7 @@ def test_live_evaluation_agrees_with_offline(tmp_path):
 
     from gcross_core.model.encoder import SpUNetConfig
     from gcross_core.mapping.pipeline import PipelineConfig
-    from gcross_core.segmentation.segmenter import SegmentationModel, save_segmenter
+    from gcross_core.segmentation.model import SegmentationModel, save_segmenter
     from gcross_ros.bag.evaluate import evaluate_bag
     from gcross_ros.bag.live_eval import live_evaluate
 
