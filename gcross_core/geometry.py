@@ -2,17 +2,13 @@
 
 Conventions: intrinsics K are 3x3 pinhole in pixels (OpenCV: x right, y down, z forward); poses are 4x4
 homogeneous matrices named after what they map, e.g. ``cam_to_world``; quaternions are (w, x, y, z).
-NumPy helpers serve the data and fusion paths, torch helpers the differentiable paths.
+NumPy only; the differentiable rotation/covariance helpers live with the renderer (``render/reference.py``).
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 import transforms3d
-from torch import Tensor
 
-
-# ---------------------------------------------------------------- numpy
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
     """Intrinsics for an image resized by (sx, sy) = (new_w / old_w, new_h / old_h).
@@ -90,22 +86,3 @@ def pose_from_quat(t_xyz, q_wxyz) -> np.ndarray:
 def quat_from_pose(T: np.ndarray):
     """(translation [3], quaternion (w, x, y, z) [4]) of a 4x4 rigid transform."""
     return np.asarray(T[:3, 3], dtype=np.float64), transforms3d.quaternions.mat2quat(T[:3, :3])
-
-
-# ---------------------------------------------------------------- torch
-
-def quat_to_rotmat(q: Tensor) -> Tensor:
-    """Unit quaternions (w, x, y, z) [..., 4] -> rotation matrices [..., 3, 3] (differentiable)."""
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
-
-
-def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
-    """Sigma = R S S^T R^T (paper Sec. 3.1) from quats [G, 4] and scales [G, 3] -> [G, 3, 3]."""
-    R = quat_to_rotmat(quats)
-    M = R * scales[..., None, :]
-    return M @ M.transpose(-1, -2)

@@ -39,7 +39,6 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from gcross_core.geometry import covariance_3d
 from gcross_core.render.config import RenderConfig
 from gcross_core.types import Cameras, Gaussians
 
@@ -54,6 +53,23 @@ _CULL_SLICE = 1 << 18  # (camera, Gaussian) pairs projected at a time when culli
 
 
 # ---------------------------------------------------------------- projection (eq. 2)
+
+def quat_to_rotmat(q: Tensor) -> Tensor:
+    """Unit quaternions (w, x, y, z) [..., 4] -> rotation matrices [..., 3, 3] (differentiable)."""
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
+    """Sigma = R S S^T R^T (paper Sec. 3.1) from quats [G, 4] and scales [G, 3] -> [G, 3, 3]."""
+    R = quat_to_rotmat(quats)
+    M = R * scales[..., None, :]
+    return M @ M.transpose(-1, -2)
+
 
 def camera_gaussian_pairs(gauss_batch: Tensor,  # [G] int64 scene of each Gaussian
                           cam_batch: Tensor,  # [C] int64 scene of each camera

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from gcross_core.errors import InputError
+from gcross_core.geometry import is_valid_pose, pose_from_quat, quat_from_pose
 from gcross_core.image import check_intrinsics, depth_mm_to_m
 
 NS_PER_S = 1_000_000_000
@@ -202,8 +203,6 @@ def pose_to_matrix(position, orientation) -> np.ndarray:  # -> [4, 4] float64
 
     The quaternion is normalised; a zero or non-finite one, or a non-finite position, is an InputError.
     """
-    from gcross_core.geometry import is_valid_pose, pose_from_quat  # geometry imports torch: not at import
-
     q = np.array([orientation.w, orientation.x, orientation.y, orientation.z], dtype=np.float64)
     norm = np.linalg.norm(q)
     if not np.isfinite(norm) or norm < 1e-6:
@@ -216,8 +215,6 @@ def pose_to_matrix(position, orientation) -> np.ndarray:  # -> [4, 4] float64
 
 def matrix_to_pose(T: np.ndarray) -> Tuple[List[float], List[float]]:
     """([x, y, z], [qx, qy, qz, qw]) of a rigid 4x4, the quaternion with w >= 0 (one sign, reproducible)."""
-    from gcross_core.geometry import quat_from_pose
-
     t, q = quat_from_pose(np.asarray(T, np.float64))
     q = q / np.linalg.norm(q)
     if q[0] < 0:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.geometry import quat_to_rotmat
+from gcross_core.render.reference import quat_to_rotmat
 from gcross_core.render import RenderConfig, render
 from gcross_core.render import api as render_api
 from gcross_core.types import Cameras, Gaussians
