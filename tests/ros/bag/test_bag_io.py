@@ -9,7 +9,6 @@ import pytest
 pytest.importorskip("rosbags")
 
 from gcross_core.geometry import pose_from_quat, scale_intrinsics  # noqa: E402
-from gcross_core.evaluation.map_score import score_labelled_map  # noqa: E402
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline  # noqa: E402
 from gcross_core.errors import BagError  # noqa: E402
 from gcross_core.image import register_color_to_depth  # noqa: E402
@@ -178,22 +177,6 @@ def test_unreadable_metadata_and_missing_bag(tmp_path):
         read_bag(tmp_path / "good")
     with pytest.raises(BagError, match="nowhere"):
         read_bag(tmp_path / "nowhere")
-
-
-def test_score_by_hand_with_uncovered_points():
-    x = np.arange(10, dtype=np.float32)
-    gt_coord = np.stack([x, 0 * x, 0 * x], 1)
-    gt_label = np.array([0, 0, 0, 1, 1, 1, 2, 2, -1, -1])
-    # the map covers x = 0..6 only; it calls the third floor point class 1
-    map_coord, map_label = gt_coord[:7], np.array([0, 0, 1, 1, 1, 1, 2])
-    s = score_labelled_map(map_coord, map_label, gt_coord, gt_label, num_classes=3, radius_m=0.3)
-    np.testing.assert_array_equal(s.conf, [[2, 1, 0, 0], [0, 3, 0, 0], [0, 0, 1, 1]])
-    np.testing.assert_allclose(s.metrics["iou"], [2 / 3, 3 / 4, 1 / 2])  # TP / (GT + pred - TP)
-    assert s.metrics["miou"] == pytest.approx((2 / 3 + 3 / 4 + 1 / 2) / 3)
-    assert s.uncovered_points == 1 and s.coverage == pytest.approx(7 / 8)
-
-    perfect = score_labelled_map(gt_coord + 0.01, gt_label, gt_coord, gt_label, 3, radius_m=0.3)
-    assert perfect.metrics["miou"] == 1.0 and perfect.uncovered_points == 0
 
 
 def test_segment_period_runs_in_stream_time():
