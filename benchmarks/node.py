@@ -43,7 +43,8 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
-from gcross_core.segmentation.segmenter import Segmenter, build_segmenter_checkpoint  # noqa: E402
+from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
+from gcross_core.segmentation.segmenter import Segmenter  # noqa: E402
 
 
 def _fusion_benchmark():

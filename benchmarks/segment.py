@@ -27,7 +27,8 @@ from gcross_core.data.classes import SCANNET20_CLASSES  # noqa: E402
 from gcross_core.data.grid import grid_sample  # noqa: E402
 from gcross_core.data.synthetic import make_room  # noqa: E402
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.segmentation.segmenter import Segmenter, build_segmenter_checkpoint  # noqa: E402
+from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
+from gcross_core.segmentation.segmenter import Segmenter  # noqa: E402
 
 MODELS = {
     "spunet34c": SpUNetConfig(),  # the paper's backbone (ScanNet checkpoints)

@@ -13,15 +13,10 @@ intrinsics (ScanNet: 640x480 depth, 1296x968 color, one shared pose); :meth:`Fra
 into the depth camera at any resolution.
 """
 
-import json
 import logging
-import os
-import re
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -187,8 +182,18 @@ class _ResizedFrames(FrameSet):
         return self._base.cam_to_world(i)
 
 
-def _numeric_key(stem: str):
+def frame_order_key(stem: str):
+    """Sort key of frame ids: numeric ids by number (``2`` before ``10``), then the others by name."""
     return (0, int(stem), stem) if stem.isdigit() else (1, 0, stem)
+
+
+def color_images(color_dir: PathLike) -> List[Tuple[str, Path]]:
+    """(frame id, path) of the .jpg/.png images in a SensReader ``color/`` folder, in frame order.
+
+    The frame id is the file stem; numeric stems sort by number (``2`` before ``10``).
+    """
+    files = [p for p in Path(color_dir).iterdir() if p.suffix.lower() in COLOR_SUFFIXES]
+    return sorted(((p.stem, p) for p in files), key=lambda item: frame_order_key(item[0]))
 
 
 def read_matrix_txt(path: Path, what: str) -> np.ndarray:
@@ -226,10 +231,10 @@ class SensReaderFrames(FrameSet):
             if not d.is_dir():
                 raise FileNotFoundError(f"frames folder {root} has no {d.name}/ directory "
                                         "(expected the SensReader layout color/ depth/ pose/ intrinsic/)")
-        colors = {p.stem: p for p in color_dir.iterdir() if p.suffix.lower() in COLOR_SUFFIXES}
+        colors = dict(color_images(color_dir))
         if not colors:
             raise FileNotFoundError(f"{color_dir} holds no .jpg/.png color images")
-        ids = sorted(colors, key=_numeric_key)
+        ids = list(colors)
         missing = [f"depth/{i}.png" for i in ids if not (depth_dir / f"{i}.png").is_file()]
         missing += [f"pose/{i}.txt" for i in ids if not (pose_dir / f"{i}.txt").is_file()]
         if missing:
@@ -349,5 +354,3 @@ def write_frames(frames_dir: PathLike, frames: Iterable[Frame], color_format: st
         if progress is not None:
             progress(count)
     return count
-
-

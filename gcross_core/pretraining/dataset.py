@@ -183,29 +183,25 @@ class PretrainDataset(Dataset):
         self._sources: List[SceneSource] = []
         self._frames: Dict[int, FrameSet] = {}  # per-process cache of opened frame sets
         for src in scenes:
-            if isinstance(src, Scene):
-                if src.frames is None or len(src.frames) == 0:
-                    raise InputError(f"scene {src.name!r} has no frames; pretraining renders its views")
-                if src.coord is None:
-                    coord, color, normal = fuse_frames_to_points(src.frames, cfg.fuse_voxel_size_m,
-                                                                 every=cfg.fuse_every)
-                    src = Scene(src.name, coord, color, normal, frames=src.frames)
-                self._sources.append(src)
-                continue
-            path = Path(src)
-            fdir = self._frames_dir(path)
-            if (fdir is None and find_frames_dir(path) is None) or (fdir is not None and not fdir.is_dir()):
-                where = "" if fdir is None else f" and {fdir} does not exist"
-                raise InputError(f"scene folder {path} has no frames/ (SensReader layout){where}; "
-                                 "pretraining renders its views")
-            if not (path / "coord.npy").is_file():
+            if not isinstance(src, Scene):
+                path = Path(src)
+                fdir = self._frames_dir(path)
+                if (fdir is None and find_frames_dir(path) is None) or (fdir is not None and not fdir.is_dir()):
+                    where = "" if fdir is None else f" and {fdir} does not exist"
+                    raise InputError(f"scene folder {path} has no frames/ (SensReader layout){where}; "
+                                     "pretraining renders its views")
+                if (path / "coord.npy").is_file():
+                    self._sources.append(path)  # loaded per item
+                    continue
                 log.info("fusing the frames of %s into points (voxel %.3f m)", path, cfg.fuse_voxel_size_m)
-                scene = load_scene(path, segment="none", frames_dir=fdir)
-                coord, color, normal = fuse_frames_to_points(scene.frames, cfg.fuse_voxel_size_m,
+                src = load_scene(path, segment="none", frames_dir=fdir)
+            if src.frames is None or len(src.frames) == 0:
+                raise InputError(f"scene {src.name!r} has no frames; pretraining renders its views")
+            if src.coord is None:  # frames-only: fused once, here
+                coord, color, normal = fuse_frames_to_points(src.frames, cfg.fuse_voxel_size_m,
                                                              every=cfg.fuse_every)
-                self._sources.append(Scene(scene.name, coord, color, normal, frames=scene.frames))
-                continue
-            self._sources.append(path)
+                src = Scene(src.name, coord, color, normal, frames=src.frames)
+            self._sources.append(src)
 
     def __len__(self) -> int:
         return len(self._sources)

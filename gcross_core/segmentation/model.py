@@ -108,6 +108,14 @@ def save_segmenter(path, model: SegmentationModel, class_names: Sequence[str], g
     return save_checkpoint(path, tensors, meta)
 
 
+def build_segmenter_checkpoint(path, class_names: Sequence[str], encoder_config: Optional[SpUNetConfig] = None,
+                               grid_size_m: float = 0.02, seed: int = 0) -> Path:
+    """A randomly initialised segmenter checkpoint (for tests and smoke runs)."""
+    torch.manual_seed(seed)
+    model = SegmentationModel(encoder_config or SpUNetConfig(), len(class_names))
+    return save_segmenter(path, model, class_names, grid_size_m, extra={"trained": False})
+
+
 def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict with every name and shape checked first, so a mismatch names the keys."""
     own = module.state_dict()

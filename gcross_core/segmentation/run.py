@@ -108,7 +108,7 @@ def build_model(cfg: FinetuneConfig, pretrained: Optional[str]) -> SegmentationM
 
 
 def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = None, progress: bool = True,
-        tensorboard: bool = True, resume: bool = False) -> Dict[str, Any]:
+                   tensorboard: bool = True, resume: bool = False) -> Dict[str, Any]:
     """Train, save the segmenter and (optionally) evaluate; returns a summary dict (main process)."""
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device)

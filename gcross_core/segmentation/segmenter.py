@@ -21,19 +21,11 @@ from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.errors import CheckpointError
 from gcross_core.model.encoder import SpUNetConfig
 from gcross_core.model.features import IN_CHANNELS, INPUT_FEATURES, encoder_features
-from gcross_core.segmentation.model import SegmentationModel, load_strict, save_segmenter
+from gcross_core.segmentation.model import SegmentationModel, load_strict
 
 # A small segmenter of the synthetic rooms (SYNTHETIC_CLASSES) shipped with the package for demos and smoke
 # tests; training/make_demo_checkpoint.sh rebuilds it.
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "segmenter_synthetic.safetensors"
-
-
-def build_segmenter_checkpoint(path, class_names: Sequence[str], encoder_config: Optional[SpUNetConfig] = None,
-                               grid_size_m: float = 0.02, seed: int = 0) -> Path:
-    """A randomly initialised segmenter checkpoint (for tests and smoke runs)."""
-    torch.manual_seed(seed)
-    model = SegmentationModel(encoder_config or SpUNetConfig(), len(class_names))
-    return save_segmenter(path, model, class_names, grid_size_m, extra={"trained": False})
 
 
 def rotation_z(angle_rad: float) -> np.ndarray:  # -> [3, 3] float32

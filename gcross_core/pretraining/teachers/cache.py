@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+from gcross_core.data.frames import frame_order_key
 from gcross_core.errors import StaleCacheError
 
 logger = logging.getLogger(__name__)
@@ -187,7 +189,7 @@ class FeatureCache:
         if not self.valid:
             return []
         ids = [p.stem for p in self.dir.glob("*.npy")]
-        return sorted(ids, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
+        return sorted(ids, key=frame_order_key)
 
     def has(self, frame_id: Union[int, str]) -> bool:
         return self.valid and self._frame_path(frame_id).is_file()

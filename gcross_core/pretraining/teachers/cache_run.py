@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from gcross_core.data.frames import COLOR_SUFFIXES, _numeric_key
+from gcross_core.data.frames import color_images
 from gcross_core.errors import InputError
 from gcross_core.pretraining.teachers.base import Teacher
 from gcross_core.pretraining.teachers.cache import FeatureCache
@@ -32,9 +32,7 @@ def color_frames(scene_dir: PathLike) -> List[Tuple[str, Path]]:
     scene_dir = Path(scene_dir)
     for color_dir in (scene_dir / "frames" / "color", scene_dir / "color"):
         if color_dir.is_dir():
-            files = [p for p in color_dir.iterdir() if p.suffix.lower() in COLOR_SUFFIXES]
-            files.sort(key=lambda p: _numeric_key(p.stem))  # the order SensReaderFrames reads them in
-            return [(p.stem, p) for p in files]
+            return color_images(color_dir)  # the order SensReaderFrames reads them in
     raise FileNotFoundError(f"scene {scene_dir} has no color frames: expected {scene_dir}/frames/color/<i>.jpg|png "
                             "(ScanNet SensReader export layout)")
 

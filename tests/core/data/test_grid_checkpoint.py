@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from gcross_core.data.grid import collate_points, grid_sample, split_by_offset
-from gcross_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gcross_core.checkpoint import load_checkpoint, save_checkpoint
+from gcross_core.errors import CheckpointError
 
 
 def test_grid_sample_one_point_per_cell_and_inverse():

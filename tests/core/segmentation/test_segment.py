@@ -10,7 +10,8 @@ from gcross_core.errors import CheckpointError
 from gcross_core.model.features import encoder_features
 from gcross_core.segmentation.model import (SegmentationModel, load_pretrained_encoder, save_segmenter,
                                             segmentation_loss)
-from gcross_core.segmentation.segmenter import DEMO_CHECKPOINT, Segmenter, build_segmenter_checkpoint
+from gcross_core.segmentation.model import build_segmenter_checkpoint
+from gcross_core.segmentation.segmenter import DEMO_CHECKPOINT, Segmenter
 
 TINY = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
 OTHER = SpUNetConfig(base_channels=8, channels=(8, 16, 16, 8), layers=(1, 1, 1, 1))

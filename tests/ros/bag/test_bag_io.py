@@ -233,7 +233,7 @@ def test_eval_uncovered_ground_truth_counts_as_misses(plane_bag, tmp_path):
 def test_eval_cli_with_a_real_segmenter_checkpoint(plane_bag, tmp_path):
     pytest.importorskip("spconv")
     from gcross_core.model.encoder import SpUNetConfig
-    from gcross_core.segmentation.segmenter import build_segmenter_checkpoint
+    from gcross_core.segmentation.model import build_segmenter_checkpoint
 
     tiny = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1))
     ckpt = build_segmenter_checkpoint(tmp_path / "seg.safetensors", CLASSES, tiny)

@@ -27,7 +27,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.evaluation.report import class_palette  # noqa: E402
-from gcross_core.segmentation.segmenter import build_segmenter_checkpoint  # noqa: E402
+from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
 from gcross_ros.msgs import codec  # noqa: E402
 from gcross_ros.msgs import rclpy_msgs as cv  # noqa: E402
 from gcross_ros.node.process import start_node_process, stop_node_process  # noqa: E402
