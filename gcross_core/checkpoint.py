@@ -90,7 +90,7 @@ PRETRAIN_KIND = "pretrain"  # training/pretrain.py: final.safetensors of a pretr
 SEGMENTER_KIND = "segmenter"  # what Segmenter.from_checkpoint loads
 FINETUNE_KIND = "finetune"  # the trainer's checkpoints of a fine-tuning / linear-probe run
 PRETRAIN_ENCODER_PREFIX = "model.encoder"  # PretrainModule.model.encoder
-SEGMENTER_ENCODER_PREFIX = "encoder"  # SegmentationModel.encoder (also training/import_pointcept.py's default)
+SEGMENTER_ENCODER_PREFIX = "encoder"  # SegmentationModel.encoder (also gcross_core.model.pointcept's default)
 HEAD_PREFIX = "seg_head"  # SegmentationModel.seg_head
 # Where checkpoints keep their encoder when their metadata has no ``encoder_prefix``.
 DEFAULT_ENCODER_PREFIXES = {PRETRAIN_KIND: PRETRAIN_ENCODER_PREFIX, SEGMENTER_KIND: SEGMENTER_ENCODER_PREFIX}

@@ -23,10 +23,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image
 
 from gcross_core.data.classes import SCANNET20_CLASSES, SCANNET200_CLASSES
 from gcross_core.data.frames import FrameSet, SensReaderFrames, find_frames_dir, write_frames

@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from gcross_core.checkpoint import load_checkpoint, save_checkpoint
 from gcross_core.errors import CheckpointError
 from gcross_core.config import save_resolved, to_dict
-from gcross_core.train.distributed import (DistInfo, ResumableDistributedSampler, barrier, derive_seed, gather_objects,
-                          any_true, mean_over_ranks, resolve_device)
+from gcross_core.train.distributed import (DistInfo, ResumableDistributedSampler, any_true, barrier, derive_seed,
+                                           gather_objects, mean_over_ranks, resolve_device)
 from gcross_core.train.logging import RunLogger, format_metrics
 from gcross_core.train.schedule import ScheduleConfig, lr_at
 

@@ -49,10 +49,8 @@ def _class_names_for(scene, choice: str) -> Optional[List[str]]:
 
 
 def cmd_record(args) -> int:
-    try:
-        from gcross_core.data import load_scene
-    except ImportError as e:
-        raise SystemExit(f"gcross-bag record needs gcross_core.data.load_scene: {e}")
+    from gcross_core.data import load_scene  # torch comes with it: imported for this command only
+
     scene = load_scene(args.scene, segment=args.segment)
     cfg = RecordConfig(rate_hz=args.rate_hz, every=args.every, storage=args.storage)
     summary = record_scene(scene, args.out, cfg, class_names=_class_names_for(scene, args.classes),

@@ -71,7 +71,7 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
                 break
     if chosen is None:
         raise LiveEvalError(f"no cloud on {cloud_topic} covering the last frame arrived within {settle_s} s "
-                           f"after playback ({len(clouds)} earlier clouds)")
+                            f"after playback ({len(clouds)} earlier clouds)")
     names = gt.class_names
     if legends:
         legend = json.loads(legends[-1].data)
@@ -87,7 +87,6 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
     return score_and_report(out_dir, coord, label, gt.coord, gt_label, names, radius,
                             title=f"Live evaluation: {Path(bag_path).name}", cell_m=voxel_size_m,
                             settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live})
-
 
 
 def run_live_evaluation(bag_path, out_dir, cloud_topic: str = "/labelled_cloud",

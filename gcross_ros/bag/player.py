@@ -130,7 +130,6 @@ class BagPlayer:
         self._clock_pub.publish(Clock(clock=ns_to_stamp(t_ns)))
 
 
-
 @contextlib.contextmanager
 def rclpy_node(name: str, command: str):
     """A node of the tool's own between rclpy.init and shutdown; a clear exit when rclpy is missing."""

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from gcross_core.errors import BagError, InputError
+from gcross_core.geometry import is_valid_pose
 from gcross_core.image import depth_m_to_mm, register_color_to_depth
 from gcross_ros.bag.format import (CLASS_NAMES_KEY, SCENE_NAME_KEY, GroundTruthCloud, RecordConfig,
                                    RecordSummary)
@@ -80,8 +81,6 @@ def record_frames(out,
                   config: RecordConfig = RecordConfig(),
                   scene_name: str = "") -> RecordSummary:
     """Write frames (already subsampled) and an optional ground-truth cloud as a bag at ``out``."""
-    from gcross_core.geometry import is_valid_pose  # geometry imports torch: not at import
-
     if config.rate_hz <= 0:
         raise InputError(f"rate_hz must be > 0, got {config.rate_hz}")
     tp = config.topics

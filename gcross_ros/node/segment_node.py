@@ -65,7 +65,7 @@ from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
 from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters
 from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
-                             PoseBuffer, PoseLookup)
+                                  PoseBuffer, PoseLookup)
 
 NODE_NAME = "gcross_segment"
 COLOR, DEPTH, INFO = 0, 1, 2

@@ -15,8 +15,9 @@ Heavy optional dependencies (transformers, RADIO's code) are imported only when 
 """
 from __future__ import annotations
 
-from gcross_core.pretraining.teachers.base import Teacher, TeacherWeightsNotFound
-from gcross_core.pretraining.teachers.cache import FeatureCache, StaleCacheError
+from gcross_core.errors import StaleCacheError, TeacherWeightsNotFound
+from gcross_core.pretraining.teachers.base import Teacher
+from gcross_core.pretraining.teachers.cache import FeatureCache
 from gcross_core.pretraining.teachers.projection import MultiTeacherProjection, ProjectionHead, TeacherHeadSpec
 
 TEACHER_NAMES = ("efficientnet_lite0", "dinov2", "clip", "radio")

@@ -14,7 +14,6 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from gcross_core.errors import TeacherWeightsNotFound
 
 
 def check_input_size(input_size: Sequence[int], multiple: int = 1, name: str = "input_size") -> Tuple[int, int]:

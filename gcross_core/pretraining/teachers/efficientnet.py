@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gcross_core.pretraining.teachers.base import Teacher, TeacherWeightsNotFound, ceil_div
+from gcross_core.errors import TeacherWeightsNotFound
+from gcross_core.pretraining.teachers.base import Teacher, ceil_div
 
 logger = logging.getLogger(__name__)
 

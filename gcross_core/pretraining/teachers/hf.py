@@ -23,7 +23,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 
-from gcross_core.pretraining.teachers.base import Teacher, TeacherWeightsNotFound, check_input_size, round_to_multiple
+from gcross_core.errors import TeacherWeightsNotFound
+from gcross_core.pretraining.teachers.base import Teacher, check_input_size, round_to_multiple
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -21,7 +21,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from gcross_core.pretraining.teachers.base import Teacher, TeacherWeightsNotFound, check_input_size, round_to_multiple
+from gcross_core.errors import TeacherWeightsNotFound
+from gcross_core.pretraining.teachers.base import Teacher, check_input_size, round_to_multiple
 
 DEFAULT_VERSION = "radio_v2.5-b"
 # Checkpoint file names of the RADIOv2.5 releases (the file torch.hub would cache for each version).
