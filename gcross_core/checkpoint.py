@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from gcross_core.errors import CheckpointError
 
@@ -46,15 +46,12 @@ def save_checkpoint(path, tensors: Dict[str, torch.Tensor], metadata: Dict[str, 
     return path
 
 
-def load_checkpoint(path, device: str = "cpu") -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint`: (tensors, metadata)."""
+def load_metadata(path) -> Dict[str, Any]:
+    """The metadata of a checkpoint written by :func:`save_checkpoint`, without reading its tensors."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        tensors = load_file(str(path), device=device)
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
@@ -69,6 +66,16 @@ def load_checkpoint(path, device: str = "cpu") -> Tuple[Dict[str, torch.Tensor],
             meta[k] = json.loads(v)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"checkpoint {path}: metadata {k!r} is not JSON") from e
+    return meta
+
+
+def load_checkpoint(path, device: str = "cpu") -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`: (tensors, metadata)."""
+    meta = load_metadata(path)
+    try:
+        tensors = load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
     return tensors, meta
 
 
@@ -89,8 +96,10 @@ def unprefixed(tensors: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch
 PRETRAIN_KIND = "pretrain"  # training/pretrain.py: final.safetensors of a pretraining run
 SEGMENTER_KIND = "segmenter"  # what Segmenter.from_checkpoint loads
 FINETUNE_KIND = "finetune"  # the trainer's checkpoints of a fine-tuning / linear-probe run
+ENCODER_KIND = "encoder"  # an encoder alone: an imported Pointcept backbone (gcross_core.model.pointcept)
 PRETRAIN_ENCODER_PREFIX = "model.encoder"  # PretrainModule.model.encoder
 SEGMENTER_ENCODER_PREFIX = "encoder"  # SegmentationModel.encoder (also gcross_core.model.pointcept's default)
 HEAD_PREFIX = "seg_head"  # SegmentationModel.seg_head
 # Where checkpoints keep their encoder when their metadata has no ``encoder_prefix``.
-DEFAULT_ENCODER_PREFIXES = {PRETRAIN_KIND: PRETRAIN_ENCODER_PREFIX, SEGMENTER_KIND: SEGMENTER_ENCODER_PREFIX}
+DEFAULT_ENCODER_PREFIXES = {PRETRAIN_KIND: PRETRAIN_ENCODER_PREFIX, SEGMENTER_KIND: SEGMENTER_ENCODER_PREFIX,
+                            ENCODER_KIND: SEGMENTER_ENCODER_PREFIX}

@@ -1,4 +1,4 @@
-"""Class lists and label maps of the ScanNet benchmarks and of the synthetic rooms.
+"""Class lists and label maps of the ScanNet benchmarks, S3DIS and the synthetic rooms.
 
 ScanNet annotates each object with a free-text raw category; ``scannetv2-labels.combined.tsv`` maps every
 raw category to an NYU40 id (column ``nyu40id``) and to a ScanNet label id (column ``id``).
@@ -78,11 +78,18 @@ SYNTHETIC_CLASSES: Tuple[str, ...] = (
 )
 SYNTHETIC_TO_SCANNET20: Tuple[int, ...] = tuple(SCANNET20_CLASSES.index(n) for n in SYNTHETIC_CLASSES)
 
+# S3DIS (Stanford Large-Scale 3D Indoor Spaces): the 13 classes in Pointcept's order (segment.npy ids 0..12)
+S3DIS_CLASSES: Tuple[str, ...] = (
+    "ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa", "bookcase",
+    "board", "clutter",
+)
+
 # Names the class lists go by on the command line and in scene folders.
 CLASS_SETS: Dict[str, Tuple[str, ...]] = {
     "scannet20": SCANNET20_CLASSES,
     "scannet200": SCANNET200_CLASSES,
     "synthetic": SYNTHETIC_CLASSES,
+    "s3dis": S3DIS_CLASSES,
 }
 
 
@@ -111,7 +118,7 @@ def scannet_id_to_scannet200(label_id: np.ndarray) -> np.ndarray:
 
 
 def class_names_for(name_or_names) -> Tuple[str, ...]:
-    """A class list by set name (``scannet20``, ``scannet200``, ``synthetic``) or a sequence of names."""
+    """A class list by set name (``scannet20``, ``scannet200``, ``s3dis``, ``synthetic``) or a sequence of names."""
     if isinstance(name_or_names, str):
         if name_or_names not in CLASS_SETS:
             raise ValueError(f"unknown class set {name_or_names!r}: expected one of {sorted(CLASS_SETS)}")

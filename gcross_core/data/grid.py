@@ -1,4 +1,16 @@
-"""Grid sampling and batching of point clouds (Pointcept convention: concatenate + offsets)."""
+"""Grid sampling and batching of point clouds (Pointcept convention: concatenate + offsets).
+
+Where the voxel lattice lies is a convention of the model (checkpoint metadata ``grid_lattice``, carried by
+:class:`gcross_core.model.features.InputConvention`): the cells are ``floor((coord - origin) / grid)`` with
+
+- ``min_corner``: origin at the cloud's minimum corner (models trained here);
+- ``center_shift``: origin at Pointcept's ``CenterShift(apply_z=True)`` point, x and y at the centre of the
+  bounding box and z at its minimum, as Pointcept (and the released GaussianCross weights) shift every cloud
+  before ``GridSample``. The cells differ from ``min_corner`` in x and y by the fractional part of
+  half the extent over the grid size.
+
+Both then index the occupied cells from 0 (the grid coordinates' minimum is subtracted), as Pointcept does.
+"""
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -8,12 +20,29 @@ import torch
 
 from gcross_core.types import PointBatch
 
+MIN_CORNER = "min_corner"
+CENTER_SHIFT = "center_shift"
+GRID_LATTICES = (MIN_CORNER, CENTER_SHIFT)
 
-def grid_sample(coord: np.ndarray, grid_size_m: float, rng: Optional[np.random.Generator] = None):
+
+def lattice_origin(coord: np.ndarray,  # [N, 3]
+                   lattice: str) -> np.ndarray:  # [3], coord's dtype
+    """The point the lattice ``lattice`` floors from (see the module docstring)."""
+    lo, hi = coord.min(0), coord.max(0)
+    if lattice == MIN_CORNER:
+        return lo
+    if lattice == CENTER_SHIFT:
+        return np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], dtype=coord.dtype)
+    raise ValueError(f"grid lattice {lattice!r} is unknown: expected one of {list(GRID_LATTICES)}")
+
+
+def grid_sample(coord: np.ndarray, grid_size_m: float, rng: Optional[np.random.Generator] = None,
+                lattice: str = MIN_CORNER):
     """Keep one point per occupied grid cell.
 
     coord: [N, 3] metres. With ``rng`` the kept point of each cell is random (training), otherwise the
-    first one in input order (deterministic inference).
+    first one in input order (deterministic inference). ``lattice``: where the cells lie (module docstring);
+    models pass their checkpoint's ``InputConvention.grid_lattice``.
     Returns (keep [M] indices into coord, grid_coord [M, 3] int32 with min 0, inverse [N] int64 mapping
     every input point to its kept row).
     """
@@ -24,7 +53,8 @@ def grid_sample(coord: np.ndarray, grid_size_m: float, rng: Optional[np.random.G
         raise ValueError("grid_sample: coord contains NaN or inf")
     if grid_size_m <= 0:
         raise ValueError(f"grid_sample: grid_size_m must be > 0, got {grid_size_m}")
-    cell = np.floor((coord - coord.min(0)) / grid_size_m).astype(np.int64)
+    cell = np.floor((coord - lattice_origin(coord, lattice)) / grid_size_m).astype(np.int64)
+    cell -= cell.min(0)
     dims = cell.max(0) + 1
     key = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
     order = np.argsort(key, kind="stable") if rng is None else np.lexsort((rng.random(len(key)), key))

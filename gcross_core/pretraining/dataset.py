@@ -10,7 +10,8 @@ One sample (:meth:`PretrainDataset.sample`) of a scene:
      keeping ``inverse``: the row of every original point;
   4. if the scene has more cells than ``max_points``, keep the ``max_points`` cells nearest to the
      middle of the first view (the original points of dropped cells are dropped too);
-  5. input features: :func:`gcross_core.model.features.encoder_features` (colour in 0..1 and normal).
+  5. input features: :func:`gcross_core.model.features.encoder_features` (colour in 0..1 and normal), on
+     the min-corner voxel lattice (``GCROSS_CONVENTION``, recorded in the checkpoint).
 
 "Original points" below are the scene's points after shuffling and cropping, before grid sampling.
 :func:`collate_pretrain` concatenates samples (Pointcept offsets, no padding) into a
@@ -40,7 +41,7 @@ from gcross_core.mapping.fusion import fuse_frames_to_points
 from gcross_core.train.trainer import SeededDataset
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
 from gcross_core.errors import InputError
-from gcross_core.model.features import encoder_features
+from gcross_core.model.features import GCROSS_CONVENTION, encoder_features
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,8 @@ class PretrainDataset(Dataset):
         if aug.mirrors_images:  # features follow their images left-right (an approximation at feature stride)
             cached = {t: np.ascontiguousarray(f[..., ::-1]) for t, f in cached.items()}
 
-        keep, grid_coord, inverse = grid_sample(coord, cfg.grid_size_m, rng)
+        # pretraining feeds gcross's input convention; pretrain_metadata records it in the checkpoint
+        keep, grid_coord, inverse = grid_sample(coord, cfg.grid_size_m, rng, lattice=GCROSS_CONVENTION.grid_lattice)
         if cfg.max_points is not None and len(keep) > cfg.max_points:
             rows = _crop_nearest(coord[keep], self._crop_center(w2c[0], depths[0], coord), cfg.max_points)
             new_row = np.full(len(keep), -1, dtype=np.int64)
@@ -284,7 +286,7 @@ class PretrainDataset(Dataset):
             color, normal, coord = color[originals], normal[originals], coord[originals]
             keep = np.searchsorted(originals, keep)  # kept points are among the originals by construction
             segment = None if segment is None else segment[originals]
-        feat = encoder_features(color[keep], normal[keep])
+        feat = encoder_features(color[keep], normal[keep], GCROSS_CONVENTION.input_features)
         return PretrainSample(
             name=scene.name, coord=coord[keep], feat=feat, grid_coord=grid_coord.astype(np.int32),
             inverse=inverse.astype(np.int64), segment=segment, images=np.stack(images),

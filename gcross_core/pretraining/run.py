@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from gcross_core.checkpoint import PRETRAIN_ENCODER_PREFIX, PRETRAIN_KIND
 from gcross_core.config import to_dict
 from gcross_core.errors import ConfigError
+from gcross_core.model.features import GCROSS_CONVENTION
 from gcross_core.model.gaussiancross import GaussianCrossConfig
 from gcross_core.pretraining.config import DataSection, PretrainConfig, SyntheticRooms
 from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 def pretrain_metadata(model_cfg: GaussianCrossConfig, config: Any) -> Dict[str, Any]:
     """Checkpoint metadata of a pretraining run (the encoder lies under ``PRETRAIN_ENCODER_PREFIX``)."""
     return {"kind": PRETRAIN_KIND, "model_config": to_dict(model_cfg), "encoder_config": to_dict(model_cfg.encoder),
-            "encoder_prefix": PRETRAIN_ENCODER_PREFIX, "grid_size_m": model_cfg.grid_size_m, "config": to_dict(config)}
+            "encoder_prefix": PRETRAIN_ENCODER_PREFIX, "grid_size_m": model_cfg.grid_size_m, "config": to_dict(config),
+            **GCROSS_CONVENTION.to_metadata()}
 
 
 class _Looped(Dataset):

@@ -32,7 +32,7 @@ from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.data.scene import Scene, load_scene
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
 from gcross_core.errors import InputError
-from gcross_core.model.features import encoder_features
+from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features
 from gcross_core.segmentation.model import IGNORE_INDEX
 from gcross_core.types import PointBatch
 
@@ -62,6 +62,11 @@ class SegDataConfig:
     limited_scenes_file: str = ""  # reuse a scene list (one name per line) instead of drawing one
     limited_points_file: str = ""  # reuse labelled-point indices (.npz: scene name -> indices)
     max_val_scenes: int = 0  # evaluate on the first N validation scenes only; 0 = all
+    # Input convention (gcross_core.model.features): colour range rgb01_normal | rgb_minus1_1_normal and voxel
+    # lattice min_corner | center_shift. "" = the pretrained checkpoint's (an imported Pointcept backbone keeps
+    # Pointcept's), or rgb01_normal / min_corner without one; a value set here overrides the checkpoint's.
+    input_features: str = ""
+    grid_lattice: str = ""
 
     def __post_init__(self) -> None:
         if self.grid_size_m <= 0:
@@ -73,6 +78,13 @@ class SegDataConfig:
         if self.limited_points < 0 or self.max_val_scenes < 0:
             raise ValueError("limited_points and max_val_scenes must be >= 0")
         class_names_for(self.class_set)  # unknown names fail here, not after loading data
+        self.convention  # unknown convention names fail here too
+
+    @property
+    def convention(self) -> InputConvention:
+        """The input convention, "" fields taking gcross's defaults (rgb01_normal, min_corner)."""
+        return InputConvention(self.input_features or GCROSS_CONVENTION.input_features,
+                               self.grid_lattice or GCROSS_CONVENTION.grid_lattice)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,7 +280,8 @@ def training_sample(scene: Scene, cfg: SegDataConfig, rng: np.random.Generator,
         segment = keep_labels(segment, labelled)
     if cfg.augment:
         coord, normal = augment_points(coord, normal, cfg.augmentation, rng)
-    keep, grid, inverse = grid_sample(coord, cfg.grid_size_m, rng=rng)
+    convention = cfg.convention
+    keep, grid, inverse = grid_sample(coord, cfg.grid_size_m, rng=rng, lattice=convention.grid_lattice)
     labels = row_labels(segment, keep, inverse)
     crop = sphere_crop(coord[keep], cfg.max_points, rng)
     # Table S.1: shuffle points
@@ -276,7 +289,7 @@ def training_sample(scene: Scene, cfg: SegDataConfig, rng: np.random.Generator,
     rows = keep[order]
     grid = grid[order]
     grid = (grid - grid.min(0)).astype(np.int32)
-    feat = encoder_features(np.asarray(scene.color)[rows], normal[rows])
+    feat = encoder_features(np.asarray(scene.color)[rows], normal[rows], convention.input_features)
     return {"coord": coord[rows], "feat": feat, "grid_coord": grid, "segment": labels[order]}
 
 

@@ -6,7 +6,8 @@ A segmentation model is the SpUNet encoder followed by ``seg_head``, the same 1x
 trains only the classifier; fine-tuning (Tables 2-3) trains both.
 
 A segmenter checkpoint carries the encoder configuration, the class names, the grid size and the
-input-feature convention next to the weights; :func:`checkpoint_encoder` reads the encoder out of any
+input convention (colour range and voxel lattice, :class:`~gcross_core.model.features.InputConvention`)
+next to the weights; :func:`checkpoint_encoder` reads the encoder out of any
 checkpoint kind (pretraining, segmenter, imported Pointcept).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gcross_core.checkpoint import (DEFAULT_ENCODER_PREFIXES, HEAD_PREFIX, SEGME
                                     load_checkpoint, prefixed, save_checkpoint, unprefixed)
 from gcross_core.errors import CheckpointError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
-from gcross_core.model.features import INPUT_FEATURES
+from gcross_core.model.features import GCROSS_CONVENTION, InputConvention
 from gcross_core.types import PointBatch
 
 IGNORE_INDEX = -1
@@ -89,10 +90,12 @@ def segmentation_loss(logits: torch.Tensor,  # [N, K]
 
 
 def save_segmenter(path, model: SegmentationModel, class_names: Sequence[str], grid_size_m: float,
-                   extra: Optional[dict] = None) -> Path:
+                   extra: Optional[dict] = None, convention: InputConvention = GCROSS_CONVENTION) -> Path:
     """Write a checkpoint that :meth:`Segmenter.from_checkpoint` loads.
 
     ``extra`` (JSON-serialisable) is stored next to the required metadata, e.g. the training config.
+    ``convention``: the colour range and voxel lattice the model was trained with (a fine-tuning run passes
+    its own, e.g. the one of an imported Pointcept backbone).
     """
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class head")
@@ -104,16 +107,17 @@ def save_segmenter(path, model: SegmentationModel, class_names: Sequence[str], g
                **prefixed(model.seg_head.state_dict(), HEAD_PREFIX)}
     meta = {**(extra or {}), "kind": SEGMENTER_KIND, "encoder_config": model.encoder_config.to_dict(),
             "encoder_prefix": SEGMENTER_ENCODER_PREFIX, "class_names": list(class_names), "grid_size_m": float(grid_size_m),
-            "input_features": INPUT_FEATURES}
+            **convention.to_metadata()}
     return save_checkpoint(path, tensors, meta)
 
 
 def build_segmenter_checkpoint(path, class_names: Sequence[str], encoder_config: Optional[SpUNetConfig] = None,
-                               grid_size_m: float = 0.02, seed: int = 0) -> Path:
+                               grid_size_m: float = 0.02, seed: int = 0,
+                               convention: InputConvention = GCROSS_CONVENTION) -> Path:
     """A randomly initialised segmenter checkpoint (for tests and smoke runs)."""
     torch.manual_seed(seed)
     model = SegmentationModel(encoder_config or SpUNetConfig(), len(class_names))
-    return save_segmenter(path, model, class_names, grid_size_m, extra={"trained": False})
+    return save_segmenter(path, model, class_names, grid_size_m, extra={"trained": False}, convention=convention)
 
 
 def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:

@@ -5,6 +5,9 @@
   an imported Pointcept encoder. Every encoder tensor must match the encoder configuration by name and
   shape or the run stops. Without one the encoder starts from random weights (training from scratch, or
   the random-encoder linear-probing baseline).
+- input convention (colour range, voxel lattice; ``data.input_features`` / ``data.grid_lattice``): the
+  pretrained checkpoint's unless the config sets one (:func:`finetune_convention`), so a model fine-tuned
+  from an imported Pointcept backbone is fed what Pointcept fed it; the segmenter records the one used.
 - ``linear_probe``: freeze the encoder (weights and BatchNorm statistics) and train only the linear
   classifier (Table 1). Otherwise the whole network trains (Tables 2-3).
 - data-efficient settings (Table 2, ``data.limited_*``): the chosen scenes / labelled point indices are
@@ -27,12 +30,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gcross_core.checkpoint import FINETUNE_KIND, SEGMENTER_ENCODER_PREFIX
+from gcross_core.checkpoint import FINETUNE_KIND, SEGMENTER_ENCODER_PREFIX, load_metadata
 from gcross_core.config import to_dict
 from gcross_core.data.classes import class_names_for
 from gcross_core.errors import CheckpointError
 from gcross_core.evaluation.report import write_metrics_report
 from gcross_core.model.encoder import SpUNetConfig
+from gcross_core.model.features import GRID_LATTICE_KEY, INPUT_FEATURES_KEY, InputConvention
 from gcross_core.segmentation.dataset import (SegBatch, SegDataConfig, SegmentationDataset, collate_segmentation,
                                               list_scenes, load_labelled_scene, select_labelled_points,
                                               select_training_scenes)
@@ -86,6 +90,20 @@ class FinetuneConfig:
         return RunConfig(train=train, optim=self.optim, schedule=self.schedule)
 
 
+def finetune_convention(data: SegDataConfig, pretrained: Optional[str]) -> InputConvention:
+    """The input convention of a run: the config's where set, the rest from the pretrained checkpoint
+    (CheckpointError naming the key when it records none), gcross's defaults without a checkpoint."""
+    if not pretrained or (data.input_features and data.grid_lattice):
+        return data.convention
+    meta = load_metadata(pretrained)
+    given = {INPUT_FEATURES_KEY: data.input_features, GRID_LATTICE_KEY: data.grid_lattice}
+    stamped = InputConvention.from_metadata({**meta, **{k: v for k, v in given.items() if v}}, pretrained)
+    for key, value in given.items():
+        if value and meta.get(key) not in (None, value):
+            log.warning("data.%s=%s overrides the pretrained checkpoint's %s", key, value, meta.get(key))
+    return stamped
+
+
 def build_model(cfg: FinetuneConfig, pretrained: Optional[str]) -> SegmentationModel:
     """The segmentation model, its encoder initialised from ``pretrained`` when given (strictly)."""
     num_classes = len(class_names_for(cfg.data.class_set))
@@ -116,6 +134,10 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)  # before any encoder call (BatchNorm recalibration)
         seed_everything(cfg.train.seed)
+        convention = finetune_convention(cfg.data, pretrained)
+        cfg = replace(cfg, data=replace(cfg.data, input_features=convention.input_features,
+                                        grid_lattice=convention.grid_lattice))  # resolved for every use below
+        log.info("input convention: %s, %s voxel lattice", convention.input_features, convention.grid_lattice)
         class_names = class_names_for(cfg.data.class_set)
         train_dirs = list_scenes(cfg.data.root, cfg.data.train_split)
         train_dirs = select_training_scenes(train_dirs, cfg.data, run_dir if dist.is_main else None)
@@ -141,7 +163,8 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
                  "linear probe" if cfg.linear_probe else "fine-tuning", n_train, len(class_names), len(train_dirs))
         meta = {"kind": FINETUNE_KIND, "class_names": list(class_names),
                 "encoder_config": model.encoder_config.to_dict(), "encoder_prefix": SEGMENTER_ENCODER_PREFIX,
-                "pretrained": str(pretrained) if pretrained else None, "linear_probe": cfg.linear_probe}
+                "pretrained": str(pretrained) if pretrained else None, "linear_probe": cfg.linear_probe,
+                **convention.to_metadata()}
         trainer = Trainer(model, segmentation_step, dataset, collate_segmentation, run_cfg, run_dir,
                           dist_info=dist, checkpoint_metadata=meta, resolved_config=cfg, progress=progress,
                           tensorboard=tensorboard)
@@ -153,7 +176,8 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
         if dist.is_main:
             extra = {"config": to_dict(cfg), "pretrained": meta["pretrained"], "linear_probe": cfg.linear_probe,
                      "trained_steps": state.step}
-            path = save_segmenter(run_dir / SEGMENTER_FILE, model, class_names, cfg.data.grid_size_m, extra=extra)
+            path = save_segmenter(run_dir / SEGMENTER_FILE, model, class_names, cfg.data.grid_size_m, extra=extra,
+                                  convention=convention)
             summary["segmenter"] = str(path)
             if cfg.evaluate:
                 summary["eval"] = evaluate_run(cfg, model, class_names, run_dir / "eval", progress)
@@ -193,7 +217,8 @@ def evaluate_run(cfg: FinetuneConfig, model: SegmentationModel, class_names, out
     if cfg.data.max_val_scenes:
         val_dirs = val_dirs[: cfg.data.max_val_scenes]
     device = next(model.parameters()).device
-    segmenter = Segmenter(model, class_names, cfg.data.grid_size_m, device=str(device))
+    segmenter = Segmenter(model, class_names, cfg.data.grid_size_m, device=str(device),
+                          convention=cfg.data.convention)
     wrap = (lambda it: tqdm(it, desc="evaluate", unit="scene", leave=False)) if progress else None
     res = evaluate_scenes(segmenter, val_dirs, cfg.data.label_file, cfg.eval_rotations, wrap)
     write_metrics_report(out_dir, res.conf, res.metrics, class_names, title="Validation",

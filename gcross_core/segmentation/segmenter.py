@@ -3,8 +3,9 @@
 ``Segmenter`` is what the ROS node and the bag evaluator call: it takes raw points, grid-samples them,
 builds the encoder input (:func:`gcross_core.model.features.encoder_features`), runs the model and
 returns one label per input point. Loading checks every tensor name and shape against the checkpoint's
-metadata (``gcross_core.segmentation.model``), so a checkpoint of another architecture, class set or
-input convention fails with a message instead of predicting garbage.
+metadata (``gcross_core.segmentation.model``), so a checkpoint of another architecture or class set fails
+with a message instead of predicting garbage; the colour range and voxel lattice the checkpoint records
+(:class:`~gcross_core.model.features.InputConvention`) are the ones the Segmenter feeds.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from gcross_core.checkpoint import (HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGME
 from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.errors import CheckpointError
 from gcross_core.model.encoder import SpUNetConfig
-from gcross_core.model.features import IN_CHANNELS, INPUT_FEATURES, encoder_features
+from gcross_core.model.features import GCROSS_CONVENTION, IN_CHANNELS, InputConvention, encoder_features
 from gcross_core.segmentation.model import SegmentationModel, load_strict
 
 # A small segmenter of the synthetic rooms (SYNTHETIC_CLASSES) shipped with the package for demos and smoke
@@ -37,13 +38,14 @@ class Segmenter:
     """Load a segmentation checkpoint and label raw point clouds."""
 
     def __init__(self, model: SegmentationModel, class_names: Sequence[str], grid_size_m: float,
-                 device: str = "cpu"):
+                 device: str = "cpu", convention: InputConvention = GCROSS_CONVENTION):
         if len(class_names) != model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class model")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.class_names = list(class_names)
         self.grid_size_m = float(grid_size_m)
+        self.convention = convention  # colour range and voxel lattice the model was trained with
 
     @property
     def num_classes(self) -> int:
@@ -62,7 +64,8 @@ class Segmenter:
         if meta.get("kind") != SEGMENTER_KIND:
             raise CheckpointError(
                 f"checkpoint {path} is a {meta.get('kind', 'unknown')!r} checkpoint, expected a segmenter "
-                f"(train one with training/finetune.py)")
+                f"(train one with training/finetune.py, or import a Pointcept segmentor with "
+                f"training/import_pointcept.py --classes ...)")
         names = meta.get("class_names")
         if not names or not isinstance(names, list) or len(names) < 2:
             raise CheckpointError(f"checkpoint {path} has no usable class_names in its metadata (got {names!r})")
@@ -70,10 +73,7 @@ class Segmenter:
             raise CheckpointError(
                 f"checkpoint {path} predicts {len(names)} classes {names[:5]}..., expected "
                 f"{len(expected_classes)} classes {list(expected_classes)[:5]}...")
-        features = meta.get("input_features", INPUT_FEATURES)
-        if features != INPUT_FEATURES:
-            raise CheckpointError(f"checkpoint {path} was trained on input features {features!r}, this "
-                                  f"Segmenter builds {INPUT_FEATURES!r}")
+        convention = InputConvention.from_metadata(meta, path)
         try:
             enc_cfg = SpUNetConfig.from_dict(meta["encoder_config"])
             model = SegmentationModel(enc_cfg, len(names))
@@ -88,7 +88,7 @@ class Segmenter:
         grid = float(meta.get("grid_size_m", 0.02))
         if not grid > 0:
             raise CheckpointError(f"checkpoint {path}: grid_size_m must be > 0, got {grid}")
-        return cls(model, names, grid, device)
+        return cls(model, names, grid, device, convention=convention)
 
     def _validate(self, coord, color, normal) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         coord = np.asarray(coord)
@@ -127,8 +127,8 @@ class Segmenter:
         for r in range(rotations):
             rot = rotation_z(2.0 * math.pi * r / rotations)
             c, n = (coord, normal) if r == 0 else (coord @ rot.T, normal @ rot.T)
-            keep, grid, inverse = grid_sample(c, self.grid_size_m)
-            feat = encoder_features(color[keep], n[keep])
+            keep, grid, inverse = grid_sample(c, self.grid_size_m, lattice=self.convention.grid_lattice)
+            feat = encoder_features(color[keep], n[keep], self.convention.input_features)
             batch = collate_points([c[keep]], [feat], [grid], [inverse]).to(self.device)
             p = torch.softmax(self.model(batch).float(), dim=1)[batch.inverse]
             probs = p if probs is None else probs + p
