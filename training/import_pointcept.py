@@ -1,13 +1,16 @@
-"""Convert a Pointcept SpUNet-v1m1 checkpoint (.pth) into a gcross encoder checkpoint (.safetensors).
+"""Convert a Pointcept SpUNet-v1m1 checkpoint (.pth) into a gcross checkpoint (.safetensors).
 
-Pointcept (and the released GaussianCross / PonderV2 / MSC weights built on it) saves
-``{"state_dict": {...}, "epoch": ..., ...}`` with keys such as ``module.backbone.conv_input.0.weight``.
-The conversion (``gcross_core.model.pointcept``) reads it without unpickling arbitrary objects
-(``torch.load(weights_only=True)``), strips the ``module.`` / ``backbone.`` prefixes, infers the SpUNet
-configuration from the tensor shapes (or checks the one given), and refuses to write anything if a key is
-missing, unexpected or of the wrong shape.
+Pointcept (and the released GaussianCross weights built on it) saves ``{"state_dict": {...}, "epoch": ...,
+"optimizer": ..., "scheduler": ...}`` with keys such as ``module.backbone.conv_input.0.weight``. The
+conversion (``gcross_core.model.pointcept``) reads it without running pickled code, recognises a pretrained
+backbone, a DefaultSegmentor (backbone with its ``final`` classifier) or a DefaultSegmentorV2 (backbone +
+``seg_head``), infers the SpUNet configuration from the tensor shapes, and refuses to write anything if a key
+is missing, unexpected or of the wrong shape. Backbones become ``encoder`` checkpoints (for
+``finetune.py --pretrained``), segmentors ``segmenter`` checkpoints (for the node, ``evaluate.py`` and
+``gcross-bag eval``); both record the colour range and voxel lattice Pointcept fed the model.
 
-    python training/import_pointcept.py model_best.pth encoder.safetensors
+    python training/import_pointcept.py model_last.pth gaussiancross_backbone.safetensors
+    python training/import_pointcept.py model_best.pth scannet20.safetensors --classes scannet20
 """
 from __future__ import annotations
 
@@ -22,22 +25,44 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gcross_core.cli import cli_main  # noqa: E402
+from gcross_core.data.classes import read_class_names  # noqa: E402
+from gcross_core.data.grid import CENTER_SHIFT, GRID_LATTICES  # noqa: E402
 from gcross_core.errors import ConfigError  # noqa: E402
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.model.pointcept import POINTCEPT_INPUT_FEATURES, import_pointcept_checkpoint  # noqa: E402
+from gcross_core.model.features import COLOR_RANGES, RGB_MINUS1_1_NORMAL, InputConvention  # noqa: E402
+from gcross_core.model.pointcept import import_pointcept_checkpoint  # noqa: E402
 
 logger = logging.getLogger("import_pointcept")
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Convert a Pointcept SpUNet-v1m1 checkpoint (.pth with 'state_dict', keys prefixed "
-                    "'module.' and/or 'backbone.') into a gcross encoder checkpoint (.safetensors). "
-                    "Loading never unpickles code (torch.load(weights_only=True)); any missing, unexpected "
-                    "or mis-shaped backbone key stops the conversion. Keys outside 'backbone.' (heads of "
-                    "the pretraining or segmentation model) are listed and not converted.")
-    p.add_argument("src", type=Path, help="Pointcept checkpoint, e.g. model_best.pth")
+        description="Convert a Pointcept SpUNet-v1m1 checkpoint (.pth: pretrained backbone, DefaultSegmentor or "
+                    "DefaultSegmentorV2 / linear probe) into a gcross checkpoint (.safetensors): an encoder "
+                    "for finetune.py --pretrained, or a segmenter for the node, evaluate.py and gcross-bag eval. "
+                    "No pickled code runs (optimizer/scheduler state is read as inert placeholders); any "
+                    "missing, unexpected or mis-shaped backbone key stops the conversion. Keys outside the "
+                    "backbone and its classifier (pretraining decoders, PointGroup's bias_head) are listed and "
+                    "not converted.")
+    p.add_argument("src", type=Path, help="Pointcept checkpoint, e.g. model_last.pth / model_best.pth")
     p.add_argument("dst", type=Path, help="output .safetensors file")
+    p.add_argument("--classes", default=None, metavar="SET|FILE",
+                   help="class names of a segmentor's classifier, in its output order: scannet20, scannet200, "
+                        "s3dis (the Pointcept dataset presets) or a text file with one name per line; required "
+                        "for segmentors (Pointcept checkpoints do not store them), refused for backbones")
+    p.add_argument("--input-features", choices=sorted(COLOR_RANGES), default=RGB_MINUS1_1_NORMAL,
+                   help="colour range the model was trained on: rgb_minus1_1_normal (colour / 127.5 - 1; "
+                        "Pointcept < 1.6 and the released GaussianCross weights, the default) or rgb01_normal "
+                        "(colour / 255; Pointcept >= 1.6)")
+    p.add_argument("--grid-lattice", choices=GRID_LATTICES, default=CENTER_SHIFT,
+                   help="voxel lattice the model was trained on (default center_shift: Pointcept's CenterShift "
+                        "before GridSample)")
+    p.add_argument("--grid-size", type=float, default=0.02, metavar="M",
+                   help="GridSample grid_size of the source config in metres (default 0.02, as in the ScanNet "
+                        "and S3DIS configs)")
+    p.add_argument("--backbone-only", action="store_true",
+                   help="write a segmentor's backbone as an encoder checkpoint (its classifier is dropped), "
+                        "e.g. to fine-tune it on another class set")
     p.add_argument("--encoder-config", type=str, default=None, metavar="JSON",
                    help="SpUNet config to check against, e.g. '{\"in_channels\": 6}' (unset fields take "
                         "gcross defaults); default: inferred from the tensor shapes")
@@ -45,8 +70,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="accept a checkpoint that lacks some encoder keys (they keep their fresh "
                         "initialisation); unexpected or mis-shaped keys still fail")
     p.add_argument("--prefix", default="encoder",
-                   help="namespace of the tensors in the output (default 'encoder', as in GaussianCross; "
-                        "'' for none)")
+                   help="namespace of an encoder output's tensors (default 'encoder'; '' for none); segmenter "
+                        "outputs always use 'encoder' and 'seg_head'")
     p.add_argument("-v", "--verbose", action="store_true", help="list every converted key")
     return p.parse_args(argv)
 
@@ -61,16 +86,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config = SpUNetConfig.from_dict(json.loads(args.encoder_config))
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise ConfigError(f"--encoder-config: {e}") from e
-    report = import_pointcept_checkpoint(args.src, args.dst, config, args.allow_partial, args.prefix)
-    logger.info("wrote %s: %d tensors, SpUNet %s", args.dst, len(report.converted), report.config.to_dict())
-    logger.info("note: Pointcept-trained encoders expect colour / 127.5 - 1 in [-1, 1] (metadata "
-                "input_features=%s), gcross feeds RGB in 0..1", POINTCEPT_INPUT_FEATURES)
+    class_names = read_class_names(args.classes) if args.classes is not None else None
+    convention = InputConvention(args.input_features, args.grid_lattice)
+    report = import_pointcept_checkpoint(args.src, args.dst, config, args.allow_partial, args.prefix,
+                                         class_names=class_names, convention=convention,
+                                         grid_size_m=args.grid_size, backbone_only=args.backbone_only)
+    logger.info("wrote %s: %s checkpoint from a Pointcept %s, %d encoder tensors, SpUNet %s", args.dst,
+                report.kind, report.layout, len(report.converted), report.config.to_dict())
+    if report.class_names:
+        logger.info("classes (%d): %s", len(report.class_names), ", ".join(report.class_names))
+    logger.info("input convention recorded: input_features=%s, grid_lattice=%s, grid_size_m=%g",
+                convention.input_features, convention.grid_lattice, args.grid_size)
     if report.missing:
         logger.warning("%d encoder key(s) missing and left at initialisation: %s", len(report.missing),
                        report.missing)
     if report.outside_backbone:
-        logger.info("%d key(s) outside 'backbone.' not converted: %s", len(report.outside_backbone),
-                    report.outside_backbone)
+        logger.info("%d key(s) not converted: %s", len(report.outside_backbone), report.outside_backbone)
     if args.verbose:
         for k in report.converted:
             logger.info("  %s", k)

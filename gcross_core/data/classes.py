@@ -11,9 +11,12 @@ Everything else maps to -1 (ignored by losses and metrics).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
+
+from gcross_core.errors import InputError
 
 IGNORE_INDEX = -1
 
@@ -129,3 +132,18 @@ def class_names_for(name_or_names) -> Tuple[str, ...]:
     return names
 
 
+
+
+def read_class_names(spec: str) -> Tuple[str, ...]:
+    """A class list from the command line: a set name (``scannet20``, ``scannet200``, ``s3dis``,
+    ``synthetic``) or a text file with one class name per line, in the classifier's order."""
+    if spec in CLASS_SETS:
+        return CLASS_SETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise InputError(f"classes {spec!r} is neither a class set {sorted(CLASS_SETS)} nor a file of class names")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return class_names_for(names)
+    except ValueError as e:
+        raise InputError(f"class file {path}: {e}") from e

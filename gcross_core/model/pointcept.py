@@ -1,35 +1,58 @@
-"""Pointcept SpUNet-v1m1 checkpoints (.pth) -> gcross encoder checkpoints (.safetensors).
+"""Pointcept SpUNet-v1m1 checkpoints (.pth) -> gcross checkpoints (.safetensors).
 
-Pointcept (and the released GaussianCross / PonderV2 / MSC weights built on it) saves
-``{"state_dict": {...}, "epoch": ..., ...}`` with keys such as ``module.backbone.conv_input.0.weight``.
-:func:`import_pointcept_checkpoint` reads it without unpickling arbitrary objects
-(``torch.load(weights_only=True)`` with an allow-list of numpy constructors), strips the ``module.`` /
-``backbone.`` prefixes, infers the SpUNet configuration from the tensor shapes (or checks the one given),
-and refuses to write anything if a key is missing, unexpected or of the wrong shape.
-``training/import_pointcept.py`` is its command line.
+Pointcept's ``CheckpointSaver`` (and the released GaussianCross weights built on it) saves
+``{"epoch", "state_dict", "optimizer", "scheduler", "scaler", "best_metric_value"}``; the state dict's keys
+carry ``module.`` under DataParallel/DDP. Three layouts are recognised (:func:`detect_layout`):
+
+- ``backbone``: a pretrained encoder, ``backbone.*`` beside whatever the pretraining model adds (its
+  decoders and heads are listed, not converted), or a bare SpUNet state dict -> an ``encoder`` checkpoint for
+  ``training/finetune.py --pretrained``;
+- ``DefaultSegmentor``: ``backbone.*`` with its own 1x1 ``final`` classifier (SpUNet ``num_classes`` > 0)
+  -> a ``segmenter`` checkpoint whose linear head is ``final`` (a 1x1x1 submanifold convolution is the same
+  map per voxel);
+- ``DefaultSegmentorV2`` (linear probing, ``freeze_backbone``): ``backbone.*`` (``num_classes=0``) plus
+  ``seg_head`` Linear(96, C) -> a ``segmenter`` checkpoint with that head. PointGroup checkpoints have the
+  same semantic ``seg_head`` and import the same way; their offset head ``bias_head`` is listed as not
+  converted.
+
+The file is read by :func:`gcross_core.model.pth.read_pth` (no pickled code runs; optimizer and scheduler
+state become inert placeholders). The SpUNet configuration is inferred from the tensor shapes (or checked
+against a given one) and any missing, unexpected or mis-shaped key stops the import before anything is
+written. Every output records ``kind`` and the input convention Pointcept fed the model
+(:class:`~gcross_core.model.features.InputConvention`): ``CenterShift(apply_z=True)`` before
+``GridSample`` (the ``center_shift`` lattice) and ``NormalizeColor``, colour / 127.5 - 1 before Pointcept
+1.6 and in the GaussianCross release, colour / 255 from Pointcept 1.6 on. ``training/import_pointcept.py``
+is its command line.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from gcross_core.checkpoint import prefixed, save_checkpoint
-from gcross_core.errors import PointceptImportError
+from gcross_core.checkpoint import ENCODER_KIND, SEGMENTER_KIND, prefixed, save_checkpoint
+from gcross_core.errors import CheckpointError, PointceptImportError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
+from gcross_core.model.features import POINTCEPT_CONVENTION, InputConvention
+from gcross_core.model.pth import Inert, UnreadableTensor, read_pth
+from gcross_core.segmentation.model import SegmentationModel, save_segmenter
 
-
-# Input convention of encoders trained in Pointcept: colour in [-1, 1] (NormalizeColor), then unit normal
-POINTCEPT_INPUT_FEATURES = "rgb_minus1_1_normal"
+BACKBONE = "backbone"
+SEGMENTOR = "DefaultSegmentor"
+SEGMENTOR_V2 = "DefaultSegmentorV2"
+HEAD_KEYS = ("seg_head.weight", "seg_head.bias")  # DefaultSegmentorV2 / PointGroup semantic head
 
 
 @dataclass
 class ImportReport:
-    config: SpUNetConfig
+    config: SpUNetConfig  # of the backbone as stored (num_classes > 0 for a DefaultSegmentor)
+    layout: str = BACKBONE  # BACKBONE | SEGMENTOR | SEGMENTOR_V2
+    kind: str = ENCODER_KIND  # kind of the checkpoint written
+    class_names: List[str] = field(default_factory=list)  # segmenter outputs
     converted: List[str] = field(default_factory=list)  # encoder keys written
     missing: List[str] = field(default_factory=list)  # encoder keys absent from the checkpoint
     unexpected: List[str] = field(default_factory=list)  # backbone keys the encoder does not have
@@ -37,47 +60,34 @@ class ImportReport:
     outside_backbone: List[str] = field(default_factory=list)  # keys beside `backbone.` (heads), not converted
 
 
-def _numpy_safe_globals() -> list:
-    """Constructors of numpy scalars/arrays: Pointcept stores e.g. best_metric_value as a numpy float.
+def load_pointcept_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Read a Pointcept .pth: (state dict with its original key names, other top-level entries).
 
-    They rebuild plain data, so allowing them keeps weights_only loading free of arbitrary code.
+    Raises PointceptImportError when there is no state dict, or naming the key of any entry that is not
+    a readable tensor.
     """
     try:
-        from numpy._core import multiarray as ma
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray as ma
-
-    allowed = [ma.scalar, ma._reconstruct, np.ndarray, np.dtype]
-    allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    # files written under numpy < 2 name the same constructors numpy.core.multiarray.*
-    allowed += [(ma.scalar, "numpy.core.multiarray.scalar"), (ma._reconstruct, "numpy.core.multiarray._reconstruct")]
-    return allowed
-
-
-def load_pointcept_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """Read a Pointcept .pth: (state dict with its original key names, other top-level entries)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PointceptImportError(f"{path} does not exist")
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any unpickling failure with the file name
-        raise PointceptImportError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from e
+        obj = read_pth(path)
+    except CheckpointError as e:
+        raise PointceptImportError(str(e)) from e
     if not isinstance(obj, dict):
-        raise PointceptImportError(f"{path}: expected a dict, got {type(obj).__name__}")
+        raise PointceptImportError(f"{path}: expected a dict, got {obj!r:.80}")
     for key in ("state_dict", "model"):
         if isinstance(obj.get(key), dict):
             state, extra = obj[key], {k: v for k, v in obj.items() if k != key}
             break
     else:
         state, extra = obj, {}
-    non_tensor = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if not state or non_tensor:
-        raise PointceptImportError(
-            f"{path}: no state dict of tensors found (top-level keys {sorted(obj)[:10]}; "
-            f"non-tensor entries {non_tensor[:5]})")
-    return state, extra
+    if not state:
+        raise PointceptImportError(f"{path}: no state dict of tensors found (top-level keys {sorted(obj)[:10]})")
+    for k, v in state.items():
+        if isinstance(v, UnreadableTensor):
+            raise PointceptImportError(f"{path}: state dict entry {k!r} cannot be read: {v.reason}")
+        if not isinstance(v, torch.Tensor):
+            what = v.target if isinstance(v, Inert) else type(v).__name__
+            raise PointceptImportError(f"{path}: state dict entry {k!r} is a {what}, not a tensor "
+                                       f"(no state dict of tensors found)")
+    return dict(state), extra
 
 
 def split_backbone(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
@@ -86,17 +96,37 @@ def split_backbone(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tens
     If any key lives under ``backbone.``, only those keys are the encoder and the others (decoders,
     segmentation heads, projection heads) are returned by name; otherwise every key is the encoder.
     """
-    stripped = {}
-    for k, v in state.items():
-        name = k
-        while name.startswith("module."):
-            name = name[len("module."):]
-        stripped[name] = v
+    stripped = _strip_module(state)
     if any(k.startswith("backbone.") for k in stripped):
         backbone = {k[len("backbone."):]: v for k, v in stripped.items() if k.startswith("backbone.")}
         others = sorted(k for k in stripped if not k.startswith("backbone."))
         return backbone, others
     return stripped, []
+
+
+def _strip_module(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        while k.startswith("module."):
+            k = k[len("module."):]
+        out[k] = v
+    return out
+
+
+def detect_layout(state: Dict[str, torch.Tensor]) -> str:
+    """BACKBONE, SEGMENTOR (backbone with ``final``) or SEGMENTOR_V2 (``seg_head`` Linear) for a state dict."""
+    stripped = _strip_module(state)
+    backbone, _ = split_backbone(state)
+    head = [k for k in HEAD_KEYS if k in stripped]
+    if head:
+        if len(head) != 2 or stripped["seg_head.weight"].ndim != 2:
+            raise PointceptImportError(f"seg_head is not a Linear layer (found {head} with shapes "
+                                       f"{[tuple(stripped[k].shape) for k in head]})")
+        if "final.weight" in backbone:
+            raise PointceptImportError("the checkpoint has both a backbone 'final' classifier and a 'seg_head'; "
+                                       "expected one of DefaultSegmentor / DefaultSegmentorV2")
+        return SEGMENTOR_V2
+    return SEGMENTOR if "final.weight" in backbone else BACKBONE
 
 
 def infer_spunet_config(state: Dict[str, torch.Tensor]) -> SpUNetConfig:
@@ -139,7 +169,8 @@ def _layout_hint(got: Tuple[int, ...], want: Tuple[int, ...]) -> str:
 
 def convert_state_dict(state: Dict[str, torch.Tensor], config: Optional[SpUNetConfig] = None,
                        allow_partial: bool = False) -> Tuple[Dict[str, torch.Tensor], ImportReport]:
-    """Map a Pointcept state dict onto SpUNet(config); raises PointceptImportError listing every problem."""
+    """Map a Pointcept state dict's backbone onto SpUNet(config); raises PointceptImportError listing every
+    problem. The tensors keep the backbone's ``final`` classifier when it has one."""
     backbone, others = split_backbone(state)
     cfg = config or infer_spunet_config(backbone)
     model = SpUNet(cfg)
@@ -170,25 +201,78 @@ def convert_state_dict(state: Dict[str, torch.Tensor], config: Optional[SpUNetCo
     return tensors, report
 
 
+def _classifier(state: Dict[str, torch.Tensor], tensors: Dict[str, torch.Tensor], layout: str,
+                report: ImportReport) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The segmenter's linear head (weight [C, D], bias [C]); takes ``final.*`` out of ``tensors``."""
+    if layout == SEGMENTOR:
+        if "final.weight" not in tensors or "final.bias" not in tensors:
+            raise PointceptImportError("the backbone's 'final' classifier lacks its weight or bias")
+        w, b = tensors.pop("final.weight"), tensors.pop("final.bias")
+        report.converted = [k for k in report.converted if not k.startswith("final.")]
+        return w.reshape(w.shape[0], -1), b  # [C, 1, 1, 1, D]: a 1x1x1 kernel is a per-voxel Linear
+    stripped = _strip_module(state)
+    w, b = stripped["seg_head.weight"].float(), stripped["seg_head.bias"].float()
+    report.outside_backbone = [k for k in report.outside_backbone if k not in HEAD_KEYS]
+    return w, b
+
+
 def import_pointcept_checkpoint(src, dst, config: Optional[SpUNetConfig] = None, allow_partial: bool = False,
-                                prefix: str = "encoder") -> ImportReport:
-    """Convert ``src`` (.pth) into ``dst`` (.safetensors) with tensors under ``prefix.`` (none if empty)."""
+                                prefix: str = "encoder", class_names: Optional[Sequence[str]] = None,
+                                convention: InputConvention = POINTCEPT_CONVENTION, grid_size_m: float = 0.02,
+                                backbone_only: bool = False) -> ImportReport:
+    """Convert ``src`` (.pth) into ``dst`` (.safetensors) as described in the module docstring.
+
+    ``class_names``: required for a segmentor (one per output of its classifier), refused for a backbone.
+    ``convention`` and ``grid_size_m``: what the source model was fed (Pointcept's configs: 0.02 m).
+    ``prefix``: namespace of an encoder output's tensors ('' for none; segmenters use ``encoder``).
+    ``backbone_only``: write a segmentor's backbone as an encoder checkpoint (classifier dropped).
+    """
+    if not grid_size_m > 0:
+        raise PointceptImportError(f"grid_size_m must be > 0, got {grid_size_m}")
     state, extra = load_pointcept_checkpoint(src)
+    layout = detect_layout(state)
     tensors, report = convert_state_dict(state, config, allow_partial)
-    metadata = {
-        "model": "spunet",
-        "encoder_config": report.config.to_dict(),
-        "encoder_prefix": prefix,
-        # Pointcept's NormalizeColor feeds colour / 127.5 - 1 (then the normal); gcross feeds RGB in 0..1
-        "input_features": POINTCEPT_INPUT_FEATURES,
-        "source": {"format": "pointcept", "file": Path(src).name,
-                   "epoch": int(extra["epoch"]) if isinstance(extra.get("epoch"), (int, np.integer)) else None},
-        "missing_keys": report.missing,
-        "not_converted_keys": report.outside_backbone,
-    }
-    save_checkpoint(dst, prefixed(tensors, prefix) if prefix else tensors, metadata)
+    report.layout = layout
+    epoch = extra.get("epoch")
+    source = {"format": "pointcept", "layout": layout, "file": Path(src).name,
+              "epoch": int(epoch) if isinstance(epoch, (int, np.integer)) and not isinstance(epoch, bool) else None}
+    if layout == BACKBONE or backbone_only:
+        if class_names is not None:
+            raise PointceptImportError(f"{src} is imported as a backbone ({layout}): there is no classifier "
+                                       f"whose classes to name")
+        enc_cfg = report.config
+        if layout == SEGMENTOR:
+            _classifier(state, tensors, layout, report)  # drop `final`
+            report.outside_backbone = report.outside_backbone + ["backbone.final.weight", "backbone.final.bias"]
+            enc_cfg = SpUNetConfig.from_dict({**enc_cfg.to_dict(), "num_classes": 0})
+        metadata = {"kind": ENCODER_KIND, "model": "spunet", "encoder_config": enc_cfg.to_dict(),
+                    "encoder_prefix": prefix, "grid_size_m": float(grid_size_m), **convention.to_metadata(),
+                    "source": source, "missing_keys": report.missing,
+                    "not_converted_keys": report.outside_backbone}
+        save_checkpoint(dst, prefixed(tensors, prefix) if prefix else tensors, metadata)
+        return report
+
+    weight, bias = _classifier(state, tensors, layout, report)
+    if class_names is None:
+        raise PointceptImportError(f"{src} is a {layout} with a {weight.shape[0]}-class classifier: give its "
+                                   f"class names (--classes scannet20|scannet200|s3dis|FILE); they are not "
+                                   f"stored in Pointcept checkpoints")
+    if len(class_names) != weight.shape[0]:
+        raise PointceptImportError(f"{len(class_names)} class names given for the {weight.shape[0]}-class "
+                                   f"classifier of {src} ({layout})")
+    enc_cfg = SpUNetConfig.from_dict({**report.config.to_dict(), "num_classes": 0})
+    model = SegmentationModel(enc_cfg, int(weight.shape[0]))
+    if tuple(weight.shape) != tuple(model.seg_head.weight.shape) or tuple(bias.shape) != (weight.shape[0],):
+        raise PointceptImportError(f"classifier weight {tuple(weight.shape)} / bias {tuple(bias.shape)} do not fit "
+                                   f"a Linear({model.encoder.out_channels}, {weight.shape[0]}) on this backbone")
+    model.encoder.load_state_dict(tensors, strict=not allow_partial)
+    model.seg_head.load_state_dict({"weight": weight, "bias": bias})
+    report.kind, report.class_names = SEGMENTER_KIND, list(class_names)
+    save_segmenter(dst, model, list(class_names), grid_size_m, convention=convention,
+                   extra={"model": "spunet", "source": source, "missing_keys": report.missing,
+                          "not_converted_keys": report.outside_backbone})
     return report
 
 
-__all__ = ["POINTCEPT_INPUT_FEATURES", "ImportReport", "load_pointcept_checkpoint", "split_backbone",
-           "infer_spunet_config", "convert_state_dict", "import_pointcept_checkpoint"]
+__all__ = ["BACKBONE", "SEGMENTOR", "SEGMENTOR_V2", "ImportReport", "load_pointcept_checkpoint", "split_backbone",
+           "detect_layout", "infer_spunet_config", "convert_state_dict", "import_pointcept_checkpoint"]
