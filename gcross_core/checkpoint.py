@@ -79,6 +79,12 @@ def load_checkpoint(path, device: str = "cpu") -> Tuple[Dict[str, torch.Tensor],
     return tensors, meta
 
 
+def stamp_metadata(path, updates: Dict[str, Any]) -> Path:
+    """Rewrite ``path`` atomically with the same tensors and its metadata updated by ``updates``."""
+    tensors, meta = load_checkpoint(path)
+    return save_checkpoint(path, tensors, {**meta, **updates})
+
+
 def prefixed(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
     """Namespace a state dict: {'w': t} -> {'prefix.w': t}."""
     return {f"{prefix}.{k}": v for k, v in state.items()}

@@ -60,7 +60,8 @@ class InputConvention:
         for key, values in allowed.items():
             if key not in meta:
                 raise CheckpointError(f"checkpoint {source} has no {key!r} in its metadata (expected one of "
-                                      f"{values}); it cannot say how its encoder input was built")
+                                      f"{values}); it cannot say how its encoder input was built (a gcross "
+                                      f"checkpoint written before the key existed: training/stamp_convention.py)")
             if meta[key] not in values:
                 raise CheckpointError(f"checkpoint {source}: metadata {key!r} is {meta[key]!r}, expected one of "
                                       f"{values}")

@@ -48,6 +48,7 @@ MISSING_INPUT = {
     "import_pointcept.py": [MISSING + ".pth", "out.safetensors"],
     "prepare_scannet.py": ["--scannet-root", MISSING, "--out", "out"],
     "pretrain.py": ["--config", MISSING + ".yaml", "--out", "out"],
+    "stamp_convention.py": [MISSING + ".safetensors"],
 }
 
 
