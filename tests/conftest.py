@@ -55,3 +55,65 @@ def _box_wall_scenes(sizes=(1200, 700, 300), grid_size_m=0.05, seed=0, shift_m=(
 def box_scenes():
     """Factory of small multi-scene PointBatches (see _box_wall_scenes)."""
     return _box_wall_scenes
+
+
+class _PointceptSegmentorV2(torch.nn.Module):
+    """Pointcept's DefaultSegmentorV2 forward: backbone features (num_classes=0) -> seg_head Linear."""
+
+    def __init__(self, backbone, num_classes):
+        super().__init__()
+        self.backbone = backbone
+        self.seg_head = torch.nn.Linear(backbone.out_channels, num_classes)
+
+    def forward(self, points):
+        return self.seg_head(self.backbone(points))
+
+
+def _write_pointcept_pth(path, layout, encoder_config, num_classes=0, seed=0, module_prefix="module.",
+                         legacy_format=False):
+    """A checkpoint the way Pointcept's CheckpointSaver writes it, of a random SpUNet built here.
+
+    layout: "backbone" (plus a pretraining decoder key that is not converted), "DefaultSegmentor" (the
+    backbone's own `final`, num_classes outputs) or "DefaultSegmentorV2" (backbone + `seg_head`). The file
+    carries optimizer state, a numpy best_metric_value and OneCycleLR state with a function reference (the
+    bound `anneal_func` PyTorch < 2.4 pickled), which torch.load(weights_only=True) refuses.
+    Returns (path, net): net maps a PointBatch to the source model's per-row outputs (logits).
+    """
+    from dataclasses import replace
+
+    from gcross_core.model.encoder import SpUNet
+
+    torch.manual_seed(seed)
+    if layout == "DefaultSegmentor":
+        net = SpUNet(replace(encoder_config, num_classes=num_classes))
+        backbone, head = net, None
+    elif layout == "DefaultSegmentorV2":
+        net = _PointceptSegmentorV2(SpUNet(encoder_config), num_classes)
+        backbone, head = net.backbone, net.seg_head
+    else:
+        net = backbone = SpUNet(encoder_config)
+        head = None
+    with torch.no_grad():
+        for p in net.parameters():  # distinctive weights, well away from the initialisation
+            p.add_(0.2 * torch.randn_like(p))
+        backbone.train()(_box_wall_scenes(sizes=(900,), grid_size_m=0.05, seed=seed))  # BatchNorm statistics
+    net.eval()
+    state = {f"{module_prefix}backbone.{k}": v.clone() for k, v in backbone.state_dict().items()}
+    if head is not None:
+        state.update({f"{module_prefix}seg_head.{k}": v.clone() for k, v in head.state_dict().items()})
+    if layout == "backbone":
+        state[f"{module_prefix}gaussian_decoder.0.weight"] = torch.zeros(4, 4)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.AdamW(params, lr=0.005)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.005, total_steps=10)
+    torch.save({"epoch": 7, "state_dict": state, "optimizer": optimizer.state_dict(),
+                "scheduler": {**scheduler.state_dict(), "anneal_func": scheduler._anneal_func},
+                "scaler": None, "best_metric_value": np.float64(0.42)}, path,
+               _use_new_zipfile_serialization=not legacy_format)
+    return path, net
+
+
+@pytest.fixture
+def pointcept_pth():
+    """Factory of Pointcept-layout .pth files (see _write_pointcept_pth)."""
+    return _write_pointcept_pth

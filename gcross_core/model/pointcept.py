@@ -8,8 +8,9 @@ carry ``module.`` under DataParallel/DDP. Three layouts are recognised (:func:`d
   decoders and heads are listed, not converted), or a bare SpUNet state dict -> an ``encoder`` checkpoint for
   ``training/finetune.py --pretrained``;
 - ``DefaultSegmentor``: ``backbone.*`` with its own 1x1 ``final`` classifier (SpUNet ``num_classes`` > 0)
-  -> a ``segmenter`` checkpoint whose linear head is ``final`` (a 1x1x1 submanifold convolution is the same
-  map per voxel);
+  -> a ``segmenter`` checkpoint whose linear head is ``final`` (a 1x1x1 submanifold convolution is a
+  per-voxel linear map; note spconv >= 2.1 multiplies by the weight's memory viewed as [in, out], not by the
+  [out, 1, 1, 1, in] tensor reshaped to [out, in], and the head reproduces what spconv computes);
 - ``DefaultSegmentorV2`` (linear probing, ``freeze_backbone``): ``backbone.*`` (``num_classes=0``) plus
   ``seg_head`` Linear(96, C) -> a ``segmenter`` checkpoint with that head. PointGroup checkpoints have the
   same semantic ``seg_head`` and import the same way; their offset head ``bias_head`` is listed as not
@@ -209,7 +210,9 @@ def _classifier(state: Dict[str, torch.Tensor], tensors: Dict[str, torch.Tensor]
             raise PointceptImportError("the backbone's 'final' classifier lacks its weight or bias")
         w, b = tensors.pop("final.weight"), tensors.pop("final.bias")
         report.converted = [k for k in report.converted if not k.startswith("final.")]
-        return w.reshape(w.shape[0], -1), b  # [C, 1, 1, 1, D]: a 1x1x1 kernel is a per-voxel Linear
+        # [C, 1, 1, 1, D], but spconv (>= 2.1) computes a 1x1x1 convolution as
+        # features @ weight.view(D, C): that matrix, transposed, is the equivalent Linear weight [C, D]
+        return w.reshape(w.shape[-1], w.shape[0]).t().contiguous(), b
     stripped = _strip_module(state)
     w, b = stripped["seg_head.weight"].float(), stripped["seg_head.bias"].float()
     report.outside_backbone = [k for k in report.outside_backbone if k not in HEAD_KEYS]

@@ -46,13 +46,13 @@ def room() -> Scene:
 def test_encoder_features_are_rgb01_then_normal():
     color = np.array([[255, 0, 51]], dtype=np.uint8)
     normal = np.array([[0.0, 0.6, 0.8]])
-    feat = encoder_features(color, normal)
+    feat = encoder_features(color, normal, "rgb01_normal")
     assert feat.dtype == np.float32 and feat.shape == (1, IN_CHANNELS)
     np.testing.assert_array_equal(feat, np.float32([[1.0, 0.0, 0.2, 0.0, 0.6, 0.8]]))
 
 
 def test_training_samples_and_segmenter_feed_the_same_features(room):
-    reference = encoder_features(room.color, room.normal)  # [N, 6], one row per scene point
+    reference = encoder_features(room.color, room.normal, "rgb01_normal")  # [N, 6], one row per scene point
 
     # segmentation training sample without augmentation: feature rows are scene points `rows`
     cfg = SegDataConfig(root="unused", class_set="synthetic", grid_size_m=GRID, augment=False, max_points=10 ** 6)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gcross_core.checkpoint import load_checkpoint, unprefixed
+from gcross_core.data.classes import S3DIS_CLASSES, SCANNET20_CLASSES
 from gcross_core.errors import PointceptImportError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.model.pointcept import import_pointcept_checkpoint, load_pointcept_checkpoint
@@ -45,16 +46,17 @@ def test_round_trip_preserves_weights_config_and_outputs(tmp_path):
         p.data.normal_()
     src_model.train()(_points(1))  # update BatchNorm running statistics
     src = _pointcept_file(tmp_path / "model_best.pth", src_model,
-                          extra_keys={"module.seg_head.weight": torch.zeros(20, 8)})
+                          extra_keys={"module.gaussian_head.weight": torch.zeros(20, 8)})
     dst = tmp_path / "encoder.safetensors"
     report = import_pointcept_checkpoint(src, dst)
     assert report.config == SMALL  # inferred from shapes
-    assert report.outside_backbone == ["seg_head.weight"] and not report.missing
+    assert report.outside_backbone == ["gaussian_head.weight"] and not report.missing
 
     tensors, meta = load_checkpoint(dst)
     assert meta["model"] == "spunet" and meta["encoder_config"] == SMALL.to_dict()
-    assert meta["source"]["epoch"] == 12 and meta["not_converted_keys"] == ["seg_head.weight"]
-    assert meta["input_features"] == "rgb_minus1_1_normal" and meta["encoder_prefix"] == "encoder"
+    assert meta["source"]["epoch"] == 12 and meta["not_converted_keys"] == ["gaussian_head.weight"]
+    assert meta["input_features"] == "rgb_minus1_1_normal" and meta["grid_lattice"] == "center_shift"
+    assert meta["kind"] == "encoder" and meta["encoder_prefix"] == "encoder" and meta["source"]["layout"] == "backbone"
     enc = unprefixed(tensors, "encoder")
     assert set(enc) == set(src_model.state_dict())
     loaded = SpUNet(SpUNetConfig.from_dict(meta["encoder_config"]))
@@ -67,10 +69,21 @@ def test_round_trip_preserves_weights_config_and_outputs(tmp_path):
 def test_plain_state_dict_without_backbone_prefix_and_with_classifier(tmp_path):
     cfg = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1), num_classes=13)
     src = _pointcept_file(tmp_path / "seg.pth", SpUNet(cfg), prefix="module.")
-    report = import_pointcept_checkpoint(src, tmp_path / "seg.safetensors", prefix="")
-    assert report.config.num_classes == 13
-    tensors, _ = load_checkpoint(tmp_path / "seg.safetensors")
-    assert tuple(tensors["final.weight"].shape) == (13, 1, 1, 1, 8)
+    # a classifier's classes are never guessed
+    with pytest.raises(PointceptImportError, match=r"DefaultSegmentor with a 13-class classifier.*--classes"):
+        import_pointcept_checkpoint(src, tmp_path / "seg.safetensors")
+    with pytest.raises(PointceptImportError, match="20 class names given for the 13-class classifier"):
+        import_pointcept_checkpoint(src, tmp_path / "seg.safetensors", class_names=SCANNET20_CLASSES)
+    report = import_pointcept_checkpoint(src, tmp_path / "seg.safetensors", class_names=S3DIS_CLASSES)
+    assert report.config.num_classes == 13 and report.kind == "segmenter" and report.layout == "DefaultSegmentor"
+    tensors, meta = load_checkpoint(tmp_path / "seg.safetensors")
+    assert tuple(tensors["seg_head.weight"].shape) == (13, 8) and "encoder.final.weight" not in tensors
+    assert meta["class_names"] == list(S3DIS_CLASSES) and meta["encoder_config"]["num_classes"] == 0
+    # or only its backbone, for fine-tuning on other classes
+    report = import_pointcept_checkpoint(src, tmp_path / "enc.safetensors", prefix="", backbone_only=True)
+    tensors, meta = load_checkpoint(tmp_path / "enc.safetensors")
+    assert meta["kind"] == "encoder" and meta["encoder_config"]["num_classes"] == 0
+    assert "final.weight" not in tensors and "backbone.final.weight" in meta["not_converted_keys"]
 
 
 def test_missing_unexpected_and_misshaped_keys_are_listed_and_fail(tmp_path):
@@ -98,19 +111,6 @@ def test_missing_unexpected_and_misshaped_keys_are_listed_and_fail(tmp_path):
         import_pointcept_checkpoint(missing, tmp_path / "out.safetensors", config=SpUNetConfig(), allow_partial=True)
 
 
-def test_refuses_pickled_code_and_non_checkpoints(tmp_path):
-    evil = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Path("/tmp")}, evil)
-    with pytest.raises(PointceptImportError, match="weights_only"):
-        load_pointcept_checkpoint(evil)
-    with pytest.raises(PointceptImportError, match="does not exist"):
-        load_pointcept_checkpoint(tmp_path / "nope.pth")
-    empty = tmp_path / "empty.pth"
-    torch.save({"state_dict": {}}, empty)
-    with pytest.raises(PointceptImportError, match="no state dict"):
-        load_pointcept_checkpoint(empty)
-
-
 def _script(*args):
     """Run training/import_pointcept.py as its users do: a separate process."""
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
@@ -123,6 +123,7 @@ def test_cli(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "m.safetensors").is_file()
     assert f"wrote {tmp_path / 'm.safetensors'}" in ok.stderr and "rgb_minus1_1_normal" in ok.stderr
+    assert "encoder checkpoint" in ok.stderr and "center_shift" in ok.stderr
     bad = _pointcept_file(tmp_path / "bad.pth", SpUNet(SMALL), drop=("down.0.0.weight",))
     r = _script(bad, tmp_path / "bad.safetensors")
     assert r.returncode == 2, r.stderr  # an unusable input file
@@ -134,16 +135,3 @@ def test_cli(tmp_path):
     assert "Pointcept" in r.stdout
 
 
-def test_reads_numpy_scalars_saved_under_numpy_1_names(tmp_path):
-    # Pointcept stores best_metric_value as a numpy float; files from numpy < 2 name its constructor
-    # numpy.core.multiarray.scalar (legacy torch format so the pickle can be edited in place)
-    import io
-
-    buf = io.BytesIO()
-    torch.save({"state_dict": {"w": torch.ones(2)}, "best_metric_value": np.float64(0.5)}, buf,
-               _use_new_zipfile_serialization=False)
-    old = buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-    assert b"cnumpy.core.multiarray\n" in old
-    (tmp_path / "old.pth").write_bytes(old)
-    state, extra = load_pointcept_checkpoint(tmp_path / "old.pth")
-    assert torch.equal(state["w"], torch.ones(2)) and float(extra["best_metric_value"]) == 0.5

@@ -54,7 +54,7 @@ def test_predict_returns_one_label_per_input_point_undoing_grid_sampling(ckpt):
     np.testing.assert_allclose(probs[same], np.broadcast_to(probs[0], probs[same].shape), atol=1e-6)
     # and the per-point result equals running the model on the grid rows by hand
     keep, grid, inv = grid_sample(coord, 0.05)
-    batch = collate_points([coord[keep]], [encoder_features(color, normal)[keep]], [grid], [inv])
+    batch = collate_points([coord[keep]], [encoder_features(color, normal, "rgb01_normal")[keep]], [grid], [inv])
     with torch.no_grad():
         rows = torch.softmax(seg.model(batch), 1).numpy()
     np.testing.assert_allclose(probs, rows[inv], atol=1e-5)
@@ -111,10 +111,16 @@ def test_checkpoint_of_another_architecture_is_refused(ckpt, tmp_path):
     save_checkpoint(tmp_path / "kind.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match="expected a segmenter"):
         Segmenter.from_checkpoint(tmp_path / "kind.safetensors")
-    meta = {**load_checkpoint(ckpt)[1], "input_features": "rgb_minus1_1"}
-    save_checkpoint(tmp_path / "feat.safetensors", tensors, meta)
-    with pytest.raises(CheckpointError, match="input features"):
-        Segmenter.from_checkpoint(tmp_path / "feat.safetensors")
+    # an unknown or missing input convention is refused naming the key, never guessed
+    for key, value in (("input_features", "rgb_minus1_1"), ("grid_lattice", "voxel_centre")):
+        meta = {**load_checkpoint(ckpt)[1], key: value}
+        save_checkpoint(tmp_path / "conv.safetensors", tensors, meta)
+        with pytest.raises(CheckpointError, match=f"'{key}' is '{value}', expected one of"):
+            Segmenter.from_checkpoint(tmp_path / "conv.safetensors")
+        meta.pop(key)
+        save_checkpoint(tmp_path / "conv.safetensors", tensors, meta)
+        with pytest.raises(CheckpointError, match=f"no '{key}' in its metadata"):
+            Segmenter.from_checkpoint(tmp_path / "conv.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         Segmenter.from_checkpoint(tmp_path / "junk.safetensors")
@@ -168,7 +174,7 @@ def test_linear_probe_trains_only_the_head_and_keeps_batchnorm_statistics():
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     coord, color, normal = _cloud(500)
     keep, grid, inv = grid_sample(coord, 0.05)
-    batch = collate_points([coord[keep]], [encoder_features(color, normal)[keep]], [grid])
+    batch = collate_points([coord[keep]], [encoder_features(color, normal, "rgb01_normal")[keep]], [grid])
     labels = torch.from_numpy(np.random.default_rng(0).integers(-1, 3, len(keep)))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     loss = segmentation_loss(model(batch), labels)
