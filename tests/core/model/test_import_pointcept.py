@@ -135,3 +135,27 @@ def test_cli(tmp_path):
     assert "Pointcept" in r.stdout
 
 
+
+
+def test_cli_segmentor_classes_and_conventions(tmp_path, pointcept_pth, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_pointcept_cli", SCRIPT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cfg = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
+    src, _ = pointcept_pth(tmp_path / "lin.pth", "DefaultSegmentorV2", cfg, num_classes=3)
+    names = tmp_path / "classes.txt"
+    names.write_text("floor\nwall\n\nchair\n")
+    assert cli.main([str(src), str(tmp_path / "a.safetensors")]) == 2  # classes are never guessed
+    assert "--classes" in capsys.readouterr().err
+    assert cli.main([str(src), str(tmp_path / "a.safetensors"), "--classes", "scannet20"]) == 2
+    assert "20 class names given for the 3-class classifier" in capsys.readouterr().err
+    assert cli.main([str(src), str(tmp_path / "a.safetensors"), "--classes", "nope"]) == 2
+    assert "neither a class set" in capsys.readouterr().err
+    assert cli.main([str(src), str(tmp_path / "a.safetensors"), "--classes", str(names),
+                     "--input-features", "rgb01_normal", "--grid-size", "0.05"]) == 0
+    meta = load_checkpoint(tmp_path / "a.safetensors")[1]
+    assert meta["kind"] == "segmenter" and meta["class_names"] == ["floor", "wall", "chair"]
+    assert (meta["input_features"], meta["grid_lattice"], meta["grid_size_m"]) == ("rgb01_normal", "center_shift", 0.05)
+    assert meta["source"]["layout"] == "DefaultSegmentorV2" and meta["source"]["epoch"] == 7

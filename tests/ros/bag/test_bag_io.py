@@ -247,6 +247,24 @@ def test_eval_cli_with_a_real_segmenter_checkpoint(plane_bag, tmp_path):
     assert res["coverage"]["covered_but_unlabelled_points"] == 0  # the final segmentation labels everything
 
 
+def test_eval_cli_with_an_imported_pointcept_segmentor(plane_bag, tmp_path, pointcept_pth):
+    pytest.importorskip("spconv")
+    from gcross_core.model.encoder import SpUNetConfig
+    from gcross_core.model.pointcept import import_pointcept_checkpoint
+
+    tiny = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
+    src, _ = pointcept_pth(tmp_path / "model_best.pth", "DefaultSegmentor", tiny, num_classes=len(CLASSES))
+    ckpt = tmp_path / "imported.safetensors"
+    import_pointcept_checkpoint(src, ckpt, class_names=CLASSES)
+    bag, _ = plane_bag
+    rc = main(["-q", "eval", str(bag), "--checkpoint", str(ckpt), "--out", str(tmp_path / "report"),
+               "--segment-period-s", "0.2"])
+    assert rc == 0
+    res = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert 0.0 <= res["metrics"]["miou"] <= 1.0
+    assert res["coverage"]["covered_but_unlabelled_points"] == 0
+
+
 def test_eval_rejects_a_bag_without_ground_truth(tmp_path):
     scene = random_scene(n_frames=2)
     scene.segment = None
