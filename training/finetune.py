@@ -7,7 +7,10 @@
 - ``--pretrained``: a pretraining checkpoint (encoder under ``model.encoder.*``), a segmenter checkpoint
   or an imported Pointcept encoder (training/import_pointcept.py). Every encoder tensor must match the
   encoder configuration by name and shape or the run stops. Without it the encoder starts from random
-  weights (training from scratch, or the random-encoder linear-probing baseline).
+  weights (training from scratch, or the random-encoder linear-probing baseline). The run feeds the
+  colour range and voxel lattice the checkpoint records (an imported GaussianCross backbone: colour / 127.5
+  - 1 and Pointcept's centre-shift lattice) unless ``--set data.input_features=...`` /
+  ``data.grid_lattice=...`` says otherwise; a checkpoint that records neither is refused.
 - ``--linear-probe``: freeze the encoder (weights and BatchNorm statistics) and train only the linear
   classifier (paper Table 1). Otherwise the whole network trains (Tables 2-3).
 - ``--limited-scenes PCT`` / ``--limited-points N``: the data-efficient benchmark (Table 2); the chosen

@@ -8,7 +8,9 @@
 # Fixed seeds everywhere (rooms 0-7 for training, 1000-1003 for validation, training seed 0). CPU only,
 # one thread: on a shared 2-core machine oversubscribed OpenMP threads are slower than one. The classes
 # are SYNTHETIC_CLASSES (gcross_core/data/classes.py), a subset of the ScanNet20 names. The weights are
-# for demos and smoke tests of the node and the bag tools, not for real scans.
+# for demos and smoke tests of the node and the bag tools, not for real scans. Its metadata records the
+# input convention every tool feeds it (input_features=rgb01_normal, grid_lattice=min_corner), inherited
+# from the pretraining checkpoint by the fine-tuning run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/demo_checkpoint}

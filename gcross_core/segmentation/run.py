@@ -137,7 +137,6 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
         convention = finetune_convention(cfg.data, pretrained)
         cfg = replace(cfg, data=replace(cfg.data, input_features=convention.input_features,
                                         grid_lattice=convention.grid_lattice))  # resolved for every use below
-        log.info("input convention: %s, %s voxel lattice", convention.input_features, convention.grid_lattice)
         class_names = class_names_for(cfg.data.class_set)
         train_dirs = list_scenes(cfg.data.root, cfg.data.train_split)
         train_dirs = select_training_scenes(train_dirs, cfg.data, run_dir if dist.is_main else None)
@@ -159,8 +158,9 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
         if cfg.linear_probe and cfg.bn_recalibration_batches:
             recalibrate(model, dataset, cfg, run_cfg.train.batch_size // dist.world_size, dist.device)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("%s: %d trainable parameters, %d classes, %d training scenes",
-                 "linear probe" if cfg.linear_probe else "fine-tuning", n_train, len(class_names), len(train_dirs))
+        log.info("%s: %d trainable parameters, %d classes, %d training scenes, input %s on the %s lattice",
+                 "linear probe" if cfg.linear_probe else "fine-tuning", n_train, len(class_names), len(train_dirs),
+                 convention.input_features, convention.grid_lattice)
         meta = {"kind": FINETUNE_KIND, "class_names": list(class_names),
                 "encoder_config": model.encoder_config.to_dict(), "encoder_prefix": SEGMENTER_ENCODER_PREFIX,
                 "pretrained": str(pretrained) if pretrained else None, "linear_probe": cfg.linear_probe,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gcross_core.checkpoint import load_checkpoint, prefixed, save_checkpoint
+from gcross_core.model.features import GCROSS_CONVENTION, POINTCEPT_CONVENTION
 from gcross_core.config import load_config
 from gcross_core.data.classes import SYNTHETIC_CLASSES
 from gcross_core.data.grid import grid_sample
@@ -207,17 +208,18 @@ def _write_config(path, root, **extra):
     return path
 
 
-def _pretrain_checkpoint(path, seed=0):
+def _pretrain_checkpoint(path, seed=0, convention=GCROSS_CONVENTION):
     torch.manual_seed(seed)
     enc = SegmentationModel(TINY, 2).encoder
     tensors = {**prefixed(enc.state_dict(), "model.encoder"), "model.head.bias": torch.zeros(3)}
     save_checkpoint(path, tensors, {"kind": "pretrain", "encoder_config": TINY.to_dict(),
-                                    "encoder_prefix": "model.encoder"})
+                                    "encoder_prefix": "model.encoder", **convention.to_metadata()})
     return enc.state_dict()
 
 
 def test_linear_probe_from_a_pretraining_checkpoint_then_evaluate(data_root, tmp_path):
-    pre = _pretrain_checkpoint(tmp_path / "pre.safetensors")
+    # a checkpoint trained on Pointcept's conventions: the run and its segmenter keep them
+    pre = _pretrain_checkpoint(tmp_path / "pre.safetensors", convention=POINTCEPT_CONVENTION)
     cfg = _write_config(tmp_path / "cfg.yaml", data_root)
     out = tmp_path / "probe"
     rc, err = _script("finetune", "--config", cfg, "--pretrained", tmp_path / "pre.safetensors",
@@ -228,6 +230,9 @@ def test_linear_probe_from_a_pretraining_checkpoint_then_evaluate(data_root, tmp
         assert torch.equal(seg.model.encoder.state_dict()[k], v), k
     meta = load_checkpoint(out / "segmenter.safetensors")[1]
     assert meta["linear_probe"] is True and meta["trained_steps"] == 2
+    assert seg.convention == POINTCEPT_CONVENTION
+    assert (meta["config"]["data"]["input_features"], meta["config"]["data"]["grid_lattice"]) == (
+        "rgb_minus1_1_normal", "center_shift")
     results = json.loads((out / "eval" / "results.json").read_text())
     assert 0.0 <= results["metrics"]["miou"] <= 1.0 and (out / "eval" / "confusion.png").is_file()
 
