@@ -31,7 +31,7 @@ class BagError(InputError):
     """A ROS 2 bag is missing, unreadable or lacks what the tool needs."""
 
 
-class PointceptImportError(InputError):
+class PointceptImportError(CheckpointError):
     """A foreign checkpoint (Pointcept / released GaussianCross ``.pth``) cannot be converted."""
 
 

@@ -132,8 +132,6 @@ def class_names_for(name_or_names) -> Tuple[str, ...]:
     return names
 
 
-
-
 def read_class_names(spec: str) -> Tuple[str, ...]:
     """A class list from the command line: a set name (``scannet20``, ``scannet200``, ``s3dis``,
     ``synthetic``) or a text file with one class name per line, in the classifier's order."""

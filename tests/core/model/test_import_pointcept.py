@@ -13,7 +13,7 @@ from gcross_core.checkpoint import load_checkpoint, unprefixed
 from gcross_core.data.classes import S3DIS_CLASSES, SCANNET20_CLASSES
 from gcross_core.errors import PointceptImportError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
-from gcross_core.model.pointcept import import_pointcept_checkpoint, load_pointcept_checkpoint
+from gcross_core.model.pointcept import import_pointcept_checkpoint
 from gcross_core.types import PointBatch
 
 SCRIPT = Path(__file__).resolve().parents[3] / "training" / "import_pointcept.py"
@@ -133,8 +133,6 @@ def test_cli(tmp_path):
     r = _script("--help")
     assert r.returncode == 0
     assert "Pointcept" in r.stdout
-
-
 
 
 def test_cli_segmentor_classes_and_conventions(tmp_path, pointcept_pth, capsys):
