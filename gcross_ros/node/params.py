@@ -69,7 +69,9 @@ class SegmentNodeParams:
     render_height: int = _p(240, "Height of the rendered images in pixels.")
     render_backend: str = _p("auto", "Renderer: 'auto' (gsplat on CUDA, else the PyTorch reference), "
                                      "'reference' or 'gsplat'.")
-    max_render_gaussians: int = _p(50_000, "At most this many voxels (nearest in the view) are rendered.")
+    max_render_gaussians: int = _p(50_000, "At most this many Gaussians are rendered: beyond it the distant voxels "
+                                           "in view are merged into coarser ones (level of detail), so the whole "
+                                           "view stays covered.")
     diagnostics_period_s: float = _p(1.0, "Period of the diagnostics message.")
     lost_warn_ratio: float = _p(0.05, "Diagnostics turn WARN when more than this share of the color frames sent "
                                       "in a diagnostics period never reached the node (lost by the middleware "

@@ -7,24 +7,35 @@ Interface (relative names; the launch file remaps the inputs under the camera na
   out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence), rendered/color
        (rgb8), rendered/depth (32FC1 m, NaN where nothing is rendered), rendered/semantic (rgb8 class
        palette), all reliable; class_legend (std_msgs/String JSON: id, name, color per class;
-       transient-local); diagnostics (frames in, fused, dropped per reason, timings, map size).
+       transient-local); diagnostics (frames in, lost, fused, dropped per reason, timings, map size).
+  services (std_srvs, in the node's namespace; gcross_ros.node.services): ~/save_map, ~/reset_map,
+       ~/pause_integration (SetBool), ~/segment_now. The map can start from a saved one (initial_map).
 
 Data flow: the three camera streams are synchronized by stamp (sync_slop_s), converted and checked;
 the camera pose at the image stamp is looked up (a frame may wait up to pose_wait_s for it); the frame
 is fused into the VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
 (segment_scope: the voxels observed since the previous segmentation plus context, or the whole map),
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
-another worker renders the map as Gaussians at the latest camera pose (gcross_core.mapping.map_view),
-then pauses render_period_s. Message conversion is gcross_ros.msgs; counters, throttled warnings and the
+another worker renders the map as Gaussians at the latest camera pose (gcross_core.mapping.map_view;
+distant voxels merged into coarser splats beyond max_render_gaussians), then pauses render_period_s; it
+renders only when the view or the map changed since its last render, so an idle node does no work. Message conversion is gcross_ros.msgs; counters, throttled warnings and the
 diagnostics status are gcross_ros.node.health.
 
 Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
 which is the convention of the images and of the renderer.
 
+The map's voxel size is the segmenter's grid, read from the checkpoint, unless voxel_size_m says
+otherwise (then it warns).
+
 Bad input never stops the node: the frame is dropped, the reason counted (``diagnostics``) and a
-throttled warning logged. A checkpoint that does not exist or cannot be loaded, or an unusable parameter,
-stops it at start with a message and a non-zero exit status; with no checkpoint at all it loads the
-bundled demo segmenter and warns.
+throttled warning logged. Frames that never reach the callback are counted too (``frames_lost``: gaps in
+the color stamps, and messages the middleware reports lost), and turn diagnostics WARN above
+lost_warn_ratio. Stamps jumping back by more than TIME_JUMP_RESET_S (a bag played again) are logged once
+and clear the synchronizer, the frames waiting for a pose and the previous run's poses; the map is kept
+unless reset_map_on_time_jump. A checkpoint that does not exist or cannot be loaded, an unusable
+parameter or initial_map, or a parameter this machine cannot serve (device:=cuda without CUDA,
+pose_source:=tf without tf2_ros) stops it at start with one FATAL line and a non-zero exit status; with
+no checkpoint at all it loads the bundled demo segmenter and warns.
 """
 from __future__ import annotations
 
