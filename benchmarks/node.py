@@ -12,8 +12,9 @@ Figures printed:
      stamp is that of the newest fused frame), the node's own receipt-to-publish latency, its fusion
      time per frame (wall and CPU), frames sent/received/lost/fused/dropped (lost: frames that never
      reached the node's callback, from gaps in the stamps and the middleware's message-lost events),
-     render coverage (pixels of rendered/depth with a depth, over the valid pixels of the input depth
-     image at the same camera pose: 1.0 when the render fills every pixel the camera saw) and the node
+     render coverage (the share of the pixels with a valid depth in the input frame that also have a
+     depth in rendered/depth at the same camera pose: 1.0 when the render covers everything the camera
+     saw; max_render_gaussians below the voxels in view exercises the level of detail) and the node
      process RSS after 100, 400 and 1000 frames of the same room (looped). This process and the node share the machine, and the
      DDS transport uses config/fastdds.xml unless --dds-profile says otherwise.
 
@@ -101,6 +102,17 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def _coverage(valid: np.ndarray,  # [H, W] bool, input resolution
+              rendered: np.ndarray,  # [h, w] bool, render resolution
+              ) -> float:
+    """Share of the valid input pixels whose (nearest) rendered pixel has a depth."""
+    (H, W), (h, w) = valid.shape, rendered.shape
+    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(int), H - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(int), W - 1)
+    want = valid[np.ix_(rows, cols)]
+    return float(rendered[want].mean()) if want.any() else float("nan")
+
+
 def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float, tmp: Path,
                  overrides: Optional[dict] = None) -> Dict[str, float]:
     import rclpy
@@ -130,8 +142,8 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
     lock = threading.Lock()
     clouds: List[tuple] = []  # (receive monotonic, stamp ns, points)
     diags: List[dict] = []
-    renders: List[tuple] = []  # (stamp ns, share of pixels with a rendered depth)
-    valid_share: Dict[int, float] = {}  # stamp ns -> share of valid pixels in the depth image sent
+    renders: List[tuple] = []  # (stamp ns, [h, w] bool: pixels with a rendered depth)
+    valid: Dict[int, np.ndarray] = {}  # stamp ns -> [H, W] bool: valid pixels of the depth image sent
     max_depth_mm = params["max_depth_m"] * 1000
 
     def on_cloud(msg):
@@ -142,7 +154,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
         from gcross_ros.msgs.codec import decode_image
 
         with lock:
-            renders.append((stamp_to_ns(msg.header.stamp), float(np.isfinite(decode_image(msg)).mean())))
+            renders.append((stamp_to_ns(msg.header.stamp), np.isfinite(decode_image(msg))))
 
     def on_diag(msg):
         with lock:
@@ -181,7 +193,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             pubs["info"].publish(cv.make_camera_info(fr.K, w, h, stamp, "camera_optical"))
             pubs["depth"].publish(depth)
             sent[stamp] = time.monotonic()
-            valid_share[stamp] = float(((fr.depth_mm > 0) & (fr.depth_mm < max_depth_mm)).mean())
+            valid[stamp] = (fr.depth_mm > 0) & (fr.depth_mm < max_depth_mm)
             pubs["color"].publish(color)
             if k in rss_at:
                 out[f"node_rss_after_{k}_mb"] = _rss_mb(proc.pid)
@@ -208,7 +220,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             node_latency = sorted({d["latency_ms"] for d in diags if "latency_ms" in d})
         lat = [recv - sent[stamp] for recv, stamp, _ in got if stamp in sent]
         with lock:
-            coverage = [share / valid_share[stamp] for stamp, share in renders if valid_share.get(stamp)]
+            coverage = [_coverage(valid[stamp], seen) for stamp, seen in renders if stamp in valid]
         if coverage:
             out.update(render_coverage_median=float(np.median(coverage)), render_coverage_min=float(np.min(coverage)),
                        render_coverage_last=coverage[-1], renders=len(coverage))
@@ -323,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f"{fig['clouds']} clouds")
         if "render_coverage_median" in fig:
             budget = overrides.get("max_render_gaussians", SegmentNodeParams().max_render_gaussians)
-            print(f"render coverage (rendered/depth pixels with a depth / valid input depth pixels at that pose; "
+            print(f"render coverage (valid input depth pixels that rendered/depth covers at the same pose; "
                   f"max_render_gaussians={budget}, map {fig['map_voxels']:.0f} voxels): median "
                   f"{fig['render_coverage_median']:.3f}, min {fig['render_coverage_min']:.3f}, last "
                   f"{fig['render_coverage_last']:.3f} over {fig['renders']} renders")

@@ -18,8 +18,9 @@ is fused into the VoxelMap on the callback thread. A worker thread segments a sn
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
 another worker renders the map as Gaussians at the latest camera pose (gcross_core.mapping.map_view;
 distant voxels merged into coarser splats beyond max_render_gaussians), then pauses render_period_s; it
-renders only when the view or the map changed since its last render, so an idle node does no work. Message conversion is gcross_ros.msgs; counters, throttled warnings and the
-diagnostics status are gcross_ros.node.health.
+renders only when the view or the map changed since its last render, so an idle node does no work.
+Message conversion is gcross_ros.msgs; counters, throttled warnings and the diagnostics status are
+gcross_ros.node.health.
 
 Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
 which is the convention of the images and of the renderer.
@@ -563,7 +564,8 @@ class SegmentNode(Node):
     def _publish_legend(self) -> None:
         legend = {"classes": [{"id": i, "name": n, "color": self.palette[i].tolist()}
                               for i, n in enumerate(self.class_names)],
-                  "label_field": "label", "checkpoint": self.params.checkpoint_path}
+                  "label_field": "label", "checkpoint": self.params.checkpoint_path,
+                  "voxel_size_m": self.params.voxel_size_m}
         self.legend_pub.publish(String(data=json.dumps(legend)))
 
     def _publish_diagnostics(self) -> None:

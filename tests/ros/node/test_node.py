@@ -741,3 +741,36 @@ def test_node_without_checkpoint_uses_the_demo_segmenter(ros_context):
             node.params.segment_scope, node.params.segment_context_m, node.params.max_voxels, 0.0)
     finally:
         node.destroy_node()
+
+
+def test_time_jump_can_reset_the_map(tmp_path, ros_context):
+    """reset_map_on_time_jump: a bag played again starts an empty map; the previous run's poses are not used."""
+    from gcross_ros.node import segment_node as sn
+
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    node = sn.SegmentNode(context=ros_context, parameter_overrides=[
+        Parameter("checkpoint", value=str(ckpt)), Parameter("voxel_size_m", value=0.1),
+        Parameter("publish_rendered", value=False), Parameter("reset_map_on_time_jump", value=True),
+        Parameter("pose_tolerance_s", value=0.02)])
+
+    def offer(stamp, x_offset_m):
+        rgb, depth_m, cam_to_map = _wall_frame(x_offset_m)
+        node._pose_buffer.add(stamp, cam_to_map)
+        node._offer(sn.INFO, cv.make_camera_info(K, W, H, stamp, "camera_optical"))
+        node._offer(sn.DEPTH, cv.numpy_to_image(np.round(depth_m * 1000).astype(np.uint16), "16UC1", stamp,
+                                                "camera_optical"))
+        node._offer(sn.COLOR, cv.numpy_to_image(rgb, "rgb8", stamp, "camera_optical"))
+
+    try:
+        t0 = 100 * 10**9
+        offer(t0, 0.0)
+        offer(t0 + 10**8, 0.0)
+        assert node.stats.counts["frames_fused"] == 2 and (node.map.coords()[:, 0] < 10).all()
+        node._pose_buffer.add(t0 + 40 * 10**9, np.eye(4))  # a pose of the old run, far ahead of the new time
+        offer(t0 - 30 * 10**9, 20.0)
+        assert node.stats.counts["time_jumps"] == 1 and node.stats.counts["frames_fused"] == 3
+        coords = node.map.coords()
+        assert len(coords) > 0 and (coords[:, 0] > 10).all()  # only the new run's frame is in the map
+        assert node._pose_buffer.newest_stamp_ns == t0 - 30 * 10**9
+    finally:
+        node.destroy_node()
