@@ -234,7 +234,9 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
                    node_fusion_ms=float(np.mean(fusion_means)) if fusion_means else float("nan"),
                    node_fusion_cpu_ms=float(np.mean(fusion_cpu)) if fusion_cpu else float("nan"),
                    node_segmentation_ms_last=diag.get("segmentation_ms", float("nan")),
-                   node_render_ms_last=diag.get("render_ms", float("nan")))
+                   node_render_ms_last=diag.get("render_ms", float("nan")),
+                   render_voxels_in_view=diag.get("render_voxels_in_view", float("nan")),
+                   render_gaussians=diag.get("render_gaussians", float("nan")))
         # each segmentation / render is reported once per diagnostics period until the next: distinct values
         for key in ("segmentation_ms", "render_ms", "segmented_voxels"):
             runs = sorted({d[key] for d in diags if key in d})
@@ -336,7 +338,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if "render_coverage_median" in fig:
             budget = overrides.get("max_render_gaussians", SegmentNodeParams().max_render_gaussians)
             print(f"render coverage (valid input depth pixels that rendered/depth covers at the same pose; "
-                  f"max_render_gaussians={budget}, map {fig['map_voxels']:.0f} voxels): median "
+                  f"max_render_gaussians={budget}, map {fig['map_voxels']:.0f} voxels, last render "
+                  f"{fig['render_voxels_in_view']:.0f} voxels in view as {fig['render_gaussians']:.0f} Gaussians): median "
                   f"{fig['render_coverage_median']:.3f}, min {fig['render_coverage_min']:.3f}, last "
                   f"{fig['render_coverage_last']:.3f} over {fig['renders']} renders")
         if "e2e_latency_s_median" in fig:

@@ -34,6 +34,8 @@ class MapView:
     color: np.ndarray  # [H, W, 3] uint8
     depth_m: np.ndarray  # [H, W] float32 metres, NaN where nothing is rendered
     semantic: np.ndarray  # [H, W, 3] uint8 class palette colour, 0 where no class wins the pixel
+    voxels_in_view: int = 0  # voxels whose Gaussians can touch the image
+    gaussians: int = 0  # Gaussians rendered (fewer than voxels_in_view when the level of detail merged some)
 
 
 def voxel_gaussians(coords: np.ndarray,  # [N, 3] map frame metres
@@ -200,6 +202,7 @@ def render_map_view(coords: np.ndarray,  # [N, 3] map frame metres
     lod = level_of_detail(coords[idx], colors[idx], one_hot(labels[idx], len(palette)), z, voxel_size_m,
                           max_gaussians)
     g = splat_gaussians(lod.means, lod.colors, lod.features, lod.sigma_m, device)
+    counts = dict(voxels_in_view=len(idx), gaussians=len(lod.means))
     world_to_cam = torch.from_numpy(invert_rigid(cam_to_map)).float()[None].to(device)
     cams = Cameras(world_to_cam, torch.from_numpy(np.asarray(K)).float()[None].to(device),
                    torch.zeros(1, dtype=torch.int64, device=device))
@@ -214,4 +217,4 @@ def render_map_view(coords: np.ndarray,  # [N, 3] map frame metres
     cls = feat.argmax(axis=2)
     labelled = covered & (feat.max(axis=2) >= RENDER_MIN_ALPHA * alpha)
     semantic[labelled] = palette[cls[labelled]]
-    return MapView(color, depth_m, semantic)
+    return MapView(color, depth_m, semantic, **counts)

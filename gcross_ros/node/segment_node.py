@@ -270,7 +270,7 @@ class SegmentNode(Node):
             jump = self._pose_buffer.add(stamp_to_ns(msg.header.stamp),
                                          pose_to_matrix(msg.pose.position, msg.pose.orientation))
             if jump is not None:
-                self.get_logger().warning(f"pose stamps jumped back by {jump * 1e-9:.1f} s: pose buffer cleared")
+                self.get_logger().info(f"pose stamps jumped back by {jump * 1e-9:.1f} s: pose buffer cleared")
         except ValueError as e:
             self.stats.inc("poses_ignored")
             self._warn.warn("pose_invalid", f"pose ignored: {e}")
@@ -555,6 +555,8 @@ class SegmentNode(Node):
         out = render_map_view(snap.coords, snap.colors, snap.labels, view.cam_to_map,
                               scale_intrinsics(view.K, w / view.width, h / view.height), w, h, self.palette,
                               p.voxel_size_m, p.max_render_gaussians, p.device, p.render_backend)
+        self.stats.timing("render_voxels_in_view", out.voxels_in_view)
+        self.stats.timing("render_gaussians", out.gaussians)
         return {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
                 "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
                 "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}

@@ -94,9 +94,11 @@ def test_render_coverage_with_a_gaussian_budget_below_the_map_size():
     def coverage(c, lab, limit):
         view = render_map_view(c, colors[:len(c)], lab, np.eye(4), K, W, H, PALETTE, 0.15, limit,
                                backend="reference")
-        return np.isfinite(view.depth_m).mean()
+        return np.isfinite(view.depth_m).mean(), view
 
-    full = coverage(coords, labels, len(coords))
+    full, _ = coverage(coords, labels, len(coords))
+    lod, view = coverage(coords, labels, budget)
+    assert view.gaussians <= budget < view.voxels_in_view == len(idx)
+    assert lod >= 0.98 * full
     nearest = idx[np.argsort(coords[idx, 2])[:budget]]
-    assert coverage(coords, labels, budget) >= 0.98 * full
-    assert coverage(coords[nearest], labels[nearest], budget) < 0.9 * full
+    assert coverage(coords[nearest], labels[nearest], budget)[0] < 0.9 * full

@@ -485,6 +485,7 @@ def test_save_map_failure_is_answered_and_the_node_keeps_fusing(running):
 def test_initial_map_starts_from_a_saved_map(running, ros_context, tmp_path):
     """save -> reset -> a node started with initial_map holds the saved map; another voxel size is refused."""
     from gcross_core.errors import InputError
+    from gcross_core.mapping.fusion import unpack_keys
     from gcross_ros.node import segment_node as sn
 
     fx, proc, log_path = running
@@ -505,7 +506,7 @@ def test_initial_map_starts_from_a_saved_map(running, ros_context, tmp_path):
         snap = loaded.map.snapshot()
         assert len(snap) == len(saved)
         order = np.lexsort(saved.voxel_index.T)
-        mine = np.lexsort(codec_free_unpack(snap.keys).T)
+        mine = np.lexsort(unpack_keys(snap.keys).T)
         np.testing.assert_array_equal(snap.coords[mine], saved.coord[order])
         np.testing.assert_array_equal(snap.labels[mine], saved.label[order])
         np.testing.assert_allclose(snap.confidence[mine], saved.confidence[order], atol=1e-6)
@@ -514,12 +515,6 @@ def test_initial_map_starts_from_a_saved_map(running, ros_context, tmp_path):
         loaded.destroy_node()
     with pytest.raises(InputError, match="voxel_size_m=0.1, this map uses 0.2: set voxel_size_m to 0.1"):
         node(voxel_size_m=0.2)
-
-
-def codec_free_unpack(keys):
-    from gcross_core.mapping.fusion import unpack_keys
-
-    return unpack_keys(keys)
 
 
 # ---------------------------------------------------------------- start-up failures
