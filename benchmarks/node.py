@@ -21,6 +21,8 @@ Figures printed:
     python benchmarks/node.py --frames DIR    # a ScanNet SensReader export (color/, depth/, pose/, intrinsic/)
     python benchmarks/node.py                 # synthetic room frames (benchmarks/fusion.py)
     python benchmarks/node.py --quick         # small sizes, RSS after 20 and 100 frames
+    python benchmarks/node.py --parts node --burst --rss-at 100 [--reliable-inputs --input-depth 100]
+                                              # a burst as from a bag played as fast as possible
 
 The latency of a labelled cloud is dominated by the segmentation period (a frame waits for the next
 segmentation tick, up to segment_period_s) plus the segmentation time of what is segmented (the
@@ -114,7 +116,8 @@ def _coverage(valid: np.ndarray,  # [H, W] bool, input resolution
 
 
 def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float, tmp: Path,
-                 overrides: Optional[dict] = None) -> Dict[str, float]:
+                 overrides: Optional[dict] = None, burst: bool = False) -> Dict[str, float]:
+    """The node over DDS; frames are stamped at ``rate_hz`` and sent at that pace, or back to back (``burst``)."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
@@ -201,7 +204,8 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
                 with lock:
                     out[f"node_voxels_after_{k}"] = diags[-1].get("map_voxels", 0)
             t_next += period
-            time.sleep(max(0.0, t_next - time.monotonic()))
+            if not burst:
+                time.sleep(max(0.0, t_next - time.monotonic()))
         # The last frames still need a segmentation: the second cloud that arrives after the last frame
         # was sent started after it (clouds come one segmentation at a time).
         sent_all = time.monotonic()
@@ -265,6 +269,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--no-open3d", action="store_true")
     ap.add_argument("--parts", default="fusion,segmentation,node",
                     help="comma-separated subset of fusion, segmentation, node")
+    ap.add_argument("--burst", action="store_true",
+                    help="send the frames back to back (still stamped at --rate): a bag played as fast as possible")
+    ap.add_argument("--input-depth", type=int, default=None,
+                    help="history depth of the node's camera subscriptions (qos_overrides; default: sensor-data's 5)")
     ap.add_argument("--reliable-inputs", action="store_true",
                     help="switch the node's camera subscriptions to reliable (qos_overrides parameters): "
                          "measures the node rather than large best-effort samples lost by the transport")
@@ -316,14 +324,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 raise SystemExit(f"--param {item!r}: expected NAME=VALUE with NAME one of "
                                  f"{sorted(SegmentNodeParams.parameter_names())}")
             overrides[name] = yaml.safe_load(value)
+        sub_qos = {}
         if args.reliable_inputs:
-            overrides["qos_overrides"] = {f"/{topic}": {"subscription": {"reliability": "reliable"}}
+            sub_qos["reliability"] = "reliable"
+        if args.input_depth:
+            sub_qos["depth"] = args.input_depth
+        if sub_qos:
+            overrides["qos_overrides"] = {f"/{topic}": {"subscription": dict(sub_qos)}
                                           for topic in ("color/image_raw", "depth/image_raw", "color/camera_info")}
-        fig = node_figures(frames, ckpt, rss_at, args.rate, tmp, overrides)
+        fig = node_figures(frames, ckpt, rss_at, args.rate, tmp, overrides, burst=args.burst)
         qos = "reliable" if args.reliable_inputs else "sensor-data (best effort)"
+        qos += f", depth {args.input_depth}" if args.input_depth else ""
         dds = f"DDS profile {Path(args.dds_profile).name}" if args.dds_profile else "Fast DDS default transports"
         changed = "".join(f", {k}={v}" for k, v in overrides.items() if k != "qos_overrides")
-        print(f"node (config/segment.yaml{changed}, {qos} inputs, {dds}, {w}x{h} at {fig['rate_hz']:g} Hz): "
+        pace = "as one burst" if args.burst else f"at {fig['rate_hz']:g} Hz"
+        print(f"node (config/segment.yaml{changed}, {qos} inputs, {dds}, {w}x{h} {pace}): "
               f"{fig['frames_sent']} frames sent, "
               f"{fig['frames_in']:.0f} received, {fig['frames_lost']:.0f} lost before the node's callback "
               f"(stamp gaps {fig['lost_stamp_gaps']:.0f}, middleware-reported {fig['lost_middleware'] or 'none'}), "

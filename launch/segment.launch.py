@@ -15,13 +15,14 @@ profile unless FASTDDS_DEFAULT_PROFILES_FILE is already set; export the same fil
 (see the file).
 
 ``use_rviz:=true`` on a machine without rviz2 stops the launch before anything starts (exit status 1, one
-error naming rviz2), rather than leaving the node running without the launch that started it.
+error naming rviz2), rather than leaving the node running without the launch that started it; and when
+the node exits (a start-up failure, or it was stopped) the launch shuts down, RViz with it.
 """
 import os
 import shutil
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -65,7 +66,8 @@ def _actions(context):
     env = {} if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") else {
         "FASTDDS_DEFAULT_PROFILES_FILE": _share("config", "fastdds.xml")}
     actions = [Node(package=PACKAGE, executable="segment_node", name="gcross_segment", output="screen",
-                    parameters=[params_file, overrides], remappings=remappings, additional_env=env)]
+                    parameters=[params_file, overrides], remappings=remappings, additional_env=env,
+                    on_exit=Shutdown(reason="segment_node exited"))]
     if use_rviz:
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                             arguments=["-d", _share("config", "segment.rviz")]))
