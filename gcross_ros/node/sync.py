@@ -305,12 +305,15 @@ class StampGapCounter:
 
     ROS 2 images carry no sequence number, so a message that never reached the callback (dropped by the
     transport, or overwritten in a keep-last queue while the callback was busy) shows up only as a gap in
-    the stamps. The stream's period is the median of the last ``window`` stamp differences; a difference
-    of ``d`` > 1.5 periods counts ``round(d / period) - 1`` lost messages. A stamp that does not advance (a
-    time jump or a repeat) restarts the estimate without counting.
+    the stamps. The stream's period is the smallest stamp difference among the last ``window`` (a loss
+    only ever lengthens a difference, so under heavy loss the smallest one still finds the period, where a
+    median would take the gaps for the period); a difference ``d`` > 1.5 periods counts
+    ``round(d / period) - 1`` lost messages. A stamp that does not advance (a time jump or a repeat)
+    restarts the estimate without counting. Limits: stamps that come in bunches (pairs closer than the
+    period) read as losses, and losses are undercounted until two consecutive messages have arrived.
     """
 
-    def __init__(self, window: int = 15):
+    def __init__(self, window: int = 50):
         if window < 3:
             raise ValueError(f"window must be >= 3, got {window}")
         self.window = int(window)
@@ -333,12 +336,11 @@ class StampGapCounter:
             self._last = stamp_ns
             return 0
         lost = 0
-        if len(self._deltas) >= 3:
-            period = float(np.median(self._deltas))
+        if len(self._deltas) >= 2:
+            period = min(self._deltas)
             if delta > 1.5 * period:
                 lost = int(round(delta / period)) - 1
-        if not lost:  # a gap is not a period: only gap-free differences estimate it
-            self._deltas.append(delta)
-            del self._deltas[:-self.window]
+        self._deltas.append(delta)
+        del self._deltas[:-self.window]
         self.lost += lost
         return lost
