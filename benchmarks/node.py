@@ -10,13 +10,19 @@ Figures printed:
      checkpoint, fed 640x480 RGB-D frames + poses at --rate Hz by this process over DDS: end-to-end
      latency from publishing an image to receiving the labelled_cloud that contains it (the cloud's
      stamp is that of the newest fused frame), the node's own receipt-to-publish latency, its fusion
-     time per frame (wall and CPU), frames in/fused/dropped, and the node process RSS after 100, 400
-     and 1000 frames of the same room (looped). This process and the node share the machine, and the
+     time per frame (wall and CPU), frames sent/received/lost/fused/dropped (lost: frames that never
+     reached the node's callback, from gaps in the stamps and the middleware's message-lost events),
+     render coverage (the share of the pixels with a valid depth in the input frame that also have a
+     depth in rendered/depth at the same camera pose: 1.0 when the render covers everything the camera
+     saw; max_render_gaussians below the voxels in view exercises the level of detail) and the node
+     process RSS after 100, 400 and 1000 frames of the same room (looped). This process and the node share the machine, and the
      DDS transport uses config/fastdds.xml unless --dds-profile says otherwise.
 
     python benchmarks/node.py --frames DIR    # a ScanNet SensReader export (color/, depth/, pose/, intrinsic/)
     python benchmarks/node.py                 # synthetic room frames (benchmarks/fusion.py)
     python benchmarks/node.py --quick         # small sizes, RSS after 20 and 100 frames
+    python benchmarks/node.py --parts node --burst --rss-at 100 [--reliable-inputs --input-depth 100]
+                                              # a burst as from a bag played as fast as possible
 
 The latency of a labelled cloud is dominated by the segmentation period (a frame waits for the next
 segmentation tick, up to segment_period_s) plus the segmentation time of what is segmented (the
@@ -56,6 +62,7 @@ def _fusion_benchmark():
 
 FB = _fusion_benchmark()
 NUM_CLASSES = 20  # ScanNet-20 sized head
+BENCH_GRID_M = 0.02  # grid of the random benchmark checkpoint (the node maps at it: voxel_size_m 0)
 
 
 # ---------------------------------------------------------------- segmentation
@@ -97,8 +104,20 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def _coverage(valid: np.ndarray,  # [H, W] bool, input resolution
+              rendered: np.ndarray,  # [h, w] bool, render resolution
+              ) -> float:
+    """Share of the valid input pixels whose (nearest) rendered pixel has a depth."""
+    (H, W), (h, w) = valid.shape, rendered.shape
+    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(int), H - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(int), W - 1)
+    want = valid[np.ix_(rows, cols)]
+    return float(rendered[want].mean()) if want.any() else float("nan")
+
+
 def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float, tmp: Path,
-                 overrides: Optional[dict] = None) -> Dict[str, float]:
+                 overrides: Optional[dict] = None, burst: bool = False) -> Dict[str, float]:
+    """The node over DDS; frames are stamped at ``rate_hz`` and sent at that pace, or back to back (``burst``)."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
@@ -126,10 +145,19 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
     lock = threading.Lock()
     clouds: List[tuple] = []  # (receive monotonic, stamp ns, points)
     diags: List[dict] = []
+    renders: List[tuple] = []  # (stamp ns, [h, w] bool: pixels with a rendered depth)
+    valid: Dict[int, np.ndarray] = {}  # stamp ns -> [H, W] bool: valid pixels of the depth image sent
+    max_depth_mm = params["max_depth_m"] * 1000
 
     def on_cloud(msg):
         with lock:
             clouds.append((time.monotonic(), stamp_to_ns(msg.header.stamp), msg.width))
+
+    def on_render(msg):
+        from gcross_ros.msgs.codec import decode_image
+
+        with lock:
+            renders.append((stamp_to_ns(msg.header.stamp), np.isfinite(decode_image(msg))))
 
     def on_diag(msg):
         with lock:
@@ -138,6 +166,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     node.create_subscription(PointCloud2, "labelled_cloud", on_cloud, reliable)
     node.create_subscription(DiagnosticArray, "diagnostics", on_diag, 10)
+    node.create_subscription(Image, "rendered/depth", on_render, reliable)
     pubs = {name: node.create_publisher(t, topic, reliable) for name, t, topic in (
         ("color", Image, "color/image_raw"), ("depth", Image, "depth/image_raw"),
         ("info", CameraInfo, "color/camera_info"), ("pose", PoseStamped, "pose"))}
@@ -167,6 +196,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             pubs["info"].publish(cv.make_camera_info(fr.K, w, h, stamp, "camera_optical"))
             pubs["depth"].publish(depth)
             sent[stamp] = time.monotonic()
+            valid[stamp] = (fr.depth_mm > 0) & (fr.depth_mm < max_depth_mm)
             pubs["color"].publish(color)
             if k in rss_at:
                 out[f"node_rss_after_{k}_mb"] = _rss_mb(proc.pid)
@@ -174,7 +204,8 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
                 with lock:
                     out[f"node_voxels_after_{k}"] = diags[-1].get("map_voxels", 0)
             t_next += period
-            time.sleep(max(0.0, t_next - time.monotonic()))
+            if not burst:
+                time.sleep(max(0.0, t_next - time.monotonic()))
         # The last frames still need a segmentation: the second cloud that arrives after the last frame
         # was sent started after it (clouds come one segmentation at a time).
         sent_all = time.monotonic()
@@ -192,14 +223,24 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             fusion_cpu = [d["fusion_cpu_ms_mean"] for d in diags if "fusion_cpu_ms_mean" in d]
             node_latency = sorted({d["latency_ms"] for d in diags if "latency_ms" in d})
         lat = [recv - sent[stamp] for recv, stamp, _ in got if stamp in sent]
+        with lock:
+            coverage = [_coverage(valid[stamp], seen) for stamp, seen in renders if stamp in valid]
+        if coverage:
+            out.update(render_coverage_median=float(np.median(coverage)), render_coverage_min=float(np.min(coverage)),
+                       render_coverage_last=coverage[-1], renders=len(coverage))
         out.update(frames_sent=max(rss_at), frames_in=diag.get("frames_in", 0),
+                   frames_lost=diag.get("frames_lost", 0), lost_stamp_gaps=diag.get("lost.stamp_gaps", 0),
+                   lost_middleware={k[len("lost.middleware."):]: v for k, v in diag.items()
+                                    if k.startswith("lost.middleware.")},
                    frames_fused=diag.get("frames_fused", 0),
                    frames_dropped=diag.get("frames_dropped", 0), clouds=len(got),
                    cloud_points_last=got[-1][2] if got else 0, map_voxels=diag.get("map_voxels", 0),
                    node_fusion_ms=float(np.mean(fusion_means)) if fusion_means else float("nan"),
                    node_fusion_cpu_ms=float(np.mean(fusion_cpu)) if fusion_cpu else float("nan"),
                    node_segmentation_ms_last=diag.get("segmentation_ms", float("nan")),
-                   node_render_ms_last=diag.get("render_ms", float("nan")))
+                   node_render_ms_last=diag.get("render_ms", float("nan")),
+                   render_voxels_in_view=diag.get("render_voxels_in_view", float("nan")),
+                   render_gaussians=diag.get("render_gaussians", float("nan")))
         # each segmentation / render is reported once per diagnostics period until the next: distinct values
         for key in ("segmentation_ms", "render_ms", "segmented_voxels"):
             runs = sorted({d[key] for d in diags if key in d})
@@ -223,10 +264,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes: 20 timed frames, RSS after 20/100")
     ap.add_argument("--rate", type=float, default=10.0, help="frames per second sent to the node")
     ap.add_argument("--voxel-size", type=float, default=None,
-                    help="fusion benchmark voxel size in metres (default: the node's voxel_size_m)")
+                    help="fusion benchmark voxel size in metres (default: the benchmark checkpoint's grid, "
+                         "2 cm, which is the node's voxel_size_m: 0 means the checkpoint's grid)")
     ap.add_argument("--no-open3d", action="store_true")
     ap.add_argument("--parts", default="fusion,segmentation,node",
                     help="comma-separated subset of fusion, segmentation, node")
+    ap.add_argument("--burst", action="store_true",
+                    help="send the frames back to back (still stamped at --rate): a bag played as fast as possible")
+    ap.add_argument("--input-depth", type=int, default=None,
+                    help="history depth of the node's camera subscriptions (qos_overrides; default: sensor-data's 5)")
     ap.add_argument("--reliable-inputs", action="store_true",
                     help="switch the node's camera subscriptions to reliable (qos_overrides parameters): "
                          "measures the node rather than large best-effort samples lost by the transport")
@@ -244,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
     from gcross_ros.node.params import SegmentNodeParams
 
-    voxel = args.voxel_size or SegmentNodeParams().voxel_size_m
+    voxel = args.voxel_size or SegmentNodeParams().voxel_size_m or BENCH_GRID_M
     timed, repeats, rss_at, sizes = 100, 3, (100, 400, 1000), (50_000, 100_000)
     if args.quick:
         timed, repeats, rss_at, sizes = 20, 1, (20, 100), (5_000, 10_000)
@@ -262,7 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = build_segmenter_checkpoint(tmp / "random.safetensors", [f"class{i}" for i in range(NUM_CLASSES)])
+        ckpt = build_segmenter_checkpoint(tmp / "random.safetensors", [f"class{i}" for i in range(NUM_CLASSES)],
+                                          grid_size_m=BENCH_GRID_M)
         if "segmentation" in parts:
             seg = segmentation_figures(frames, sizes, ckpt, repeats)
             for n in sizes:
@@ -277,16 +324,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 raise SystemExit(f"--param {item!r}: expected NAME=VALUE with NAME one of "
                                  f"{sorted(SegmentNodeParams.parameter_names())}")
             overrides[name] = yaml.safe_load(value)
+        sub_qos = {}
         if args.reliable_inputs:
-            overrides["qos_overrides"] = {f"/{topic}": {"subscription": {"reliability": "reliable"}}
+            sub_qos["reliability"] = "reliable"
+        if args.input_depth:
+            sub_qos["depth"] = args.input_depth
+        if sub_qos:
+            overrides["qos_overrides"] = {f"/{topic}": {"subscription": dict(sub_qos)}
                                           for topic in ("color/image_raw", "depth/image_raw", "color/camera_info")}
-        fig = node_figures(frames, ckpt, rss_at, args.rate, tmp, overrides)
+        fig = node_figures(frames, ckpt, rss_at, args.rate, tmp, overrides, burst=args.burst)
         qos = "reliable" if args.reliable_inputs else "sensor-data (best effort)"
+        qos += f", depth {args.input_depth}" if args.input_depth else ""
         dds = f"DDS profile {Path(args.dds_profile).name}" if args.dds_profile else "Fast DDS default transports"
         changed = "".join(f", {k}={v}" for k, v in overrides.items() if k != "qos_overrides")
-        print(f"node (config/segment.yaml{changed}, {qos} inputs, {dds}, {w}x{h} at {fig['rate_hz']:g} Hz): "
+        pace = "as one burst" if args.burst else f"at {fig['rate_hz']:g} Hz"
+        print(f"node (config/segment.yaml{changed}, {qos} inputs, {dds}, {w}x{h} {pace}): "
               f"{fig['frames_sent']} frames sent, "
-              f"{fig['frames_in']:.0f} received, {fig['frames_fused']:.0f} fused, {fig['frames_dropped']:.0f} "
+              f"{fig['frames_in']:.0f} received, {fig['frames_lost']:.0f} lost before the node's callback "
+              f"(stamp gaps {fig['lost_stamp_gaps']:.0f}, middleware-reported {fig['lost_middleware'] or 'none'}), "
+              f"{fig['frames_fused']:.0f} fused, {fig['frames_dropped']:.0f} "
               f"dropped {fig['dropped']}; fusion in the node {fig['node_fusion_ms']:.1f} ms/frame wall, "
               f"{fig['node_fusion_cpu_ms']:.1f} ms CPU (wall > CPU: the thread waited for a core or the GIL)")
         print(f"node map {fig['map_voxels']:.0f} voxels; segmentation {fig['node_segmentation_ms_last'] / 1e3:.2f} s "
@@ -294,6 +350,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f"{fig['node_segmented_voxels_median']:.0f} voxels segmented at a time); render "
               f"{fig['node_render_ms_last'] / 1e3:.2f} s last, {fig['node_render_ms_median'] / 1e3:.2f} s median; "
               f"{fig['clouds']} clouds")
+        if "render_coverage_median" in fig:
+            budget = overrides.get("max_render_gaussians", SegmentNodeParams().max_render_gaussians)
+            print(f"render coverage (valid input depth pixels that rendered/depth covers at the same pose; "
+                  f"max_render_gaussians={budget}, map {fig['map_voxels']:.0f} voxels, last render "
+                  f"{fig['render_voxels_in_view']:.0f} voxels in view as {fig['render_gaussians']:.0f} Gaussians): median "
+                  f"{fig['render_coverage_median']:.3f}, min {fig['render_coverage_min']:.3f}, last "
+                  f"{fig['render_coverage_last']:.3f} over {fig['renders']} renders")
         if "e2e_latency_s_median" in fig:
             print(f"latency image publish -> labelled_cloud received: median {fig['e2e_latency_s_median']:.2f} s, "
                   f"max {fig['e2e_latency_s_max']:.2f} s; node receipt -> publish median "

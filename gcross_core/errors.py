@@ -45,3 +45,13 @@ class TeacherWeightsNotFound(InputError, FileNotFoundError):
 
 class LiveEvalError(GcrossError, RuntimeError):
     """A live evaluation could not complete (the node published nothing usable in time)."""
+
+
+class MalformedMessageError(InputError):
+    """A message's fields contradict each other (an image buffer shorter than step * height, a step
+    smaller than one row): the sender is broken, unlike an encoding the reader merely does not support."""
+
+
+class UnavailableError(GcrossError, RuntimeError):
+    """Something the configuration asks for (a CUDA device, an optional package such as tf2_ros) is not
+    available on this machine: the input is fine, this machine cannot serve it (command-line tools exit 1)."""

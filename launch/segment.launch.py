@@ -13,11 +13,16 @@ Full-size RGB-D streams between processes overflow Fast DDS's default buffers (l
 camera_info, counted in /diagnostics). The node is started with config/fastdds.xml as its Fast DDS
 profile unless FASTDDS_DEFAULT_PROFILES_FILE is already set; export the same file to the camera driver
 (see the file).
+
+``use_rviz:=true`` on a machine without rviz2 stops the launch before anything starts (exit status 1, one
+error naming rviz2), rather than leaving the node running without the launch that started it; and when
+the node exits (a start-up failure, or it was stopped) the launch shuts down, RViz with it.
 """
 import os
+import shutil
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -32,9 +37,24 @@ def _share(*parts):
     return os.path.join(get_package_share_directory(PACKAGE), *parts)
 
 
+def _rviz2_installed() -> bool:
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        get_package_prefix("rviz2")
+        return True
+    except PackageNotFoundError:
+        return shutil.which("rviz2") is not None
+
+
 def _actions(context):
     def arg(name):
         return LaunchConfiguration(name).perform(context).strip()
+
+    use_rviz = arg("use_rviz").lower() in ("true", "1", "yes", "on")
+    if use_rviz and not _rviz2_installed():  # checked before the node starts, so nothing is left running
+        raise RuntimeError("use_rviz:=true but rviz2 is not installed (no rviz2 package in the ament index, "
+                           "no rviz2 on PATH): install ros-$ROS_DISTRO-rviz2, or launch with use_rviz:=false")
 
     params_file = arg("params_file") or _share("config", "segment.yaml")
     overrides = {name: arg(name) for name in PARAMETER_ARGS if arg(name)}
@@ -46,8 +66,9 @@ def _actions(context):
     env = {} if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") else {
         "FASTDDS_DEFAULT_PROFILES_FILE": _share("config", "fastdds.xml")}
     actions = [Node(package=PACKAGE, executable="segment_node", name="gcross_segment", output="screen",
-                    parameters=[params_file, overrides], remappings=remappings, additional_env=env)]
-    if arg("use_rviz").lower() in ("true", "1", "yes", "on"):
+                    parameters=[params_file, overrides], remappings=remappings, additional_env=env,
+                    on_exit=Shutdown(reason="segment_node exited"))]
+    if use_rviz:
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                             arguments=["-d", _share("config", "segment.rviz")]))
     return actions

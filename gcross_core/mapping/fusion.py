@@ -692,6 +692,71 @@ class VoxelMap:
         with self._lock:
             return self._confidence_locked()
 
+    # ------------------------------------------------------------------ whole-map edits
+
+    def clear(self) -> None:
+        """Remove every voxel; frame indices keep counting, so snapshots taken before stay distinguishable."""
+        with self._lock:
+            self._n = 0
+            self._sorted_keys = np.empty(0, dtype=np.int64)
+            self._sorted_rows = np.empty(0, dtype=np.int64)
+            self._layout_version += 1
+
+    def export(self) -> Tuple[MapSnapshot, np.ndarray]:
+        """A snapshot (without labels) and the fused probabilities [N, num_classes] of the same rows, taken
+        under one lock: what :meth:`restore` takes back."""
+        with self._lock:
+            return self.snapshot(with_labels=False), self._prob[: self._n].copy()
+
+    def restore(self,
+                grid: np.ndarray,  # [N, 3] int integer voxel coordinates (floor(position / voxel_size_m))
+                coords: np.ndarray,  # [N, 3] mean position, metres, map frame
+                colors: np.ndarray,  # [N, 3] mean RGB 0..255
+                normals: np.ndarray,  # [N, 3] unit normals (zero where unknown)
+                counts: np.ndarray,  # [N] points fused into each voxel (>= 1)
+                probabilities: np.ndarray,  # [N, num_classes] fused class probabilities (zero: never segmented)
+                ) -> None:
+        """Replace the map's content with saved voxels (``gcross_core.mapping.map_io.load_map``).
+
+        The voxels count as seen before any frame to come (``last_seen`` -1), so a ``recent``-scope
+        segmentation leaves the labelled ones alone until the camera observes them again.
+        """
+        n = len(grid)
+        shapes = (("grid", grid, (n, 3)), ("coords", coords, (n, 3)), ("colors", colors, (n, 3)),
+                  ("normals", normals, (n, 3)), ("counts", counts, (n,)),
+                  ("probabilities", probabilities, (n, self.num_classes)))
+        for name, arr, shape in shapes:
+            if np.shape(arr) != shape:
+                raise ValueError(f"{name} has shape {np.shape(arr)}, expected {shape}")
+        if n > self.max_voxels:
+            raise ValueError(f"{n} voxels do not fit max_voxels={self.max_voxels}")
+        grid = np.asarray(grid, dtype=np.int64)
+        if n and (grid.min() < -_KEY_OFFSET or grid.max() >= _KEY_OFFSET):
+            raise ValueError(f"grid coordinates lie outside +-{_KEY_OFFSET} voxels")
+        keys = _pack_keys(grid)
+        if len(np.unique(keys)) != n:
+            raise ValueError("grid holds the same voxel more than once")
+        counts = np.asarray(counts, dtype=np.int64)
+        if n and counts.min() < 1:
+            raise ValueError("counts must be >= 1")
+        with self._lock:
+            self.clear()
+            self._ensure_capacity(n)
+            for name in self._ARRAYS:
+                getattr(self, name)[:n] = 0
+            self._keys[:n] = keys
+            self._attr[:n, 0:3] = coords
+            self._attr[:n, 3:6] = colors
+            self._attr[:n, 6:9] = np.asarray(normals, np.float32) * counts[:, None]  # normals are kept as sums
+            self._count[:n] = counts
+            self._last_seen[:n] = -1
+            self._prob[:n] = probabilities
+            self._seg_count[:n] = (np.asarray(probabilities).sum(axis=1) > 0).astype(np.int64)
+            order = np.argsort(keys, kind="stable")
+            self._sorted_keys = keys[order]
+            self._sorted_rows = order.astype(np.int64)
+            self._n = n
+
 
 def fuse_frames_to_points(frames: FrameSet, voxel_size_m: float, *, every: int = 1,
                           max_frames: Optional[int] = None, max_depth_m: float = 5.0,

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
 
 import numpy as np
 
+from gcross_core.errors import InputError
 from gcross_core.mapping.fusion import FrameStats, MapSnapshot, VoxelMap
 
 if TYPE_CHECKING:  # the segmenter pulls in torch and spconv; the pipeline is handed one
@@ -39,7 +40,7 @@ SEGMENT_SCOPES = ("map", "recent")
 class PipelineConfig:
     """Mirrors the node parameters of the same names (gcross_ros/node/params.py holds the defaults' reasons)."""
 
-    voxel_size_m: float = 0.02
+    voxel_size_m: float = 0.0  # 0: the segmenter's grid (grid_size_m, recorded in its checkpoint)
     max_voxels: int = 400_000
     max_depth_m: float = 5.0
     segment_period_s: float = 2.0  # in stream time (image stamps), not wall time
@@ -48,6 +49,8 @@ class PipelineConfig:
     min_voxels_to_segment: int = 1  # below this the map is not worth a forward pass
 
     def __post_init__(self):
+        if not self.voxel_size_m >= 0:
+            raise ValueError(f"voxel_size_m must be >= 0 (0: the segmenter's grid), got {self.voxel_size_m}")
         if not self.segment_period_s >= 0:
             raise ValueError(f"segment_period_s must be >= 0, got {self.segment_period_s}")
         if self.segment_scope not in SEGMENT_SCOPES:
@@ -61,6 +64,17 @@ class PipelineConfig:
     def from_values(cls, values: Mapping[str, Any]) -> "PipelineConfig":
         """The fields of this config found in ``values`` (e.g. all node parameters); other keys are ignored."""
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def with_segmenter_grid(self, segmenter) -> "PipelineConfig":
+        """This config with voxel_size_m 0 replaced by ``segmenter.grid_size_m`` (the point density its
+        encoder was trained on, recorded in its checkpoint)."""
+        if self.voxel_size_m:
+            return self
+        grid = getattr(segmenter, "grid_size_m", None)
+        if not grid:
+            raise InputError(f"voxel_size_m is 0 (the segmenter's grid), but {type(segmenter).__name__} records "
+                             "no grid_size_m: set voxel_size_m")
+        return replace(self, voxel_size_m=float(grid))
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ class LabelledPoints:
 class SegmentationPipeline:
     def __init__(self, segmenter: "Segmenter", config: PipelineConfig = PipelineConfig()):
         self.segmenter = segmenter
-        self.config = config
+        self.config = config = config.with_segmenter_grid(segmenter)
         self.class_names = list(segmenter.class_names)
         self.map = VoxelMap(config.voxel_size_m, config.max_voxels, len(self.class_names),
                             max_depth_m=config.max_depth_m)

@@ -173,8 +173,8 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
                  topics: BagTopics = BagTopics(), progress: bool = False) -> dict:
     """Run the node's pipeline over a bag, score the final map and write the report folder.
 
-    ``checkpoint`` is a segmenter checkpoint path, or an object with ``class_names`` and
-    ``predict(coord, color, normal, return_probs=True)`` like :class:`gcross_core.segmentation.segmenter.Segmenter`.
+    ``checkpoint`` is a segmenter checkpoint path, or an object with ``class_names``, ``grid_size_m`` (used
+    when the pipeline's voxel_size_m is 0) and ``predict(coord, color, normal, return_probs=True)`` like :class:`gcross_core.segmentation.segmenter.Segmenter`.
     """
     pipeline_config = pipeline_config or pipeline_config_from_params()
     gt = load_ground_truth(bag_path, topics)  # a bag without ground truth fails before the model loads
@@ -186,6 +186,7 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
         segmenter = Segmenter.from_checkpoint(checkpoint, device=config.device)
     names = list(segmenter.class_names)
     gt_label = labels_for_classes(gt, names, bag_path)
+    pipeline_config = pipeline_config.with_segmenter_grid(segmenter)
     pts, perf = run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config, topics, progress)
     radius = config.radius_m if config.radius_m is not None else 2.0 * pipeline_config.voxel_size_m
     settings = {"bag": str(bag_path), "checkpoint": str(checkpoint), "final_segment": config.final_segment,

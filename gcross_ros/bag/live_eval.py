@@ -21,14 +21,15 @@ from gcross_ros.msgs import codec
 
 def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud", legend_topic: str = "/class_legend",
                   rate: float = 1.0, settle_s: float = 20.0, discovery_s: float = 30.0,
-                  radius_m: Optional[float] = None, voxel_size_m: float = 0.02,
+                  radius_m: Optional[float] = None, voxel_size_m: Optional[float] = None,
                   topics: BagTopics = BagTopics()) -> dict:
     """Replay a bag into a running segmentation node and score the cloud it publishes.
 
     ``node`` is an rclpy node of the caller's (the caller owns rclpy.init/shutdown). The camera topics
     are replayed at ``rate``; afterwards the first cloud on ``cloud_topic`` stamped at or after the last
     frame (the node's map then holds every frame) is scored exactly like ``evaluate_bag`` does, with
-    class names from the node's transient-local ``class_legend`` (else the bag's).
+    class names from the node's transient-local ``class_legend`` (else the bag's). ``voxel_size_m`` (None
+    or 0: the node's, from its legend) sets the default label-transfer radius (2 voxels).
     """
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -73,9 +74,13 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
         raise LiveEvalError(f"no cloud on {cloud_topic} covering the last frame arrived within {settle_s} s "
                             f"after playback ({len(clouds)} earlier clouds)")
     names = gt.class_names
-    if legends:
-        legend = json.loads(legends[-1].data)
+    legend = json.loads(legends[-1].data) if legends else {}
+    if legend:
         names = [c["name"] for c in sorted(legend["classes"], key=lambda c: c["id"])]
+    voxel_size_m = voxel_size_m or legend.get("voxel_size_m")
+    if not voxel_size_m:
+        raise InputError(f"no voxel_size_m given and none in the class legend on {legend_topic}: pass "
+                         "--voxel-size-m (the node's voxel_size_m)")
     if not names:
         raise InputError(f"bag {bag_path} has no class names and no class legend arrived on {legend_topic}")
     coord, _, label = codec.split_labelled_points(codec.decode_cloud(chosen[1]))
@@ -91,7 +96,7 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
 
 def run_live_evaluation(bag_path, out_dir, cloud_topic: str = "/labelled_cloud",
                         legend_topic: str = "/class_legend", rate: float = 1.0, settle_s: float = 20.0,
-                        radius_m: Optional[float] = None, voxel_size_m: float = 0.02) -> dict:
+                        radius_m: Optional[float] = None, voxel_size_m: Optional[float] = None) -> dict:
     """:func:`live_evaluate` on an evaluator node of its own (rclpy.init .. shutdown)."""
     with rclpy_node("gcross_bag_live_eval", "eval-live") as node:
         return live_evaluate(bag_path, out_dir, node, cloud_topic=cloud_topic, legend_topic=legend_topic,

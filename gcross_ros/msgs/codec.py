@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from gcross_core.errors import InputError
+from gcross_core.errors import InputError, MalformedMessageError
 from gcross_core.geometry import is_valid_pose, pose_from_quat, quat_from_pose
 from gcross_core.image import check_intrinsics, depth_mm_to_m
 
@@ -102,11 +102,18 @@ def decode_image(msg) -> np.ndarray:
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = w * channels * dtype.itemsize
     if step < row_bytes:
-        raise InputError(f"image {w}x{h} {msg.encoding}: step {step} is smaller than one row ({row_bytes} bytes)")
+        raise MalformedMessageError(f"image {w}x{h} {msg.encoding}: step {step} is smaller than one row "
+                                    f"({row_bytes} bytes)")
     data = _byte_view(msg.data)
     if data.size < step * h:
-        raise InputError(f"image {w}x{h} {msg.encoding}: data holds {data.size} bytes, expected "
-                         f"step * height = {step * h}")
+        raise MalformedMessageError(f"image {w}x{h} {msg.encoding}: data holds {data.size} bytes, expected "
+                                    f"step * height = {step * h}")
+    if data.size - step * h >= step:
+        # Less than one row beyond step * height is trailing padding of a buffer allocated in whole
+        # aligned blocks; a whole row or more means step or height is wrong, and rows would be misread.
+        raise MalformedMessageError(f"image {w}x{h} {msg.encoding}: data holds {data.size} bytes, "
+                                    f"{data.size - step * h} more than step * height = {step * h} (at most "
+                                    f"{step - 1} bytes of trailing padding are accepted): step or height is wrong")
     buf = data[: step * h]
     foreign = bool(msg.is_bigendian) != _HOST_BIG_ENDIAN and dtype.itemsize > 1
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<") if dtype.itemsize > 1 else dtype

@@ -75,15 +75,28 @@ class ThrottledWarnings:
         self._logger.warning(message + suffix)
 
 
-def diagnostics_msg(report: Dict[str, float], name: str, hardware_id: str, dropped_before: float,
-                    stamp) -> DiagnosticArray:
-    """One DiagnosticStatus of the pipeline: ERROR on segmentation/render errors, WARN on new drops or no
-    fused frame yet, else OK; every report entry becomes a key/value."""
+def diagnostics_msg(report: Dict[str, float], name: str, hardware_id: str, previous: Dict[str, float],
+                    stamp, lost_warn_ratio: float = 0.05) -> DiagnosticArray:
+    """One DiagnosticStatus of the pipeline; every report entry becomes a key/value.
+
+    Level: ERROR on segmentation/render errors; WARN when frames were dropped since the ``previous``
+    report, when more than ``lost_warn_ratio`` of the color frames sent since then never reached the node
+    (``frames_lost``: a message the middleware reported lost, or a gap in the stamps), or when no frame
+    was fused yet; else OK.
+    """
+    def since(key):
+        return report.get(key, 0) - previous.get(key, 0)
+
     errors = report.get("segmentation_errors", 0) + report.get("render_errors", 0)
+    lost, received = since("frames_lost"), since("frames_in")
     level, message = DiagnosticStatus.OK, "fusing"
     if errors:
         level, message = DiagnosticStatus.ERROR, f"{errors:g} segmentation/render errors (see log)"
-    elif report["frames_dropped"] > dropped_before:
+    elif lost > 0 and lost > lost_warn_ratio * (lost + received):
+        level = DiagnosticStatus.WARN
+        message = (f"{lost:g} of {lost + received:g} color frames lost before reaching the node since the last "
+                   "report (see lost.*; a deeper input queue or reliable QoS helps, see the README)")
+    elif since("frames_dropped") > 0:
         level, message = DiagnosticStatus.WARN, "frames dropped since the last report (see dropped.*)"
     elif not report.get("frames_fused"):
         level, message = DiagnosticStatus.WARN, "no frame fused yet"

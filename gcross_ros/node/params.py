@@ -40,9 +40,17 @@ class SegmentNodeParams:
                                  "('no pose'); generous because a busy node may handle the pose late.")
     sync_slop_s: float = _p(0.02, "Largest stamp spread of a synchronized color/depth/camera_info set.")
     queue_size: int = _p(10, "Messages kept per input stream while waiting for partners.")
-    voxel_size_m: float = _p(0.02, "Edge of a map voxel. The default matches the encoder's 2 cm grid, the "
-                                   "point density it was trained on; coarser maps segment faster on a CPU "
-                                   "but leave the encoder's first layers without neighbours.")
+    voxel_size_m: float = _p(0.0, "Edge of a map voxel; 0: the segmenter's grid, read from the checkpoint (the point "
+                                  "density its encoder was trained on; a different size is allowed and warned "
+                                  "about). Coarser maps segment faster on a CPU but leave the encoder's first "
+                                  "layers without neighbours.")
+    initial_map: str = _p("", "A map folder written by the save_map service to start from (its voxel size "
+                              "must equal the node's and its classes the segmenter's); empty: an empty map.")
+    save_map_path: str = _p("~/.ros/gcross_map", "Folder the save_map service writes the map to (replaced "
+                                                 "atomically if it exists): map.ply, map.json and scene/.")
+    reset_map_on_time_jump: bool = _p(False, "When image stamps jump back (a bag played again), also clear the "
+                                             "map; the synchronizer, the waiting frames and the pose buffer are "
+                                             "always cleared.")
     max_voxels: int = _p(400_000, "Upper bound on map voxels; beyond it the map evicts (see fusion.py).")
     max_depth_m: float = _p(5.0, "Depth readings beyond this are ignored (structured-light noise grows "
                                  "with the square of the range).")
@@ -61,8 +69,13 @@ class SegmentNodeParams:
     render_height: int = _p(240, "Height of the rendered images in pixels.")
     render_backend: str = _p("auto", "Renderer: 'auto' (gsplat on CUDA, else the PyTorch reference), "
                                      "'reference' or 'gsplat'.")
-    max_render_gaussians: int = _p(50_000, "At most this many voxels (nearest in the view) are rendered.")
+    max_render_gaussians: int = _p(50_000, "At most this many Gaussians are rendered: beyond it the distant voxels "
+                                           "in view are merged into coarser ones (level of detail), so the whole "
+                                           "view stays covered.")
     diagnostics_period_s: float = _p(1.0, "Period of the diagnostics message.")
+    lost_warn_ratio: float = _p(0.05, "Diagnostics turn WARN when more than this share of the color frames sent "
+                                      "in a diagnostics period never reached the node (lost by the middleware "
+                                      "or overwritten in the input queue).")
     warn_throttle_s: float = _p(5.0, "Repeated warnings of one kind are logged at most once per this time.")
     torch_threads: int = _p(0, "Threads torch may use for segmentation and rendering; 0: all cores but one, "
                                "which stays free for fusion and the DDS callbacks (torch's default of all "
@@ -124,10 +137,16 @@ class SegmentNodeParams:
             errors.append(f"segment_context_m must be >= 0, got {self.segment_context_m}")
         if self.render_backend not in RENDER_BACKENDS:
             errors.append(f"render_backend {self.render_backend!r} is not one of {RENDER_BACKENDS}")
-        for name in ("pose_tolerance_s", "sync_slop_s"):
+        if not 0 <= self.lost_warn_ratio <= 1:
+            errors.append(f"lost_warn_ratio must be in [0, 1], got {self.lost_warn_ratio}")
+        if self.initial_map and not os.path.isdir(os.path.expanduser(self.initial_map)):
+            errors.append(f"initial_map {self.initial_map!r} is not a folder (a map written by save_map)")
+        if not self.save_map_path:
+            errors.append("save_map_path is empty")
+        for name in ("pose_tolerance_s", "sync_slop_s", "voxel_size_m"):
             if not getattr(self, name) >= 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("pose_wait_s", "voxel_size_m", "max_depth_m", "segment_period_s", "render_period_s",
+        for name in ("pose_wait_s", "max_depth_m", "segment_period_s", "render_period_s",
                      "diagnostics_period_s", "warn_throttle_s"):
             if not getattr(self, name) > 0:
                 errors.append(f"{name} must be > 0, got {getattr(self, name)}")

@@ -7,35 +7,48 @@ Interface (relative names; the launch file remaps the inputs under the camera na
   out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence), rendered/color
        (rgb8), rendered/depth (32FC1 m, NaN where nothing is rendered), rendered/semantic (rgb8 class
        palette), all reliable; class_legend (std_msgs/String JSON: id, name, color per class;
-       transient-local); diagnostics (frames in, fused, dropped per reason, timings, map size).
+       transient-local); diagnostics (frames in, lost, fused, dropped per reason, timings, map size).
+  services (std_srvs, in the node's namespace; gcross_ros.node.services): ~/save_map, ~/reset_map,
+       ~/pause_integration (SetBool), ~/segment_now. The map can start from a saved one (initial_map).
 
 Data flow: the three camera streams are synchronized by stamp (sync_slop_s), converted and checked;
 the camera pose at the image stamp is looked up (a frame may wait up to pose_wait_s for it); the frame
 is fused into the VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
 (segment_scope: the voxels observed since the previous segmentation plus context, or the whole map),
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
-another worker renders the map as Gaussians at the latest camera pose (gcross_core.mapping.map_view),
-then pauses render_period_s. Message conversion is gcross_ros.msgs; counters, throttled warnings and the
-diagnostics status are gcross_ros.node.health.
+another worker renders the map as Gaussians at the latest camera pose (gcross_core.mapping.map_view;
+distant voxels merged into coarser splats beyond max_render_gaussians), then pauses render_period_s; it
+renders only when the view or the map changed since its last render, so an idle node does no work.
+Message conversion is gcross_ros.msgs; counters, throttled warnings and the diagnostics status are
+gcross_ros.node.health.
 
 Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
 which is the convention of the images and of the renderer.
 
+The map's voxel size is the segmenter's grid, read from the checkpoint, unless voxel_size_m says
+otherwise (then it warns).
+
 Bad input never stops the node: the frame is dropped, the reason counted (``diagnostics``) and a
-throttled warning logged. A checkpoint that does not exist or cannot be loaded, or an unusable parameter,
-stops it at start with a message and a non-zero exit status; with no checkpoint at all it loads the
-bundled demo segmenter and warns.
+throttled warning logged. Frames that never reach the callback are counted too (``frames_lost``: gaps in
+the color stamps, and messages the middleware reports lost), and turn diagnostics WARN above
+lost_warn_ratio. Stamps jumping back by more than TIME_JUMP_RESET_S (a bag played again) are logged once
+and clear the synchronizer, the frames waiting for a pose and the previous run's poses; the map is kept
+unless reset_map_on_time_jump. A checkpoint that does not exist or cannot be loaded, an unusable
+parameter or initial_map, or a parameter this machine cannot serve (device:=cuda without CUDA,
+pose_source:=tf without tf2_ros) stops it at start with one FATAL line and a non-zero exit status; with
+no checkpoint at all it loads the bundled demo segmenter and warns.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
-from typing import Deque, Dict, Optional
+from dataclasses import asdict, dataclass, replace
+from typing import Deque, Dict, Optional, Tuple
 
 import numpy as np
 import rclpy
@@ -43,6 +56,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -52,10 +66,11 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
 from gcross_core.cli import cli_main, exit_code_for
-from gcross_core.errors import GcrossError
+from gcross_core.errors import GcrossError, MalformedMessageError, UnavailableError
 from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
 from gcross_core.image import has_valid_depth
+from gcross_core.mapping.map_io import SavedMap, load_map, restore_map, save_map
 from gcross_core.mapping.map_view import render_map_view
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
@@ -64,8 +79,9 @@ from gcross_ros.msgs.codec import (camera_info_to_K, decode_color_rgb, decode_de
 from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
 from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters
+from gcross_ros.node.services import create_services
 from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
-                                  PoseBuffer, PoseLookup)
+                                  PoseBuffer, PoseLookup, StampGapCounter)
 
 NODE_NAME = "gcross_segment"
 COLOR, DEPTH, INFO = 0, 1, 2
@@ -74,6 +90,7 @@ TIME_JUMP_RESET_S = 1.0  # stamps this far behind their predecessor mean a resta
 
 # Drop reasons (keys of the diagnostics counters).
 UNSUPPORTED_ENCODING = "unsupported_encoding"
+MALFORMED_IMAGE = "malformed_image"
 SIZE_MISMATCH = "size_mismatch"
 NO_VALID_DEPTH = "no_valid_depth"
 INVALID_CAMERA_INFO = "invalid_camera_info"
@@ -116,20 +133,28 @@ class SegmentNode(Node):
 
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
+        # first, so that destroying a node whose construction failed finds what it stops
+        self._stop = threading.Event()
+        self._workers = []
         declare_parameters(self)
-        self.params = SegmentNodeParams.from_node(self).validate()
-        p = self.params
+        p = SegmentNodeParams.from_node(self).validate()
+        _check_available(p)
         torch.set_num_threads(p.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         if not p.checkpoint:
             self.get_logger().warning(
                 f"no checkpoint given: using the bundled demo segmenter {p.checkpoint_path}, trained on synthetic "
                 "rooms only; pass checkpoint:=/path/segmenter.safetensors for real scans")
         self.segmenter = Segmenter.from_checkpoint(p.checkpoint_path, p.device)
-        if p.voxel_size_m > 1.5 * self.segmenter.grid_size_m:
+        grid = self.segmenter.grid_size_m
+        if p.voxel_size_m == 0:  # the point density the encoder was trained on, as its checkpoint records
+            p = replace(p, voxel_size_m=grid)
+        elif not np.isclose(p.voxel_size_m, grid, rtol=0.01):
+            effect = ("its first layers see isolated points" if p.voxel_size_m > grid
+                      else "it sees a denser cloud than it was trained on, and segmentation costs more")
             self.get_logger().warning(
-                f"voxel_size_m={p.voxel_size_m:g} is coarser than the segmenter's grid "
-                f"({self.segmenter.grid_size_m:g} m): its first layers see isolated points, unlike in training; "
-                "expect lower accuracy")
+                f"voxel_size_m={p.voxel_size_m:g} differs from the segmenter's grid ({grid:g} m, from the "
+                f"checkpoint): {effect}, unlike in training; expect lower accuracy (voxel_size_m: 0 uses the grid)")
+        self.params = p
         self.class_names = list(self.segmenter.class_names)
         self.palette = class_palette(len(self.class_names))
         # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
@@ -137,15 +162,25 @@ class SegmentNode(Node):
         self.pipeline = SegmentationPipeline(self.segmenter,
                                              PipelineConfig.from_values({**asdict(p), "segment_period_s": 0.0}))
         self.map = self.pipeline.map
+        if p.initial_map:
+            restore_map(self.map, load_map(p.initial_map), self.class_names, f"initial_map {p.initial_map!r}")
+            self.get_logger().info(f"started from the map in {p.initial_map} ({len(self.map)} voxels)")
 
         self.stats = Stats()
-        self._dropped_at_last_report = 0
+        self._last_report: Dict[str, float] = {}
         self._warn = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
         self._sync = ApproximateTimeSync(3, int(p.sync_slop_s * 1e9), p.queue_size,
                                          reset_jump_ns=int(TIME_JUMP_RESET_S * 1e9))
         self._pending: Deque[_Frame] = deque()  # frames waiting for their pose
         self._latest_view: Optional[_View] = None
-        self._pose_buffer = PoseBuffer(int(p.pose_tolerance_s * 1e9))
+        self._pose_buffer = PoseBuffer(int(p.pose_tolerance_s * 1e9), reset_jump_ns=int(TIME_JUMP_RESET_S * 1e9))
+        self._color_gaps = StampGapCounter()
+        self._integration_paused = False
+        # Bumped whenever what a render shows changes (a frame fused, labels fused, the map reset or
+        # loaded): the render worker skips views it has already rendered of an unchanged map.
+        self._map_versions = itertools.count(1)  # next() is atomic: fusion, workers and services bump it
+        self._map_version = 0
+        self._rendered = (None, 0)  # (view, map version) of the last published render
 
         # The camera callbacks and timers share the node's default (mutually exclusive) callback group, so
         # the synchronizer and the frames waiting for poses need no lock under any executor. Poses have a
@@ -157,18 +192,18 @@ class SegmentNode(Node):
         # best-effort samples can switch an input to reliable with the standard parameter
         # qos_overrides./<topic>.subscription.reliability.
         overridable = QoSOverridingOptions.with_default_policies()
-        for msg_type, topic, callback in ((Image, "color/image_raw", self._on_color),
-                                          (Image, "depth/image_raw", self._on_depth),
-                                          (CameraInfo, "color/camera_info", self._on_camera_info)):
-            self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data,
-                                     qos_overriding_options=overridable)
+        for name, msg_type, topic, callback in (("color", Image, "color/image_raw", self._on_color),
+                                                ("depth", Image, "depth/image_raw", self._on_depth),
+                                                ("camera_info", CameraInfo, "color/camera_info",
+                                                 self._on_camera_info)):
+            self._subscribe_counting_lost(name, msg_type, topic, callback, overridable)
         self._tf_buffer = None
         if p.pose_source == "topic":
             pose_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
             self.create_subscription(PoseStamped, "pose", self._on_pose, pose_qos,
                                      callback_group=MutuallyExclusiveCallbackGroup())
         else:
-            import tf2_ros  # only this pose source needs it, and it is not on PyPI
+            import tf2_ros  # only this pose source needs it (checked by _check_available)
 
             self._tf_buffer = tf2_ros.Buffer()
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
@@ -186,8 +221,10 @@ class SegmentNode(Node):
 
         self.create_timer(0.05, self._retry_pending)
         self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
-        self._stop = threading.Event()
-        self._workers = []
+        create_services(self)
+        # Workers stop as soon as the context shuts down (SIGINT/SIGTERM), before the publishers they use
+        # become invalid.
+        self.context.on_shutdown(self._stop.set)
         self._start_workers()
         self._publish_legend()
         self.get_logger().info(
@@ -196,8 +233,24 @@ class SegmentNode(Node):
 
     # ------------------------------------------------------------------ inputs
 
+    def _subscribe_counting_lost(self, name, msg_type, topic, callback, overridable) -> None:
+        """Subscribe with sensor-data QoS; messages the middleware reports lost count as lost.middleware.<name>."""
+        def on_lost(info, key=f"lost.middleware.{name}"):
+            self.stats.inc(key, int(info.total_count_change))
+
+        try:
+            self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data,
+                                     qos_overriding_options=overridable,
+                                     event_callbacks=SubscriptionEventCallbacks(message_lost=on_lost))
+        except Exception as e:  # an rmw without the message-lost event: the stamp gaps still count losses
+            self.get_logger().info(f"{topic}: the middleware does not report lost messages ({e}); lost frames "
+                                   "are estimated from stamp gaps only")
+            self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data,
+                                     qos_overriding_options=overridable)
+
     def _on_color(self, msg: Image) -> None:
         self.stats.inc("frames_in")
+        self.stats.inc("lost.stamp_gaps", self._color_gaps.add(stamp_to_ns(msg.header.stamp)))
         self._offer(COLOR, msg)
 
     def _on_depth(self, msg: Image) -> None:
@@ -214,17 +267,22 @@ class SegmentNode(Node):
                                           f"map_frame '{self.params.map_frame}'")
             return
         try:
-            self._pose_buffer.add(stamp_to_ns(msg.header.stamp),
-                                  pose_to_matrix(msg.pose.position, msg.pose.orientation))
+            jump = self._pose_buffer.add(stamp_to_ns(msg.header.stamp),
+                                         pose_to_matrix(msg.pose.position, msg.pose.orientation))
+            if jump is not None:
+                self.get_logger().info(f"pose stamps jumped back by {jump * 1e-9:.1f} s: pose buffer cleared")
         except ValueError as e:
             self.stats.inc("poses_ignored")
             self._warn.warn("pose_invalid", f"pose ignored: {e}")
         # frames waiting for this pose are picked up by _retry_pending on the camera callbacks' thread
 
     def _offer(self, stream: int, msg) -> None:
-        result = self._sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+        stamp = stamp_to_ns(msg.header.stamp)
+        result = self._sync.add(stream, stamp, msg)
         for d in result.dropped:
             self._on_sync_drop(d)
+        if result.time_jump_ns is not None:
+            self._on_time_jump(STREAM_NAMES[stream], stamp, result.time_jump_ns)
         for color, depth, info in result.matched:
             self._on_frame(color, depth, info)
 
@@ -239,8 +297,7 @@ class SegmentNode(Node):
             self._drop(OUT_OF_ORDER_STAMP, f"color image at {t:.3f} s dropped: its stamp is not newer than "
                                            "the previous one (out-of-order or repeated stamps)")
         elif d.reason == TIME_JUMP:
-            self._drop(TIME_JUMP_RESET, f"time jumped back by more than {TIME_JUMP_RESET_S:g} s; "
-                                        f"synchronizer reset, color image at {t:.3f} s dropped")
+            self.stats.drop(TIME_JUMP_RESET)  # the jump itself is logged once, by _on_time_jump
         elif INFO in d.missing:
             self._drop(NO_CAMERA_INFO, f"color image at {t:.3f} s dropped: no camera_info within "
                                        f"sync_slop_s={slop:g} s (is color/camera_info published?)")
@@ -250,6 +307,24 @@ class SegmentNode(Node):
         else:
             self._drop(UNMATCHED, f"color image at {t:.3f} s dropped: depth and camera_info stamps "
                                   f"spread more than sync_slop_s={slop:g} s around it")
+
+    def _on_time_jump(self, stream: str, stamp_ns: int, jump_ns: int) -> None:
+        """Stamps went back in time (a bag played again, a simulator reset): start over, keep the map."""
+        waiting = len(self._pending)
+        self._pending.clear()
+        self._color_gaps.reset()
+        # poses of the previous run stamped after the new time would be interpolated into the new run
+        stale = self._pose_buffer.discard_after(stamp_ns + int(TIME_JUMP_RESET_S * 1e9))
+        self.stats.inc("time_jumps")
+        if self.params.reset_map_on_time_jump:
+            self.map.clear()
+            self._map_version = next(self._map_versions)
+            kept = "map cleared (reset_map_on_time_jump)"
+        else:
+            kept = f"map kept ({len(self.map)} voxels; reset_map_on_time_jump:=true clears it)"
+        self.get_logger().warning(
+            f"time jumped back by {jump_ns * 1e-9:.1f} s on {stream} (now {stamp_ns * 1e-9:.3f} s; a restarted bag "
+            f"or simulator?): synchronizer, {waiting} frames waiting for a pose and {stale} poses cleared; {kept}")
 
     def _drop(self, reason: str, message: str) -> None:
         self.stats.drop(reason)
@@ -262,11 +337,11 @@ class SegmentNode(Node):
         try:
             rgb = decode_color_rgb(color)
         except ValueError as e:
-            return self._drop(UNSUPPORTED_ENCODING, f"color image at {t:.3f} s dropped: {e}")
+            return self._drop(_decode_reason(e), f"color image at {t:.3f} s dropped: {e}")
         try:
             depth_px = decode_depth(depth)
         except ValueError as e:
-            return self._drop(UNSUPPORTED_ENCODING, f"depth image at {t:.3f} s dropped: {e}")
+            return self._drop(_decode_reason(e), f"depth image at {t:.3f} s dropped: {e}")
         h, w = rgb.shape[:2]
         if depth_px.shape != (h, w):
             return self._drop(SIZE_MISMATCH, f"frame at {t:.3f} s dropped: depth image {depth_px.shape[1]}x"
@@ -328,6 +403,11 @@ class SegmentNode(Node):
         self._drop(NO_POSE, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: no pose for its stamp from the {src}")
 
     def _fuse(self, frame: _Frame, cam_to_map: np.ndarray) -> None:
+        h, w = frame.color_rgb.shape[:2]
+        if self._integration_paused:  # ~/pause_integration: the view still follows the camera
+            self.stats.inc("frames_not_fused_paused")
+            self._latest_view = _View(frame.stamp_ns, frame.frame_id, cam_to_map, frame.K, w, h, frame.received)
+            return
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
             self.pipeline.process_frame(frame.color_rgb, frame.depth, frame.K, cam_to_map, frame.stamp_ns * 1e-9)
@@ -335,7 +415,7 @@ class SegmentNode(Node):
             return self._drop(FUSION_ERROR, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: {e}")
         self.stats.fusion_time((time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
         self.stats.inc("frames_fused")
-        h, w = frame.color_rgb.shape[:2]
+        self._map_version = next(self._map_versions)
         self._latest_view = _View(frame.stamp_ns, frame.frame_id, cam_to_map, frame.K, w, h, frame.received)
 
     # ------------------------------------------------------------------ workers
@@ -357,7 +437,8 @@ class SegmentNode(Node):
             thread.join(timeout_s)  # a segmentation in flight may take seconds; the threads are daemons
 
     def destroy_node(self) -> None:
-        self.stop_workers()
+        if hasattr(self, "_stop"):  # a node whose construction failed early has no workers
+            self.stop_workers()
         super().destroy_node()
 
     def _work_loop(self, work, pause_s: float) -> None:
@@ -365,31 +446,49 @@ class SegmentNode(Node):
         while not self._stop.wait(pause_s):
             work()
 
-    def _segment(self) -> None:
-        view = self._latest_view  # read before the segmentation's snapshot, which contains this frame
-        if view is None:
+    def _failed(self, kind: str, e: Exception) -> None:
+        """A worker's error: counted and logged, unless the node is shutting down (its publishers are gone)."""
+        if self._stop.is_set() or not self.context.ok():
             return
+        self.stats.inc(f"{kind}_errors")
+        verb = "segmentation" if kind == "segmentation" else "rendering"
+        self._warn.warn(f"{kind}_error", f"{verb} failed: {type(e).__name__}: {e}")
+
+    def _segment(self, force: bool = False) -> Optional[str]:
+        """Segment what is due and publish labelled_cloud; with ``force`` (segment_now) also without a camera
+        view yet and when nothing new was observed. Returns what was done, None when nothing was."""
+        view = self._latest_view  # read before the segmentation's snapshot, which contains this frame
+        if view is None and not force:
+            return None
         try:
             seg = self.pipeline.segment()
-            if seg is None or seg.updated == 0:  # empty map, or nothing observed since the last segmentation
-                return
+            if seg is None or (seg.updated == 0 and not force):  # empty map, or nothing new observed
+                return None
+            if seg.updated:
+                self._map_version = next(self._map_versions)
             pts = self.pipeline.labelled_points()
             keep = pts.label >= 0  # voxels added since the segmentation's snapshot have no label yet
+            stamp_ns = view.stamp_ns if view is not None else self.get_clock().now().nanoseconds
             msg = labelled_cloud(pts.coord[keep], pts.color[keep], pts.label[keep], pts.confidence[keep],
-                                 stamp_ns=view.stamp_ns, frame_id=self.params.map_frame)
+                                 stamp_ns=stamp_ns, frame_id=self.params.map_frame)
             self.cloud_pub.publish(msg)
         except Exception as e:  # the worker must survive; the error is reported, not swallowed
-            self.stats.inc("segmentation_errors")
-            self._warn.warn("segmentation_error", f"segmentation failed: {type(e).__name__}: {e}")
-            return
+            self._failed("segmentation", e)
+            if force:
+                raise
+            return None
         self.stats.inc("clouds_published")
         self.stats.timing("segmentation_ms", seg.seconds * 1e3)
         self.stats.timing("segmented_voxels", seg.voxels)
-        self.stats.timing("latency_ms", (time.monotonic() - view.received) * 1e3)
+        if view is not None:
+            self.stats.timing("latency_ms", (time.monotonic() - view.received) * 1e3)
+        return (f"segmented {seg.voxels} voxels in {seg.seconds:.2f} s, {seg.updated} labels updated; "
+                f"labelled_cloud of {int(keep.sum())} points published")
 
     def _render(self) -> None:
-        view = self._latest_view
-        if view is None:
+        view, version = self._latest_view, self._map_version
+        last_view, last_version = self._rendered
+        if view is None or (view is last_view and version == last_version):  # nothing new: no work while idle
             return
         try:
             t0 = time.perf_counter()
@@ -397,11 +496,56 @@ class SegmentNode(Node):
             for name, msg in images.items():
                 self.render_pubs[name].publish(msg)
         except Exception as e:
-            self.stats.inc("render_errors")
-            self._warn.warn("render_error", f"rendering failed: {type(e).__name__}: {e}")
+            self._failed("render", e)
             return
+        self._rendered = (view, version)
         self.stats.timing("render_ms", (time.perf_counter() - t0) * 1e3)
         self.stats.inc("renders_published")
+
+    # ------------------------------------------------------------------ services (gcross_ros.node.services)
+
+    def save_map(self) -> Tuple[bool, str]:
+        """~/save_map: the map, its labels and (when tracked) instance ids to save_map_path."""
+        path = os.path.expanduser(self.params.save_map_path)
+        saved = SavedMap.from_voxel_map(self.map, self.class_names, self.params.map_frame,
+                                        instance=self.voxel_instances())
+        try:
+            out = save_map(path, saved)
+        except OSError as e:  # no permission, disk full, a file in the way: answered, the node goes on
+            reason = e.strerror or str(e)
+            where = f" ({e.filename})" if e.filename and str(e.filename) != path else ""
+            return False, f"cannot save the map to {path}: {reason}{where}"
+        self.get_logger().info(f"map of {len(saved)} voxels saved to {out}")
+        return True, f"saved {len(saved)} voxels to {out}"
+
+    def voxel_instances(self) -> Optional[np.ndarray]:
+        """[N] instance id of every map voxel (-1: none), or None while the node tracks no instances."""
+        return None
+
+    def reset_map(self) -> Tuple[bool, str]:
+        """~/reset_map: clear the map and publish an empty labelled_cloud."""
+        voxels = len(self.map)
+        self.map.clear()
+        self._map_version = next(self._map_versions)
+        empty = np.zeros((0, 3), np.float32)
+        self.cloud_pub.publish(labelled_cloud(empty, np.zeros((0, 3), np.uint8), np.zeros(0, np.int64),
+                                              np.zeros(0, np.float32), stamp_ns=self.get_clock().now().nanoseconds,
+                                              frame_id=self.params.map_frame))
+        self.stats.inc("map_resets")
+        self.get_logger().info(f"map reset ({voxels} voxels cleared)")
+        return True, f"map reset: {voxels} voxels cleared"
+
+    def pause_integration(self, pause: bool) -> Tuple[bool, str]:
+        """~/pause_integration: stop (True) or resume (False) fusing frames; segmenting and rendering go on."""
+        self._integration_paused = bool(pause)
+        state = "paused" if pause else "resumed"
+        self.get_logger().info(f"integration {state}")
+        return True, f"integration {state} ({len(self.map)} voxels in the map)"
+
+    def segment_now(self) -> Tuple[bool, str]:
+        """~/segment_now: segment the map now (whatever segment_period_s) and publish labelled_cloud."""
+        done = self._segment(force=True)
+        return (True, done) if done else (False, "the map is empty: nothing to segment")
 
     def render_view(self, view: _View) -> Dict[str, Image]:
         """rendered/{color, depth, semantic} of the map seen from ``view``, at render_width x render_height."""
@@ -411,6 +555,8 @@ class SegmentNode(Node):
         out = render_map_view(snap.coords, snap.colors, snap.labels, view.cam_to_map,
                               scale_intrinsics(view.K, w / view.width, h / view.height), w, h, self.palette,
                               p.voxel_size_m, p.max_render_gaussians, p.device, p.render_backend)
+        self.stats.timing("render_voxels_in_view", out.voxels_in_view)
+        self.stats.timing("render_gaussians", out.gaussians)
         return {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
                 "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
                 "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}
@@ -420,7 +566,8 @@ class SegmentNode(Node):
     def _publish_legend(self) -> None:
         legend = {"classes": [{"id": i, "name": n, "color": self.palette[i].tolist()}
                               for i, n in enumerate(self.class_names)],
-                  "label_field": "label", "checkpoint": self.params.checkpoint_path}
+                  "label_field": "label", "checkpoint": self.params.checkpoint_path,
+                  "voxel_size_m": self.params.voxel_size_m}
         self.legend_pub.publish(String(data=json.dumps(legend)))
 
     def _publish_diagnostics(self) -> None:
@@ -428,17 +575,47 @@ class SegmentNode(Node):
         report["pending_pose"] = len(self._pending)
         report["map_voxels"] = len(self.map)
         report["evicted_voxels"] = self.map.evicted_total
+        report["integration_paused"] = int(self._integration_paused)
+        # A color frame lost on the way shows as a gap in the stamps, and (where the middleware reports it)
+        # as a lost message: the larger count covers both without counting a frame twice.
+        report["frames_lost"] = max(report.get("lost.stamp_gaps", 0), report.get("lost.middleware.color", 0))
         self.diag_pub.publish(diagnostics_msg(report, f"{self.get_name()}: pipeline", self.params.map_frame,
-                                              self._dropped_at_last_report, self.get_clock().now().to_msg()))
-        self._dropped_at_last_report = report["frames_dropped"]
+                                              self._last_report, self.get_clock().now().to_msg(),
+                                              self.params.lost_warn_ratio))
+        self._last_report = report
+
+
+def _decode_reason(e: ValueError) -> str:
+    return MALFORMED_IMAGE if isinstance(e, MalformedMessageError) else UNSUPPORTED_ENCODING
+
+
+def _check_available(p: SegmentNodeParams) -> None:
+    """UnavailableError naming the parameter when this machine cannot serve it (checked before the
+    checkpoint loads, so that the node fails fast and with one line)."""
+    if p.device.startswith("cuda"):
+        index = int(p.device.partition(":")[2] or 0)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            found = f"{count} CUDA devices" if count else "no usable CUDA device"
+            raise UnavailableError(f"device {p.device!r}: this machine has {found} (torch "
+                                   f"{torch.__version__}); set device:=cpu, or run where CUDA is available")
+    if p.pose_source == "tf":
+        try:
+            import tf2_ros  # noqa: F401  (only this pose source needs it, and it is not on PyPI)
+        except ImportError as e:
+            raise UnavailableError(
+                f"pose_source 'tf' needs the tf2_ros Python package, which cannot be imported here ({e}): source "
+                "a ROS 2 installation (source /opt/ros/<distro>/setup.bash), or set pose_source:=topic and "
+                "publish camera-to-map poses as geometry_msgs/PoseStamped on 'pose'") from None
 
 
 @cli_main("segment_node")
 def main(args=None) -> int:
     """Console script ``segment_node``: run the node until shutdown.
 
-    A node that cannot start logs one FATAL line naming the parameter and exits 2 for an unusable
-    parameter or input file (``gcross_core.cli``), 1 for any other failure.
+    A node that cannot start logs one FATAL line naming the parameter and what to do, and exits 2 for an
+    unusable parameter or input file (``gcross_core.cli``), 1 when this machine cannot serve a parameter
+    (``device:=cuda`` without CUDA, ``pose_source:=tf`` without tf2_ros) or for any other failure.
     """
     rclpy.init(args=args)
     node = None
@@ -446,9 +623,9 @@ def main(args=None) -> int:
         try:
             node = SegmentNode()
         except (GcrossError, ValueError, FileNotFoundError) as e:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
+            rclpy.logging.get_logger(NODE_NAME).fatal("cannot start: " + " ".join(str(e).split()))
             return exit_code_for(e)
-        executor = MultiThreadedExecutor(num_threads=2)  # camera callbacks + pose callbacks
+        executor = MultiThreadedExecutor(num_threads=3)  # camera callbacks, pose callbacks, services
         executor.add_node(node)
         try:
             executor.spin()

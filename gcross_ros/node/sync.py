@@ -48,6 +48,7 @@ class SyncResult:
     matched: List[Tuple[Any, ...]] = field(default_factory=list)  # one payload per stream, per emitted set
     matched_stamps: List[Tuple[int, ...]] = field(default_factory=list)
     dropped: List[Drop] = field(default_factory=list)
+    time_jump_ns: Optional[int] = None  # how far time jumped back when this message reset the synchronizer
 
 
 class ApproximateTimeSync:
@@ -118,6 +119,7 @@ class ApproximateTimeSync:
                         self._drop(result, j, 0, TIME_JUMP)
                 self._last_stamp = [None] * self.num_streams
                 self.counts["reset"] += 1
+                result.time_jump_ns = last - stamp_ns
             else:
                 result.dropped.append(Drop(stream, stamp_ns, OUT_OF_ORDER))
                 self.counts[(OUT_OF_ORDER, stream)] += 1
@@ -209,13 +211,17 @@ class PoseBuffer:
     tolerance) is told to wait, since the pose stream may lag the images.
     """
 
-    def __init__(self, tolerance_ns: int, capacity: int = 2000):
+    def __init__(self, tolerance_ns: int, capacity: int = 2000, reset_jump_ns: Optional[int] = None):
+        """``reset_jump_ns``: a pose stamped this far behind the newest one means time restarted (a bag
+        played again): the buffer is cleared before the pose goes in, so poses of the previous run are
+        never interpolated with the new ones. None: never clear."""
         if tolerance_ns < 0:
             raise ValueError(f"tolerance_ns must be >= 0, got {tolerance_ns}")
         if capacity < 2:
             raise ValueError(f"capacity must be >= 2, got {capacity}")
         self.tolerance_ns = int(tolerance_ns)
         self.capacity = int(capacity)
+        self.reset_jump_ns = reset_jump_ns
         self._stamps: List[int] = []
         self._poses: List[np.ndarray] = []
         self._lock = threading.Lock()  # poses may be added on another thread than the one looking up
@@ -233,21 +239,39 @@ class PoseBuffer:
             self._stamps.clear()
             self._poses.clear()
 
-    def add(self, stamp_ns: int, cam_to_map: np.ndarray) -> None:
-        """Insert a pose (late poses are placed in stamp order; a repeated stamp replaces the old pose)."""
+    def discard_after(self, stamp_ns: int) -> int:
+        """Drop the poses stamped after ``stamp_ns`` (a previous run's, after time jumped back); returns how many."""
+        with self._lock:
+            k = bisect.bisect_right(self._stamps, int(stamp_ns))
+            dropped = len(self._stamps) - k
+            del self._stamps[k:], self._poses[k:]
+            return dropped
+
+    def add(self, stamp_ns: int, cam_to_map: np.ndarray) -> Optional[int]:
+        """Insert a pose (late poses are placed in stamp order; a repeated stamp replaces the old pose).
+
+        Returns how far time jumped back (ns) when this pose cleared the buffer (``reset_jump_ns``), else None.
+        """
         cam_to_map = np.asarray(cam_to_map, dtype=np.float64)
         if not is_valid_pose(cam_to_map):
             raise ValueError(f"cam_to_map is not a finite rigid 4x4 transform: {cam_to_map.tolist()}")
         stamp_ns = int(stamp_ns)
+        jump = None
         with self._lock:
+            if (self.reset_jump_ns is not None and self._stamps
+                    and self._stamps[-1] - stamp_ns >= self.reset_jump_ns):
+                jump = self._stamps[-1] - stamp_ns
+                self._stamps.clear()
+                self._poses.clear()
             k = bisect.bisect_left(self._stamps, stamp_ns)
             if k < len(self._stamps) and self._stamps[k] == stamp_ns:
                 self._poses[k] = cam_to_map
-                return
+                return jump
             self._stamps.insert(k, stamp_ns)
             self._poses.insert(k, cam_to_map)
             if len(self._stamps) > self.capacity:
                 del self._stamps[0], self._poses[0]
+        return jump
 
     def lookup(self, stamp_ns: int) -> PoseLookup:
         with self._lock:
@@ -272,3 +296,51 @@ class PoseBuffer:
         if after is None:
             return PoseLookup(POSE_WAIT)
         return PoseLookup(POSE_MISSING)
+
+
+# ---------------------------------------------------------------- lost messages
+
+class StampGapCounter:
+    """Estimates messages lost on a periodic stream from gaps between consecutive stamps.
+
+    ROS 2 images carry no sequence number, so a message that never reached the callback (dropped by the
+    transport, or overwritten in a keep-last queue while the callback was busy) shows up only as a gap in
+    the stamps. The stream's period is the smallest stamp difference among the last ``window`` (a loss
+    only ever lengthens a difference, so under heavy loss the smallest one still finds the period, where a
+    median would take the gaps for the period); a difference ``d`` > 1.5 periods counts
+    ``round(d / period) - 1`` lost messages. A stamp that does not advance (a time jump or a repeat)
+    restarts the estimate without counting. Limits: stamps that come in bunches (pairs closer than the
+    period) read as losses, and losses are undercounted until two consecutive messages have arrived.
+    """
+
+    def __init__(self, window: int = 50):
+        if window < 3:
+            raise ValueError(f"window must be >= 3, got {window}")
+        self.window = int(window)
+        self.lost = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._last: Optional[int] = None
+        self._deltas: List[int] = []
+
+    def add(self, stamp_ns: int) -> int:
+        """Account for one received stamp; returns the messages estimated lost just before it."""
+        stamp_ns = int(stamp_ns)
+        last, self._last = self._last, stamp_ns
+        if last is None:
+            return 0
+        delta = stamp_ns - last
+        if delta <= 0:
+            self.reset()
+            self._last = stamp_ns
+            return 0
+        lost = 0
+        if len(self._deltas) >= 2:
+            period = min(self._deltas)
+            if delta > 1.5 * period:
+                lost = int(round(delta / period)) - 1
+        self._deltas.append(delta)
+        del self._deltas[:-self.window]
+        self.lost += lost
+        return lost

@@ -103,6 +103,7 @@ class HeightOracle:
     """Stands in for Segmenter: labels by height (exact on plane_scene), or everything 'floor'."""
 
     class_names = CLASSES
+    grid_size_m = 0.02
 
     def __init__(self, all_floor=False):
         self.all_floor = all_floor

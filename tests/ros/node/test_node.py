@@ -24,9 +24,11 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.evaluation.report import class_palette  # noqa: E402
+from gcross_core.mapping.map_io import load_map  # noqa: E402
 from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
 from gcross_ros.msgs import codec  # noqa: E402
 from gcross_ros.msgs import rclpy_msgs as cv  # noqa: E402
@@ -82,8 +84,11 @@ def _wall_frame(x_offset_m):
 class Fixture:
     """Publishes synthetic RGB-D frames and records what the node publishes."""
 
-    def __init__(self, context):
+    def __init__(self, context, node_name="gcross_segment"):
         self.node = rclpy.create_node("gcross_test_fixture", context=context)
+        self.services = {name: self.node.create_client(srv, f"/{node_name}/{name}") for name, srv in (
+            ("save_map", Trigger), ("reset_map", Trigger), ("segment_now", Trigger),
+            ("pause_integration", SetBool))}
         self.lock = threading.Lock()
         self.clouds, self.diags, self.legends = [], [], []
         self.rendered = {"color": [], "depth": [], "semantic": []}
@@ -121,6 +126,26 @@ class Fixture:
         if msg is None:
             return {}
         return {kv.key: float(kv.value) for kv in msg.status[0].values}
+
+    def statuses(self):
+        """(level, message) of the diagnostics kept (the latest few)."""
+        with self.lock:
+            return [(int.from_bytes(m.status[0].level, "little") if isinstance(m.status[0].level, bytes)
+                     else int(m.status[0].level), m.status[0].message) for m in self.diags]
+
+    def call(self, name, data=None, timeout_s=WAIT_S):
+        """Call one of the node's services; returns the response (success, message)."""
+        client = self.services[name]
+        assert client.wait_for_service(timeout_sec=timeout_s), f"service {name} is not offered"
+        request = client.srv_type.Request()
+        if data is not None:
+            request.data = data
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout_s
+        while not future.done():
+            assert time.monotonic() < deadline, f"service {name} did not answer in {timeout_s} s"
+            time.sleep(0.02)
+        return future.result()
 
     def next_stamp(self):
         self.stamp_ns += 100_000_000
@@ -179,10 +204,11 @@ def ros_context():
 def running(tmp_path_factory, ros_context):
     tmp = tmp_path_factory.mktemp("node")
     ckpt = _tiny_checkpoint(tmp / "tiny.safetensors")
-    params_file = _params_file(tmp, checkpoint=str(ckpt), **NODE_PARAMS)
+    params_file = _params_file(tmp, checkpoint=str(ckpt), save_map_path=str(tmp / "maps" / "room"), **NODE_PARAMS)
     log_path = tmp / "node.log"
     proc, log = _start_node(params_file, log_path)
     fx = Fixture(ros_context)
+    fx.tmp, fx.checkpoint = tmp, ckpt
     try:
         wait_for(lambda: fx.diag(), STARTUP_S, "the node's first diagnostics", proc, log_path)
         wait_for(lambda: all(p.get_subscription_count() > 0 for p in
@@ -191,7 +217,10 @@ def running(tmp_path_factory, ros_context):
         yield fx, proc, log_path
     finally:
         fx.close()
-        stop_node_process(proc, log)
+        rc = stop_node_process(proc, log)
+    out = log_path.read_text()
+    # SIGTERM: the workers stop before the context goes, so nothing fails on the way out
+    assert rc == 0 and "failed" not in out and "Traceback" not in out, out[-3000:]
 
 
 def _fused_after(fx, proc, log_path, before, x_offset_m=0.0, frames=3):
@@ -315,6 +344,179 @@ def test_out_of_order_stamps(running):
     _check_drop_then_recovery(running, "out_of_order", bad)
 
 
+def _image_with_data(rgb, data_len=None, step=None):
+    """An rgb8 Image of ``rgb`` whose data is cut or padded to ``data_len`` bytes, with ``step`` as given."""
+    h, w = rgb.shape[:2]
+    msg = Image(height=h, width=w, encoding="rgb8", step=3 * w if step is None else step)
+    data = rgb.tobytes()
+    data_len = len(data) if data_len is None else data_len
+    msg.data = (data + b"\x00" * max(0, data_len - len(data)))[:data_len]
+    return msg
+
+
+@pytest.mark.parametrize("case", ["short", "step_below_row", "rows_beyond_height"])
+def test_malformed_buffers(running, case):
+    rgb = _wall_frame(0.0)[0]
+    size = W * H * 3
+    bad = {"short": lambda: _image_with_data(rgb, size - 10),
+           "step_below_row": lambda: _image_with_data(rgb, step=3 * W - 3),
+           "rows_beyond_height": lambda: _image_with_data(rgb, size + 2 * 3 * W)}[case]
+    _check_drop_then_recovery(running, "malformed_image", lambda fx: fx.send(color_msg=bad()))
+
+
+def test_trailing_padding_shorter_than_a_row_is_accepted(running):
+    fx, proc, log_path = running
+    before = fx.diag()
+    rgb = _wall_frame(0.0)[0]
+    for _ in range(3):
+        fx.send(color_msg=_image_with_data(rgb, W * H * 3 + 7))
+    wait_for(lambda: fx.diag().get("frames_fused", 0) >= before.get("frames_fused", 0) + 2, WAIT_S,
+             "frames with trailing padding to be fused", proc, log_path)
+    assert fx.diag().get("dropped.malformed_image", 0) == before.get("dropped.malformed_image", 0)
+
+
+def test_stamp_gaps_count_as_lost_frames_and_warn(running):
+    fx, proc, log_path = running
+    for _ in range(4):  # a steady 10 Hz stream: the period the gaps are measured in
+        fx.send()
+    before = fx.diag().get("frames_lost", 0)
+    fx.stamp_ns += 5 * 100_000_000  # five frames never sent: a gap of six periods
+    fx.send()
+    d = wait_for(lambda: (lambda d: d if d.get("frames_lost", 0) >= before + 5 else None)(fx.diag()), WAIT_S,
+                 "the lost frames in diagnostics", proc, log_path)
+    assert d["lost.stamp_gaps"] >= before + 5
+    wait_for(lambda: any(level == 1 and "lost before reaching the node" in m for level, m in fx.statuses()),
+             WAIT_S, "a WARN diagnostics status about lost frames", proc, log_path)
+
+
+def test_time_jump_back_resets_inputs_once_and_keeps_the_map(running):
+    fx, proc, log_path = running
+    _fused_after(fx, proc, log_path, fx.diag().get("frames_fused", 0))
+    start = fx.diag()
+    log_before = Path(log_path).read_text().count("time jumped back by")
+    fx.stamp_ns -= 30 * 10**9  # the bag starts again
+    _fused_after(fx, proc, log_path, start["frames_fused"], x_offset_m=0.0)
+    d = fx.diag()
+    assert d["time_jumps"] == start.get("time_jumps", 0) + 1
+    assert d["map_voxels"] >= start["map_voxels"]  # reset_map_on_time_jump is false: the map is kept
+    out = Path(log_path).read_text()
+    lines = [line for line in out.splitlines() if "time jumped back by" in line]
+    assert len(lines) == log_before + 1, out[-3000:]
+    assert "jumped back by 29.9 s" in lines[-1] and "map kept" in lines[-1]  # 30 s less the next frame's 0.1 s
+
+
+def test_no_render_while_idle(running):
+    fx, proc, log_path = running
+    _fused_after(fx, proc, log_path, fx.diag().get("frames_fused", 0))
+    before = fx.diag().get("renders_published", 0)
+    wait_for(lambda: fx.diag().get("renders_published", 0) > before, WAIT_S, "a render of the new frame",
+             proc, log_path)
+    time.sleep(2.0)  # the last segmentation and its render
+    d0 = fx.diag()
+    time.sleep(2.5)  # five render periods
+    d1 = fx.diag()
+    new_clouds = d1.get("clouds_published", 0) - d0.get("clouds_published", 0)
+    # renders follow map changes (a segmentation that updated labels), never the clock
+    assert d1["renders_published"] - d0["renders_published"] <= new_clouds + 1, (d0, d1)
+
+
+# ---------------------------------------------------------------- services
+
+def test_segment_now_save_pause_and_reset(running):
+    fx, proc, log_path = running
+    _fused_after(fx, proc, log_path, fx.diag().get("frames_fused", 0))
+    answer = fx.call("segment_now")
+    assert answer.success and "segmented" in answer.message, answer.message
+    assert fx.diag()["map_voxels"] > 0 or wait_for(lambda: fx.diag()["map_voxels"] > 0, WAIT_S, "map voxels")
+
+    answer = fx.call("save_map")
+    path = fx.tmp / "maps" / "room"
+    assert answer.success and str(path) in answer.message, answer.message
+    saved = load_map(path)
+    assert len(saved) > 100 and (saved.label >= 0).any() and saved.class_names == tuple(CLASSES)
+    assert saved.voxel_size_m == pytest.approx(NODE_PARAMS["voxel_size_m"])
+
+    answer = fx.call("pause_integration", True)
+    assert answer.success and "paused" in answer.message
+    d = wait_for(lambda: (lambda d: d if d.get("integration_paused") == 1 else None)(fx.diag()), WAIT_S,
+                 "integration_paused in diagnostics")
+    voxels, fused = d["map_voxels"], d["frames_fused"]
+    renders = d.get("renders_published", 0)
+    for _ in range(3):
+        fx.send(50.0)  # a place never seen: fusing it would grow the map
+    wait_for(lambda: fx.diag().get("frames_not_fused_paused", 0) >= d.get("frames_not_fused_paused", 0) + 2,
+             WAIT_S, "frames received while paused", proc, log_path)
+    wait_for(lambda: fx.diag().get("renders_published", 0) > renders, WAIT_S, "a render at the new pose",
+             proc, log_path)
+    d = fx.diag()
+    assert d["map_voxels"] == voxels and d["frames_fused"] == fused
+    assert fx.call("pause_integration", False).success
+    _fused_after(fx, proc, log_path, fused, x_offset_m=50.0)
+
+    answer = fx.call("reset_map")
+    assert answer.success and "cleared" in answer.message
+    wait_for(lambda: fx.latest(fx.clouds) is not None and fx.latest(fx.clouds).width == 0, WAIT_S,
+             "an empty labelled_cloud after the reset", proc, log_path)
+    # fusion goes on in the empty map
+    _fused_after(fx, proc, log_path, fx.diag()["frames_fused"])
+    assert proc.poll() is None
+
+
+def test_save_map_failure_is_answered_and_the_node_keeps_fusing(running):
+    fx, proc, log_path = running
+    _fused_after(fx, proc, log_path, fx.diag().get("frames_fused", 0))
+    maps = fx.tmp / "maps"
+    maps.mkdir(exist_ok=True)
+    moved = fx.tmp / "maps_aside"
+    maps.rename(moved)
+    maps.write_text("a file where the map folder's parent should be")  # even root cannot write below a file
+    try:
+        answer = fx.call("save_map")
+    finally:
+        maps.unlink()
+        moved.rename(maps)
+    assert not answer.success
+    assert answer.message.startswith(f"cannot save the map to {maps / 'room'}: "), answer.message
+    assert proc.poll() is None
+    _fused_after(fx, proc, log_path, fx.diag()["frames_fused"])
+    assert fx.call("save_map").success  # and saves again once the folder is writable
+
+
+def test_initial_map_starts_from_a_saved_map(running, ros_context, tmp_path):
+    """save -> reset -> a node started with initial_map holds the saved map; another voxel size is refused."""
+    from gcross_core.errors import InputError
+    from gcross_core.mapping.fusion import unpack_keys
+    from gcross_ros.node import segment_node as sn
+
+    fx, proc, log_path = running
+    _fused_after(fx, proc, log_path, fx.diag().get("frames_fused", 0))
+    assert fx.call("segment_now").success
+    assert fx.call("save_map").success
+    saved = load_map(fx.tmp / "maps" / "room")
+    assert fx.call("reset_map").success
+
+    def node(**params):
+        overrides = {"checkpoint": str(fx.checkpoint), "voxel_size_m": 0.1, "publish_rendered": False,
+                     "initial_map": str(fx.tmp / "maps" / "room"), **params}
+        return sn.SegmentNode(context=ros_context, parameter_overrides=[Parameter(k, value=v)
+                                                                         for k, v in overrides.items()])
+
+    loaded = node()
+    try:
+        snap = loaded.map.snapshot()
+        assert len(snap) == len(saved)
+        order = np.lexsort(saved.voxel_index.T)
+        mine = np.lexsort(unpack_keys(snap.keys).T)
+        np.testing.assert_array_equal(snap.coords[mine], saved.coord[order])
+        np.testing.assert_array_equal(snap.labels[mine], saved.label[order])
+        np.testing.assert_allclose(snap.confidence[mine], saved.confidence[order], atol=1e-6)
+        np.testing.assert_array_equal(np.rint(snap.colors[mine]), saved.color[order])
+    finally:
+        loaded.destroy_node()
+    with pytest.raises(InputError, match="voxel_size_m=0.1, this map uses 0.2: set voxel_size_m to 0.1"):
+        node(voxel_size_m=0.2)
+
+
 # ---------------------------------------------------------------- start-up failures
 
 @pytest.mark.parametrize("case", ["missing", "corrupt"])
@@ -333,6 +535,36 @@ def test_bad_checkpoint_fails_at_start(tmp_path, case):
     assert rc != 0, out
     assert "cannot start" in out and str(ckpt) in out, out
     assert "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("case", ["cuda", "tf"])
+def test_unavailable_device_or_tf_fails_with_one_fatal_line(tmp_path, case):
+    if case == "cuda":
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        params, expected = {"device": "cuda"}, "cannot start: device 'cuda': this machine has no usable CUDA device"
+        advice = "set device:=cpu"
+    else:
+        try:
+            import tf2_ros  # noqa: F401
+            pytest.skip("tf2_ros is installed here")
+        except ImportError:
+            pass
+        params, expected = {"pose_source": "tf"}, "cannot start: pose_source 'tf' needs the tf2_ros Python package"
+        advice = "set pose_source:=topic"
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    params_file = _params_file(tmp_path, checkpoint=str(ckpt), **{**NODE_PARAMS, **params})
+    log_path = tmp_path / "node.log"
+    proc, log = _start_node(params_file, log_path)
+    try:
+        rc = proc.wait(timeout=STARTUP_S)
+    finally:
+        stop_node_process(proc, log)
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    assert rc == 1, lines
+    assert len(lines) == 1 and lines[0].startswith("[FATAL]"), lines  # no second traceback, nothing else
+    assert expected in lines[0] and advice in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------- parameters and configuration
@@ -496,9 +728,44 @@ def test_node_without_checkpoint_uses_the_demo_segmenter(ros_context):
     try:
         assert node.params.checkpoint == "" and node.params.checkpoint_path == str(DEMO_CHECKPOINT)
         assert node.class_names == list(SYNTHETIC_CLASSES)
-        assert node.map.voxel_size_m == pytest.approx(SegmentNodeParams().voxel_size_m)
+        # voxel_size_m 0 (the default): the grid recorded in the checkpoint (5 cm for the demo segmenter)
+        assert SegmentNodeParams().voxel_size_m == 0
+        assert node.map.voxel_size_m == pytest.approx(node.segmenter.grid_size_m) == node.params.voxel_size_m
         cfg = node.pipeline.config  # the node's parameters, but paced in wall time by its worker
         assert (cfg.segment_scope, cfg.segment_context_m, cfg.max_voxels, cfg.segment_period_s) == (
             node.params.segment_scope, node.params.segment_context_m, node.params.max_voxels, 0.0)
+    finally:
+        node.destroy_node()
+
+
+def test_time_jump_can_reset_the_map(tmp_path, ros_context):
+    """reset_map_on_time_jump: a bag played again starts an empty map; the previous run's poses are not used."""
+    from gcross_ros.node import segment_node as sn
+
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    node = sn.SegmentNode(context=ros_context, parameter_overrides=[
+        Parameter("checkpoint", value=str(ckpt)), Parameter("voxel_size_m", value=0.1),
+        Parameter("publish_rendered", value=False), Parameter("reset_map_on_time_jump", value=True),
+        Parameter("pose_tolerance_s", value=0.02)])
+
+    def offer(stamp, x_offset_m):
+        rgb, depth_m, cam_to_map = _wall_frame(x_offset_m)
+        node._pose_buffer.add(stamp, cam_to_map)
+        node._offer(sn.INFO, cv.make_camera_info(K, W, H, stamp, "camera_optical"))
+        node._offer(sn.DEPTH, cv.numpy_to_image(np.round(depth_m * 1000).astype(np.uint16), "16UC1", stamp,
+                                                "camera_optical"))
+        node._offer(sn.COLOR, cv.numpy_to_image(rgb, "rgb8", stamp, "camera_optical"))
+
+    try:
+        t0 = 100 * 10**9
+        offer(t0, 0.0)
+        offer(t0 + 10**8, 0.0)
+        assert node.stats.counts["frames_fused"] == 2 and (node.map.coords()[:, 0] < 10).all()
+        node._pose_buffer.add(t0 + 40 * 10**9, np.eye(4))  # a pose of the old run, far ahead of the new time
+        offer(t0 - 30 * 10**9, 20.0)
+        assert node.stats.counts["time_jumps"] == 1 and node.stats.counts["frames_fused"] == 3
+        coords = node.map.coords()
+        assert len(coords) > 0 and (coords[:, 0] > 10).all()  # only the new run's frame is in the map
+        assert node._pose_buffer.newest_stamp_ns == t0 - 30 * 10**9
     finally:
         node.destroy_node()

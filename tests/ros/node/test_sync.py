@@ -6,7 +6,7 @@ import pytest
 
 from gcross_core.geometry import pose_from_quat, quat_from_pose
 from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, QUEUE_OVERFLOW, TIME_JUMP,
-                             UNMATCHED, ApproximateTimeSync, PoseBuffer, interpolate_pose)
+                             UNMATCHED, ApproximateTimeSync, PoseBuffer, StampGapCounter, interpolate_pose)
 
 MS = 1_000_000
 COLOR, DEPTH, INFO = 0, 1, 2
@@ -110,6 +110,10 @@ def test_time_jump_back_resets_instead_of_dropping_forever():
     assert [m[0] // MS for m in matched] == [5000, 5100, 0, 100]
     assert [(d.stamp_ns // MS, d.reason) for d in dropped] == [(5200, TIME_JUMP)]
     assert sync.counts["reset"] == 1
+    sync = ApproximateTimeSync(3, slop_ns=5 * MS, queue_size=5, reset_jump_ns=1000 * MS)
+    _feed(sync, _frames([5000]))
+    assert sync.add(COLOR, 900 * MS, None).time_jump_ns == 4100 * MS  # the caller learns how far time went back
+    assert sync.add(DEPTH, 900 * MS, None).time_jump_ns is None
 
 
 def test_random_arrival_orders_keep_invariants():
@@ -230,3 +234,39 @@ def test_interpolate_pose_takes_the_short_way():
     np.testing.assert_allclose(mid[:3, 3], [1.0, 0.0, 1.0])
     np.testing.assert_allclose(interpolate_pose(a, b, 0.0), a, atol=1e-12)
     np.testing.assert_allclose(interpolate_pose(a, b, 1.0), b, atol=1e-12)
+
+
+def test_pose_buffer_clears_when_its_stamps_jump_back_and_discards_a_previous_run():
+    buf = PoseBuffer(tolerance_ns=60 * MS, reset_jump_ns=1000 * MS)
+    for t in (30_000, 30_100, 30_200):
+        assert buf.add(t * MS, _pose(5.0, 0)) is None
+    assert buf.add(29_500 * MS, _pose(5.0, 0)) is None  # a late pose, not a restart
+    assert buf.add(100 * MS, _pose(1.0, 0)) == 30_100 * MS  # the bag starts again
+    assert len(buf) == 1 and buf.lookup(30_100 * MS).status == POSE_WAIT  # old poses are gone
+    np.testing.assert_allclose(buf.lookup(100 * MS).cam_to_map, _pose(1.0, 0))
+
+    keep = PoseBuffer(tolerance_ns=60 * MS)  # never clears by itself
+    for t in (100, 200, 30_000, 30_100):
+        keep.add(t * MS, _pose(float(t), 0))
+    assert keep.discard_after(1_200 * MS) == 2 and len(keep) == 2 and keep.newest_stamp_ns == 200 * MS
+
+
+def test_stamp_gaps_estimate_lost_messages():
+    gaps = StampGapCounter(window=5)
+    stamps = [0, 100, 200, 300, 400, 700, 800, 1300, 1400]  # 10 Hz with 2 and 4 frames missing
+    lost = [gaps.add(t * MS) for t in stamps]
+    assert lost == [0, 0, 0, 0, 0, 2, 0, 4, 0] and gaps.lost == 6
+    assert gaps.add(0) == 0 and gaps.add(100 * MS) == 0  # time went back: the estimate restarts
+    assert gaps.add(200 * MS) == 0 and gaps.add(300 * MS) == 0
+    assert gaps.add(500 * MS) == 1 and gaps.lost == 7
+    jitter = StampGapCounter()
+    for t in (0, 90, 210, 300, 395, 510, 600):  # +-20 % jitter loses nothing
+        assert jitter.add(t * MS) == 0
+
+
+def test_heavy_loss_is_still_counted():
+    """A burst where most frames vanish: only a few consecutive frames reveal the period."""
+    gaps = StampGapCounter()
+    received = [0, 100, 200] + list(range(600, 10_000, 400))  # then 3 of every 4 frames lost
+    lost = sum(gaps.add(t * MS) for t in received)
+    assert lost == 3 + 3 * (len(received) - 4)  # 300 ms to 600 ms, then three per 400 ms gap

@@ -1,0 +1,201 @@
+"""Saving a fused, labelled voxel map to a folder and starting a map from one.
+
+A saved map is one folder, written atomically (a temporary sibling folder renamed into place, so a reader
+sees either the previous map or the complete new one)::
+
+    map.ply     binary little-endian PLY, one vertex per voxel: x y z (float, metres, map frame),
+                red green blue (uchar), label (int, -1 = never segmented), instance (int, -1 = none; only
+                when the map has instance ids), confidence (float, fused probability of the label).
+                Open3D, CloudCompare and MeshLab read it.
+    map.json    voxel_size_m, map_frame, class_names, num_voxels, has_instance, format version.
+    scene/      a scene folder (gcross_core.data.scene): coord, color, normal, segment20/segment200/segment
+                (by the class names), instance (when present) .npy, plus confidence.npy [N],
+                probability.npy [N, C] (fused class probabilities), count.npy [N] (points fused per voxel)
+                and voxel_index.npy [N, 3] (integer voxel coordinates). training/* and map scoring read it
+                like any other scene.
+
+``load_map`` reads the folder back and ``restore_map`` puts it into a :class:`VoxelMap` of the same voxel
+size and classes: fusion then continues on it as if its frames had been integrated by this process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from gcross_core.data.scene import Scene, write_scene
+from gcross_core.errors import InputError
+from gcross_core.mapping.fusion import VoxelMap, unpack_keys
+
+PathLike = Union[str, Path]
+MAP_FORMAT_VERSION = 1
+PLY_FILE, META_FILE, SCENE_DIR = "map.ply", "map.json", "scene"
+_EXTRAS = ("confidence", "probability", "count", "voxel_index")
+
+
+@dataclass(frozen=True)
+class SavedMap:
+    """A labelled voxel map as arrays, one row per voxel."""
+
+    voxel_index: np.ndarray  # [N, 3] int64 integer voxel coordinates
+    coord: np.ndarray  # [N, 3] float32 metres, map frame (mean of the points fused into the voxel)
+    color: np.ndarray  # [N, 3] uint8 RGB
+    normal: np.ndarray  # [N, 3] float32 unit normals, zero where unknown
+    count: np.ndarray  # [N] int64 points fused into each voxel
+    probability: np.ndarray  # [N, C] float32 fused class probabilities, zero rows where never segmented
+    class_names: Tuple[str, ...]
+    voxel_size_m: float
+    map_frame: str = "map"
+    instance: Optional[np.ndarray] = None  # [N] int64 instance id, -1 = none
+
+    def __len__(self) -> int:
+        return len(self.coord)
+
+    @property
+    def label(self) -> np.ndarray:  # [N] int64, -1 = never segmented
+        segmented = self.probability.sum(axis=1) > 0
+        return np.where(segmented, self.probability.argmax(axis=1), -1).astype(np.int64)
+
+    @property
+    def confidence(self) -> np.ndarray:  # [N] float32, 0 where never segmented
+        return self.probability.max(axis=1, initial=0).astype(np.float32)
+
+    @classmethod
+    def from_voxel_map(cls, vmap: VoxelMap, class_names: Sequence[str], map_frame: str = "map",
+                       instance: Optional[np.ndarray] = None) -> "SavedMap":
+        """The content of ``vmap`` now (one consistent snapshot); ``instance``: [N] ids of its voxels, if any."""
+        snap, probability = vmap.export()
+        if instance is not None and np.shape(instance) != (len(snap),):
+            raise ValueError(f"instance has shape {np.shape(instance)}, expected ({len(snap)},)")
+        return cls(voxel_index=unpack_keys(snap.keys), coord=snap.coords.astype(np.float32),
+                   color=np.clip(np.rint(snap.colors), 0, 255).astype(np.uint8),
+                   normal=snap.normals.astype(np.float32), count=snap.counts.astype(np.int64),
+                   probability=probability.astype(np.float32), class_names=tuple(class_names),
+                   voxel_size_m=vmap.voxel_size_m, map_frame=map_frame,
+                   instance=None if instance is None else np.asarray(instance, np.int64))
+
+
+def write_labelled_ply(path: PathLike,
+                       coord: np.ndarray,  # [N, 3] float metres
+                       color: np.ndarray,  # [N, 3] uint8 RGB
+                       label: np.ndarray,  # [N] int, -1 = unlabelled
+                       confidence: np.ndarray,  # [N] float
+                       instance: Optional[np.ndarray] = None,  # [N] int, -1 = none
+                       ) -> Path:
+    """A binary little-endian PLY point cloud with per-vertex label, [instance] and confidence."""
+    n = len(coord)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
+              ("label", "<i4")]
+    if instance is not None:
+        fields.append(("instance", "<i4"))
+    fields.append(("confidence", "<f4"))
+    rows = np.empty(n, dtype=np.dtype(fields))
+    coord = np.asarray(coord)
+    rows["x"], rows["y"], rows["z"] = coord[:, 0], coord[:, 1], coord[:, 2]
+    color = np.asarray(color)
+    rows["red"], rows["green"], rows["blue"] = color[:, 0], color[:, 1], color[:, 2]
+    rows["label"] = label
+    if instance is not None:
+        rows["instance"] = instance
+    rows["confidence"] = confidence
+    ply_types = {"<f4": "float", "u1": "uchar", "<i4": "int"}
+    header = ["ply", "format binary_little_endian 1.0", "comment gcross labelled voxel map",
+              f"element vertex {n}"] + [f"property {ply_types[t]} {name}" for name, t in fields] + ["end_header"]
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        f.write(rows.tobytes())
+    return path
+
+
+def save_map(out_dir: PathLike, saved: SavedMap) -> Path:
+    """Write ``saved`` to ``out_dir`` (layout in the module docstring), replacing it atomically if it exists.
+
+    Raises OSError (no permission, disk full, ...) with nothing left behind but the previous map.
+    """
+    out_dir = Path(out_dir).expanduser().absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        label, confidence = saved.label, saved.confidence
+        write_labelled_ply(tmp / PLY_FILE, saved.coord, saved.color, label, confidence, saved.instance)
+        scene = Scene(out_dir.name, saved.coord, saved.color, saved.normal, segment=label,
+                      instance=saved.instance, class_names=saved.class_names)
+        write_scene(scene, tmp / SCENE_DIR, extra_arrays={
+            "confidence": confidence, "probability": saved.probability, "count": saved.count,
+            "voxel_index": saved.voxel_index})
+        meta = {"format_version": MAP_FORMAT_VERSION, "voxel_size_m": saved.voxel_size_m,
+                "map_frame": saved.map_frame, "class_names": list(saved.class_names), "num_voxels": len(saved),
+                "has_instance": saved.instance is not None}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a map is for others to read
+        if out_dir.exists():
+            trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            os.replace(out_dir, trash / "old")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_map(path: PathLike) -> SavedMap:
+    """Read a folder written by :func:`save_map`; InputError naming the file when it is not one."""
+    path = Path(path).expanduser()
+    meta_file, scene_dir = path / META_FILE, path / SCENE_DIR
+    if not meta_file.is_file() or not scene_dir.is_dir():
+        raise InputError(f"map folder {path} lacks {META_FILE} or {SCENE_DIR}/ (expected a folder written by "
+                         "save_map)")
+    try:
+        meta = json.loads(meta_file.read_text())
+        voxel_size_m, class_names = float(meta["voxel_size_m"]), tuple(meta["class_names"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{meta_file} is not a map description ({type(e).__name__}: {e})") from None
+    arrays = {}
+    for name in ("coord", "color", "normal") + _EXTRAS:
+        file = scene_dir / f"{name}.npy"
+        if not file.is_file():
+            raise InputError(f"map folder {path} lacks {SCENE_DIR}/{name}.npy")
+        try:
+            arrays[name] = np.load(file, allow_pickle=False)
+        except ValueError as e:
+            raise InputError(f"{file} is not a readable .npy array ({e})") from None
+    n = len(arrays["coord"])
+    expected = {"coord": (n, 3), "color": (n, 3), "normal": (n, 3), "confidence": (n,),
+                "probability": (n, len(class_names)), "count": (n,), "voxel_index": (n, 3)}
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise InputError(f"{scene_dir / name}.npy has shape {arrays[name].shape}, expected {shape}")
+    instance = None
+    if (scene_dir / "instance.npy").is_file():
+        instance = np.load(scene_dir / "instance.npy", allow_pickle=False).astype(np.int64)
+        if instance.shape != (n,):
+            raise InputError(f"{scene_dir}/instance.npy has shape {instance.shape}, expected ({n},)")
+    return SavedMap(voxel_index=arrays["voxel_index"].astype(np.int64), coord=arrays["coord"].astype(np.float32),
+                    color=arrays["color"].astype(np.uint8), normal=arrays["normal"].astype(np.float32),
+                    count=arrays["count"].astype(np.int64), probability=arrays["probability"].astype(np.float32),
+                    class_names=class_names, voxel_size_m=voxel_size_m, map_frame=str(meta.get("map_frame", "map")),
+                    instance=instance)
+
+
+def restore_map(vmap: VoxelMap, saved: SavedMap, class_names: Sequence[str], source: str = "the saved map") -> None:
+    """Replace ``vmap``'s content with ``saved``; InputError when voxel size or classes differ."""
+    if not np.isclose(saved.voxel_size_m, vmap.voxel_size_m, rtol=1e-6, atol=0):
+        raise InputError(f"{source} was saved with voxel_size_m={saved.voxel_size_m:g}, this map uses "
+                         f"{vmap.voxel_size_m:g}: set voxel_size_m to {saved.voxel_size_m:g} to continue it")
+    if tuple(class_names) != tuple(saved.class_names):
+        raise InputError(f"{source} was labelled with classes {list(saved.class_names)}, the segmenter has "
+                         f"{list(class_names)}")
+    if len(saved) > vmap.max_voxels:
+        raise InputError(f"{source} holds {len(saved)} voxels, more than max_voxels={vmap.max_voxels}")
+    vmap.restore(saved.voxel_index, saved.coord, saved.color.astype(np.float32), saved.normal,
+                 np.maximum(saved.count, 1), saved.probability)

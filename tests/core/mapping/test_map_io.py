@@ -1,0 +1,113 @@
+"""Saved maps: the PLY and scene folder written atomically, and a map restored from them fuses on."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gcross_core.data.scannet import read_ply
+from gcross_core.data.scene import load_scene
+from gcross_core.errors import InputError
+from gcross_core.mapping.fusion import VoxelMap
+from gcross_core.mapping.map_io import SavedMap, load_map, restore_map, save_map
+
+CLASSES = ("floor", "wall", "chair")
+H, W = 24, 32
+K = np.array([[20.0, 0, 15.5], [0, 20.0, 11.5], [0, 0, 1]])
+
+
+def _labelled_map(voxel=0.1):
+    vmap = VoxelMap(voxel, 10_000, len(CLASSES))
+    depth = np.full((H, W), 2.0, np.float32)
+    depth[8:16, 10:20] = 1.5
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[..., 0] = 200
+    rgb[..., 1] = np.arange(W, dtype=np.uint8)[None] * 5
+    vmap.integrate(rgb, depth, K, np.eye(4))
+    n = len(vmap)
+    rng = np.random.default_rng(0)
+    half = np.arange(n // 2)  # the other half stays unsegmented
+    probs = rng.dirichlet(np.ones(len(CLASSES)), size=len(half)).astype(np.float32)
+    vmap.fuse_probabilities(half, probs)
+    return vmap
+
+
+def _same_map(a: VoxelMap, b: VoxelMap):
+    sa, sb = a.snapshot(), b.snapshot()
+    oa, ob = np.argsort(sa.keys), np.argsort(sb.keys)
+    np.testing.assert_array_equal(sa.keys[oa], sb.keys[ob])
+    np.testing.assert_array_equal(sa.coords[oa], sb.coords[ob])
+    np.testing.assert_array_equal(np.rint(sa.colors[oa]), sb.colors[ob])
+    np.testing.assert_allclose(sa.normals[oa], sb.normals[ob], atol=1e-6)
+    np.testing.assert_array_equal(sa.labels[oa], sb.labels[ob])
+    np.testing.assert_allclose(sa.confidence[oa], sb.confidence[ob], atol=1e-6)
+    np.testing.assert_array_equal(sa.counts[oa], sb.counts[ob])
+
+
+def test_save_load_restore_gives_the_same_map(tmp_path):
+    vmap = _labelled_map()
+    out = save_map(tmp_path / "maps" / "room", SavedMap.from_voxel_map(vmap, CLASSES, "map"))
+    assert sorted(p.name for p in out.iterdir()) == ["map.json", "map.ply", "scene"]
+    meta = json.loads((out / "map.json").read_text())
+    assert meta["voxel_size_m"] == 0.1 and meta["class_names"] == list(CLASSES) and meta["num_voxels"] == len(vmap)
+
+    ply = read_ply(out / "map.ply")["vertex"]
+    assert list(ply) == ["x", "y", "z", "red", "green", "blue", "label", "confidence"]  # no instance ids here
+    snap = vmap.snapshot()
+    np.testing.assert_array_equal(ply["label"], snap.labels)
+    np.testing.assert_allclose(np.stack([ply["x"], ply["y"], ply["z"]], 1), snap.coords)
+    assert (ply["label"] == -1).sum() == len(vmap) - len(vmap) // 2
+
+    scene = load_scene(out / "scene", frames=False)
+    assert scene.class_names == CLASSES and scene.num_points == len(vmap)
+    np.testing.assert_array_equal(scene.segment, snap.labels)
+
+    restored = VoxelMap(0.1, 10_000, len(CLASSES))
+    restore_map(restored, load_map(out), CLASSES)
+    _same_map(vmap, restored)
+    # fusion goes on in the restored map: the same frame hits the same voxels
+    depth = np.full((H, W), 2.0, np.float32)
+    depth[8:16, 10:20] = 1.5
+    stats = restored.integrate(np.zeros((H, W, 3), np.uint8), depth, K, np.eye(4))
+    assert stats.new_voxels == 0 and len(restored) == len(vmap)
+
+
+def test_instance_ids_are_written_when_present(tmp_path):
+    vmap = _labelled_map()
+    instance = np.arange(len(vmap)) % 4 - 1
+    out = save_map(tmp_path / "m", SavedMap.from_voxel_map(vmap, CLASSES, instance=instance))
+    ply = read_ply(out / "map.ply")["vertex"]
+    assert list(ply)[6:] == ["label", "instance", "confidence"]
+    np.testing.assert_array_equal(ply["instance"], instance)
+    np.testing.assert_array_equal(load_scene(out / "scene", frames=False).instance, instance)
+    np.testing.assert_array_equal(load_map(out).instance, instance)
+
+
+def test_save_replaces_atomically_and_failures_leave_the_old_map(tmp_path):
+    first = save_map(tmp_path / "m", SavedMap.from_voxel_map(_labelled_map(), CLASSES))
+    empty = VoxelMap(0.1, 100, len(CLASSES))
+    save_map(first, SavedMap.from_voxel_map(empty, CLASSES))
+    assert load_map(first).coord.shape == (0, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folders left
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    # root writes into read-only folders: below a regular file nothing can be created by anyone
+    target = ro / "m" if os.geteuid() != 0 else tmp_path / "m" / "map.json" / "m"
+    try:
+        with pytest.raises((PermissionError, NotADirectoryError, FileExistsError)):
+            save_map(target, SavedMap.from_voxel_map(_labelled_map(), CLASSES))
+    finally:
+        ro.chmod(0o755)
+    assert list(ro.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["m", "ro"]
+    assert load_map(first).coord.shape == (0, 3)
+
+
+def test_restore_rejects_another_voxel_size_or_classes(tmp_path):
+    out = save_map(tmp_path / "m", SavedMap.from_voxel_map(_labelled_map(0.1), CLASSES))
+    with pytest.raises(InputError, match="voxel_size_m=0.1.*uses 0.05: set voxel_size_m to 0.1"):
+        restore_map(VoxelMap(0.05, 10_000, len(CLASSES)), load_map(out), CLASSES)
+    with pytest.raises(InputError, match="classes"):
+        restore_map(VoxelMap(0.1, 10_000, 2), load_map(out), ("a", "b"))
+    with pytest.raises(InputError, match="lacks map.json"):
+        load_map(tmp_path)
