@@ -24,7 +24,7 @@ import torch
 
 from gcross_core.evaluation.map_score import transfer_labels
 from gcross_core.mapping.fusion import MapSnapshot
-from gcross_core.mapping.map_view import RENDER_MIN_ALPHA, MapView, semantic_image, visible_voxels
+from gcross_core.mapping.map_view import RENDER_MIN_ALPHA, MapView, render_map_view, semantic_image, visible_voxels
 from gcross_core.model.api import GaussianCrossModel, pinhole_cameras
 from gcross_core.train.logging import pca_basis, pca_rgb
 from gcross_core.types import Gaussians
@@ -115,3 +115,18 @@ class ModelMapRenderer:
         onehot[torch.from_numpy(rows).to(onehot.device), torch.from_numpy(near[rows]).to(onehot.device)] = 1.0
         return Gaussians(means=g.means, quats=g.quats, scales=g.scales, colors=g.colors, opacities=g.opacities,
                          features=torch.cat([g.features, onehot], 1), batch=g.batch)
+
+
+def render_view(snap: MapSnapshot,
+                cam_to_map: np.ndarray,  # [4, 4]
+                K: np.ndarray,  # [3, 3] for width x height
+                width: int, height: int,
+                palette: np.ndarray,  # [num_classes, 3] uint8
+                *, voxel_size_m: float, max_gaussians: int, device: str = "cpu", backend: str = "auto",
+                model_renderer: Optional[ModelMapRenderer] = None) -> MapView:
+    """What the node publishes for a camera: the model's view (a :class:`ModelMapView`, with features)
+    when ``model_renderer`` is given (render_source gaussians), else the voxel splat (render_source voxels)."""
+    if model_renderer is not None:
+        return model_renderer.render(snap, cam_to_map, K, width, height, palette)
+    return render_map_view(snap.coords, snap.colors, snap.labels, cam_to_map, K, width, height, palette,
+                           voxel_size_m, max_gaussians, device, backend)

@@ -58,8 +58,7 @@ from gcross_core.errors import GcrossError
 from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
 from gcross_core.image import has_valid_depth
-from gcross_core.mapping.map_view import render_map_view
-from gcross_core.mapping.model_view import ModelMapRenderer
+from gcross_core.mapping.model_view import ModelMapRenderer, render_view
 from gcross_core.model.api import GaussianCrossModel
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
@@ -420,11 +419,9 @@ class SegmentNode(Node):
         w, h = p.render_width, p.render_height
         snap = self.map.snapshot()
         K = scale_intrinsics(view.K, w / view.width, h / view.height)
-        if self.model_renderer is not None:
-            out = self.model_renderer.render(snap, view.cam_to_map, K, w, h, self.palette)
-        else:
-            out = render_map_view(snap.coords, snap.colors, snap.labels, view.cam_to_map, K, w, h, self.palette,
-                                  p.voxel_size_m, p.max_render_gaussians, p.device, p.render_backend)
+        out = render_view(snap, view.cam_to_map, K, w, h, self.palette, voxel_size_m=p.voxel_size_m,
+                          max_gaussians=p.max_render_gaussians, device=p.device, backend=p.render_backend,
+                          model_renderer=self.model_renderer)
         images = {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
                   "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
                   "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}
