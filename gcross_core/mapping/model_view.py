@@ -1,7 +1,7 @@
 """What the node renders with ``render_source: gaussians``: the map as the GaussianCross model sees it.
 
-For a camera: the map voxels the camera can see, plus ``context_m`` around the view (the nearest
-``max_points`` if more), go through the model (:class:`gcross_core.model.api.GaussianCrossModel`: grid
+For a camera: the map voxels the camera can see, plus ``context_m`` around the view, thinned to one per
+cell of the model's grid (the nearest ``max_points`` cells if more), go through the model (:class:`gcross_core.model.api.GaussianCrossModel`: grid
 sampling, encoder, Gaussian head; eqs. 4-13) and its Gaussians are rendered at the camera (eqs. 3, 14, 15):
 
 - colour and depth come from the model's Gaussians (depth where the accumulated opacity reaches
@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from gcross_core.data.grid import grid_sample
 from gcross_core.evaluation.map_score import transfer_labels
 from gcross_core.mapping.fusion import MapSnapshot
 from gcross_core.mapping.map_view import RENDER_MIN_ALPHA, MapView, render_map_view, semantic_image, visible_voxels
@@ -79,7 +80,7 @@ class ModelMapRenderer:
                ) -> ModelMapView:
         if self._basis is not None and snap.frame_index < self._basis_frame_index:
             self.reset()  # the map was reset or replaced
-        idx = visible_voxels(snap.coords, cam_to_map, K, width, height, self.context_m, self.max_points)
+        idx = self._model_input(snap.coords, cam_to_map, K, width, height)
         if len(idx) == 0:
             return self._blank(width, height)
         coords = snap.coords[idx]
@@ -103,6 +104,21 @@ class ModelMapRenderer:
             field = feat[..., :d_f] / np.maximum(alpha, 1e-6)[..., None]
             features[covered] = pca_rgb(field, self._basis)[covered]
         return ModelMapView(color=color, depth_m=depth_m, semantic=semantic, features=features)
+
+    def _model_input(self, coords: np.ndarray,  # [N, 3] map voxels
+                     cam_to_map: np.ndarray, K: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Rows of the voxels given to the model: the visible ones plus context, thinned to one per cell of
+        the model's grid (what its grid sampling keeps anyway), the ``max_points`` nearest cells if more.
+        Thinning first keeps a view's far walls: map voxels are finer than the model's grid."""
+        idx = visible_voxels(coords, cam_to_map, K, width, height, self.context_m, max(len(coords), 1))
+        if len(idx) == 0:
+            return idx
+        keep, _, _ = grid_sample(coords[idx], self.model.grid_size_m)
+        idx = idx[np.sort(keep)]
+        if len(idx) > self.max_points:
+            z = (coords[idx] - cam_to_map[:3, 3].astype(np.float32)) @ cam_to_map[:3, 2].astype(np.float32)
+            idx = idx[np.sort(np.argpartition(z, self.max_points - 1)[:self.max_points])]
+        return idx
 
     @staticmethod
     def _with_labels(g: Gaussians, coords: np.ndarray,  # [N, 3] the voxels given to the model

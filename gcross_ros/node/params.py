@@ -64,7 +64,7 @@ class SegmentNodeParams:
     render_backend: str = _p("auto", "Renderer: 'auto' (gsplat on CUDA, else the PyTorch reference), "
                                      "'reference' or 'gsplat'.")
     max_render_gaussians: int = _p(50_000, "At most this many voxels (nearest in the view) are rendered, or "
-                                           "given to the model with render_source gaussians.")
+                                           "cells of the model's grid given to it with render_source gaussians.")
     render_source: str = _p("voxels", "What the rendered views show: 'voxels', one isotropic Gaussian per map "
                                       "voxel (a point splat, fast); 'gaussians', the feed-forward Gaussians of the "
                                       "GaussianCross model (model_checkpoint) for the visible map, which also "
