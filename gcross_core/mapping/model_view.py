@@ -10,7 +10,8 @@ sampling, encoder, Gaussian head; eqs. 4-13) and its Gaussians are rendered at t
   false-colour image, its first three principal components mapped to RGB. The PCA basis (mean,
   directions, 1st-99th percentile range) is computed once per map, from the Gaussians of the first view
   with at least ``MIN_BASIS_GAUSSIANS`` of them, and reused for every later view, so a surface keeps its
-  colour across frames; a new map (fewer frames integrated than when the basis was fixed) gets a new one;
+  colour across frames; a new map (:meth:`ModelMapRenderer.reset`, or a snapshot with fewer frames
+  integrated than the previous one) gets a new one;
 - semantic: every Gaussian carries the label of the nearest map voxel (within ``LABEL_RADIUS_M``) as a
   one-hot feature rendered in the same pass, so the class image follows the model's geometry.
 """
@@ -30,7 +31,7 @@ from gcross_core.model.api import GaussianCrossModel, pinhole_cameras
 from gcross_core.train.logging import pca_basis, pca_rgb
 from gcross_core.types import Gaussians
 
-MIN_BASIS_GAUSSIANS = 200  # fewer Gaussians than this give a PCA basis too noisy to keep for the whole map
+MIN_BASIS_GAUSSIANS = 64  # fewer Gaussians than this (a few d_f-wide samples) give a basis too noisy to keep
 # A Gaussian's mean may sit up to one head voxel (Delta of eq. 11) from the voxel centre; head voxels are
 # about 0.1-0.2 m for a room-sized view, so the nearest map voxel within this radius is its surface.
 LABEL_RADIUS_M = 0.25
@@ -55,7 +56,7 @@ class ModelMapRenderer:
         self.context_m = float(context_m)
         self.backend = backend
         self._basis: Optional[Tuple[np.ndarray, ...]] = None
-        self._basis_frame_index = 0
+        self._last_frame_index = 0  # frames integrated into the map at the previous render
 
     @property
     def basis(self) -> Optional[Tuple[np.ndarray, ...]]:
@@ -63,8 +64,9 @@ class ModelMapRenderer:
         return self._basis
 
     def reset(self) -> None:
-        """Forget the PCA basis (a new map)."""
+        """Forget the PCA basis (a new map; call it when the map is cleared)."""
         self._basis = None
+        self._last_frame_index = 0
 
     def _blank(self, width: int, height: int) -> ModelMapView:
         return ModelMapView(color=np.zeros((height, width, 3), np.uint8),
@@ -78,8 +80,9 @@ class ModelMapRenderer:
                width: int, height: int,
                palette: np.ndarray,  # [num_classes, 3] uint8
                ) -> ModelMapView:
-        if self._basis is not None and snap.frame_index < self._basis_frame_index:
-            self.reset()  # the map was reset or replaced
+        if snap.frame_index < self._last_frame_index:
+            self.reset()  # fewer frames than at the previous render: the map was reset or replaced
+        self._last_frame_index = snap.frame_index
         idx = self._model_input(snap.coords, cam_to_map, K, width, height)
         if len(idx) == 0:
             return self._blank(width, height)
@@ -88,7 +91,6 @@ class ModelMapRenderer:
         d_f = self.model.feature_dim
         if self._basis is None and d_f > 0 and len(sets[0]) >= MIN_BASIS_GAUSSIANS:
             self._basis = pca_basis(sets[0].features.cpu().numpy())
-            self._basis_frame_index = snap.frame_index
         labels = snap.labels[idx] if snap.labels is not None else np.full(len(idx), -1, np.int64)
         sets = [self._with_labels(g, coords, labels, len(palette)) for g in sets]
         out = self.model.render(sets, pinhole_cameras(cam_to_map, K, self.model.device), width, height,

@@ -57,7 +57,8 @@ def test_gaussians_render_source_publishes_color_depth_and_features(tmp_path, ro
         assert 1.0 < np.median(seen) < 2.6
         features = codec.decode_image(fx.latest(fx.rendered["features"]))
         assert features[np.isfinite(depth)].any() and not features[~np.isfinite(depth)].any()
-        assert fx.diag().get("renders_published", 0) >= 1
+        wait_for(lambda: fx.diag().get("renders_published", 0) >= 1, WAIT_S, "renders counted in diagnostics",
+                 proc, log_path)
         assert proc.poll() is None
     finally:
         fx.close()
