@@ -6,8 +6,10 @@ Interface (relative names; the launch file remaps the inputs under the camera na
        or TF (map_frame <- camera frame at the image stamp) when it is tf; all with sensor-data QoS.
   out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence), rendered/color
        (rgb8), rendered/depth (32FC1 m, NaN where nothing is rendered), rendered/semantic (rgb8 class
-       palette), all reliable; class_legend (std_msgs/String JSON: id, name, color per class;
-       transient-local); diagnostics (frames in, lost, fused, dropped per reason, timings, map size).
+       palette), with render_source gaussians also rendered/features (rgb8 false colour of the model's
+       feature field, PCA basis fixed per map), all reliable; class_legend (std_msgs/String JSON: id,
+       name, color per class; transient-local); diagnostics (frames in, lost, fused, dropped per reason,
+       timings, map size).
   services (std_srvs, in the node's namespace; gcross_ros.node.services): ~/save_map, ~/reset_map,
        ~/pause_integration (SetBool), ~/segment_now. The map can start from a saved one (initial_map).
 
@@ -16,11 +18,12 @@ the camera pose at the image stamp is looked up (a frame may wait up to pose_wai
 is fused into the VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
 (segment_scope: the voxels observed since the previous segmentation plus context, or the whole map),
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
-another worker renders the map as Gaussians at the latest camera pose (gcross_core.mapping.map_view;
-distant voxels merged into coarser splats beyond max_render_gaussians), then pauses render_period_s; it
-renders only when the view or the map changed since its last render, so an idle node does no work.
-Message conversion is gcross_ros.msgs; counters, throttled warnings and the diagnostics status are
-gcross_ros.node.health.
+another worker renders the map as Gaussians at the latest camera pose (render_source voxels:
+gcross_core.mapping.map_view, distant voxels merged into coarser splats beyond max_render_gaussians;
+gaussians: the GaussianCross model's Gaussians of the visible map, gcross_core.mapping.model_view), then
+pauses render_period_s; it renders only when the view or the map changed since its last render, so an
+idle node does no work. Message conversion is gcross_ros.msgs; counters, throttled warnings and the
+diagnostics status are gcross_ros.node.health.
 
 Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
 which is the convention of the images and of the renderer.
@@ -71,7 +74,8 @@ from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
 from gcross_core.image import has_valid_depth
 from gcross_core.mapping.map_io import SavedMap, load_map, restore_map, save_map
-from gcross_core.mapping.map_view import render_map_view
+from gcross_core.mapping.model_view import ModelMapRenderer, render_view
+from gcross_core.model.api import GaussianCrossModel
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_ros.msgs.codec import (camera_info_to_K, decode_color_rgb, decode_depth, pose_to_matrix,
@@ -165,6 +169,10 @@ class SegmentNode(Node):
         if p.initial_map:
             restore_map(self.map, load_map(p.initial_map), self.class_names, f"initial_map {p.initial_map!r}")
             self.get_logger().info(f"started from the map in {p.initial_map} ({len(self.map)} voxels)")
+        self.model_renderer = None  # render_source gaussians: the GaussianCross model's view of the map
+        if p.render_source == "gaussians":
+            model = GaussianCrossModel.from_checkpoint(p.model_checkpoint_path, p.device)
+            self.model_renderer = ModelMapRenderer(model, p.max_render_gaussians, backend=p.render_backend)
 
         self.stats = Stats()
         self._last_report: Dict[str, float] = {}
@@ -217,7 +225,8 @@ class SegmentNode(Node):
         self.legend_pub = self.create_publisher(String, "class_legend", latched)
         if p.publish_rendered:
             self.render_pubs = {name: self.create_publisher(Image, f"rendered/{name}", reliable)
-                                for name in ("color", "depth", "semantic")}
+                                for name in ("color", "depth", "semantic")
+                                + (("features",) if self.model_renderer is not None else ())}
 
         self.create_timer(0.05, self._retry_pending)
         self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
@@ -229,7 +238,8 @@ class SegmentNode(Node):
         self._publish_legend()
         self.get_logger().info(
             f"segmenting with {p.checkpoint_path} ({len(self.class_names)} classes) on {p.device}; "
-            f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={p.voxel_size_m}")
+            f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={p.voxel_size_m}, "
+            f"render_source={p.render_source}" + (f" ({p.model_checkpoint_path})" if self.model_renderer else ""))
 
     # ------------------------------------------------------------------ inputs
 
@@ -526,6 +536,8 @@ class SegmentNode(Node):
         """~/reset_map: clear the map and publish an empty labelled_cloud."""
         voxels = len(self.map)
         self.map.clear()
+        if self.model_renderer is not None:  # a new map gets a new feature colour basis
+            self.model_renderer.reset()
         self._map_version = next(self._map_versions)
         empty = np.zeros((0, 3), np.float32)
         self.cloud_pub.publish(labelled_cloud(empty, np.zeros((0, 3), np.uint8), np.zeros(0, np.int64),
@@ -548,18 +560,23 @@ class SegmentNode(Node):
         return (True, done) if done else (False, "the map is empty: nothing to segment")
 
     def render_view(self, view: _View) -> Dict[str, Image]:
-        """rendered/{color, depth, semantic} of the map seen from ``view``, at render_width x render_height."""
+        """rendered/{color, depth, semantic[, features]} of the map seen from ``view``, at render_width x
+        render_height."""
         p = self.params
         w, h = p.render_width, p.render_height
         snap = self.map.snapshot()
-        out = render_map_view(snap.coords, snap.colors, snap.labels, view.cam_to_map,
-                              scale_intrinsics(view.K, w / view.width, h / view.height), w, h, self.palette,
-                              p.voxel_size_m, p.max_render_gaussians, p.device, p.render_backend)
+        K = scale_intrinsics(view.K, w / view.width, h / view.height)
+        out = render_view(snap, view.cam_to_map, K, w, h, self.palette, voxel_size_m=p.voxel_size_m,
+                          max_gaussians=p.max_render_gaussians, device=p.device, backend=p.render_backend,
+                          model_renderer=self.model_renderer)
         self.stats.timing("render_voxels_in_view", out.voxels_in_view)
         self.stats.timing("render_gaussians", out.gaussians)
-        return {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
-                "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
-                "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}
+        images = {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
+                  "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
+                  "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}
+        if self.model_renderer is not None:
+            images["features"] = numpy_to_image(out.features, "rgb8", view.stamp_ns, view.frame_id)
+        return images
 
     # ------------------------------------------------------------------ reporting
 
@@ -631,6 +648,11 @@ def main(args=None) -> int:
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except Exception:
+            # SIGTERM shuts the context down under the spinning executor, which may then fail to build its
+            # wait set (RCLError "context is not valid"): that is the shutdown, not a failure
+            if rclpy.ok():
+                raise
     finally:
         if node is not None:
             node.destroy_node()
