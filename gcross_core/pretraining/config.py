@@ -64,6 +64,9 @@ class PretrainConfig:
     train: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # start from these weights (a pretraining or imported encoder checkpoint; gcross_core.pretraining.init);
+    # the optimizer and schedule start fresh. None: random initialisation
+    init_checkpoint: Optional[str] = None
 
     def __post_init__(self) -> None:
         if abs(self.data.pipeline.grid_size_m - self.model.grid_size_m) > 1e-12:

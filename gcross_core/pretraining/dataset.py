@@ -36,7 +36,7 @@ from gcross_core.types import Cameras, PointBatch
 from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.data.frames import FrameSet, find_frames_dir
 from gcross_core.data.scene import Scene, load_scene
-from gcross_core.mapping.fusion import fuse_frames_to_points
+from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
 from gcross_core.train.trainer import SeededDataset
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
 from gcross_core.errors import InputError
@@ -65,8 +65,13 @@ class PretrainDataConfig:
     max_points: Optional[int] = None  # cap on grid cells per scene (memory); None = no crop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     segment: Optional[str] = None  # label file carried along (load_scene's choice when None), "none" to skip
-    fuse_voxel_size_m: float = 0.02  # frames-only scenes: voxel size of the fused points
-    fuse_every: int = 1  # frames-only scenes: fuse every k-th frame
+    # frames-only scenes (a SensReader frames folder, no coord.npy) are fused into points once and cached
+    # (gcross_core.mapping.fusion_cache, keyed by these three settings)
+    fuse_voxel_size_m: float = 0.02  # voxel size of the fused points
+    fuse_every: int = 1  # fuse every k-th frame
+    fuse_max_depth_m: float = 5.0  # depth beyond this is ignored when fusing
+    # where the fused points are cached: None = <scene>/fused (read-only scenes then fuse on every load)
+    fuse_cache_root: Optional[str] = None
     teacher_caches: Tuple[TeacherCacheSpec, ...] = ()  # attach cached teacher features when all views have them
     # SensReader exports kept apart from the point folders: frames of scene folder X at <frames_root>/<X name>
     frames_root: Optional[str] = None
@@ -193,15 +198,20 @@ class PretrainDataset(Dataset):
                 if (path / "coord.npy").is_file():
                     self._sources.append(path)  # loaded per item
                     continue
-                log.info("fusing the frames of %s into points (voxel %.3f m)", path, cfg.fuse_voxel_size_m)
                 src = load_scene(path, segment="none", frames_dir=fdir)
+                cache_dir = default_cache_dir(path, cfg.fuse_cache_root)
+            else:
+                cache_dir = None
             if src.frames is None or len(src.frames) == 0:
                 raise InputError(f"scene {src.name!r} has no frames; pretraining renders its views")
-            if src.coord is None:  # frames-only: fused once, here
-                coord, color, normal = fuse_frames_to_points(src.frames, cfg.fuse_voxel_size_m,
-                                                             every=cfg.fuse_every)
-                src = Scene(src.name, coord, color, normal, frames=src.frames)
+            if src.coord is None:  # frames-only: fused once (or read from the cache), here
+                fused = fused_points(src.frames, self.fusion_settings, cache_dir)
+                src = Scene(src.name, fused.coord, fused.color, fused.normal, frames=src.frames)
             self._sources.append(src)
+
+    @property
+    def fusion_settings(self) -> FusionSettings:
+        return FusionSettings(self.cfg.fuse_voxel_size_m, self.cfg.fuse_every, self.cfg.fuse_max_depth_m)
 
     def __len__(self) -> int:
         return len(self._sources)

@@ -19,6 +19,7 @@ from gcross_core.errors import ConfigError
 from gcross_core.model.gaussiancross import GaussianCrossConfig
 from gcross_core.pretraining.config import DataSection, PretrainConfig, SyntheticRooms
 from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
+from gcross_core.pretraining.init import config_for_init, load_init_weights
 from gcross_core.pretraining.module import build_pretrain_module, visualize
 from gcross_core.train.distributed import barrier, init_distributed, shutdown_distributed
 from gcross_core.train.trainer import FINAL_CHECKPOINT, Trainer, TrainState, seed_everything
@@ -46,6 +47,17 @@ class _Looped(Dataset):
 
     def sample(self, index: int, rng: np.random.Generator):
         return self.dataset.sample(index % len(self.dataset), rng)
+
+
+def repeats_per_epoch(num_scenes: int, loop: int, batch_size: int) -> int:
+    """How often each scene appears per epoch: ``data.loop``, raised until one epoch fills a global batch
+    (a single room with ``batch_size`` 2 repeats twice instead of failing)."""
+    need = -(-int(batch_size) // max(int(num_scenes), 1))
+    if need > loop:
+        log.info("%d scene(s) for a global batch of %d: each repeats %d times per epoch (data.loop %d -> %d); "
+                 "train.max_steps bounds the run", num_scenes, batch_size, need, loop, need)
+        return need
+    return int(loop)
 
 
 def synthetic_scene_dirs(cfg: SyntheticRooms, run_dir, create: bool = True) -> List[Path]:
@@ -97,11 +109,15 @@ def run_pretraining(cfg: PretrainConfig, run_dir, resume: bool = False, progress
             scene_dirs(cfg.data, run_dir, create=True)
         barrier(dist)
         dirs = scene_dirs(cfg.data, run_dir, create=False)
+        cfg = config_for_init(cfg)
         dataset = PretrainDataset(dirs, cfg.data.pipeline)
-        if cfg.data.loop > 1:
-            dataset = _Looped(dataset, cfg.data.loop)
+        loop = repeats_per_epoch(len(dataset), cfg.data.loop, cfg.train.batch_size)
+        if loop > 1:
+            dataset = _Looped(dataset, loop)
         seed_everything(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts)
         module = build_pretrain_module(cfg)
+        if cfg.init_checkpoint:
+            load_init_weights(module, cfg.init_checkpoint)
         log.info("pretraining %s: %.2fM trainable parameters, %d scenes, teachers %s", cfg.name,
                  sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, len(dirs),
                  [t.name for t in cfg.teachers] if cfg.loss.use_sem else "none")
