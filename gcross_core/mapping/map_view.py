@@ -101,9 +101,20 @@ def render_map_view(coords: np.ndarray,  # [N, 3] map frame metres
     color = (out.color[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
     covered = alpha >= RENDER_MIN_ALPHA
     depth_m = np.where(covered, out.expected_depth[0].cpu().numpy(), np.nan).astype(np.float32)
-    feat = out.features[0].cpu().numpy()  # [H, W, K] alpha-blended one-hot labels
-    # a class wins a pixel when it carries most of the pixel's opacity and enough of it
-    cls = feat.argmax(axis=2)
-    labelled = covered & (feat.max(axis=2) >= RENDER_MIN_ALPHA * alpha)
-    semantic[labelled] = palette[cls[labelled]]
+    semantic = semantic_image(out.features[0].cpu().numpy(), alpha, palette)
     return MapView(color, depth_m, semantic)
+
+
+def semantic_image(onehot: np.ndarray,  # [H, W, K] alpha-blended one-hot labels
+                   alpha: np.ndarray,  # [H, W] accumulated opacity
+                   palette: np.ndarray,  # [K, 3] uint8
+                   ) -> np.ndarray:  # [H, W, 3] uint8, 0 where no class wins the pixel
+    """Class palette image of rendered one-hot label features."""
+    semantic = np.zeros(alpha.shape + (3,), np.uint8)
+    if onehot.shape[2] == 0:
+        return semantic
+    # a class wins a pixel when it carries most of the pixel's opacity and enough of it
+    cls = onehot.argmax(axis=2)
+    labelled = (alpha >= RENDER_MIN_ALPHA) & (onehot.max(axis=2) >= RENDER_MIN_ALPHA * alpha)
+    semantic[labelled] = palette[cls[labelled]]
+    return semantic

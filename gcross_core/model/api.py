@@ -1,0 +1,249 @@
+"""Load a GaussianCross pretraining checkpoint and render what it learned: points -> Gaussians -> images.
+
+    model = GaussianCrossModel.from_checkpoint("runs/synthetic_tiny/final.safetensors")
+    gaussians = model.gaussians(scene)                    # a Scene, or coord=, color=, normal= arrays
+    cams = pinhole_cameras(cam_to_world, K)               # [C, 4, 4] and [3, 3] or [C, 3, 3]
+    out = model.render(gaussians, cams, width, height)    # RenderOutput: color, depth, features, alpha
+
+Only the model is built (encoder + Gaussian head): no teacher, no projection head, no optimizer. The input
+goes through the same two steps as a pretraining sample (``gcross_core.pretraining.dataset``): grid sampling
+at the checkpoint's ``grid_size_m`` (:func:`gcross_core.data.grid.grid_sample`, here deterministic: the first
+point of each cell) and :func:`gcross_core.model.features.encoder_features`. Training augmentations are not
+applied: the Gaussians live in the frame of the given points.
+
+Eval-time input (:class:`EvalInput`). The encoder is trained on input from which ``mask_ratio`` (gamma = 0.5,
+eq. 4) of the grid cells were dropped, and its BatchNorm layers normalise with the statistics of each training
+batch. At inference the choices are:
+  - ``mask_ratio``: 0 feeds every cell (full density, the default); the trained ratio feeds what training
+    fed, with a seeded mask (:func:`gcross_core.model.gaussiancross.mask_points`);
+  - ``num_masks``: with a mask, render K differently seeded masks and average the images (:meth:`render`
+    takes the list :meth:`gaussian_sets` returns);
+  - ``batchnorm``: "running" (the running averages, as ``model.eval()``) or "input" (the statistics of the
+    input itself, as in a training step; the running averages are left untouched).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from gcross_core.checkpoint import PRETRAIN_KIND, load_checkpoint, prefixed, save_checkpoint, unprefixed
+from gcross_core.data.grid import collate_points, grid_sample
+from gcross_core.data.scene import Scene
+from gcross_core.errors import CheckpointError, InputError
+from gcross_core.model.features import IN_CHANNELS, INPUT_FEATURES, encoder_features
+from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig, mask_points
+from gcross_core.render import render
+from gcross_core.segmentation.model import load_strict
+from gcross_core.types import Cameras, Gaussians, PointBatch, RenderOutput
+
+MODEL_PREFIX = "model"  # PretrainModule.model: where a pretraining checkpoint keeps encoder + Gaussian head
+BATCHNORM_MODES = ("running", "input")
+
+# A small GaussianCross model of the synthetic rooms shipped for the demo and the node's default
+# render_source: gaussians; training/make_demo_checkpoint.sh rebuilds it.
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "gaussiancross_synthetic.safetensors"
+
+
+@dataclass(frozen=True)
+class EvalInput:
+    """How the encoder's input is built at inference (see the module docstring)."""
+
+    mask_ratio: float = 0.0  # share of grid cells dropped before the encoder (training: the model's gamma)
+    num_masks: int = 1  # masks rendered and averaged (only meaningful with mask_ratio > 0)
+    batchnorm: str = "running"  # "running": BatchNorm running averages; "input": statistics of the input
+    seed: int = 0  # seed of the first mask; mask k uses seed + k
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise InputError(f"EvalInput.mask_ratio must lie in [0, 1), got {self.mask_ratio}")
+        if self.num_masks < 1:
+            raise InputError(f"EvalInput.num_masks must be >= 1, got {self.num_masks}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise InputError(f"EvalInput.batchnorm must be one of {BATCHNORM_MODES}, got {self.batchnorm!r}")
+
+
+def pinhole_cameras(cam_to_world: np.ndarray,  # [C, 4, 4] or [4, 4] camera-to-world (OpenCV axes)
+                    K: np.ndarray,  # [C, 3, 3] or [3, 3] intrinsics for the rendered width x height
+                    device: Union[str, torch.device] = "cpu") -> Cameras:
+    """Cameras of one scene from camera-to-world poses (as in SensReader ``pose/*.txt``) and intrinsics."""
+    c2w = np.asarray(cam_to_world, dtype=np.float64)
+    if c2w.shape == (4, 4):
+        c2w = c2w[None]
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
+        raise InputError(f"cam_to_world has shape {np.shape(cam_to_world)}, expected [C, 4, 4] or [4, 4]")
+    Ks = np.asarray(K, dtype=np.float64)
+    Ks = np.broadcast_to(Ks, (len(c2w), 3, 3)) if Ks.shape == (3, 3) else Ks
+    if Ks.shape != (len(c2w), 3, 3):
+        raise InputError(f"K has shape {np.shape(K)}, expected [3, 3] or [{len(c2w)}, 3, 3]")
+    if not (np.all(np.isfinite(c2w)) and np.all(np.isfinite(Ks))):
+        raise InputError("cam_to_world and K must be finite")
+    world_to_cam = np.linalg.inv(c2w)
+    return Cameras(torch.from_numpy(world_to_cam).float().to(device), torch.from_numpy(Ks.copy()).float().to(device),
+                   torch.zeros(len(c2w), dtype=torch.int64, device=device))
+
+
+def average_renders(outputs: Sequence[RenderOutput]) -> RenderOutput:
+    """Mean of several renders of the same cameras (colour, depth, features and alpha averaged per pixel;
+    expected depth = mean depth / mean alpha, as for one render)."""
+    if not outputs:
+        raise ValueError("average_renders: no renders given")
+    if len(outputs) == 1:
+        return outputs[0]
+    mean = {k: torch.stack([getattr(o, k) for o in outputs]).mean(0) for k in ("color", "depth", "features", "alpha")}
+    return RenderOutput(expected_depth=mean["depth"] / mean["alpha"].clamp_min(1e-10), **mean)
+
+
+@contextlib.contextmanager
+def _batchnorm_from_input(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with the statistics of the current input and leave their running
+    averages as they are (momentum 0); everything else stays in eval mode."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum) for m in norms]
+    try:
+        for m in norms:
+            m.train()
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, (training, momentum) in zip(norms, saved):
+            m.train(training)
+            m.momentum = momentum
+
+
+def save_model(path, model: GaussianCross, config: Any = None) -> Path:
+    """Save a GaussianCross model as a pretraining checkpoint holding only ``model.*`` tensors (what
+    :meth:`GaussianCrossModel.from_checkpoint` and the segmentation tools read); ``config``: the run's
+    resolved config (a dataclass or dict), kept in the metadata."""
+    from gcross_core.pretraining.run import pretrain_metadata  # the one definition of a pretraining checkpoint
+
+    return save_checkpoint(path, prefixed(model.state_dict(), MODEL_PREFIX), pretrain_metadata(model.cfg, config))
+
+
+class GaussianCrossModel:
+    """A GaussianCross encoder + Gaussian head for inference: points -> :class:`Gaussians` -> renders."""
+
+    def __init__(self, model: GaussianCross, device: Union[str, torch.device] = "cpu",
+                 eval_input: EvalInput = EvalInput(), config: Optional[Dict[str, Any]] = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.eval_input = eval_input
+        self.config = config  # the resolved config of the run that trained the model, when known
+
+    @property
+    def cfg(self) -> GaussianCrossConfig:
+        return self.model.cfg
+
+    @property
+    def grid_size_m(self) -> float:
+        return self.model.cfg.grid_size_m
+
+    @property
+    def feature_dim(self) -> int:
+        """d_f, the width of ``Gaussians.features`` and ``RenderOutput.features``."""
+        return self.model.cfg.head.feature_dim
+
+    @classmethod
+    def from_checkpoint(cls, path, device: Union[str, torch.device] = "cpu",
+                        eval_input: EvalInput = EvalInput()) -> "GaussianCrossModel":
+        """Build from a pretraining checkpoint (``training/pretrain.py``: ``final.safetensors`` or
+        ``checkpoints/last.safetensors``; metadata kind "pretrain" with ``model_config``).
+
+        Only the tensors under ``model.`` are read (projection heads and optimizer state are ignored) and
+        every one of them must fit the architecture the metadata describes. Raises CheckpointError when the
+        file is missing or corrupt, of another kind (e.g. a segmenter, which has no Gaussian head), or
+        recorded with another input convention.
+        """
+        tensors, meta = load_checkpoint(path)
+        kind = meta.get("kind")
+        if kind != PRETRAIN_KIND:
+            raise CheckpointError(
+                f"checkpoint {path} is a {kind!r} checkpoint, expected a GaussianCross pretraining checkpoint "
+                f"(kind {PRETRAIN_KIND!r}, from training/pretrain.py): only those carry the Gaussian head")
+        features = meta.get("input_features", INPUT_FEATURES)
+        if features != INPUT_FEATURES:
+            raise CheckpointError(f"checkpoint {path} was trained on input features {features!r}, "
+                                  f"GaussianCrossModel builds {INPUT_FEATURES!r}")
+        try:
+            cfg = GaussianCrossConfig.from_dict(meta["model_config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path}: no usable model_config in its metadata ({e})") from e
+        if cfg.encoder.in_channels != IN_CHANNELS:
+            raise CheckpointError(f"checkpoint {path}: encoder takes {cfg.encoder.in_channels} input channels, "
+                                  f"GaussianCrossModel feeds {IN_CHANNELS} (RGB + normal)")
+        model = GaussianCross(cfg)
+        load_strict(model, unprefixed(tensors, MODEL_PREFIX), f"checkpoint {path}: {MODEL_PREFIX} weights")
+        return cls(model, device, eval_input, meta.get("config"))
+
+    def save(self, path) -> Path:
+        """Write the model alone (no projection heads, no optimizer) as a pretraining checkpoint that
+        :meth:`from_checkpoint` reads; atomic, safetensors."""
+        return save_model(path, self.model, self.config)
+
+    # ------------------------------------------------------------------------------------------------
+    def points(self, scene: Optional[Scene] = None, *, coord: Optional[np.ndarray] = None,
+               color: Optional[np.ndarray] = None, normal: Optional[np.ndarray] = None) -> PointBatch:
+        """The encoder input of one scene: grid-sampled rows with encoder features (``inverse`` maps every
+        input point to its row). Pass a Scene with points, or coord [N, 3] metres, color [N, 3] 0..255 and
+        normal [N, 3] unit."""
+        if scene is not None:
+            if coord is not None or color is not None or normal is not None:
+                raise InputError("pass either a Scene or coord/color/normal arrays, not both")
+            if not scene.has_points:
+                raise InputError(f"scene {scene.name!r} has no points (frames only); fuse its frames first "
+                                 "(gcross_core.mapping.fusion.fuse_frames_to_points)")
+            coord, color, normal = scene.coord, scene.color, scene.normal
+        if coord is None or color is None or normal is None:
+            raise InputError("GaussianCrossModel needs a Scene or all of coord, color and normal")
+        coord = np.asarray(coord, dtype=np.float32)
+        if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
+            raise InputError(f"coord has shape {coord.shape}, expected non-empty [N, 3]")
+        if not np.all(np.isfinite(coord)):
+            raise InputError("coord contains NaN or inf")
+        for name, arr in (("color", color), ("normal", normal)):
+            if np.shape(arr) != coord.shape:
+                raise InputError(f"{name} has shape {np.shape(arr)}, expected {coord.shape} to match coord")
+        keep, grid_coord, inverse = grid_sample(coord, self.grid_size_m)
+        feat = encoder_features(np.asarray(color)[keep], np.asarray(normal)[keep])
+        return collate_points([coord[keep]], [feat], [grid_coord], [inverse]).to(self.device)
+
+    @torch.no_grad()
+    def _gaussians(self, batch: PointBatch, mask_seed: int) -> Gaussians:
+        ev = self.eval_input
+        if ev.mask_ratio > 0:
+            g = torch.Generator().manual_seed(int(mask_seed))
+            batch, _ = mask_points(batch, ev.mask_ratio, g)  # eq. 4, as in training
+        ctx = _batchnorm_from_input(self.model) if ev.batchnorm == "input" else contextlib.nullcontext()
+        with ctx:
+            # the model stays in eval mode, so its own forward never masks a second time
+            return self.model(batch).gaussians
+
+    def gaussians(self, scene: Optional[Scene] = None, *, coord: Optional[np.ndarray] = None,
+                  color: Optional[np.ndarray] = None, normal: Optional[np.ndarray] = None) -> Gaussians:
+        """The model's Gaussians of one scene, in the frame of its points (eqs. 4-13); with a mask, the
+        first mask's (``eval_input.seed``)."""
+        return self._gaussians(self.points(scene, coord=coord, color=color, normal=normal), self.eval_input.seed)
+
+    def gaussian_sets(self, scene: Optional[Scene] = None, *, coord: Optional[np.ndarray] = None,
+                      color: Optional[np.ndarray] = None, normal: Optional[np.ndarray] = None) -> List[Gaussians]:
+        """One Gaussians per mask (``eval_input.num_masks``; one set without a mask); :meth:`render` averages
+        their images."""
+        batch = self.points(scene, coord=coord, color=color, normal=normal)
+        ev = self.eval_input
+        count = ev.num_masks if ev.mask_ratio > 0 else 1
+        return [self._gaussians(batch, ev.seed + k) for k in range(count)]
+
+    @torch.no_grad()
+    def render(self, gaussians: Union[Gaussians, Sequence[Gaussians]], cameras: Cameras, width: int, height: int,
+               backend: str = "auto") -> RenderOutput:
+        """Render Gaussians of one scene at ``cameras`` (:func:`gcross_core.render.render`, eqs. 3, 14, 15);
+        a list of Gaussians (:meth:`gaussian_sets`) is rendered set by set and averaged."""
+        sets = [gaussians] if isinstance(gaussians, Gaussians) else list(gaussians)
+        cameras = cameras.to(self.device)
+        outs = [render(g.to(self.device), cameras, width, height, backend=backend, num_scenes=1) for g in sets]
+        return average_renders(outs)
