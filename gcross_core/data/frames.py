@@ -13,6 +13,7 @@ intrinsics (ScanNet: 640x480 depth, 1296x968 color, one shared pose); :meth:`Fra
 into the depth camera at any resolution.
 """
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,11 @@ class FrameSet:
         """A view whose frames come back through :meth:`Frame.resized`."""
         return _ResizedFrames(self, int(width), int(height))
 
+    def transformed(self, new_from_world: np.ndarray) -> "FrameSet":
+        """A view in another world frame: every pose becomes ``new_from_world @ cam_to_world`` (e.g. the
+        rotation that makes a scene z-up, :func:`gcross_core.data.gravity.rotation_to_z_up`)."""
+        return _TransformedFrames(self, new_from_world)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} frames, {self.skipped_frames} skipped)"
 
@@ -180,6 +186,22 @@ class _ResizedFrames(FrameSet):
 
     def cam_to_world(self, i: int) -> np.ndarray:
         return self._base.cam_to_world(i)
+
+
+class _TransformedFrames(FrameSet):
+    def __init__(self, base: FrameSet, new_from_world: np.ndarray):
+        T = np.asarray(new_from_world, dtype=np.float64)
+        if T.shape != (4, 4) or not is_valid_pose(T):
+            raise ValueError(f"transformed: expected a rigid [4, 4] transform, got {np.round(T, 4).tolist()}")
+        super().__init__(base.frame_ids, base.skipped_frames)
+        self._base, self._T = base, T
+
+    def _load(self, i: int) -> Frame:
+        f = self._base.frame(i)
+        return dataclasses.replace(f, cam_to_world=self._T @ f.cam_to_world)
+
+    def cam_to_world(self, i: int) -> np.ndarray:
+        return self._T @ self._base.cam_to_world(i)
 
 
 def frame_order_key(stem: str):

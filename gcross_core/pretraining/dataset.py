@@ -72,6 +72,11 @@ class PretrainDataConfig:
     fuse_max_depth_m: float = 5.0  # depth beyond this is ignored when fusing
     # where the fused points are cached: None = <scene>/fused (read-only scenes then fuse on every load)
     fuse_cache_root: Optional[str] = None
+    # up direction of frames-only scenes (the augmentations rotate about z and the head's volume is laid out
+    # with z up): None = the world is z-up already (warned when the cameras say otherwise); "cameras" or
+    # "plane" = estimated (gcross_core.data.gravity.estimate_up); "x,y,z" = given. Points and poses are
+    # rotated so that up becomes +z.
+    up: Optional[str] = None
     teacher_caches: Tuple[TeacherCacheSpec, ...] = ()  # attach cached teacher features when all views have them
     # SensReader exports kept apart from the point folders: frames of scene folder X at <frames_root>/<X name>
     frames_root: Optional[str] = None
@@ -165,6 +170,35 @@ def collate_pretrain(samples: Sequence[PretrainSample]) -> PretrainBatch:
                          frame_ids=[f for s in samples for f in s.frame_ids])
 
 
+UP_WARN_DEG = 30.0  # a world whose camera-estimated up is further than this from +z is probably not z-up
+
+
+def align_up(scene: Scene, up: Optional[str]) -> Scene:
+    """``scene`` (points and frames) rotated so that its up direction is +z (``up``: see
+    :attr:`PretrainDataConfig.up`); with ``up`` None unchanged, with a warning when the camera poses put
+    up more than ``UP_WARN_DEG`` away from +z."""
+    from gcross_core.data.gravity import estimate_up, parse_up, rotation_to_z_up
+
+    if up is None:
+        try:
+            est = estimate_up(scene.frames, "cameras")
+        except InputError:
+            return scene
+        angle = float(np.degrees(np.arccos(np.clip(est[2], -1.0, 1.0))))
+        if angle > UP_WARN_DEG:
+            log.warning("scene %s: its cameras put up at %s, %.0f deg from +z; the model assumes z-up. Set "
+                        "data.pipeline.up (cameras, plane or x,y,z) to rotate it", scene.name,
+                        np.round(est, 3).tolist(), angle)
+        return scene
+    method, given = parse_up(up)
+    est = estimate_up(scene.frames, method, given, points=np.asarray(scene.coord))
+    T = rotation_to_z_up(est)
+    R = T[:3, :3].astype(np.float32)
+    log.info("scene %s: up %s (%s) rotated to +z", scene.name, np.round(est, 3).tolist(), method)
+    return Scene(scene.name, np.asarray(scene.coord, np.float32) @ R.T, scene.color,
+                 np.asarray(scene.normal, np.float32) @ R.T, frames=scene.frames.transformed(T))
+
+
 def _crop_nearest(coord: np.ndarray, center: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k rows of coord nearest to center, in their original order."""
     d = np.sum((coord - center) ** 2, axis=1)
@@ -206,7 +240,7 @@ class PretrainDataset(Dataset):
                 raise InputError(f"scene {src.name!r} has no frames; pretraining renders its views")
             if src.coord is None:  # frames-only: fused once (or read from the cache), here
                 fused = fused_points(src.frames, self.fusion_settings, cache_dir)
-                src = Scene(src.name, fused.coord, fused.color, fused.normal, frames=src.frames)
+                src = align_up(Scene(src.name, fused.coord, fused.color, fused.normal, frames=src.frames), cfg.up)
             self._sources.append(src)
 
     @property
