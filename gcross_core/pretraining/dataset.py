@@ -173,30 +173,40 @@ def collate_pretrain(samples: Sequence[PretrainSample]) -> PretrainBatch:
 UP_WARN_DEG = 30.0  # a world whose camera-estimated up is further than this from +z is probably not z-up
 
 
-def align_up(scene: Scene, up: Optional[str]) -> Scene:
-    """``scene`` (points and frames) rotated so that its up direction is +z (``up``: see
-    :attr:`PretrainDataConfig.up`); with ``up`` None unchanged, with a warning when the camera poses put
-    up more than ``UP_WARN_DEG`` away from +z."""
+def up_transform(frames: FrameSet, coord: np.ndarray, up: Optional[str], name: str = "scene") -> Optional[np.ndarray]:
+    """[4, 4] rotation making the up direction of a scene +z (``up``: see :attr:`PretrainDataConfig.up`), or
+    None for ``up`` None (then a warning when the camera poses put up more than ``UP_WARN_DEG`` from +z)."""
     from gcross_core.data.gravity import estimate_up, parse_up, rotation_to_z_up
 
     if up is None:
         try:
-            est = estimate_up(scene.frames, "cameras")
+            est = estimate_up(frames, "cameras")
         except InputError:
-            return scene
+            return None
         angle = float(np.degrees(np.arccos(np.clip(est[2], -1.0, 1.0))))
         if angle > UP_WARN_DEG:
             log.warning("scene %s: its cameras put up at %s, %.0f deg from +z; the model assumes z-up. Set "
-                        "data.pipeline.up (cameras, plane or x,y,z) to rotate it", scene.name,
+                        "data.pipeline.up (cameras, plane or x,y,z) to rotate it", name,
                         np.round(est, 3).tolist(), angle)
-        return scene
+        return None
     method, given = parse_up(up)
-    est = estimate_up(scene.frames, method, given, points=np.asarray(scene.coord))
-    T = rotation_to_z_up(est)
+    est = estimate_up(frames, method, given, points=np.asarray(coord))
+    log.info("scene %s: up %s (%s) rotated to +z", name, np.round(est, 3).tolist(), method)
+    return rotation_to_z_up(est)
+
+
+def transform_scene(scene: Scene, T: Optional[np.ndarray]) -> Scene:
+    """Points, normals and frame poses of ``scene`` moved by the rotation ``T`` [4, 4] (None: unchanged)."""
+    if T is None:
+        return scene
     R = T[:3, :3].astype(np.float32)
-    log.info("scene %s: up %s (%s) rotated to +z", scene.name, np.round(est, 3).tolist(), method)
     return Scene(scene.name, np.asarray(scene.coord, np.float32) @ R.T, scene.color,
                  np.asarray(scene.normal, np.float32) @ R.T, frames=scene.frames.transformed(T))
+
+
+def align_up(scene: Scene, up: Optional[str]) -> Scene:
+    """``scene`` (points and frames) rotated so that its up direction is +z (:func:`up_transform`)."""
+    return transform_scene(scene, up_transform(scene.frames, scene.coord, up, scene.name))
 
 
 def _crop_nearest(coord: np.ndarray, center: np.ndarray, k: int) -> np.ndarray:
