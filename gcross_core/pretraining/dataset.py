@@ -219,7 +219,8 @@ class PretrainDataset(Dataset):
     """Map-style dataset over scenes: item ``i`` is one :class:`PretrainSample` of scene ``i``.
 
     scenes: scene folders (loaded per item, frames opened once per worker) or in-memory Scenes.
-    Frames-only folders are fused into points once, at construction. Every scene needs frames.
+    Frames-only folders are fused into points once, at construction, through the fused-points cache
+    (``gcross_core.mapping.fusion_cache``, keyed by the fuse_* settings). Every scene needs frames.
     ``seed`` seeds the stream plain indexing draws from (``sample(index, rng)`` takes its own generator).
     """
 

@@ -144,3 +144,32 @@ def test_export_cli_prints_a_summary(room, tmp_path, capsys):
     out = capsys.readouterr().out
     assert '"frames": 5' in out and '"fused_points"' in out
     assert (tmp_path / "scene" / "fused" / "fusion.json").is_file()
+
+
+@pytest.mark.parametrize("topics,expected", [
+    ({"/rgb/image_raw": "sensor_msgs/msg/Image", "/depth_to_rgb/image_raw": "sensor_msgs/msg/Image",
+      "/depth/image_raw": "sensor_msgs/msg/Image", "/rgb/camera_info": "sensor_msgs/msg/CameraInfo",
+      "/tf": "tf2_msgs/msg/TFMessage"},  # Azure Kinect ROS driver
+     ("/rgb/image_raw", "/depth_to_rgb/image_raw", "/rgb/camera_info", "/tf")),
+    ({"/camera/rgb/image_raw": "sensor_msgs/msg/Image", "/camera/depth_registered/image_raw": "sensor_msgs/msg/Image",
+      "/camera/rgb/camera_info": "sensor_msgs/msg/CameraInfo", "/slam/pose": "geometry_msgs/msg/PoseStamped",
+      "/tf": "tf2_msgs/msg/TFMessage"},  # openni / freenect with a SLAM pose topic
+     ("/camera/rgb/image_raw", "/camera/depth_registered/image_raw", "/camera/rgb/camera_info", "/slam/pose")),
+])
+def test_driver_topic_names_are_found(topics, expected, tmp_path):
+    from gcross_ros.bag.export import resolve_topics
+
+    got = resolve_topics(topics, ExportConfig(), tmp_path)
+    assert (got["color"], got["depth"], got["camera_info"], got["pose"]) == expected
+
+
+def test_two_cameras_need_a_choice(tmp_path):
+    from gcross_ros.bag.export import resolve_topics
+
+    topics = {f"/{c}/color/image_raw": "sensor_msgs/msg/Image" for c in ("front", "back")}
+    with pytest.raises(BagError, match="several color topics"):
+        resolve_topics(topics, ExportConfig(), tmp_path)
+    topics.update({"/front/aligned_depth_to_color/image_raw": "sensor_msgs/msg/Image",
+                   "/front/color/camera_info": "sensor_msgs/msg/CameraInfo", "/tf": "tf2_msgs/msg/TFMessage"})
+    got = resolve_topics(topics, ExportConfig(color_topic="/front/color/image_raw"), tmp_path)
+    assert got["camera_info"] == "/front/color/camera_info"
