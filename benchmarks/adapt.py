@@ -12,12 +12,14 @@ points fused from the training frames only:
                         rendered before render_source: gaussians)
 
 Printed per method: colour PSNR (dB, all pixels), depth L1 (m, over pixels with sensor depth that the
-render covers, alpha >= 0.5) and that coverage. Feature quality: cosine between the teacher's features of
+render covers, alpha >= 0.5) and that coverage (a splat with holes is scored on fewer pixels). Feature quality: cosine between the teacher's features of
 a held-out image and the model's rendered features lifted by its projection head (eq. 16), against the
 cosine of the constant mean teacher feature (over the training views). Eval-time input of the adapted
 model: full density (BatchNorm running statistics), full density with the input's statistics, the
 trained 50 % mask, and the mean of 4 masks (gcross_core.model.api.EvalInput).
-A PNG (held-out frame | point splat | adapted model; colour row and depth row, 3 views) goes to --out.
+The point splat is rendered as the node did (its voxel_size_m 0.02 and max_render_gaussians 50k nearest
+visible voxels) and, as a second row, with every voxel.
+A PNG (held-out frame | point splat as the node | adapted model; colour and depth rows, 3 views) goes to --out.
 
     python benchmarks/adapt.py --frames DIR [--steps 200] [--out runs/bench_adapt] [--pretrained CKPT]
 
@@ -148,6 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"))
     p.add_argument("--max-eval-views", type=int, default=24, help="held-out views scored (evenly spaced)")
     p.add_argument("--splat-voxel-size-m", type=float, default=0.02, help="the node's voxel_size_m")
+    p.add_argument("--splat-max-gaussians", type=int, default=50_000,
+                   help="the node's max_render_gaussians (nearest visible voxels rendered); a second row renders all")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -205,16 +209,19 @@ def main(argv=None) -> int:
         table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a, _), v in zip(renders, views)]),
                        "gaussians": ng, "seconds": time.perf_counter() - t}
         renders_of[name] = renders
-    t = time.perf_counter()
     palette = np.zeros((1, 3), np.uint8)
-    splat_views = []
-    for v in views:
-        mv = render_map_view(splat_scene.coord, splat_scene.color, np.full(len(splat_scene.coord), -1), v.cam_to_world,
-                             v.K_depth, w, h, palette, args.splat_voxel_size_m, max_gaussians=400_000)
-        alpha = np.isfinite(mv.depth_m).astype(np.float32)
-        splat_views.append((mv.color.astype(np.float32) / 255, np.nan_to_num(mv.depth_m), alpha))
-    table["point splat"] = {**mean_scores([score(c, d, a, v) for (c, d, a), v in zip(splat_views, views)]),
-                            "gaussians": float(len(splat_scene.coord)), "seconds": time.perf_counter() - t}
+    splat_views = {}
+    for name, limit in (("point splat (node)", args.splat_max_gaussians), ("point splat, every voxel", 10**9)):
+        t = time.perf_counter()
+        rendered = []
+        for v in views:
+            mv = render_map_view(splat_scene.coord, splat_scene.color, np.full(len(splat_scene.coord), -1),
+                                 v.cam_to_world, v.K_depth, w, h, palette, args.splat_voxel_size_m, max_gaussians=limit)
+            alpha = np.isfinite(mv.depth_m).astype(np.float32)
+            rendered.append((mv.color.astype(np.float32) / 255, np.nan_to_num(mv.depth_m), alpha))
+        table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a), v in zip(rendered, views)]),
+                       "gaussians": float(min(limit, len(splat_scene.coord))), "seconds": time.perf_counter() - t}
+        splat_views[name] = rendered
 
     # eval-time input handling of the adapted model
     adapted = GaussianCrossModel.from_checkpoint(models["adapted"])
@@ -226,8 +233,9 @@ def main(argv=None) -> int:
     eval_table = {}
     for name, ev in variants.items():
         renders, ng = render_model(adapted, scene, views, w, h, ev)
+        cos = feature_cosines(run_cfg, models["adapted"], renders, views, train_views)
         eval_table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a, _), v in zip(renders, views)]),
-                            "gaussians": ng}
+                            "gaussians": ng, "feature_cosine": None if cos is None else cos["rendered"]}
 
     cosines = {name: feature_cosines(run_cfg, ckpt, renders_of[name], views,
                                      train_views) for name, ckpt in models.items() if name != "random init"}
@@ -235,7 +243,7 @@ def main(argv=None) -> int:
     # side-by-side PNG: held-out | point splat | adapted, colour row and depth row per view
     rows = []
     for k in np.unique(np.linspace(0, len(views) - 1, 3).round().astype(int)):
-        v, (sc, sd, sa), (ac, ad, aa, _) = views[k], splat_views[k], renders_of["adapted"][k]
+        v, (sc, sd, sa), (ac, ad, aa, _) = views[k], splat_views["point splat (node)"][k], renders_of["adapted"][k]
         far = float(np.percentile(v.depth_m[v.depth_m > 0], 99)) if (v.depth_m > 0).any() else None
         rows.append([v.color, to_uint8(sc), to_uint8(ac)])
         rows.append([depth_to_rgb(v.depth_m, far), depth_to_rgb(sd * (sa > 0.5), far), depth_to_rgb(ad * (aa > 0.5), far)])
@@ -248,9 +256,11 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps(result, indent=1))
     print(f"held-out views: {len(views)} of {len(held)} (every {HOLDOUT_EVERY}th of {n} frames), {w}x{h}; "
           f"adaptation: {args.steps} steps on {len(train)} frames ({adapt_s:.0f} s this call)")
-    print(f"{'method':28s} {'PSNR dB':>8s} {'depth L1 m':>10s} {'coverage':>8s} {'Gaussians':>9s}")
+    print(f"{'method':36s} {'PSNR dB':>8s} {'depth L1 m':>10s} {'coverage':>8s} {'Gaussians':>9s} {'feat cos':>8s}")
     for name, r in {**table, **{f'adapted, {k}': v for k, v in eval_table.items()}}.items():
-        print(f"{name:28s} {r['psnr']:8.2f} {r['depth_l1_m']:10.3f} {r['coverage']:8.2f} {r['gaussians']:9.0f}")
+        cos = r.get("feature_cosine")
+        print(f"{name:36s} {r['psnr']:8.2f} {r['depth_l1_m']:10.3f} {r['coverage']:8.2f} {r['gaussians']:9.0f} "
+              f"{'' if cos is None else format(cos, '8.3f')}")
     for name, c in cosines.items():
         if c is None:
             print(f"feature cosine {name}: no projection head in the checkpoint")
