@@ -1,10 +1,14 @@
 """The end-to-end demo behind `make demo`.
 
 synthetic room -> ROS 2 bag -> replay through the real `gcross_segment` node over DDS (live
-evaluation) and through the same pipeline offline (bag evaluation) -> report folders.
+evaluation) and through the same pipeline offline (bag evaluation) -> report folders. The offline report
+also holds ``render_panel.png``: the views the node renders with ``render_source: gaussians`` (colour,
+depth, semantic, features) of the final map at three recorded poses, next to the recorded frames.
 
 It uses the small segmenter trained on synthetic rooms that ships with the package
-(``gcross_core/assets/segmenter_synthetic.safetensors``, rebuilt by ``training/make_demo_checkpoint.sh``).
+(``gcross_core/assets/segmenter_synthetic.safetensors``) and the GaussianCross model of the same pretraining step
+(``gcross_core/assets/gaussiancross_synthetic.safetensors``), both rebuilt by
+``training/make_demo_checkpoint.sh``.
 Where rclpy or DDS is unavailable, only the offline evaluation runs.
 """
 from __future__ import annotations
@@ -75,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, pipeline_config_from_params
+    from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, node_params_from_file, pipeline_config_from_params
     from gcross_ros.bag.format import RecordConfig
     from gcross_ros.bag.writer import record_scene
 
@@ -107,11 +111,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         params_file = Path(sys.prefix) / "share" / "gcross_ros" / "config" / "segment.yaml"
     pipe_cfg = pipeline_config_from_params(str(params_file))
 
-    log.info("3/4 offline evaluation (the node's pipeline, frame by frame)")
-    offline = evaluate_bag(bag, args.checkpoint, out / "report_offline", pipe_cfg, EvalConfig(), progress=True)
+    log.info("3/4 offline evaluation (the node's pipeline, frame by frame) and its rendered views")
+    # the panel renders as the node does with render_source gaussians and the shipped GaussianCross model
+    panel_params = node_params_from_file(str(params_file), {"checkpoint": str(args.checkpoint),
+                                                            "render_source": "gaussians"})
+    offline = evaluate_bag(bag, args.checkpoint, out / "report_offline", pipe_cfg, EvalConfig(), progress=True,
+                           render_panel=panel_params)
     summary = {"offline": {"miou": offline["miou"], "macc": offline["macc"],
                            "frames_per_s": offline["performance"]["frames_per_s"],
-                           "report": offline["files"]["markdown"]}}
+                           "report": offline["files"]["markdown"],
+                           "render_panel": offline["render_panel"]["png"],
+                           "rendered_views": [{k: v[k] for k in ("frame", "psnr_db", "depth_l1_m", "voxels_psnr_db",
+                                                                 "voxels_depth_l1_m")}
+                                              for v in offline["render_panel"]["views"]]}}
 
     live = None
     if not args.offline_only:
@@ -131,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary["wall_s"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    print(f"\nReport: {offline['files']['markdown']}" + (f"\nLive report: {live['files']['markdown']}" if live else ""))
+    print(f"\nReport: {offline['files']['markdown']}\nRendered views: {offline['render_panel']['png']}"
+          + (f"\nLive report: {live['files']['markdown']}" if live else ""))
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Rebuild the demo segmenter gcross_core/assets/segmenter_synthetic.safetensors from nothing:
-# procedural rooms -> GaussianCross pretraining (synthetic_tiny.yaml) -> fine-tuning
-# (finetune_synthetic.yaml) -> evaluation on held-out rooms -> copy into the package.
+# Rebuild the demo models from nothing: procedural rooms -> GaussianCross pretraining (synthetic_tiny.yaml)
+# -> gcross_core/assets/gaussiancross_synthetic.safetensors (the pretrained encoder + Gaussian head alone,
+# what the node renders with render_source gaussians) -> fine-tuning (finetune_synthetic.yaml) ->
+# evaluation on held-out rooms -> gcross_core/assets/segmenter_synthetic.safetensors.
 #
 #   training/make_demo_checkpoint.sh [WORK_DIR]        (default runs/demo_checkpoint)
 #
@@ -24,11 +25,16 @@ start=$(date +%s)
     --set data.root="$WORK/data/train" --set data.synthetic.rooms=0 --set train.seed=0 \
     --set train.device=cpu --no-progress --no-tensorboard
 
+# the model alone (no projection head): what GaussianCrossModel.from_checkpoint and the node load
+"$PY" -c "import sys; from gcross_core.model.api import GaussianCrossModel as M; M.from_checkpoint(sys.argv[1]).save(sys.argv[2])" \
+    "$WORK/pretrain/final.safetensors" "$WORK/gaussiancross_synthetic.safetensors"
+install -m 0644 "$WORK/gaussiancross_synthetic.safetensors" gcross_core/assets/gaussiancross_synthetic.safetensors
+
 "$PY" training/finetune.py --config training/configs/finetune_synthetic.yaml \
     --pretrained "$WORK/pretrain/final.safetensors" --out "$WORK/finetune" \
     --set data.root="$WORK/data" --set train.seed=0 --set train.device=cpu \
     --set train.max_steps=300 --set train.batch_size=2 --threads 1 --no-progress --no-tensorboard
 
 install -m 0644 "$WORK/finetune/segmenter.safetensors" gcross_core/assets/segmenter_synthetic.safetensors
-echo "wrote gcross_core/assets/segmenter_synthetic.safetensors in $(( $(date +%s) - start )) s;" \
+echo "wrote gcross_core/assets/gaussiancross_synthetic.safetensors and segmenter_synthetic.safetensors in $(( $(date +%s) - start )) s;" \
      "validation report: $WORK/finetune/eval/report.md"

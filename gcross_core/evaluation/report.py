@@ -296,3 +296,43 @@ def write_metrics_report(out_dir,
     (out / "report.md").write_text("\n".join(md))
     paths["markdown"] = out / "report.md"
     return paths
+
+
+def save_image_panel_png(path,
+                         rows: Sequence[Tuple[str, Sequence[Tuple[str, np.ndarray]]]],  # (row title, [(column title, [H, W, 3] uint8)])
+                         title: str = "") -> Path:
+    """Images in a titled grid, one row per entry (e.g. one camera pose: the recorded frame next to the
+    rendered views). Column titles are written above each image, row titles on the left."""
+    if not rows or not rows[0][1]:
+        raise ValueError("save_image_panel_png needs at least one row with one image")
+    ncols = max(len(images) for _, images in rows)
+    h, w = rows[0][1][0][1].shape[:2]
+    plt = _pyplot()
+    cell = 2.6
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols * w / max(h, 1) * 0.8 + 0.6, cell * len(rows) + 0.6),
+                             squeeze=False)
+    for i, (row_title, images) in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(images):
+                ax.axis("off")
+                continue
+            name, image = images[j]
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"panel image {name!r} has shape {image.shape} dtype {image.dtype}, "
+                                 "expected [H, W, 3] uint8")
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(name, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(row_title, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -2,7 +2,7 @@
 
     gcross-bag record --scene DIR --out BAG [--storage sqlite3|mcap] [--every K] [--rate-hz HZ]
     gcross-bag play BAG [--rate R] [--loop] [--topics T ...] [--clock] [--wait-for-subscribers S]
-    gcross-bag eval BAG --checkpoint CKPT --out DIR [--params-file YAML] [--radius-m R]
+    gcross-bag eval BAG --checkpoint CKPT --out DIR [--params-file YAML] [--radius-m R] [--render-panel]
     gcross-bag eval-live BAG --out DIR [--cloud-topic T] [--rate R]   (with the node running)
     gcross-bag export BAG --out SCENE [--every N] [--color-topic T ...]   (bag -> frames-only scene folder)
     gcross-bag info BAG
@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 from gcross_core.cli import cli_main
 from gcross_core.errors import InputError
-from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, pipeline_config_from_params
+from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, node_params_from_file, pipeline_config_from_params
 from gcross_ros.bag.format import RecordConfig
 from gcross_ros.bag.live_eval import run_live_evaluation
 from gcross_ros.bag.player import play_bag
@@ -109,9 +109,19 @@ def cmd_eval(args) -> int:
                                                               "segment_scope": args.segment_scope})
     cfg = EvalConfig(radius_m=args.radius_m, final_segment=not args.no_final_segment, device=args.device,
                      max_frames=args.max_frames)
-    res = evaluate_bag(args.bag, args.checkpoint, args.out, pipe_cfg, cfg, progress=not args.quiet)
-    print(json.dumps({"miou": res["miou"], "macc": res["macc"], "frames_per_s": res["performance"]["frames_per_s"],
-                      "coverage": res["coverage"]["covered_fraction"], "report": res["files"]["markdown"]}))
+    panel = None
+    if args.render_panel:
+        panel = node_params_from_file(args.params_file, {
+            "voxel_size_m": args.voxel_size_m, "device": args.device, "render_source": args.render_source,
+            "model_checkpoint": args.model_checkpoint, "checkpoint": args.checkpoint})
+    res = evaluate_bag(args.bag, args.checkpoint, args.out, pipe_cfg, cfg, progress=not args.quiet,
+                       render_panel=panel)
+    summary = {"miou": res["miou"], "macc": res["macc"], "frames_per_s": res["performance"]["frames_per_s"],
+               "coverage": res["coverage"]["covered_fraction"] if res["coverage"] else None,
+               "report": res["files"].get("markdown")}
+    if panel is not None:
+        summary["render_panel"] = res["render_panel"]["png"]
+    print(json.dumps(summary))
     return 0
 
 
@@ -172,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-frames", type=int, default=None)
     e.add_argument("--no-final-segment", action="store_true",
                    help="score the map as last segmented during the stream (the node's last cloud)")
+    e.add_argument("--render-panel", action="store_true",
+                   help="also write render_panel.png: the node's rendered views (colour, depth, semantic, "
+                        "features) of the final map at three recorded poses next to the recorded frames; a bag "
+                        "without ground truth then gets the panel only")
+    e.add_argument("--render-source", choices=("gaussians", "voxels"), default="gaussians",
+                   help="what the panel renders (default gaussians: the GaussianCross model's Gaussians)")
+    e.add_argument("--model-checkpoint", default=None,
+                   help="GaussianCross pretraining checkpoint for --render-source gaussians (default: the "
+                        "params file's model_checkpoint, else the bundled demo model)")
     e.set_defaults(func=cmd_eval)
 
     lv = sub.add_parser("eval-live", help="replay a bag into a running node and score its labelled cloud")

@@ -32,17 +32,28 @@ class EvalConfig:
     max_frames: Optional[int] = None
 
 
-def pipeline_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
-    """A PipelineConfig from the node's parameter defaults, a node parameter YAML and explicit overrides."""
-    from gcross_core.mapping.pipeline import PipelineConfig
-
+def _param_values(params_file: Optional[str], overrides: Optional[dict]) -> dict:
     from gcross_ros.node.params import SegmentNodeParams
 
     values = dict(SegmentNodeParams.defaults())
     if params_file:
         values.update(_read_params_file(params_file))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return PipelineConfig.from_values(values)
+    return values
+
+
+def pipeline_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
+    """A PipelineConfig from the node's parameter defaults, a node parameter YAML and explicit overrides."""
+    from gcross_core.mapping.pipeline import PipelineConfig
+
+    return PipelineConfig.from_values(_param_values(params_file, overrides))
+
+
+def node_params_from_file(params_file: Optional[str] = None, overrides: Optional[dict] = None):
+    """The node's SegmentNodeParams (validated) from its defaults, a node parameter YAML and overrides."""
+    from gcross_ros.node.params import SegmentNodeParams
+
+    return SegmentNodeParams.from_dict(_param_values(params_file, overrides)).validate()
 
 
 def _read_params_file(path) -> dict:
@@ -90,12 +101,13 @@ def labels_for_classes(gt, class_names: Sequence[str], bag_path="") -> np.ndarra
 
 
 def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig = EvalConfig(),
-                        topics: BagTopics = BagTopics(), progress: bool = False):
-    """Feed a bag's frames through SegmentationPipeline as the node does -> (LabelledPoints, perf dict)."""
+                        topics: BagTopics = BagTopics(), progress: bool = False, pipeline=None):
+    """Feed a bag's frames through SegmentationPipeline as the node does -> (LabelledPoints, perf dict).
+    Pass ``pipeline`` (a SegmentationPipeline) to keep its map afterwards."""
     from gcross_core.evaluation.map_score import latency_summary
     from gcross_core.mapping.pipeline import SegmentationPipeline
 
-    pipe = SegmentationPipeline(segmenter, pipeline_config)
+    pipe = pipeline if pipeline is not None else SegmentationPipeline(segmenter, pipeline_config)
     frame_s, fusion_s, seg_s = [], [], []
     t_wall = time.perf_counter()
     frames = iter_frames(bag_path, topics)
@@ -141,7 +153,7 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
 
 def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_names: Sequence[str],
                      radius_m: float, title: str, cell_m: float = 0.02, perf: Optional[dict] = None,
-                     settings: Optional[dict] = None) -> dict:
+                     settings: Optional[dict] = None, render_panel: Optional[dict] = None) -> dict:
     """Score a labelled map (offline pipeline or a cloud the live node published) and write the report.
 
     map_coord [M, 3], map_label [M] (-1 = unlabelled), gt_coord [N, 3], gt_label [N] (-1 = ignore), all
@@ -162,22 +174,62 @@ def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_na
     save_topdown_png(out / "topdown.png", [("labelled map", map_coord, map_label), ("ground truth", gt_coord, gt_label)],
                      names, min_cell_m=cell_m)
     md = _eval_markdown(coverage, perf, settings or {})
-    extra = {"coverage": coverage, **({"performance": perf} if perf else {}), "settings": settings or {}}
-    paths = write_metrics_report(out, score.conf, m, names, title=title, extra_json=extra,
-                                 extra_markdown=md + "\n![top-down: labelled map | ground truth](topdown.png)\n")
+    md += "\n![top-down: labelled map | ground truth](topdown.png)\n"
+    if render_panel is not None:
+        md += "\n" + _panel_markdown(render_panel, out)
+    extra = {"coverage": coverage, **({"performance": perf} if perf else {}), "settings": settings or {},
+             **({"render_panel": render_panel} if render_panel is not None else {})}
+    paths = write_metrics_report(out, score.conf, m, names, title=title, extra_json=extra, extra_markdown=md)
+    if render_panel is not None:
+        paths["render_panel"] = render_panel["png"]
     return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "coverage": coverage,
-            "performance": perf, "report_dir": str(out), "files": {k: str(v) for k, v in paths.items()}}
+            "performance": perf, "render_panel": render_panel, "report_dir": str(out),
+            "files": {k: str(v) for k, v in paths.items()}}
+
+
+def _panel_markdown(panel: dict, out_dir: Path) -> str:
+    def num(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
+    src = panel["render_source"] + (f" (`{panel['model_checkpoint']}`)" if panel.get("model_checkpoint") else "")
+    lines = ["## Rendered views", "",
+             f"The final map rendered as the node renders it (render_source {src}) at recorded camera poses, "
+             "next to the recorded frame. These poses are among the fused frames (not held out).", "",
+             "| frame | PSNR [dB] | depth L1 [m] | covered | voxel splat PSNR [dB] | voxel splat depth L1 [m] |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for v in panel["views"]:
+        lines.append(f"| {v['frame']} | {num(v['psnr_db'], '.2f')} | {num(v['depth_l1_m'], '.3f')} | "
+                     f"{100 * v['coverage']:.0f} % | {num(v['voxels_psnr_db'], '.2f')} | "
+                     f"{num(v['voxels_depth_l1_m'], '.3f')} |")
+    try:
+        rel = Path(panel["png"]).resolve().relative_to(Path(out_dir).resolve())
+    except ValueError:
+        rel = Path(panel["png"])
+    lines += ["", f"![rendered views: recorded | rendered colour, depth, semantic, features]({rel})", ""]
+    return "\n".join(lines)
 
 
 def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: EvalConfig = EvalConfig(),
-                 topics: BagTopics = BagTopics(), progress: bool = False) -> dict:
+                 topics: BagTopics = BagTopics(), progress: bool = False, render_panel=None) -> dict:
     """Run the node's pipeline over a bag, score the final map and write the report folder.
 
     ``checkpoint`` is a segmenter checkpoint path, or an object with ``class_names`` and
     ``predict(coord, color, normal, return_probs=True)`` like :class:`gcross_core.segmentation.segmenter.Segmenter`.
+    ``render_panel``: the node's parameters (:class:`gcross_ros.node.params.SegmentNodeParams`) to render
+    the final map with at three recorded poses (``render_panel.png``, see
+    :mod:`gcross_ros.bag.render_panel`); with it, a bag without ground truth still gets its panel (and
+    no scores).
     """
+    from gcross_core.mapping.pipeline import SegmentationPipeline
+
     pipeline_config = pipeline_config or pipeline_config_from_params()
-    gt = load_ground_truth(bag_path, topics)  # a bag without ground truth fails before the model loads
+    if render_panel is None:
+        gt = load_ground_truth(bag_path, topics)  # a bag without ground truth fails before the model loads
+    else:
+        gt = read_ground_truth(bag_path, topics)
+        if gt is None:
+            log.warning("bag %s has no ground-truth cloud on %s: rendering the panel without scores", bag_path,
+                        topics.gt_cloud)
     if hasattr(checkpoint, "predict"):
         segmenter, checkpoint = checkpoint, type(checkpoint).__name__
     else:
@@ -185,14 +237,27 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
 
         segmenter = Segmenter.from_checkpoint(checkpoint, device=config.device)
     names = list(segmenter.class_names)
-    gt_label = labels_for_classes(gt, names, bag_path)
-    pts, perf = run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config, topics, progress)
+    gt_label = labels_for_classes(gt, names, bag_path) if gt is not None else None
+    pipe = SegmentationPipeline(segmenter, pipeline_config)
+    pts, perf = run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config, topics, progress, pipeline=pipe)
+    panel = None
+    if render_panel is not None:
+        from gcross_ros.bag.render_panel import PANEL_FILE, write_render_panel
+
+        panel = write_render_panel(bag_path, pipe.map.snapshot(), names, render_panel, Path(out_dir) / PANEL_FILE,
+                                   num_frames=perf["frames"], topics=topics)
+        if gt is None:
+            from gcross_core.evaluation.report import write_json
+
+            write_json(Path(out_dir) / "results.json", {"render_panel": panel, "performance": perf})
+            return {"miou": None, "macc": None, "coverage": None, "performance": perf, "render_panel": panel,
+                    "report_dir": str(out_dir), "files": {"render_panel": panel["png"]}}
     radius = config.radius_m if config.radius_m is not None else 2.0 * pipeline_config.voxel_size_m
     settings = {"bag": str(bag_path), "checkpoint": str(checkpoint), "final_segment": config.final_segment,
                 **asdict(pipeline_config)}
     res = score_and_report(out_dir, pts.coord, pts.label, gt.coord, gt_label, names, radius,
                            title=f"Bag evaluation: {Path(bag_path).name}", cell_m=pipeline_config.voxel_size_m,
-                           perf=perf, settings=settings)
+                           perf=perf, settings=settings, render_panel=panel)
     log.info("mIoU %.1f %% (mAcc %.1f %%, coverage %.1f %%) on %d frames at %.1f frames/s; report in %s",
              100 * res["miou"], 100 * res["macc"], 100 * res["coverage"]["covered_fraction"], perf["frames"],
              perf["frames_per_s"], out_dir)

@@ -16,6 +16,7 @@ from gcross_core.errors import InputError
 
 POSE_SOURCES = ("topic", "tf")
 RENDER_BACKENDS = ("auto", "reference", "gsplat")
+RENDER_SOURCES = ("voxels", "gaussians")
 SEGMENT_SCOPES = ("map", "recent")  # gcross_core.mapping.pipeline.SEGMENT_SCOPES (no torch import here)
 
 
@@ -56,12 +57,21 @@ class SegmentNodeParams:
                                         "distance of the observed voxels is given to the encoder as context.")
     render_period_s: float = _p(2.0, "Pause between two renderings of the map at the latest camera pose "
                                      "(the CPU reference renderer needs about 1 s for 20k voxels at 320x240).")
-    publish_rendered: bool = _p(True, "Publish rendered/color, rendered/depth and rendered/semantic.")
+    publish_rendered: bool = _p(True, "Publish rendered/color, rendered/depth and rendered/semantic (and "
+                                      "rendered/features with render_source gaussians).")
     render_width: int = _p(320, "Width of the rendered images in pixels.")
     render_height: int = _p(240, "Height of the rendered images in pixels.")
     render_backend: str = _p("auto", "Renderer: 'auto' (gsplat on CUDA, else the PyTorch reference), "
                                      "'reference' or 'gsplat'.")
-    max_render_gaussians: int = _p(50_000, "At most this many voxels (nearest in the view) are rendered.")
+    max_render_gaussians: int = _p(50_000, "At most this many voxels (nearest in the view) are rendered, or "
+                                           "cells of the model's grid given to it with render_source gaussians.")
+    render_source: str = _p("voxels", "What the rendered views show: 'voxels', one isotropic Gaussian per map "
+                                      "voxel (a point splat, fast); 'gaussians', the feed-forward Gaussians of the "
+                                      "GaussianCross model (model_checkpoint) for the visible map, which also "
+                                      "publishes rendered/features.")
+    model_checkpoint: str = _p("", "render_source gaussians: GaussianCross pretraining checkpoint "
+                                   "(.safetensors, kind 'pretrain'); empty: the bundled demo model (synthetic "
+                                   "rooms only). The segmenter checkpoint stays separate.")
     diagnostics_period_s: float = _p(1.0, "Period of the diagnostics message.")
     warn_throttle_s: float = _p(5.0, "Repeated warnings of one kind are logged at most once per this time.")
     torch_threads: int = _p(0, "Threads torch may use for segmentation and rendering; 0: all cores but one, "
@@ -107,6 +117,16 @@ class SegmentNodeParams:
 
         return str(DEMO_CHECKPOINT)
 
+    @property
+    def model_checkpoint_path(self) -> str:
+        """The GaussianCross model rendered with render_source gaussians: ``model_checkpoint`` or the
+        bundled demo model when it is empty."""
+        if self.model_checkpoint:
+            return self.model_checkpoint
+        from gcross_core.model.api import DEMO_MODEL  # the path only
+
+        return str(DEMO_MODEL)
+
     def validate(self) -> "SegmentNodeParams":
         """Raise InputError naming the unusable parameters; returns self for chaining."""
         errors = []
@@ -122,6 +142,10 @@ class SegmentNodeParams:
             errors.append(f"segment_scope {self.segment_scope!r} is not one of {SEGMENT_SCOPES}")
         if not self.segment_context_m >= 0:
             errors.append(f"segment_context_m must be >= 0, got {self.segment_context_m}")
+        if self.render_source not in RENDER_SOURCES:
+            errors.append(f"render_source {self.render_source!r} is not one of {RENDER_SOURCES}")
+        elif self.render_source == "gaussians" and not os.path.isfile(self.model_checkpoint_path):
+            errors.append(f"model_checkpoint {self.model_checkpoint_path!r} does not exist or is not a file")
         if self.render_backend not in RENDER_BACKENDS:
             errors.append(f"render_backend {self.render_backend!r} is not one of {RENDER_BACKENDS}")
         for name in ("pose_tolerance_s", "sync_slop_s"):

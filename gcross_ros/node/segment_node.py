@@ -6,17 +6,19 @@ Interface (relative names; the launch file remaps the inputs under the camera na
        or TF (map_frame <- camera frame at the image stamp) when it is tf; all with sensor-data QoS.
   out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence), rendered/color
        (rgb8), rendered/depth (32FC1 m, NaN where nothing is rendered), rendered/semantic (rgb8 class
-       palette), all reliable; class_legend (std_msgs/String JSON: id, name, color per class;
-       transient-local); diagnostics (frames in, fused, dropped per reason, timings, map size).
+       palette), with render_source gaussians also rendered/features (rgb8 false colour of the model's
+       feature field, PCA basis fixed per map), all reliable; class_legend (std_msgs/String JSON: id,
+       name, color per class; transient-local); diagnostics (frames in, fused, dropped per reason, timings, map size).
 
 Data flow: the three camera streams are synchronized by stamp (sync_slop_s), converted and checked;
 the camera pose at the image stamp is looked up (a frame may wait up to pose_wait_s for it); the frame
 is fused into the VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
 (segment_scope: the voxels observed since the previous segmentation plus context, or the whole map),
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
-another worker renders the map as Gaussians at the latest camera pose (gcross_core.mapping.map_view),
-then pauses render_period_s. Message conversion is gcross_ros.msgs; counters, throttled warnings and the
-diagnostics status are gcross_ros.node.health.
+another worker renders the map as Gaussians at the latest camera pose (render_source voxels:
+gcross_core.mapping.map_view; gaussians: the GaussianCross model's Gaussians of the visible map,
+gcross_core.mapping.model_view), then pauses render_period_s. Message conversion is gcross_ros.msgs;
+counters, throttled warnings and the diagnostics status are gcross_ros.node.health.
 
 Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
 which is the convention of the images and of the renderer.
@@ -56,7 +58,8 @@ from gcross_core.errors import GcrossError
 from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
 from gcross_core.image import has_valid_depth
-from gcross_core.mapping.map_view import render_map_view
+from gcross_core.mapping.model_view import ModelMapRenderer, render_view
+from gcross_core.model.api import GaussianCrossModel
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_ros.msgs.codec import (camera_info_to_K, decode_color_rgb, decode_depth, pose_to_matrix,
@@ -137,6 +140,10 @@ class SegmentNode(Node):
         self.pipeline = SegmentationPipeline(self.segmenter,
                                              PipelineConfig.from_values({**asdict(p), "segment_period_s": 0.0}))
         self.map = self.pipeline.map
+        self.model_renderer = None  # render_source gaussians: the GaussianCross model's view of the map
+        if p.render_source == "gaussians":
+            model = GaussianCrossModel.from_checkpoint(p.model_checkpoint_path, p.device)
+            self.model_renderer = ModelMapRenderer(model, p.max_render_gaussians, backend=p.render_backend)
 
         self.stats = Stats()
         self._dropped_at_last_report = 0
@@ -182,7 +189,8 @@ class SegmentNode(Node):
         self.legend_pub = self.create_publisher(String, "class_legend", latched)
         if p.publish_rendered:
             self.render_pubs = {name: self.create_publisher(Image, f"rendered/{name}", reliable)
-                                for name in ("color", "depth", "semantic")}
+                                for name in ("color", "depth", "semantic")
+                                + (("features",) if self.model_renderer is not None else ())}
 
         self.create_timer(0.05, self._retry_pending)
         self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
@@ -192,7 +200,8 @@ class SegmentNode(Node):
         self._publish_legend()
         self.get_logger().info(
             f"segmenting with {p.checkpoint_path} ({len(self.class_names)} classes) on {p.device}; "
-            f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={p.voxel_size_m}")
+            f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={p.voxel_size_m}, "
+            f"render_source={p.render_source}" + (f" ({p.model_checkpoint_path})" if self.model_renderer else ""))
 
     # ------------------------------------------------------------------ inputs
 
@@ -404,16 +413,21 @@ class SegmentNode(Node):
         self.stats.inc("renders_published")
 
     def render_view(self, view: _View) -> Dict[str, Image]:
-        """rendered/{color, depth, semantic} of the map seen from ``view``, at render_width x render_height."""
+        """rendered/{color, depth, semantic[, features]} of the map seen from ``view``, at render_width x
+        render_height."""
         p = self.params
         w, h = p.render_width, p.render_height
         snap = self.map.snapshot()
-        out = render_map_view(snap.coords, snap.colors, snap.labels, view.cam_to_map,
-                              scale_intrinsics(view.K, w / view.width, h / view.height), w, h, self.palette,
-                              p.voxel_size_m, p.max_render_gaussians, p.device, p.render_backend)
-        return {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
-                "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
-                "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}
+        K = scale_intrinsics(view.K, w / view.width, h / view.height)
+        out = render_view(snap, view.cam_to_map, K, w, h, self.palette, voxel_size_m=p.voxel_size_m,
+                          max_gaussians=p.max_render_gaussians, device=p.device, backend=p.render_backend,
+                          model_renderer=self.model_renderer)
+        images = {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
+                  "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
+                  "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}
+        if self.model_renderer is not None:
+            images["features"] = numpy_to_image(out.features, "rgb8", view.stamp_ns, view.frame_id)
+        return images
 
     # ------------------------------------------------------------------ reporting
 

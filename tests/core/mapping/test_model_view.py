@@ -8,6 +8,7 @@ from gcross_core.config import from_dict
 from gcross_core.data.synthetic import make_room
 from gcross_core.evaluation.report import class_palette
 from gcross_core.mapping.fusion import VoxelMap
+from gcross_core.mapping.map_view import visible_voxels
 from gcross_core.mapping.model_view import ModelMapRenderer
 from gcross_core.model.api import GaussianCrossModel
 from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig
@@ -84,3 +85,18 @@ def test_empty_view_renders_nothing(room_map):
     view = r.render(vmap.snapshot(), away, room.frames.frame(0).K_depth, W, H, class_palette(4))
     assert np.isnan(view.depth_m).all() and not view.color.any() and not view.features.any()
     assert r.basis is None
+
+
+def test_model_input_is_thinned_to_the_model_grid_then_cut_by_distance(room_map):
+    room, vmap = room_map
+    snap = vmap.snapshot()
+    f = room.frames.frame(0)
+    r = _renderer()  # model grid 0.1 m, map voxels 0.05 m
+    visible = visible_voxels(snap.coords, f.cam_to_world, f.K_depth, W, H, r.context_m, len(snap.coords))
+    thinned = r._model_input(snap.coords, f.cam_to_world, f.K_depth, W, H)
+    assert set(thinned) <= set(visible) and len(thinned) < 0.8 * len(visible)
+    r.max_points = 50
+    near = r._model_input(snap.coords, f.cam_to_world, f.K_depth, W, H)
+    assert len(near) == 50 and set(near) <= set(thinned)
+    depth = (snap.coords - f.cam_to_world[:3, 3]) @ f.cam_to_world[:3, 2]
+    assert depth[near].max() <= np.sort(depth[thinned])[49] + 1e-6  # the nearest cells are kept

@@ -8,8 +8,8 @@ from gcross_core.config import from_dict
 from gcross_core.data.scene import Scene
 from gcross_core.data.synthetic import make_room
 from gcross_core.errors import CheckpointError, InputError
-from gcross_core.model.api import EvalInput, GaussianCrossModel, pinhole_cameras, save_model
-from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig
+from gcross_core.model.api import DEMO_MODEL, EvalInput, GaussianCrossModel, pinhole_cameras, save_model
+from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig, mask_points
 from gcross_core.pretraining.config import PretrainConfig
 from gcross_core.pretraining.run import run_pretraining
 from gcross_core.segmentation.segmenter import DEMO_CHECKPOINT
@@ -54,9 +54,12 @@ def saved(tmp_path_factory):
     return model, path
 
 
+EXACT = EvalInput(mask_ratio=0.0, batchnorm="running")  # what model.eval() computes on every grid cell
+
+
 def test_checkpoint_round_trip_gives_the_models_gaussians(saved, one_torch_thread):
     model, path = saved
-    api = GaussianCrossModel.from_checkpoint(path)
+    api = GaussianCrossModel.from_checkpoint(path, eval_input=EXACT)
     scene = _scene()
     g = api.gaussians(scene)
     assert len(g) > 0 and g.features.shape[1] == 4
@@ -72,6 +75,24 @@ def test_checkpoint_round_trip_gives_the_models_gaussians(saved, one_torch_threa
     lo, hi = scene.coord.min(0) - 0.5, scene.coord.max(0) + 0.5
     m = g.means.numpy()
     assert np.all((m > lo) & (m < hi))
+
+
+def test_default_input_is_the_training_path(saved, one_torch_thread):
+    model, path = saved
+    api = GaussianCrossModel.from_checkpoint(path)
+    assert api.mask_ratio == model.cfg.mask_ratio == 0.5
+    scene = _scene()
+    g = api.gaussians(scene)
+    # by hand: the seeded mask of eq. 4, then encoder and head with BatchNorm on the batch's statistics
+    masked, kept = mask_points(api.points(scene), 0.5, torch.Generator().manual_seed(0))
+    twin = GaussianCross(model.cfg)
+    twin.load_state_dict(model.state_dict())
+    twin.train()
+    with torch.no_grad():
+        ref = twin.head(masked, twin.encoder(masked)).gaussians
+    assert int(kept.sum()) == masked.coord.shape[0] < kept.numel()
+    torch.testing.assert_close(g.means, ref.means)
+    torch.testing.assert_close(g.features, ref.features)
 
 
 def test_render_at_cameras(saved, one_torch_thread):
@@ -116,7 +137,7 @@ def test_bad_points_are_refused(saved):
 def test_masked_input_and_averaging(saved, one_torch_thread):
     _, path = saved
     scene = _scene()
-    full = GaussianCrossModel.from_checkpoint(path)
+    full = GaussianCrossModel.from_checkpoint(path, eval_input=EXACT)
     masked = GaussianCrossModel.from_checkpoint(path, eval_input=EvalInput(mask_ratio=0.5, num_masks=3))
     sets = masked.gaussian_sets(scene)
     assert len(sets) == 3
@@ -132,13 +153,13 @@ def test_masked_input_and_averaging(saved, one_torch_thread):
 
 def test_batchnorm_from_input_leaves_running_stats(saved, one_torch_thread):
     _, path = saved
-    api = GaussianCrossModel.from_checkpoint(path, eval_input=EvalInput(batchnorm="input"))
+    api = GaussianCrossModel.from_checkpoint(path, eval_input=EvalInput(mask_ratio=0.0, batchnorm="input"))
     norms = [m for m in api.model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     before = [m.running_mean.clone() for m in norms]
     g_input = api.gaussians(_scene())
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
     assert not any(m.training for m in api.model.modules())  # back in eval mode
-    g_running = GaussianCrossModel.from_checkpoint(path).gaussians(_scene())
+    g_running = GaussianCrossModel.from_checkpoint(path, eval_input=EXACT).gaussians(_scene())
     assert not (len(g_input) == len(g_running) and torch.allclose(g_input.colors, g_running.colors))
 
 
@@ -156,3 +177,22 @@ def test_checkpoint_of_a_pretraining_run_renders(tmp_path, one_torch_thread):
     out = api.render(api.gaussians(room), pinhole_cameras(frame.cam_to_world, frame.K_depth), 32, 24)
     assert out.color.shape == (1, 24, 32, 3)
     assert float(out.alpha.mean()) > 0.3  # the room seen from one of its own cameras is mostly covered
+
+
+def test_shipped_model_renders_an_unseen_room_better_than_an_untrained_one(one_torch_thread):
+    assert DEMO_MODEL.stat().st_size < 5_000_000  # a few MB in the package
+    trained = GaussianCrossModel.from_checkpoint(DEMO_MODEL)
+    untrained = GaussianCrossModel(GaussianCross(trained.cfg))
+    room = make_room(1000, num_points=20000, num_views=2, width=80, height=60)  # the rooms it saw: seeds 0-7
+    frame = room.frames.frame(1)
+    cams = pinhole_cameras(frame.cam_to_world, frame.K_depth)
+    target = torch.from_numpy(frame.color).float() / 255.0
+    depth = torch.from_numpy(frame.depth_m)
+    scores = []
+    for model in (trained, untrained):
+        out = model.render(model.gaussians(room), cams, 80, 60)
+        ok = (depth > 0) & (out.alpha[0] > 0.5)
+        scores.append((float(((out.color[0] - target) ** 2).mean()),
+                       float((out.expected_depth[0] - depth).abs()[ok].mean())))
+    (mse_t, l1_t), (mse_u, l1_u) = scores
+    assert mse_t < mse_u and l1_t < l1_u
