@@ -748,7 +748,8 @@ class LabelVotes:
     id 0 (unlabelled / no instance) casts no vote. Counts are kept as sorted (key, id) pairs with their
     totals, merged every frame, so memory follows the distinct (voxel, id) pairs, not the id range
     (ScanNet label ids reach the thousands). ``majority(keys)``: the id with most votes per voxel, ties
-    to the smaller id; -1 where a voxel got no vote.
+    to the smaller id; -1 where a voxel got no vote. Frames are buffered and merged once the buffer
+    outgrows the merged pairs, so a long sequence costs O(P log P) merges a logarithmic number of times.
     """
 
     def __init__(self, name: str = "label"):
@@ -756,8 +757,12 @@ class LabelVotes:
         self._keys = np.empty(0, np.int64)  # [P] voxel key of each (key, id) pair, sorted by (key, id)
         self._ids = np.empty(0, np.int64)  # [P]
         self._counts = np.empty(0, np.int64)  # [P]
+        self._pending = []  # [(keys, ids)] of frames not merged yet
+        self._pending_n = 0
 
     def __len__(self) -> int:
+        """Distinct (voxel, id) pairs voted for so far."""
+        self._flush()
         return len(self._keys)
 
     def add(self, keys: np.ndarray, inverse: np.ndarray, ids: np.ndarray) -> None:
@@ -771,7 +776,17 @@ class LabelVotes:
         if not voted.any():
             return
         k = np.asarray(keys, np.int64)[np.asarray(inverse)[voted]]
-        self._merge(k, ids[voted], np.ones(int(voted.sum()), np.int64))
+        self._pending.append((k, ids[voted]))
+        self._pending_n += len(k)
+        if self._pending_n > max(len(self._keys), 1 << 20):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            k = np.concatenate([p[0] for p in self._pending])
+            ids = np.concatenate([p[1] for p in self._pending])
+            self._pending, self._pending_n = [], 0
+            self._merge(k, ids, np.ones(len(k), np.int64))
 
     def _merge(self, k: np.ndarray, ids: np.ndarray, counts: np.ndarray) -> None:
         k = np.concatenate([self._keys, k])
@@ -789,6 +804,7 @@ class LabelVotes:
         """[N] int64 id with the most votes for each voxel key (ties: smaller id), -1 without votes."""
         keys = np.asarray(keys, np.int64)
         out = np.full(len(keys), -1, np.int64)
+        self._flush()
         if len(self._keys) == 0 or len(keys) == 0:
             return out
         # Pairs are sorted by (key, id): within a key, the best is the max count, first (smallest id) on ties.
