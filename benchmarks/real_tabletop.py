@@ -93,10 +93,12 @@ def make_synthetic_rooms(data: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- runs
 
-def pretrain(out: Path, config: Path, overrides, teachers=None) -> Path:
+def pretrain(out: Path, config: Path, overrides, teachers=None, report_only: bool = False):
     final = out / "final.safetensors"
     if final.is_file():
         return final
+    if report_only:
+        return None
     cfg = load_config(config, PretrainConfig, overrides)
     if teachers is not None:
         cfg = replace(cfg, teachers=tuple(teachers))
@@ -107,8 +109,10 @@ def pretrain(out: Path, config: Path, overrides, teachers=None) -> Path:
 
 
 def finetune(out: Path, data_root: Path, seed: int, pretrained, steps: int, few: bool = False,
-             probe: bool = False) -> dict:
+             probe: bool = False, report_only: bool = False):
     res_file = out / "eval" / "results.json"
+    if not res_file.is_file() and report_only:
+        return None
     if not res_file.is_file():
         overrides = [f"data.root={data_root}", f"train.seed={seed}", f"train.max_steps={steps}", "train.device=cpu"]
         if few:
@@ -216,6 +220,8 @@ def main() -> int:
     ap.add_argument("--phases", nargs="+", default=["full", "few", "probe", "chorus"],
                     choices=["full", "few", "probe", "chorus"], help="what to run (finished runs are reused)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true",
+                    help="start nothing: report the finished runs (the others read 'not run')")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -229,9 +235,10 @@ def main() -> int:
     enc = {"scratch": None,
            "synthetic": pretrain(out / "pretrain_synthetic", CONFIGS / "synthetic_tiny.yaml",
                                  [f"data.root={rooms}", "data.synthetic.rooms=0", "train.epochs=1000",
-                                  f"train.max_steps={args.pretrain_steps}"] + common),
+                                  f"train.max_steps={args.pretrain_steps}"] + common, report_only=args.report_only),
            "real": pretrain(out / "pretrain_real", CONFIGS / "pretrain_real_frames.yaml",
-                            [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}"] + common)}
+                            [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}"] + common,
+                            report_only=args.report_only)}
 
     results = {"full": {}, "few": {}, "probe": {}, "chorus": {}}
     plan = [("full", args.seeds, args.steps, {}), ("few", args.seeds, args.few_steps, {"few": True}),
@@ -241,7 +248,12 @@ def main() -> int:
             continue
         for seed in seeds:
             for init in INITS:
-                r = finetune(out / phase / f"{init}_seed{seed}", mosd, seed, enc[init], steps, **kw)
+                if init != "scratch" and enc[init] is None:
+                    continue  # its pretraining has not run (--report-only)
+                r = finetune(out / phase / f"{init}_seed{seed}", mosd, seed, enc[init], steps,
+                             report_only=args.report_only, **kw)
+                if r is None:
+                    continue
                 results[phase].setdefault(init, []).append(r)
                 print(f"{phase:6s} {init:9s} seed {seed}: mIoU {100 * r['miou']:5.1f}  IoU table "
                       f"{100 * r['iou']['table']:5.1f} object {100 * r['iou']['object']:5.1f}  "
@@ -258,8 +270,11 @@ def main() -> int:
         for k, (label, teachers) in enumerate(variants.items()):
             ckpt = pretrain(out / f"pretrain_chorus_{k}", CONFIGS / "pretrain_real_frames.yaml",
                             [f"data.root={data / 'real_frames'}", f"train.max_steps={args.chorus_steps}"] + common,
-                            teachers)
-            r = finetune(out / "chorus" / f"variant{k}_seed0", mosd, 0, ckpt, args.steps)
+                            teachers, report_only=args.report_only)
+            r = finetune(out / "chorus" / f"variant{k}_seed0", mosd, 0, ckpt, args.steps,
+                         report_only=args.report_only) if ckpt else None
+            if r is None:
+                continue
             results["chorus"][label] = [r]
             print(f"chorus {label}: mIoU {100 * r['miou']:5.1f}", flush=True)
 
