@@ -78,11 +78,15 @@ SYNTHETIC_CLASSES: Tuple[str, ...] = (
 )
 SYNTHETIC_TO_SCANNET20: Tuple[int, ...] = tuple(SCANNET20_CLASSES.index(n) for n in SYNTHETIC_CLASSES)
 
+# Real tabletop frames (mOSD-style labels: 1 = table, 2 = object on it).
+TABLETOP_CLASSES: Tuple[str, ...] = ("table", "object")
+
 # Names the class lists go by on the command line and in scene folders.
 CLASS_SETS: Dict[str, Tuple[str, ...]] = {
     "scannet20": SCANNET20_CLASSES,
     "scannet200": SCANNET200_CLASSES,
     "synthetic": SYNTHETIC_CLASSES,
+    "tabletop": TABLETOP_CLASSES,
 }
 
 

@@ -18,6 +18,10 @@ class TeacherConfig:
     head_hidden: Optional[int] = None  # projection head of eq. 16: None = one 1x1 conv, else a 2-layer MLP
     # keyword arguments of build_teacher(name, ...), e.g. {input_size: [480, 640]} or {repo_dir: ...}
     options: Dict[str, Any] = field(default_factory=dict)
+    # the name this teacher goes by in the loss, its projector and the logs; None: ``name``. Two teachers
+    # built from one network (Chorus: EfficientNet-Lite0 split into a low-level s8 teacher and a semantic
+    # head teacher, each with its own projector) need different keys.
+    key: Optional[str] = None
 
 
 @dataclass(frozen=True)

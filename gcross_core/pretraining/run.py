@@ -120,7 +120,7 @@ def run_pretraining(cfg: PretrainConfig, run_dir, resume: bool = False, progress
             load_init_weights(module, cfg.init_checkpoint)
         log.info("pretraining %s: %.2fM trainable parameters, %d scenes, teachers %s", cfg.name,
                  sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, len(dirs),
-                 [t.name for t in cfg.teachers] if cfg.loss.use_sem else "none")
+                 [t.key or t.name for t in cfg.teachers] if cfg.loss.use_sem else "none")
         trainer = Trainer(module, _step, dataset, collate_pretrain, cfg.run_config(), run_dir, dist_info=dist,
                           visualize_fn=visualize, checkpoint_metadata=pretrain_metadata(cfg.model, cfg),
                           resolved_config=cfg, progress=progress, tensorboard=tensorboard)
