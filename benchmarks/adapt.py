@@ -16,7 +16,8 @@ render covers, alpha >= 0.5) and that coverage (a splat with holes is scored on 
 a held-out image and the model's rendered features lifted by its projection head (eq. 16), against the
 cosine of the constant mean teacher feature (over the training views). Eval-time input of the adapted
 model: full density (BatchNorm running statistics), full density with the input's statistics, the
-trained 50 % mask, and the mean of 4 masks (gcross_core.model.api.EvalInput).
+trained 50 % mask, each with BatchNorm running or input statistics, and the mean of 4 masks
+(gcross_core.model.api.EvalInput). The method table uses GaussianCrossModel's default EvalInput().
 The point splat is rendered as the node did (its voxel_size_m 0.02 and max_render_gaussians 50k nearest
 visible voxels) and, as a second row, with every voxel.
 A PNG (held-out frame | point splat as the node | adapted model; colour and depth rows, 3 views) goes to --out.
@@ -103,8 +104,8 @@ def mean_scores(rows: List[Dict[str, float]]) -> Dict[str, float]:
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
-def render_model(model: GaussianCrossModel, scene: Scene, views, width, height, eval_input: EvalInput):
-    model.eval_input = eval_input
+def render_model(ckpt: Path, scene: Scene, views, width, height, eval_input: EvalInput = EvalInput()):
+    model = GaussianCrossModel.from_checkpoint(ckpt, eval_input=eval_input)
     sets = model.gaussian_sets(scene)
     outs = []
     for v in views:
@@ -204,8 +205,7 @@ def main(argv=None) -> int:
     table, renders_of = {}, {}
     for name, ckpt in models.items():
         t = time.perf_counter()
-        model = GaussianCrossModel.from_checkpoint(ckpt)
-        renders, ng = render_model(model, scene, views, w, h, EvalInput())
+        renders, ng = render_model(ckpt, scene, views, w, h)
         table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a, _), v in zip(renders, views)]),
                        "gaussians": ng, "seconds": time.perf_counter() - t}
         renders_of[name] = renders
@@ -224,15 +224,15 @@ def main(argv=None) -> int:
         splat_views[name] = rendered
 
     # eval-time input handling of the adapted model
-    adapted = GaussianCrossModel.from_checkpoint(models["adapted"])
-    mask = adapted.cfg.mask_ratio
-    variants = {"full density, BN running": EvalInput(),
-                "full density, BN from input": EvalInput(batchnorm="input"),
-                f"mask {mask:g}, 1 mask": EvalInput(mask_ratio=mask),
-                f"mask {mask:g}, mean of 4 masks": EvalInput(mask_ratio=mask, num_masks=4)}
+    mask = run_cfg.model.mask_ratio
+    variants = {"full density, BN running (model.eval())": EvalInput(mask_ratio=0.0, batchnorm="running"),
+                "full density, BN from input": EvalInput(mask_ratio=0.0, batchnorm="input"),
+                f"mask {mask:g}, BN running": EvalInput(mask_ratio=mask, batchnorm="running"),
+                f"mask {mask:g}, BN from input (default)": EvalInput(mask_ratio=mask, batchnorm="input"),
+                f"mask {mask:g}, BN from input, mean of 4": EvalInput(mask_ratio=mask, num_masks=4, batchnorm="input")}
     eval_table = {}
     for name, ev in variants.items():
-        renders, ng = render_model(adapted, scene, views, w, h, ev)
+        renders, ng = render_model(models["adapted"], scene, views, w, h, ev)
         cos = feature_cosines(run_cfg, models["adapted"], renders, views, train_views)
         eval_table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a, _), v in zip(renders, views)]),
                             "gaussians": ng, "feature_cosine": None if cos is None else cos["rendered"]}
@@ -256,10 +256,10 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps(result, indent=1))
     print(f"held-out views: {len(views)} of {len(held)} (every {HOLDOUT_EVERY}th of {n} frames), {w}x{h}; "
           f"adaptation: {args.steps} steps on {len(train)} frames ({adapt_s:.0f} s this call)")
-    print(f"{'method':36s} {'PSNR dB':>8s} {'depth L1 m':>10s} {'coverage':>8s} {'Gaussians':>9s} {'feat cos':>8s}")
+    print(f"{'method':44s} {'PSNR dB':>8s} {'depth L1 m':>10s} {'coverage':>8s} {'Gaussians':>9s} {'feat cos':>8s}")
     for name, r in {**table, **{f'adapted, {k}': v for k, v in eval_table.items()}}.items():
         cos = r.get("feature_cosine")
-        print(f"{name:36s} {r['psnr']:8.2f} {r['depth_l1_m']:10.3f} {r['coverage']:8.2f} {r['gaussians']:9.0f} "
+        print(f"{name:44s} {r['psnr']:8.2f} {r['depth_l1_m']:10.3f} {r['coverage']:8.2f} {r['gaussians']:9.0f} "
               f"{'' if cos is None else format(cos, '8.3f')}")
     for name, c in cosines.items():
         if c is None:
