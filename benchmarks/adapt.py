@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=200, help="adaptation steps")
     p.add_argument("--out", type=Path, default=Path("runs/bench_adapt"))
     p.add_argument("--pretrained", type=Path, default=DEMO_MODEL,
-                   help="pretraining checkpoint to adapt (default: the shipped synthetic-pretrained model)")
+                   help="pretraining checkpoint to adapt (default: the shipped synthetic-pretrained model, which "
+                        "holds no projection head: adaptation starts a fresh one and its feature cosine is not printed)")
     p.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "adapt_frames.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--eval-size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"))
