@@ -122,6 +122,27 @@ def resample_color(color: np.ndarray,  # [Hc, Wc, 3] uint8
     return np.asarray(out)
 
 
+def resample_ids_nearest(ids: np.ndarray,  # [Hc, Wc] integer ids (labels, instances) in the color camera
+                         K_color: np.ndarray,  # [3, 3] intrinsics of ``ids``
+                         K_target: np.ndarray,  # [3, 3] intrinsics of the wanted image (same pose)
+                         width: int, height: int) -> np.ndarray:  # -> [height, width] same dtype
+    """An id image (2D labels) as seen by another pinhole camera at the same pose, by nearest neighbour:
+    ids are never blended. Target pixels that fall outside the source image get 0 (= none)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"id image has shape {ids.shape}, expected [H, W]")
+    hc, wc = ids.shape
+    if (width, height) == (wc, hc) and np.allclose(K_color, K_target):
+        return ids.copy()
+    a, b, c, d = _target_to_color(K_color, K_target)
+    u = np.rint(a * np.arange(width) + b).astype(np.int64)
+    v = np.rint(c * np.arange(height) + d).astype(np.int64)
+    out = np.zeros((int(height), int(width)), dtype=ids.dtype)
+    iu, iv = (u >= 0) & (u < wc), (v >= 0) & (v < hc)
+    out[np.ix_(iv, iu)] = ids[np.ix_(v[iv], u[iu])]
+    return out
+
+
 def color_seen_mask(color_hw: Tuple[int, int],  # (Hc, Wc) of the color image
                     K_color: np.ndarray,  # [3, 3]
                     K_target: np.ndarray,  # [3, 3] of the wanted image (same pose)

@@ -86,6 +86,8 @@ S3DIS_CLASSES: Tuple[str, ...] = (
     "ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa", "bookcase",
     "board", "clutter",
 )
+# Real tabletop frames (mOSD-style labels: 1 = table, 2 = object on it).
+TABLETOP_CLASSES: Tuple[str, ...] = ("table", "object")
 
 # Names the class lists go by on the command line and in scene folders.
 CLASS_SETS: Dict[str, Tuple[str, ...]] = {
@@ -93,6 +95,7 @@ CLASS_SETS: Dict[str, Tuple[str, ...]] = {
     "scannet200": SCANNET200_CLASSES,
     "synthetic": SYNTHETIC_CLASSES,
     "s3dis": S3DIS_CLASSES,
+    "tabletop": TABLETOP_CLASSES,
 }
 
 

@@ -6,6 +6,8 @@ On disk::
     depth/<i>.png       uint16 millimetres, 0 (and 65535) = no measurement (units: ``gcross_core.image``)
     pose/<i>.txt        4x4 camera-to-world
     intrinsic/intrinsic_color.txt, intrinsic/intrinsic_depth.txt   4x4 (the top-left 3x3 is K)
+    label/<i>.png       optional: semantic id per pixel, 0 = unlabelled (8 or 16 bit), in the color camera
+    instance/<i>.png    optional: instance id per pixel, 0 = none (8 or 16 bit), in the color camera
 
 Frames whose pose is not a finite rigid transform (ScanNet writes -inf where tracking failed) are skipped
 when the set is opened and counted in ``FrameSet.skipped_frames``. Depth and color may differ in size and
@@ -23,7 +25,7 @@ from PIL import Image
 
 from gcross_core.geometry import is_valid_pose, scale_intrinsics
 from gcross_core.image import (check_intrinsics, color_seen_mask, depth_m_to_mm, depth_mm_to_m, resample_color,
-                               resize_depth_nearest)
+                               resample_ids_nearest, resize_depth_nearest)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,10 @@ class FrameSet:
         """A view whose frames come back through :meth:`Frame.resized`."""
         return _ResizedFrames(self, int(width), int(height))
 
+    def transformed(self, T: np.ndarray) -> "FrameSet":
+        """A view whose poses are ``T @ cam_to_world`` (e.g. :func:`gcross_core.data.gravity.rotation_to_z_up`)."""
+        return _TransformedFrames(self, T)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} frames, {self.skipped_frames} skipped)"
 
@@ -180,6 +186,23 @@ class _ResizedFrames(FrameSet):
 
     def cam_to_world(self, i: int) -> np.ndarray:
         return self._base.cam_to_world(i)
+
+
+class _TransformedFrames(FrameSet):
+    def __init__(self, base: FrameSet, T: np.ndarray):
+        T = np.asarray(T, dtype=np.float64)
+        if T.shape != (4, 4) or not is_valid_pose(T):
+            raise ValueError(f"transformed: T must be a rigid [4, 4] transform, got {np.round(T, 4).tolist()}")
+        super().__init__(base.frame_ids, base.skipped_frames)
+        self._base, self._T = base, T
+
+    def _load(self, i: int) -> Frame:
+        f = self._base.frame(i)
+        return Frame(color=f.color, depth_m=f.depth_m, K_color=f.K_color, K_depth=f.K_depth,
+                     cam_to_world=self._T @ f.cam_to_world, frame_id=f.frame_id)
+
+    def cam_to_world(self, i: int) -> np.ndarray:
+        return self._T @ self._base.cam_to_world(i)
 
 
 def frame_order_key(stem: str):
@@ -289,6 +312,37 @@ class SensReaderFrames(FrameSet):
             raw = raw.astype(np.uint16)
         return depth_mm_to_m(raw)
 
+    def has_id_images(self, kind: str = "label") -> bool:
+        """Whether a ``label/`` (or ``instance/``) folder is present."""
+        return (self.root / _check_kind(kind)).is_dir()
+
+    def id_image(self, i: int, kind: str = "label") -> Optional[np.ndarray]:
+        """Frame ``i``'s ``label/<id>.png`` or ``instance/<id>.png`` as [Hc, Wc] int64 in the color camera,
+        or None when that frame has none. Must be a single-channel 8/16-bit PNG of the color image's size."""
+        kind = _check_kind(kind)
+        fid = self.frame_ids[int(i) % len(self)]
+        path = self.root / kind / f"{fid}.png"
+        if not path.is_file():
+            return None
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+                raise ValueError(f"{kind} image {path} has mode {im.mode}, expected a single-channel 8 or "
+                                 "16-bit PNG of integer ids")
+            size = im.size
+            ids = np.asarray(im).astype(np.int64)
+        if size != self.color_size:
+            raise ValueError(f"{kind} image {path} is {size[0]}x{size[1]}, expected the color image's "
+                             f"{self.color_size[0]}x{self.color_size[1]}")
+        return ids
+
+    def registered_id_image(self, i: int, kind: str = "label") -> Optional[np.ndarray]:
+        """:meth:`id_image` resampled (nearest) onto the depth grid, as :meth:`Frame.registered` does with
+        color: [Hd, Wd] int64, or None."""
+        ids = self.id_image(i, kind)
+        if ids is None:
+            return None
+        return resample_ids_nearest(ids, self.K_color, self.K_depth, *self.depth_size)
+
     def _load(self, i: int) -> Frame:
         fid = self.frame_ids[i]
         cpath = self._colors[fid]
@@ -300,6 +354,15 @@ class SensReaderFrames(FrameSet):
         depth = self._read_depth(self.root / "depth" / f"{fid}.png")
         return Frame(color=color, depth_m=depth, K_color=self.K_color, K_depth=self.K_depth,
                      cam_to_world=self._poses[i].copy(), frame_id=fid)
+
+
+ID_IMAGE_KINDS = ("label", "instance")
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in ID_IMAGE_KINDS:
+        raise ValueError(f"id image kind {kind!r} is unknown, expected one of {ID_IMAGE_KINDS}")
+    return kind
 
 
 def find_frames_dir(scene_dir: PathLike) -> Optional[Path]:

@@ -59,7 +59,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -113,6 +113,8 @@ class _FrameVoxels:
     counts: np.ndarray  # [U] int64 points per voxel
     sums: np.ndarray  # [U, 9] float64: position sum (map frame), RGB sum, unit normal sum (map frame)
     valid_pixels: int
+    inverse: Optional[np.ndarray] = None  # [M] row in keys of every fused point (for label votes)
+    pix: Optional[np.ndarray] = None  # [M] flat pixel index of every fused point
 
 
 def _check_pose(cam_to_map: np.ndarray) -> np.ndarray:
@@ -331,7 +333,7 @@ class VoxelMap:
         sums[:, 6:9] = self._voxel_normals(depth_m, K, pix[rep_point])
         sums[:, 0:3] = _rotate(T, sums[:, 0:3]) + counts[:, None] * T[:3, 3]
         sums[:, 6:9] = _rotate(T, sums[:, 6:9])
-        return _FrameVoxels(keys, counts, sums, len(pix))
+        return _FrameVoxels(keys, counts, sums, len(pix), inverse, pix)
 
     def _voxel_normals(self, depth_m: np.ndarray, K: np.ndarray, rep_pixel: np.ndarray) -> np.ndarray:
         """One camera-frame normal per frame voxel [U, 3], from the depth gradients at its central pixel.
@@ -460,6 +462,29 @@ class VoxelMap:
         non-finite or non-rigid pose. A frame without valid depth is counted and changes nothing else.
         """
         fv = self._frame_voxels(color_rgb, depth, K, cam_to_map)
+        with self._lock:
+            return self._merge(fv)
+
+    def integrate_labelled(self,
+                           color_rgb: np.ndarray,  # [H, W, 3] uint8 RGB, registered to depth
+                           depth: np.ndarray,  # [H, W] uint16 millimetres or float32 metres
+                           K: np.ndarray,  # [3, 3] depth (= color) intrinsics, pixels
+                           cam_to_map: np.ndarray,  # [4, 4] rigid camera-to-map transform
+                           votes: Dict[str, "LabelVotes"],  # name -> accumulator of that image's ids
+                           images: Dict[str, np.ndarray],  # name -> [H, W] integer ids registered to depth
+                           ) -> FrameStats:
+        """:meth:`integrate` plus a vote per fused pixel: ``votes[name]`` counts, per voxel key, the ids of
+        ``images[name]`` at the pixels that fell into the voxel (2D label / instance images -> 3D labels;
+        :func:`fuse_labelled_frames`). The votes live outside the map, keyed by voxel key, so eviction
+        and the map's own arrays are untouched.
+        """
+        for name, img in images.items():
+            if np.asarray(img).shape != np.asarray(depth).shape[:2]:
+                raise ValueError(f"{name} image has shape {np.asarray(img).shape}, expected the depth image's "
+                                 f"{np.asarray(depth).shape[:2]} (registered to depth)")
+        fv = self._frame_voxels(color_rgb, depth, K, cam_to_map)
+        for name, img in images.items():
+            votes[name].add(fv.keys, fv.inverse, np.asarray(img).reshape(-1)[fv.pix])
         with self._lock:
             return self._merge(fv)
 
@@ -779,3 +804,115 @@ def fuse_frames_to_points(frames: FrameSet, voxel_size_m: float, *, every: int =
         raise ValueError(f"fusing {len(indices)} frames gave no points (no valid depth within {max_depth_m} m)")
     return (vmap.coords().astype(np.float32), vmap.colors().astype(np.float32),
             vmap.normals().astype(np.float32))
+
+
+class LabelVotes:
+    """Per-voxel histograms of integer ids (2D semantic labels or instance ids) fused from frames.
+
+    ``add`` takes one frame's voxel keys [U], the voxel row of every fused pixel [M] and the pixel ids [M];
+    id 0 (unlabelled / no instance) casts no vote. Counts are kept as sorted (key, id) pairs with their
+    totals, merged every frame, so memory follows the distinct (voxel, id) pairs, not the id range
+    (ScanNet label ids reach the thousands). ``majority(keys)``: the id with most votes per voxel, ties
+    to the smaller id; -1 where a voxel got no vote. Frames are buffered and merged once the buffer
+    outgrows the merged pairs, so a long sequence costs O(P log P) merges a logarithmic number of times.
+    """
+
+    def __init__(self, name: str = "label"):
+        self.name = name
+        self._keys = np.empty(0, np.int64)  # [P] voxel key of each (key, id) pair, sorted by (key, id)
+        self._ids = np.empty(0, np.int64)  # [P]
+        self._counts = np.empty(0, np.int64)  # [P]
+        self._pending = []  # [(keys, ids)] of frames not merged yet
+        self._pending_n = 0
+
+    def __len__(self) -> int:
+        """Distinct (voxel, id) pairs voted for so far."""
+        self._flush()
+        return len(self._keys)
+
+    def add(self, keys: np.ndarray, inverse: np.ndarray, ids: np.ndarray) -> None:
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"{self.name} ids have dtype {ids.dtype}, expected integers")
+        ids = ids.astype(np.int64)
+        if (ids < 0).any():
+            raise ValueError(f"{self.name} ids hold negative values, expected 0 (none) or positive ids")
+        voted = ids > 0
+        if not voted.any():
+            return
+        k = np.asarray(keys, np.int64)[np.asarray(inverse)[voted]]
+        self._pending.append((k, ids[voted]))
+        self._pending_n += len(k)
+        if self._pending_n > max(len(self._keys), 1 << 20):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            k = np.concatenate([p[0] for p in self._pending])
+            ids = np.concatenate([p[1] for p in self._pending])
+            self._pending, self._pending_n = [], 0
+            self._merge(k, ids, np.ones(len(k), np.int64))
+
+    def _merge(self, k: np.ndarray, ids: np.ndarray, counts: np.ndarray) -> None:
+        k = np.concatenate([self._keys, k])
+        ids = np.concatenate([self._ids, ids])
+        counts = np.concatenate([self._counts, counts])
+        order = np.lexsort((ids, k))
+        k, ids, counts = k[order], ids[order], counts[order]
+        first = np.ones(len(k), bool)
+        first[1:] = (k[1:] != k[:-1]) | (ids[1:] != ids[:-1])
+        starts = np.flatnonzero(first)
+        self._keys, self._ids = k[starts], ids[starts]
+        self._counts = np.add.reduceat(counts, starts) if len(starts) else counts[:0]
+
+    def majority(self, keys: np.ndarray) -> np.ndarray:
+        """[N] int64 id with the most votes for each voxel key (ties: smaller id), -1 without votes."""
+        keys = np.asarray(keys, np.int64)
+        out = np.full(len(keys), -1, np.int64)
+        self._flush()
+        if len(self._keys) == 0 or len(keys) == 0:
+            return out
+        # Pairs are sorted by (key, id): within a key, the best is the max count, first (smallest id) on ties.
+        order = np.lexsort((self._ids, -self._counts, self._keys))
+        k_sorted = self._keys[order]
+        first = np.ones(len(k_sorted), bool)
+        first[1:] = k_sorted[1:] != k_sorted[:-1]
+        best_keys, best_ids = k_sorted[first], self._ids[order][first]
+        pos = np.minimum(np.searchsorted(best_keys, keys), len(best_keys) - 1)
+        found = best_keys[pos] == keys
+        out[found] = best_ids[pos[found]]
+        return out
+
+
+def fuse_labelled_frames(frames: FrameSet,
+                         label_images: Dict[str, Callable[[int], Optional[np.ndarray]]],
+                         voxel_size_m: float, *, every: int = 1, max_frames: Optional[int] = None,
+                         max_depth_m: float = 5.0, max_voxels: int = 20_000_000,
+                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+    """:func:`fuse_frames_to_points` with per-voxel majority votes of 2D id images.
+
+    ``label_images[name](i)`` gives frame ``i``'s [H, W] integer id image registered to the depth camera
+    at the depth resolution (0 = unlabelled / none), or None where that frame has none (it then casts no
+    votes for ``name``). Returns (coord, color, normal, {name: [M] int64 majority id, -1 where no
+    labelled pixel fell into the voxel}). Pixels without valid depth fuse nothing and vote nothing.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    indices = list(range(0, len(frames), every))[:max_frames]
+    if not indices:
+        raise ValueError("fuse_labelled_frames: no frames to fuse")
+    vmap = VoxelMap(voxel_size_m, max_voxels, 1, max_depth_m=max_depth_m)
+    votes = {name: LabelVotes(name) for name in label_images}
+    for i in indices:
+        f = frames.frame(i).registered()
+        images = {}
+        for name, get in label_images.items():
+            img = get(i)
+            if img is not None:
+                images[name] = img
+        vmap.integrate_labelled(f.color, f.depth_m, f.K_depth, f.cam_to_world, votes, images)
+    if len(vmap) == 0:
+        raise ValueError(f"fusing {len(indices)} frames gave no points (no valid depth within {max_depth_m} m)")
+    keys = vmap.keys()
+    return (vmap.coords().astype(np.float32), vmap.colors().astype(np.float32),
+            vmap.normals().astype(np.float32), {name: v.majority(keys) for name, v in votes.items()})

@@ -18,6 +18,10 @@ class TeacherConfig:
     head_hidden: Optional[int] = None  # projection head of eq. 16: None = one 1x1 conv, else a 2-layer MLP
     # keyword arguments of build_teacher(name, ...), e.g. {input_size: [480, 640]} or {repo_dir: ...}
     options: Dict[str, Any] = field(default_factory=dict)
+    # the name this teacher goes by in the loss, its projector and the logs; None: ``name``. Two teachers
+    # built from one network (Chorus: EfficientNet-Lite0 split into a low-level s8 teacher and a semantic
+    # head teacher, each with its own projector) need different keys.
+    key: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class PretrainConfig:
     train: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # start from these weights (a pretraining or imported encoder checkpoint; gcross_core.pretraining.init);
+    # the optimizer and schedule start fresh. None: random initialisation
+    init_checkpoint: Optional[str] = None
 
     def __post_init__(self) -> None:
         if abs(self.data.pipeline.grid_size_m - self.model.grid_size_m) > 1e-12:

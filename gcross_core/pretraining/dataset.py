@@ -37,11 +37,11 @@ from gcross_core.types import Cameras, PointBatch
 from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.data.frames import FrameSet, find_frames_dir
 from gcross_core.data.scene import Scene, load_scene
-from gcross_core.mapping.fusion import fuse_frames_to_points
+from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
 from gcross_core.train.trainer import SeededDataset
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
 from gcross_core.errors import InputError
-from gcross_core.model.features import GCROSS_CONVENTION, encoder_features
+from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,29 @@ class PretrainDataConfig:
     max_points: Optional[int] = None  # cap on grid cells per scene (memory); None = no crop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     segment: Optional[str] = None  # label file carried along (load_scene's choice when None), "none" to skip
-    fuse_voxel_size_m: float = 0.02  # frames-only scenes: voxel size of the fused points
-    fuse_every: int = 1  # frames-only scenes: fuse every k-th frame
+    # frames-only scenes (a SensReader frames folder, no coord.npy) are fused into points once and cached
+    # (gcross_core.mapping.fusion_cache, keyed by these three settings)
+    fuse_voxel_size_m: float = 0.02  # voxel size of the fused points
+    fuse_every: int = 1  # fuse every k-th frame
+    fuse_max_depth_m: float = 5.0  # depth beyond this is ignored when fusing
+    # where the fused points are cached: None = <scene>/fused (read-only scenes then fuse on every load)
+    fuse_cache_root: Optional[str] = None
+    # up direction of frames-only scenes (the augmentations rotate about z and the head's volume is laid out
+    # with z up): None = the world is z-up already (warned when the cameras say otherwise); "cameras" or
+    # "plane" = estimated (gcross_core.data.gravity.estimate_up); "x,y,z" = given. Points and poses are
+    # rotated so that up becomes +z.
+    up: Optional[str] = None
     teacher_caches: Tuple[TeacherCacheSpec, ...] = ()  # attach cached teacher features when all views have them
     # SensReader exports kept apart from the point folders: frames of scene folder X at <frames_root>/<X name>
     frames_root: Optional[str] = None
+    # encoder input convention (gcross_core.model.features.InputConvention), recorded in the checkpoint;
+    # starting from an imported checkpoint (init_checkpoint) takes that checkpoint's convention
+    input_features: str = GCROSS_CONVENTION.input_features
+    grid_lattice: str = GCROSS_CONVENTION.grid_lattice
+
+    @property
+    def convention(self) -> InputConvention:
+        return InputConvention(self.input_features, self.grid_lattice)
 
     def __post_init__(self) -> None:
         if self.views_per_scene < 1:
@@ -161,6 +179,45 @@ def collate_pretrain(samples: Sequence[PretrainSample]) -> PretrainBatch:
                          frame_ids=[f for s in samples for f in s.frame_ids])
 
 
+UP_WARN_DEG = 30.0  # a world whose camera-estimated up is further than this from +z is probably not z-up
+
+
+def up_transform(frames: FrameSet, coord: np.ndarray, up: Optional[str], name: str = "scene") -> Optional[np.ndarray]:
+    """[4, 4] rotation making the up direction of a scene +z (``up``: see :attr:`PretrainDataConfig.up`), or
+    None for ``up`` None (then a warning when the camera poses put up more than ``UP_WARN_DEG`` from +z)."""
+    from gcross_core.data.gravity import estimate_up, parse_up, rotation_to_z_up
+
+    if up is None:
+        try:
+            est = estimate_up(frames, "cameras")
+        except InputError:
+            return None
+        angle = float(np.degrees(np.arccos(np.clip(est[2], -1.0, 1.0))))
+        if angle > UP_WARN_DEG:
+            log.warning("scene %s: its cameras put up at %s, %.0f deg from +z; the model assumes z-up. Set "
+                        "data.pipeline.up (cameras, plane or x,y,z) to rotate it", name,
+                        np.round(est, 3).tolist(), angle)
+        return None
+    method, given = parse_up(up)
+    est = estimate_up(frames, method, given, points=np.asarray(coord))
+    log.info("scene %s: up %s (%s) rotated to +z", name, np.round(est, 3).tolist(), method)
+    return rotation_to_z_up(est)
+
+
+def transform_scene(scene: Scene, T: Optional[np.ndarray]) -> Scene:
+    """Points, normals and frame poses of ``scene`` moved by the rotation ``T`` [4, 4] (None: unchanged)."""
+    if T is None:
+        return scene
+    R = T[:3, :3].astype(np.float32)
+    return Scene(scene.name, np.asarray(scene.coord, np.float32) @ R.T, scene.color,
+                 np.asarray(scene.normal, np.float32) @ R.T, frames=scene.frames.transformed(T))
+
+
+def align_up(scene: Scene, up: Optional[str]) -> Scene:
+    """``scene`` (points and frames) rotated so that its up direction is +z (:func:`up_transform`)."""
+    return transform_scene(scene, up_transform(scene.frames, scene.coord, up, scene.name))
+
+
 def _crop_nearest(coord: np.ndarray, center: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k rows of coord nearest to center, in their original order."""
     d = np.sum((coord - center) ** 2, axis=1)
@@ -171,7 +228,8 @@ class PretrainDataset(Dataset):
     """Map-style dataset over scenes: item ``i`` is one :class:`PretrainSample` of scene ``i``.
 
     scenes: scene folders (loaded per item, frames opened once per worker) or in-memory Scenes.
-    Frames-only folders are fused into points once, at construction. Every scene needs frames.
+    Frames-only folders are fused into points once, at construction, through the fused-points cache
+    (``gcross_core.mapping.fusion_cache``, keyed by the fuse_* settings). Every scene needs frames.
     ``seed`` seeds the stream plain indexing draws from (``sample(index, rng)`` takes its own generator).
     """
 
@@ -194,15 +252,20 @@ class PretrainDataset(Dataset):
                 if (path / "coord.npy").is_file():
                     self._sources.append(path)  # loaded per item
                     continue
-                log.info("fusing the frames of %s into points (voxel %.3f m)", path, cfg.fuse_voxel_size_m)
                 src = load_scene(path, segment="none", frames_dir=fdir)
+                cache_dir = default_cache_dir(path, cfg.fuse_cache_root)
+            else:
+                cache_dir = None
             if src.frames is None or len(src.frames) == 0:
                 raise InputError(f"scene {src.name!r} has no frames; pretraining renders its views")
-            if src.coord is None:  # frames-only: fused once, here
-                coord, color, normal = fuse_frames_to_points(src.frames, cfg.fuse_voxel_size_m,
-                                                             every=cfg.fuse_every)
-                src = Scene(src.name, coord, color, normal, frames=src.frames)
+            if src.coord is None:  # frames-only: fused once (or read from the cache), here
+                fused = fused_points(src.frames, self.fusion_settings, cache_dir)
+                src = align_up(Scene(src.name, fused.coord, fused.color, fused.normal, frames=src.frames), cfg.up)
             self._sources.append(src)
+
+    @property
+    def fusion_settings(self) -> FusionSettings:
+        return FusionSettings(self.cfg.fuse_voxel_size_m, self.cfg.fuse_every, self.cfg.fuse_max_depth_m)
 
     def __len__(self) -> int:
         return len(self._sources)
@@ -274,8 +337,8 @@ class PretrainDataset(Dataset):
         if aug.mirrors_images:  # features follow their images left-right (an approximation at feature stride)
             cached = {t: np.ascontiguousarray(f[..., ::-1]) for t, f in cached.items()}
 
-        # pretraining feeds gcross's input convention; pretrain_metadata records it in the checkpoint
-        keep, grid_coord, inverse = grid_sample(coord, cfg.grid_size_m, rng, lattice=GCROSS_CONVENTION.grid_lattice)
+        # the configured input convention (pretrain_metadata records it in the checkpoint)
+        keep, grid_coord, inverse = grid_sample(coord, cfg.grid_size_m, rng, lattice=cfg.convention.grid_lattice)
         if cfg.max_points is not None and len(keep) > cfg.max_points:
             rows = _crop_nearest(coord[keep], self._crop_center(w2c[0], depths[0], coord), cfg.max_points)
             new_row = np.full(len(keep), -1, dtype=np.int64)
@@ -286,7 +349,7 @@ class PretrainDataset(Dataset):
             color, normal, coord = color[originals], normal[originals], coord[originals]
             keep = np.searchsorted(originals, keep)  # kept points are among the originals by construction
             segment = None if segment is None else segment[originals]
-        feat = encoder_features(color[keep], normal[keep], GCROSS_CONVENTION.input_features)
+        feat = encoder_features(color[keep], normal[keep], cfg.convention.input_features)
         return PretrainSample(
             name=scene.name, coord=coord[keep], feat=feat, grid_coord=grid_coord.astype(np.int32),
             inverse=inverse.astype(np.int64), segment=segment, images=np.stack(images),

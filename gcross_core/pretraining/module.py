@@ -153,10 +153,16 @@ def visualize(out: Mapping[str, Any], batch: Any = None) -> Dict[str, np.ndarray
 
 
 def build_teachers(cfgs: Sequence[TeacherConfig]) -> Tuple[Teacher, ...]:
-    names = [c.name for c in cfgs]
+    names = [c.key or c.name for c in cfgs]
     if len(set(names)) != len(names):
-        raise ValueError(f"teachers {names} name one teacher twice")
-    return tuple(build_teacher(c.name, **dict(c.options)) for c in cfgs)
+        raise ValueError(f"teachers {names} name one teacher twice (give each a distinct key)")
+    teachers = []
+    for c in cfgs:
+        t = build_teacher(c.name, **dict(c.options))
+        if c.key:
+            t.name = c.key
+        teachers.append(t)
+    return tuple(teachers)
 
 
 def build_pretrain_module(cfg: PretrainConfig) -> PretrainModule:

@@ -16,10 +16,11 @@ from torch.utils.data import Dataset
 from gcross_core.checkpoint import PRETRAIN_ENCODER_PREFIX, PRETRAIN_KIND
 from gcross_core.config import to_dict
 from gcross_core.errors import ConfigError
-from gcross_core.model.features import GCROSS_CONVENTION
+from gcross_core.model.features import GCROSS_CONVENTION, InputConvention
 from gcross_core.model.gaussiancross import GaussianCrossConfig
 from gcross_core.pretraining.config import DataSection, PretrainConfig, SyntheticRooms
 from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
+from gcross_core.pretraining.init import config_for_init, load_init_weights
 from gcross_core.pretraining.module import build_pretrain_module, visualize
 from gcross_core.train.distributed import barrier, init_distributed, shutdown_distributed
 from gcross_core.train.trainer import FINAL_CHECKPOINT, Trainer, TrainState, seed_everything
@@ -31,7 +32,18 @@ def pretrain_metadata(model_cfg: GaussianCrossConfig, config: Any) -> Dict[str, 
     """Checkpoint metadata of a pretraining run (the encoder lies under ``PRETRAIN_ENCODER_PREFIX``)."""
     return {"kind": PRETRAIN_KIND, "model_config": to_dict(model_cfg), "encoder_config": to_dict(model_cfg.encoder),
             "encoder_prefix": PRETRAIN_ENCODER_PREFIX, "grid_size_m": model_cfg.grid_size_m, "config": to_dict(config),
-            **GCROSS_CONVENTION.to_metadata()}
+            **_convention_of(config).to_metadata()}
+
+
+def _convention_of(config: Any) -> InputConvention:
+    """The input convention a run's config feeds (data.pipeline; gcross's own when the config has none)."""
+    pipeline = getattr(getattr(config, "data", None), "pipeline", None)
+    if pipeline is None and isinstance(config, dict):
+        pipeline = (config.get("data") or {}).get("pipeline")
+        if isinstance(pipeline, dict) and "input_features" in pipeline:
+            return InputConvention(pipeline["input_features"], pipeline["grid_lattice"])
+        return GCROSS_CONVENTION
+    return pipeline.convention if pipeline is not None else GCROSS_CONVENTION
 
 
 class _Looped(Dataset):
@@ -48,6 +60,17 @@ class _Looped(Dataset):
 
     def sample(self, index: int, rng: np.random.Generator):
         return self.dataset.sample(index % len(self.dataset), rng)
+
+
+def repeats_per_epoch(num_scenes: int, loop: int, batch_size: int) -> int:
+    """How often each scene appears per epoch: ``data.loop``, raised until one epoch fills a global batch
+    (a single room with ``batch_size`` 2 repeats twice instead of failing)."""
+    need = -(-int(batch_size) // max(int(num_scenes), 1))
+    if need > loop:
+        log.info("%d scene(s) for a global batch of %d: each repeats %d times per epoch (data.loop %d -> %d); "
+                 "train.max_steps bounds the run", num_scenes, batch_size, need, loop, need)
+        return need
+    return int(loop)
 
 
 def synthetic_scene_dirs(cfg: SyntheticRooms, run_dir, create: bool = True) -> List[Path]:
@@ -99,14 +122,18 @@ def run_pretraining(cfg: PretrainConfig, run_dir, resume: bool = False, progress
             scene_dirs(cfg.data, run_dir, create=True)
         barrier(dist)
         dirs = scene_dirs(cfg.data, run_dir, create=False)
+        cfg = config_for_init(cfg)
         dataset = PretrainDataset(dirs, cfg.data.pipeline)
-        if cfg.data.loop > 1:
-            dataset = _Looped(dataset, cfg.data.loop)
+        loop = repeats_per_epoch(len(dataset), cfg.data.loop, cfg.train.batch_size)
+        if loop > 1:
+            dataset = _Looped(dataset, loop)
         seed_everything(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts)
         module = build_pretrain_module(cfg)
+        if cfg.init_checkpoint:
+            load_init_weights(module, cfg.init_checkpoint)
         log.info("pretraining %s: %.2fM trainable parameters, %d scenes, teachers %s", cfg.name,
                  sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, len(dirs),
-                 [t.name for t in cfg.teachers] if cfg.loss.use_sem else "none")
+                 [t.key or t.name for t in cfg.teachers] if cfg.loss.use_sem else "none")
         trainer = Trainer(module, _step, dataset, collate_pretrain, cfg.run_config(), run_dir, dist_info=dist,
                           visualize_fn=visualize, checkpoint_metadata=pretrain_metadata(cfg.model, cfg),
                           resolved_config=cfg, progress=progress, tensorboard=tensorboard)

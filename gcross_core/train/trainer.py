@@ -357,7 +357,7 @@ class Trainer:
         self.steps_per_epoch = self.sampler.num_samples // self.batch_per_rank
         if self.steps_per_epoch == 0:
             raise ValueError(f"dataset of {len(dataset)} samples is smaller than the global batch "
-                             f"{tc.batch_size}; lower train.batch_size")
+                             f"{tc.batch_size}; lower train.batch_size or repeat the data (data.loop)")
         self.collate_fn = collate_fn
         self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
 

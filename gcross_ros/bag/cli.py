@@ -4,6 +4,7 @@
     gcross-bag play BAG [--rate R] [--loop] [--topics T ...] [--clock] [--wait-for-subscribers S]
     gcross-bag eval BAG --checkpoint CKPT --out DIR [--params-file YAML] [--radius-m R] [--render-panel]
     gcross-bag eval-live BAG --out DIR [--cloud-topic T] [--rate R]   (with the node running)
+    gcross-bag export BAG --out SCENE [--every N] [--color-topic T ...]   (bag -> frames-only scene folder)
     gcross-bag info BAG
 
 ``play`` and ``eval-live`` need rclpy and the message packages; the other commands do not. Each command
@@ -59,6 +60,25 @@ def cmd_record(args) -> int:
              *summary.image_size, summary.gt_points,
              f", {summary.frames_skipped_invalid_pose} frames skipped (invalid pose)"
              if summary.frames_skipped_invalid_pose else "")
+    return 0
+
+
+# ---------------------------------------------------------------- export
+
+def cmd_export(args) -> int:
+    from gcross_core.mapping.fusion_cache import FusionSettings
+    from gcross_ros.bag.export import ExportConfig, export_bag
+
+    fusion = None if args.no_fuse else FusionSettings(args.fuse_voxel_size_m, 1, args.fuse_max_depth_m)
+    cfg = ExportConfig(color_topic=args.color_topic, depth_topic=args.depth_topic,
+                       camera_info_topic=args.camera_info_topic, pose_topic=args.pose_topic,
+                       map_frame=args.map_frame, every=args.every, max_frames=args.max_frames, slop_s=args.slop_s,
+                       pose_tolerance_s=args.pose_tolerance_s, color_format=args.color_format, fusion=fusion)
+    s = export_bag(args.bag, args.out, cfg)
+    print(json.dumps({"scene": str(s.out), "frames": s.frames_written, "image_size": list(s.image_size),
+                      "topics": s.topics, "frames_without_pose": s.frames_without_pose,
+                      "images_unmatched": s.messages_unmatched, "fused_points": s.fused_points,
+                      "fuse_seconds": round(s.fuse_seconds, 2)}))
     return 0
 
 
@@ -185,6 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--voxel-size-m", type=float, default=None)
     lv.add_argument("--radius-m", type=float, default=None)
     lv.set_defaults(func=cmd_eval_live)
+
+    x = sub.add_parser("export", help="write a bag's RGB-D frames as a frames-only scene folder (SensReader "
+                                      "layout) and cache its fused points, for pretraining / adaptation")
+    x.add_argument("bag")
+    x.add_argument("--out", required=True, help="scene folder to create (frames/ and fused/ go inside)")
+    x.add_argument("--every", type=int, default=1, help="keep every N-th synchronised frame")
+    x.add_argument("--max-frames", type=int, default=None)
+    x.add_argument("--color-topic", default=None, help="default: found by driver name (color/image_raw, ...)")
+    x.add_argument("--depth-topic", default=None,
+                   help="default: aligned_depth_to_color, depth_to_rgb, depth_registered, then depth/image_raw")
+    x.add_argument("--camera-info-topic", default=None, help="default: <colour namespace>/camera_info")
+    x.add_argument("--pose-topic", default=None,
+                   help="geometry_msgs/PoseStamped camera-to-map; default: the only PoseStamped topic, else /tf")
+    x.add_argument("--map-frame", default="map", help="TF frame of the poses (with /tf)")
+    x.add_argument("--slop-s", type=float, default=0.02, help="largest colour/depth stamp difference")
+    x.add_argument("--pose-tolerance-s", type=float, default=0.1, help="largest image/pose stamp difference")
+    x.add_argument("--color-format", choices=("jpg", "png"), default="jpg")
+    x.add_argument("--fuse-voxel-size-m", type=float, default=0.02,
+                   help="voxel size of the cached fused points (match data.pipeline.fuse_voxel_size_m)")
+    x.add_argument("--fuse-max-depth-m", type=float, default=5.0, help="depth beyond this is not fused")
+    x.add_argument("--no-fuse", action="store_true", help="write the frames only (fused on first use)")
+    x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="topics, counts and metadata of a bag")
     i.add_argument("bag")

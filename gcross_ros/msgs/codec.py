@@ -158,6 +158,46 @@ def decode_depth_m(msg) -> np.ndarray:  # -> [H, W] float32 metres
     return depth_mm_to_m(depth) if msg.encoding in DEPTH_MM_ENCODINGS else depth
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COMPRESSED_DEPTH_HEADER = 12  # compressed_depth_image_transport: int32 format + 2 float32 quantisation terms
+
+
+def _decode_compressed(data: np.ndarray, fmt: str, what: str) -> np.ndarray:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            return np.asarray(im.convert("RGB") if what == "color" else im)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(f"compressed {what} image (format {fmt!r}) cannot be decoded: {e}") from e
+
+
+def decode_compressed_color_rgb(msg) -> np.ndarray:  # -> [H, W, 3] uint8 RGB
+    """RGB of a sensor_msgs/CompressedImage (image_transport ``compressed``: JPEG or PNG)."""
+    return _decode_compressed(_byte_view(msg.data), str(msg.format), "color")
+
+
+def decode_compressed_depth_m(msg) -> np.ndarray:  # -> [H, W] float32 metres
+    """Metres of a 16-bit depth CompressedImage: ``compressedDepth`` PNG (12-byte header first) or a plain
+    16-bit PNG of millimetres. 32FC1 ``compressedDepth`` (quantised inverse depth) is not supported."""
+    data, fmt = _byte_view(msg.data), str(msg.format)
+    if "32FC1" in fmt:
+        raise InputError(f"compressed depth format {fmt!r} (quantised 32FC1) is not supported; record 16UC1 "
+                         "depth (millimetres) or raw depth images")
+    raw = data.tobytes()
+    if raw[:8] != _PNG_SIGNATURE:
+        if raw[_COMPRESSED_DEPTH_HEADER:_COMPRESSED_DEPTH_HEADER + 8] != _PNG_SIGNATURE:
+            raise InputError(f"compressed depth image (format {fmt!r}) is not a 16-bit PNG")
+        data = data[_COMPRESSED_DEPTH_HEADER:]
+    depth = _decode_compressed(data, fmt, "depth")
+    if depth.ndim != 2 or depth.dtype not in (np.uint16, np.int32, np.uint32, np.int64):
+        raise InputError(f"compressed depth image (format {fmt!r}) decodes to {depth.dtype} {depth.shape}, "
+                         "expected a one-channel 16-bit PNG of millimetres")
+    return depth_mm_to_m(depth.astype(np.uint16))
+
+
 def encode_image(pixels: np.ndarray,  # [H, W, C] or [H, W]
                  encoding: str) -> dict:
     """Image fields (height, width, encoding, is_bigendian, step, data) of ``pixels``: host order, no padding."""

@@ -47,6 +47,7 @@ MISSING_INPUT = {
     "finetune.py": ["--config", MISSING + ".yaml", "--out", "out"],
     "import_pointcept.py": [MISSING + ".pth", "out.safetensors"],
     "prepare_scannet.py": ["--scannet-root", MISSING, "--out", "out"],
+    "prepare_frames.py": ["--scenes", MISSING, "--out", "out"],
     "pretrain.py": ["--config", MISSING + ".yaml", "--out", "out"],
     "stamp_convention.py": [MISSING + ".safetensors"],
 }

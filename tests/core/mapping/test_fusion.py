@@ -413,3 +413,18 @@ def test_concurrent_integrate_and_segment_updates():
     assert len(vm) <= 3_000
     labels = vm.labels()
     assert set(np.unique(labels)) <= {-1, 0}
+
+
+def test_label_votes_majority_across_frames_and_buffering():
+    from gcross_core.mapping.fusion import LabelVotes
+
+    votes = LabelVotes()
+    keys = np.array([10, 20, 30], np.int64)
+    # frame 1: voxel 10 gets ids 3, 3, 5; voxel 20 only unlabelled pixels; voxel 30 id 7
+    votes.add(keys, np.array([0, 0, 0, 1, 1, 2]), np.array([3, 3, 5, 0, 0, 7]))
+    # frame 2: voxel 10 gets 5, 5, 5 -> 5 wins 4 to 2; voxel 30 gets 2 -> tie 1:1 with 7, smaller id wins
+    votes.add(keys, np.array([0, 0, 0, 2]), np.array([5, 5, 5, 2]))
+    np.testing.assert_array_equal(votes.majority(np.array([10, 20, 30, 40])), [5, -1, 2, -1])
+    assert len(votes) == 4  # (10, 3), (10, 5), (30, 7), (30, 2)
+    with pytest.raises(ValueError, match="negative"):
+        votes.add(keys, np.array([0]), np.array([-2]))

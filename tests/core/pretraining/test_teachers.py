@@ -311,3 +311,18 @@ def test_multi_teacher_projection_trains_each_head_with_its_weight():
         proj(rendered, {"radio": (2, 2)})
     with pytest.raises(ValueError, match="may only contain"):
         MultiTeacherProjection(4, {"a.b": TeacherHeadSpec(3)})
+
+
+def test_one_network_split_into_two_keyed_teachers_each_with_its_own_projector():
+    """Chorus: EfficientNet-Lite0 as a low-level s8 teacher and a semantic head teacher, by distinct keys."""
+    from gcross_core.pretraining.config import TeacherConfig
+    from gcross_core.pretraining.module import build_teachers
+
+    opts = {"input_size": (64, 96)}
+    cfgs = [TeacherConfig(key="lite0_s8", options={**opts, "layers": ["s8"]}),
+            TeacherConfig(key="lite0_head", options={**opts, "layers": ["head"]})]
+    low, sem = build_teachers(cfgs)
+    assert (low.name, sem.name) == ("lite0_s8", "lite0_head")
+    assert (low.feature_dim, sem.feature_dim) == (40, 1280)
+    with pytest.raises(ValueError, match="distinct key"):
+        build_teachers([TeacherConfig(options=opts), TeacherConfig(options=opts)])

@@ -1,0 +1,332 @@
+"""Real tabletop frames (mOSD): does GaussianCross pretraining help on real sensor data? CPU, minutes.
+
+    python benchmarks/real_tabletop.py --mosd DIR --frames7 DIR [--out runs/real_tabletop] [--seeds 0 1 2]
+        [--steps 150] [--few-steps 100] [--probe-steps 100] [--probe-seeds 0] [--pretrain-steps 160]
+        [--chorus-steps 160] [--phases full few probe chorus] [--threads 1]
+
+``--mosd``: the mOSD labelled frames (``learn/learnN``, ``test/testN``, each one frame with
+``frames/label`` and ``frames/instance``); ``--frames7``: a 7-Scenes sequence in the SensReader layout
+(unlabelled). Steps, each reused when its output exists (an interrupted experiment continues):
+
+1. scene folders: ``training/prepare_frames.py`` logic, mOSD with ``--classes table,object --up plane``
+   at 1 cm, 7-Scenes with ``--up cameras`` at 2 cm, every 3rd frame (``<out>/data``);
+2. encoders: synthetic rooms pretraining as the shipped checkpoint's lineage
+   (``training/make_demo_checkpoint.sh``: 8 rooms, ``synthetic_tiny.yaml``, seed 0), and
+   ``pretrain_real_frames.yaml`` on the 7-Scenes room plus the 45 mOSD learn frames (labels unused;
+   the test frames are never used for pretraining);
+3. fine-tuning with ``finetune_tabletop.yaml`` on mOSD learn, evaluated on mOSD test, for each encoder
+   init (random, synthetic, real) and seed: all 45 labelled frames (``full``), 5 labelled frames drawn
+   by the seed (``few``), the linear probe on the frozen encoder (``probe``);
+4. ``chorus``: real-frame pretraining with two teachers from the offline EfficientNet-Lite0, each with its
+   own projector (a low-level stride-8 teacher and the semantic 1280-channel head), against one teacher
+   with the same two taps concatenated; each fine-tuned on all labels.
+
+Writes ``<out>/report.md``, ``<out>/report.json`` and ``<out>/frames/<test scene>.png`` (colour |
+ground truth | prediction of each encoder init, seed 0, all labels; class colours: table, object,
+grey = no label / no depth). Instance AP50/AP25 columns are filled from a run's ``eval/results.json``
+when its segmenter has an instance head (``instance`` metrics there); otherwise they read "not available".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from gcross_core.config import load_config  # noqa: E402
+from gcross_core.data.labelled_frames import (LabelledFramesConfig, apply_class_map,  # noqa: E402
+                                              prepare_labelled_scenes)
+from gcross_core.data.scene import load_scene  # noqa: E402
+from gcross_core.evaluation.map_score import transfer_labels  # noqa: E402
+from gcross_core.evaluation.report import class_palette  # noqa: E402
+from gcross_core.pretraining.config import PretrainConfig, TeacherConfig  # noqa: E402
+from gcross_core.pretraining.run import run_pretraining  # noqa: E402
+from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa: E402
+
+CONFIGS = ROOT / "training" / "configs"
+FINETUNE = CONFIGS / "finetune_tabletop.yaml"
+CLASS_MAP = {1: "table", 2: "object"}
+INITS = ("scratch", "synthetic", "real")
+INIT_LABEL = {"scratch": "random (scratch)", "synthetic": "pretrained on synthetic rooms",
+              "real": "pretrained on real unlabelled frames (7-Scenes + mOSD learn)"}
+log = logging.getLogger("real_tabletop")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def prepare_data(mosd: Path, frames7: Path, data: Path) -> None:
+    prepare_labelled_scenes(mosd, data / "mosd", CLASS_MAP, LabelledFramesConfig(voxel_size_m=0.01, up="plane"))
+    prepare_labelled_scenes(frames7, data / "frames7", None,
+                            LabelledFramesConfig(voxel_size_m=0.02, every=3, up="cameras"))
+    real = data / "real_frames"  # the pretraining scenes: links to the 7-Scenes room and the mOSD learn frames
+    real.mkdir(parents=True, exist_ok=True)
+    sources = [p for p in sorted((data / "frames7").rglob("coord.npy"))]
+    sources += sorted((data / "mosd" / "learn").glob("*/coord.npy"))
+    for c in sources:
+        link = real / (c.parent.name if "frames7" not in str(c) else f"7scenes_{c.parent.name}")
+        if not link.exists():
+            link.symlink_to(c.parent.resolve(), target_is_directory=True)
+
+
+def make_synthetic_rooms(data: Path) -> Path:
+    rooms = data / "synthetic_rooms"
+    if not rooms.is_dir() or len(list(rooms.iterdir())) < 8:
+        cmd = [sys.executable, str(ROOT / "training" / "make_synthetic.py"), "--out", str(rooms), "--rooms", "8",
+               "--seed", "0", "--views", "8", "--width", "80", "--height", "60", "--points", "20000", "--quiet"]
+        if subprocess.run(cmd).returncode:
+            raise SystemExit("make_synthetic.py failed")
+    return rooms
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+def pretrain(out: Path, config: Path, overrides, teachers=None, report_only: bool = False):
+    final = out / "final.safetensors"
+    if final.is_file():
+        return final
+    if report_only:
+        return None
+    cfg = load_config(config, PretrainConfig, overrides)
+    if teachers is not None:
+        cfg = replace(cfg, teachers=tuple(teachers))
+    t = time.perf_counter()
+    run_pretraining(cfg, out, progress=False, tensorboard=False)
+    log.warning("pretrained %s in %.0f s", out.name, time.perf_counter() - t)
+    return final
+
+
+def finetune(out: Path, data_root: Path, seed: int, pretrained, steps: int, few: bool = False,
+             probe: bool = False, report_only: bool = False):
+    res_file = out / "eval" / "results.json"
+    if not res_file.is_file() and report_only:
+        return None
+    if not res_file.is_file():
+        overrides = [f"data.root={data_root}", f"train.seed={seed}", f"train.max_steps={steps}", "train.device=cpu"]
+        if few:
+            overrides += ["data.limited_scenes_pct=11.2", f"data.split_seed={seed}"]  # 5 of 45 frames
+        if probe:
+            overrides += ["linear_probe=true", "bn_recalibration_batches=10", "optim.lr=0.05"]
+        cfg = load_config(FINETUNE, FinetuneConfig, overrides)
+        t = time.perf_counter()
+        run_finetuning(cfg, out, str(pretrained) if pretrained else None, progress=False, tensorboard=False)
+        (out / "seconds.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
+    res = json.loads(res_file.read_text())
+    m = res["metrics"]
+    inst = res.get("instance") or m.get("instance")
+    return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"],
+            "iou": {k: v["iou"] for k, v in m["per_class"].items()},
+            "ap50": inst.get("ap50") if inst else None, "ap25": inst.get("ap25") if inst else None,
+            "seconds": float((out / "seconds.txt").read_text()) if (out / "seconds.txt").is_file() else None}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def _stat(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return (100 * statistics.fmean(values), 100 * statistics.stdev(values) if len(values) > 1 else 0.0,
+            len(values))
+
+
+def _fmt(stat):
+    if stat is None:
+        return "not run"
+    m, s, n = stat
+    return f"{m:.1f} ± {s:.1f} (n={n})" if n > 1 else f"{m:.1f} (n=1)"
+
+
+def _ap(runs, key):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return _fmt(_stat(vals)) if vals else "not available"
+
+
+def frame_pngs(out: Path, test_root: Path, segmenters: dict) -> list:
+    """Per test frame: colour | ground truth | each init's prediction, seen from the frame's camera."""
+    from gcross_core.geometry import backproject_depth
+
+    pal = class_palette(2)
+    grey = np.array([60, 60, 60], np.uint8)
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    written = []
+    preds_cache = {}
+    for scene_dir in sorted(test_root.iterdir(), key=lambda p: (len(p.name), p.name)):
+        if not (scene_dir / "coord.npy").is_file():
+            continue
+        scene = load_scene(scene_dir, segment="segment")
+        f = scene.frames.frame(0)
+        h, w = f.depth_m.shape
+        pts, pix = backproject_depth(f.depth_m, f.K_depth)
+        world = pts @ f.cam_to_world[:3, :3].T + f.cam_to_world[:3, 3]
+        label_img = scene.frames.registered_id_image(0, "label")
+        gt = np.full(h * w, -1, np.int64)
+        gt[pix] = apply_class_map(np.where(label_img.reshape(-1)[pix] > 0, label_img.reshape(-1)[pix], -1),
+                                  CLASS_MAP)
+        panels = [("colour", f.color)]
+
+        def paint(labels_at_pix):
+            img = np.broadcast_to(grey, (h * w, 3)).copy()
+            ok = labels_at_pix >= 0
+            img[pix[ok]] = pal[labels_at_pix[ok]]
+            return img.reshape(h, w, 3)
+
+        panels.append(("ground truth", paint(gt[pix])))
+        for name, seg in segmenters.items():
+            labels, _, _ = seg.predict(scene.coord, scene.color, scene.normal)
+            preds_cache[(scene.name, name)] = labels
+            at_pix, _ = transfer_labels(scene.coord, labels, world, 0.015)
+            panels.append((name, paint(at_pix)))
+        tiles = []
+        for title, img in panels:
+            im = Image.fromarray(np.ascontiguousarray(img)).resize((320, 240), Image.NEAREST)
+            canvas = Image.new("RGB", (320, 258), (255, 255, 255))
+            canvas.paste(im, (0, 18))
+            ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0))
+            tiles.append(canvas)
+        sheet = Image.new("RGB", (320 * len(tiles), 258), (255, 255, 255))
+        for k, t in enumerate(tiles):
+            sheet.paste(t, (320 * k, 0))
+        path = out / "frames" / f"{scene.name}.png"
+        sheet.save(path)
+        written.append(str(path))
+    return written
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mosd", type=Path, required=True, help="mOSD labelled frames (learn/, test/)")
+    ap.add_argument("--frames7", type=Path, required=True, help="7-Scenes frames (SensReader layout)")
+    ap.add_argument("--out", type=Path, default=Path("runs/real_tabletop"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps with all labels")
+    ap.add_argument("--few-steps", type=int, default=100, help="fine-tuning steps with 5 labelled frames")
+    ap.add_argument("--probe-steps", type=int, default=100)
+    ap.add_argument("--probe-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--pretrain-steps", type=int, default=160)
+    ap.add_argument("--chorus-steps", type=int, default=160, help="pretraining steps of each Chorus variant")
+    ap.add_argument("--phases", nargs="+", default=["full", "few", "probe", "chorus"],
+                    choices=["full", "few", "probe", "chorus"], help="what to run (finished runs are reused)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true",
+                    help="start nothing: report the finished runs (the others read 'not run')")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    t0 = time.perf_counter()
+    out, data = args.out, args.out / "data"
+    prepare_data(args.mosd, args.frames7, data)
+    mosd = data / "mosd"
+    rooms = make_synthetic_rooms(data)
+    common = ["train.device=cpu", f"train.num_threads={args.threads}", "train.seed=0"]
+    enc = {"scratch": None,
+           "synthetic": pretrain(out / "pretrain_synthetic", CONFIGS / "synthetic_tiny.yaml",
+                                 [f"data.root={rooms}", "data.synthetic.rooms=0", "train.epochs=1000",
+                                  f"train.max_steps={args.pretrain_steps}"] + common, report_only=args.report_only),
+           "real": pretrain(out / "pretrain_real", CONFIGS / "pretrain_real_frames.yaml",
+                            [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}"] + common,
+                            report_only=args.report_only)}
+
+    results = {"full": {}, "few": {}, "probe": {}, "chorus": {}}
+    plan = [("full", args.seeds, args.steps, {}), ("few", args.seeds, args.few_steps, {"few": True}),
+            ("probe", args.probe_seeds, args.probe_steps, {"probe": True})]
+    for phase, seeds, steps, kw in plan:
+        if phase not in args.phases:
+            continue
+        for seed in seeds:
+            for init in INITS:
+                if init != "scratch" and enc[init] is None:
+                    continue  # its pretraining has not run (--report-only)
+                r = finetune(out / phase / f"{init}_seed{seed}", mosd, seed, enc[init], steps,
+                             report_only=args.report_only, **kw)
+                if r is None:
+                    continue
+                results[phase].setdefault(init, []).append(r)
+                print(f"{phase:6s} {init:9s} seed {seed}: mIoU {100 * r['miou']:5.1f}  IoU table "
+                      f"{100 * r['iou']['table']:5.1f} object {100 * r['iou']['object']:5.1f}  "
+                      f"({r['seconds'] or 0:.0f} s)", flush=True)
+    if "chorus" in args.phases:
+        eff = "efficientnet_lite0"
+        opts = {"input_size": [120, 160]}
+        variants = {
+            "two teachers (s8 | head), own projectors": [
+                TeacherConfig(name=eff, key="lite0_s8", loss_weight=0.5, options={**opts, "layers": ["s8"]}),
+                TeacherConfig(name=eff, key="lite0_head", loss_weight=0.5, options={**opts, "layers": ["head"]})],
+            "one teacher, s8 + head concatenated": [
+                TeacherConfig(name=eff, options={**opts, "layers": ["s8", "head"]})]}
+        for k, (label, teachers) in enumerate(variants.items()):
+            ckpt = pretrain(out / f"pretrain_chorus_{k}", CONFIGS / "pretrain_real_frames.yaml",
+                            [f"data.root={data / 'real_frames'}", f"train.max_steps={args.chorus_steps}"] + common,
+                            teachers, report_only=args.report_only)
+            r = finetune(out / "chorus" / f"variant{k}_seed0", mosd, 0, ckpt, args.steps,
+                         report_only=args.report_only) if ckpt else None
+            if r is None:
+                continue
+            results["chorus"][label] = [r]
+            print(f"chorus {label}: mIoU {100 * r['miou']:5.1f}", flush=True)
+
+    # ------------------------------------------------------------------ report
+    segs = {}
+    from gcross_core.segmentation.segmenter import Segmenter
+
+    for init in INITS:
+        ck = out / "full" / f"{init}_seed0" / "segmenter.safetensors"
+        if ck.is_file():
+            segs[init] = Segmenter.from_checkpoint(ck)
+    pngs = frame_pngs(out, mosd / "test", segs) if segs else []
+    lines = ["# Real tabletop frames (mOSD): semantic segmentation (table / object)", "",
+             f"Fine-tuned on mOSD learn (45 frames), scored on mOSD test (43 frames) on the fused points "
+             f"(1 cm voxels, 2 cm encoder grid). Seeds {args.seeds} (probe: {args.probe_seeds}); "
+             f"{args.steps} steps x 4 frames with all labels, {args.few_steps} steps with 5 labelled frames "
+             f"(drawn per seed), linear probe {args.probe_steps} steps; pretraining {args.pretrain_steps} "
+             f"steps (Chorus variants {args.chorus_steps}). mIoU in %, mean ± sample std over seeds.", "",
+             "| encoder init | mIoU, all labels | IoU table / object | mIoU, 5 labelled frames | "
+             "linear probe mIoU | instance AP50 / AP25 |", "|---|---|---|---|---|---|"]
+    for init in INITS:
+        full, few, probe = (results[p].get(init, []) for p in ("full", "few", "probe"))
+        iou_t = _stat([r["iou"]["table"] for r in full])
+        iou_o = _stat([r["iou"]["object"] for r in full])
+        iou = f"{iou_t[0]:.1f} / {iou_o[0]:.1f}" if iou_t and iou_o else "not run"
+        lines.append(f"| {INIT_LABEL[init]} | {_fmt(_stat([r['miou'] for r in full]))} | {iou} | "
+                     f"{_fmt(_stat([r['miou'] for r in few]))} | {_fmt(_stat([r['miou'] for r in probe]))} | "
+                     f"{_ap(full, 'ap50')} / {_ap(full, 'ap25')} |")
+    if results["chorus"]:
+        lines += ["", "Chorus-style teachers (real-frame pretraining, fine-tuned on all labels, seed 0):", "",
+                  "| pretraining teachers | mIoU | IoU table / object |", "|---|---|---|"]
+        for label, rs in results["chorus"].items():
+            r = rs[0]
+            lines.append(f"| {label} | {100 * r['miou']:.1f} | {100 * r['iou']['table']:.1f} / "
+                         f"{100 * r['iou']['object']:.1f} |")
+    for a, b in (("real", "scratch"), ("synthetic", "scratch")):
+        for phase in ("full", "few"):
+            ra, rb = results[phase].get(a, []), results[phase].get(b, [])
+            if ra and rb:
+                d = [100 * (x["miou"] - y["miou"]) for x, y in zip(ra, rb)]
+                lines.append(f"\n{phase}: {a} minus {b}, mIoU {statistics.fmean(d):+.1f} (paired by seed: "
+                             f"{', '.join(f'{v:+.1f}' for v in d)})")
+    lines += ["", "Instance AP: not available unless the segmenter has an instance head.",
+              f"Per test frame (colour | ground truth | " + " | ".join(segs) + f", seed 0): {out / 'frames'}/",
+              f"\n({time.perf_counter() - t0:.0f} s for this invocation)"]
+    text = "\n".join(lines)
+    print(text)
+    (out / "report.md").write_text(text + "\n")
+    (out / "report.json").write_text(json.dumps({"results": results, "pngs": pngs, "args": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
