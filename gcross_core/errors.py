@@ -45,3 +45,7 @@ class TeacherWeightsNotFound(InputError, FileNotFoundError):
 
 class LiveEvalError(GcrossError, RuntimeError):
     """A live evaluation could not complete (the node published nothing usable in time)."""
+
+
+class RenderBackendError(GcrossError, RuntimeError):
+    """A render backend cannot run on this machine (no CUDA, gsplat missing or its CUDA extension not built)."""
