@@ -15,6 +15,9 @@ channel count itself) with the camera z appended by ``render_mode="RGB+D"`` (eq.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from typing import Callable, Optional, Union
 
 import torch
@@ -45,9 +48,62 @@ def gsplat_tile_size(cfg: RenderConfig) -> int:
     return tile_size
 
 
+def find_cuda_home() -> Optional[str]:
+    """The CUDA toolkit root gsplat's extension is built with, or None without a toolkit.
+
+    ``$CUDA_HOME`` when it holds ``bin/nvcc``; otherwise the folder above nvcc's real location. nvcc on
+    PATH may be a wrapper script (``exec /usr/local/cuda-13.0/bin/nvcc "$@"``), and then torch's own guess,
+    two folders above ``which nvcc``, names the wrapper's folder, whose include/ has no CUDA headers; so
+    nvcc is asked where it lives (the ``_HERE_`` line of ``nvcc --dryrun``).
+    """
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.access(os.path.join(home, "bin", "nvcc"), os.X_OK):
+        return home
+    nvcc = shutil.which("nvcc")
+    if nvcc is None and os.access("/usr/local/cuda/bin/nvcc", os.X_OK):
+        nvcc = "/usr/local/cuda/bin/nvcc"
+    if nvcc is None:
+        return None
+    here = None
+    try:
+        dry = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True,
+                             timeout=60)
+        for line in (dry.stdout + dry.stderr).splitlines():
+            if line.startswith("#$ _HERE_="):
+                here = line.split("=", 1)[1].strip()
+                break
+    except (OSError, subprocess.SubprocessError):
+        pass
+    here = here or os.path.dirname(os.path.realpath(nvcc))
+    return os.path.dirname(here) if os.access(os.path.join(here, "nvcc"), os.X_OK) else None
+
+
+def prepare_build_environment() -> Optional[str]:
+    """Point torch's cpp_extension at the toolkit :func:`find_cuda_home` finds and at gsplat's ninja.
+
+    Needed at run time too, not only for the first build: in every new process torch rewrites the
+    extension's build.ninja from CUDA_HOME and reruns ninja, which recompiles (and fails with a wrong
+    CUDA_HOME) when the paths changed. Returns the CUDA_HOME in effect.
+    """
+    home = find_cuda_home()
+    if home:
+        os.environ["CUDA_HOME"] = home
+        cpp_extension = sys.modules.get("torch.utils.cpp_extension")
+        if cpp_extension is not None:  # it read CUDA_HOME when it was imported
+            cpp_extension.CUDA_HOME = home
+    if shutil.which("ninja") is None:  # the ninja wheel's binary is on PATH only in an activated venv
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except (ImportError, AttributeError):
+            pass
+    return home
+
+
 def _cuda_home_hint() -> str:
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    return f"CUDA_HOME={home}" if home else "CUDA_HOME is not set"
+    return f"CUDA_HOME={home}" if home else "CUDA_HOME is not set and no nvcc was found"
 
 
 # What the first load_gsplat() in this process found: gsplat.rasterization or the error. A failed build is
@@ -84,6 +140,7 @@ def _import_gsplat() -> Callable:
         raise RenderBackendError(f"backend='gsplat': gsplat is not importable ({err}); install gsplat==1.5.3 "
                                  f"(requirements/common.txt) and then {_FIX}") from err
     version = getattr(gsplat, "__version__", "?")
+    prepare_build_environment()
     try:
         # Importing the backend module compiles the extension the first time (minutes) and loads it after.
         from gsplat.cuda._backend import _C

@@ -6,6 +6,7 @@ The real kernels run only in tests/gpu; here ``sys.modules`` holds stand-ins for
 reorders channels.
 """
 import logging
+import os
 import sys
 import types
 
@@ -63,6 +64,7 @@ def fake_gsplat(monkeypatch):
     """Install fake gsplat modules; returns a function setting what the extension import does."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gsplat_backend, "_loaded", None)
+    monkeypatch.setattr(gsplat_backend, "prepare_build_environment", lambda: None)
     calls = []
     pkg = types.ModuleType("gsplat")
     pkg.__version__ = "1.5.3"
@@ -194,3 +196,40 @@ def test_auto_sends_float64_cuda_to_the_reference_and_logs_once(caplog):
     assert render_api.choose_backend(cuda, torch.float32) == "gsplat"
     assert render_api.choose_backend(cuda, torch.float16) == "reference"
     assert render_api.choose_backend(torch.device("cpu"), torch.float32) == "reference"
+
+
+def _executable(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_cuda_home_found_through_an_nvcc_wrapper(tmp_path, monkeypatch):
+    """nvcc on PATH is a wrapper script in another folder: CUDA_HOME is where the real nvcc lives."""
+    real = tmp_path / "cuda-13.0"
+    _executable(real / "bin" / "nvcc", f'#!/bin/sh\necho "#$ _HERE_={real}/bin" >&2\n')
+    _executable(tmp_path / "wrappers" / "bin" / "nvcc", f'#!/bin/sh\nexec {real}/bin/nvcc "$@"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'wrappers' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    assert gsplat_backend.find_cuda_home() == str(real)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "wrappers"))
+    assert gsplat_backend.find_cuda_home() == str(tmp_path / "wrappers")  # an explicit CUDA_HOME wins
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nowhere"))  # without bin/nvcc it is ignored
+    assert gsplat_backend.find_cuda_home() == str(real)
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)  # restored after the test
+    assert gsplat_backend.prepare_build_environment() == str(real)
+    assert os.environ["CUDA_HOME"] == cpp_extension.CUDA_HOME == str(real)
+
+
+def test_cuda_home_from_a_symlinked_nvcc_that_prints_nothing(tmp_path, monkeypatch):
+    real = _executable(tmp_path / "toolkit" / "bin" / "nvcc", "#!/bin/sh\nexit 0\n")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "nvcc").symlink_to(real)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'links'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    assert gsplat_backend.find_cuda_home() == str(tmp_path / "toolkit")
