@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the variables are read by the scripts and tests that source this file
 # GPU pins shared by setup_env.sh, gpu_wheelhouse.sh and gpu_check.sh (sourced, not run). The one place
 # that maps torch's CUDA version to the spconv wheel; tests/core/test_gpu_pins.py checks every pin below
 # against PyPI for the platforms named here.
@@ -20,6 +20,10 @@ GPU_CUDA_SERIES="cu118 cu121 cu124 cu126"
 # (torch.version.cuda, e.g. 12.4 or 13.0). Prints one line to stderr and returns 1 when none fits.
 spconv_series() {
   local cuda=$1 major minor
+  if ! [[ "$cuda" =~ ^[0-9]+\.[0-9]+ ]]; then
+    echo "gpu_pins: '$cuda' is not a CUDA version like 12.6 (torch.version.cuda)" >&2
+    return 1
+  fi
   major=${cuda%%.*}
   minor=${cuda#*.}
   minor=${minor%%.*}
