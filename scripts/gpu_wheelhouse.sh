@@ -9,25 +9,27 @@
 #                  spconv/cumm series from scripts/gpu_pins.sh
 #   --out DIR      where DIR/gcross-gpu-wheelhouse-pyXY-cuXXX.tar.xz is written
 #   --index-url    the package index (default: pip's configuration)
+#   --xz-level N   xz preset (default 9; lower is faster and larger, for trying the scripts out)
 #
 # Contents: gsplat and spconv + cumm of the right series with their dependencies, and what the project's
 # GPU tests and benchmarks import (pins from requirements/common.txt). Left out, because the image has
 # them with its torch: torch itself and torch's own requirements (sympy, typing_extensions, ...).
-# The archive is xz-compressed; identical shared libraries (spconv and cumm both bundle libcudart) are
-# stored once as hard links.
+# Documentation and test folders nothing imports are left out (glm's HTML manual inside gsplat, numpy's
+# tests). The archive is xz-compressed; identical files are stored once as hard links.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/gpu_pins.sh
 . scripts/gpu_pins.sh
 
-PY_VERSION="" CUDA="" OUT="" INDEX_ARGS=()
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+PY_VERSION="" CUDA="" OUT="" INDEX_ARGS=() XZ_LEVEL=9
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY_VERSION=${2:-}; shift 2 ;;
     --cuda) CUDA=${2:-}; shift 2 ;;
     --out) OUT=${2:-}; shift 2 ;;
     --index-url) INDEX_ARGS=(--index-url "${2:-}"); shift 2 ;;
+    --xz-level) XZ_LEVEL=${2:-}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu_wheelhouse: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -38,6 +40,7 @@ fi
 if [[ "$CUDA" =~ ^[0-9]+$ ]]; then CUDA="$CUDA.0"; fi
 series=$(spconv_series "$CUDA") || exit 2
 if [ -z "$OUT" ]; then echo "gpu_wheelhouse: --out DIR is required" >&2; exit 2; fi
+if ! [[ "$XZ_LEVEL" =~ ^[0-9]$ ]]; then echo "gpu_wheelhouse: --xz-level must be 0..9, got '$XZ_LEVEL'" >&2; exit 2; fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 tag="py${PY_VERSION/./}-$series"
@@ -94,6 +97,8 @@ echo "gpu_wheelhouse: ${#pinned[@]} packages: ${pinned[*]}"
 
 site="$work/stage/site"
 python3 -m pip install -q --no-deps --no-compile --target "$site" "${INDEX_ARGS[@]}" "${platform[@]}" "${pinned[@]}"
+rm -rf "$site"/gsplat/cuda/csrc/third_party/glm/{doc,test}
+find "$site/numpy" -type d -name tests -prune -exec rm -rf {} +
 python3 - "$site" "$PY_VERSION" "$CUDA" "$series" "${pinned[@]}" <<'EOF'
 import hashlib, json, os, sys
 site, python, cuda, series, packages = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
@@ -101,7 +106,7 @@ seen, linked = {}, 0
 for root, _, files in sorted(os.walk(site)):
     for name in sorted(files):
         path = os.path.join(root, name)
-        if os.path.islink(path) or os.path.getsize(path) < (1 << 20):
+        if os.path.islink(path) or os.path.getsize(path) < (64 << 10):
             continue
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
         if digest in seen:
@@ -113,11 +118,11 @@ for root, _, files in sorted(os.walk(site)):
 manifest = {"python": python, "torch_cuda": cuda, "spconv_series": series, "packages": packages}
 with open(os.path.join(site, "gcross_wheelhouse.json"), "w") as f:
     json.dump(manifest, f, indent=1)
-print(f"gpu_wheelhouse: {linked / 2**20:.1f} MiB of duplicate libraries stored once")
+print(f"gpu_wheelhouse: {linked / 2**20:.1f} MiB of duplicate files stored once")
 EOF
 unpacked=$(du -sm "$site" | cut -f1)
-echo "gpu_wheelhouse: compressing $unpacked MiB (xz -9)"
-tar -C "$work/stage" -cf - site | xz -9 -T0 > "$archive.tmp"
+echo "gpu_wheelhouse: compressing $unpacked MiB (xz -$XZ_LEVEL)"
+tar -C "$work/stage" -cf - site | xz "-$XZ_LEVEL" -T0 > "$archive.tmp"
 mv "$archive.tmp" "$archive"
 size=$(stat -c %s "$archive")
 echo "gpu_wheelhouse: wrote $archive ($(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }') MiB)"
