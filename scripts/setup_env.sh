@@ -27,13 +27,12 @@ GPU=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; fi
 # TORCH_INDEX_URL=URL  install torch from that index instead (e.g. https://download.pytorch.org/whl/cu126 for
 #                      a driver older than CUDA 13, or .../whl/cpu for the CPU build without a local wheel)
-TORCH_INDEX_ARGS=()
-if [ -n "${TORCH_INDEX_URL:-}" ]; then TORCH_INDEX_ARGS=(--index-url "$TORCH_INDEX_URL"); fi
+if [ -n "${TORCH_INDEX_URL:-}" ]; then pip install -q --index-url "$TORCH_INDEX_URL" torch==2.13.0; fi
 
 if [ "$GPU" = 1 ]; then
   echo "setup_env: NVIDIA GPU found: CUDA torch, spconv for torch's CUDA version, gsplat built now"
   # PyPI's Linux torch 2.13.0 is the CUDA 13.0 build (it needs a driver for CUDA 13).
-  pip install -q "${TORCH_INDEX_ARGS[@]}" torch==2.13.0
+  pip install -q torch==2.13.0
   torch_cuda=$(python -c 'import torch; print(torch.version.cuda or "")')
   if [ -z "$torch_cuda" ]; then
     echo "setup_env: the torch in $VENV is a CPU build ($(python -c 'import torch; print(torch.__version__)')) on a GPU" \
@@ -51,8 +50,7 @@ else
   # Pinned, and the CPU build must come from a local wheel (PIP_FIND_LINKS) or the CPU wheel index
   # (TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu): PyPI's torch==2.13.0 itself is the CUDA 13
   # build, several GB of CUDA wheels on a CPU machine.
-  pip install -q "${TORCH_INDEX_ARGS[@]}" torch==2.13.0
-  pip install -q spconv==2.3.8
+  pip install -q torch==2.13.0 spconv==2.3.8
 fi
 pip install -q -r requirements/common.txt
 
