@@ -91,7 +91,9 @@ EOF
 
 check_start=$(date +%s)
 echo "gpu_check: out=$OUT python=$($PY -c 'import sys; print(sys.executable)') MAX_JOBS=$MAX_JOBS dry_run=$DRY_RUN"
-stage unpack 120 unpack || { echo "gpu_check: cannot go on without the wheelhouse" >&2; }
+export -f unpack
+export OUT WHEELHOUSE PY
+stage unpack 120 bash -c unpack || echo "gpu_check: cannot go on without the wheelhouse" >&2
 if [ "$failed" = 0 ]; then
   # Builds gsplat's extension (the longest stage) and checks spconv and a gsplat render on the GPU.
   stage build 420 "$PY" scripts/gpu_selftest.py "${DRY_ARGS[@]}"
