@@ -77,15 +77,15 @@ unpack() {
   [ -f "$manifest" ] || { echo "not a gcross wheelhouse: no site/gcross_wheelhouse.json in $WHEELHOUSE"; return 1; }
   "$PY" - "$manifest" <<'EOF'
 import json, sys
-import torch
 m = json.load(open(sys.argv[1]))
 here = "%d.%d" % sys.version_info[:2]
 print(f"wheelhouse for Python {m['python']}, torch CUDA {m['torch_cuda']} ({m['spconv_series']}); "
       f"{len(m['packages'])} packages")
-print(f"this interpreter: Python {here}, torch {torch.__version__} (CUDA {torch.version.cuda})")
-if m["python"] != here:
+if m["python"] != here:  # checked before torch imports the wheelhouse's compiled numpy
     sys.exit(f"the wheelhouse is for Python {m['python']} but {sys.executable} is {here}: rebuild it with "
              f"scripts/gpu_wheelhouse.sh --python {here}")
+import torch
+print(f"this interpreter: Python {here}, torch {torch.__version__} (CUDA {torch.version.cuda})")
 EOF
 }
 
