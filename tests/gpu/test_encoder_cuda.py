@@ -3,7 +3,8 @@ CUDA). The CPU path (with the project's backward shim and safe scatter) is the o
 against dense convolutions, so it is the oracle here.
 
 Tolerance: float32 on both sides with different summation orders (and TF32 off):
-|cuda - cpu| <= 1e-4 * max|cpu| + 1e-5 for features, ||g_cuda - g_cpu|| <= 1e-3 ||g_cpu|| for gradients.
+|cuda - cpu| <= 1e-3 * max|cpu| + 1e-5 for features, ||g_cuda - g_cpu|| <= 5e-3 ||g_cpu|| for gradients
+(a wrong index table or kernel gives differences of order one).
 """
 import copy
 
@@ -51,9 +52,9 @@ def test_spunet_cuda_matches_cpu(train):
     out_cpu = cpu_model(points)
     out_cuda = cuda_model(points.to("cuda"))
     assert out_cuda.is_cuda and out_cuda.shape == out_cpu.shape == (len(points.coord), SMALL.channels[-1])
-    scale = float(out_cpu.abs().max())
+    scale = float(out_cpu.detach().abs().max())
     err = float((out_cuda.detach().cpu() - out_cpu.detach()).abs().max())
-    assert err <= 1e-4 * scale + 1e-5, f"features differ by {err:.3g} (max |feature| {scale:.3g})"
+    assert err <= 1e-3 * scale + 1e-5, f"features differ by {err:.3g} (max |feature| {scale:.3g})"
 
     cot = torch.randn(out_cpu.shape, generator=torch.Generator().manual_seed(1))
     (out_cpu * cot).sum().backward()
@@ -64,4 +65,4 @@ def test_spunet_cuda_matches_cpu(train):
             continue
         ref = p_cpu.grad.norm()
         rel = float((p_cuda.grad.cpu() - p_cpu.grad).norm() / ref.clamp_min(1e-12))
-        assert rel <= 1e-3, f"gradient of {name}: relative difference {rel:.2e}"
+        assert rel <= 5e-3, f"gradient of {name}: relative difference {rel:.2e}"
