@@ -62,7 +62,7 @@ def _release(name: str, version: str):
     when the release does not exist; skips the test without network access."""
     url = f"https://pypi.org/pypi/{name}/json"
     try:
-        with urllib.request.urlopen(url, timeout=30) as answer:
+        with urllib.request.urlopen(url, timeout=15) as answer:
             project = json.load(answer)
     except urllib.error.HTTPError as err:
         if err.code == 404:
