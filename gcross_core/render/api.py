@@ -16,10 +16,30 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=None)
-def _announce_backend(backend: str, device: str) -> None:
-    """Log an automatic backend choice at INFO the first time it is made for a device (cached per
-    process); every later call is a cache hit and logs nothing, see :func:`render`."""
-    log.info("render backend=auto picked %r for tensors on %s", backend, device)
+def _announce_backend(backend: str, device: str, reason: str) -> None:
+    """Log an automatic backend choice at INFO the first time it is made for a device and reason (cached
+    per process); every later call is a cache hit and logs nothing, see :func:`choose_backend`."""
+    log.info("render backend=auto picked %r for tensors on %s (%s)", backend, device, reason)
+
+
+def choose_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """What ``backend="auto"`` renders Gaussians on ``device`` of ``dtype`` with, logged once per choice.
+
+    gsplat for float32 CUDA tensors; the reference otherwise: on CPU, and on CUDA for dtypes gsplat's
+    kernels are not compiled for (float64 parity checks, half precision), which the reference renders in
+    their own precision.
+    """
+    from gcross_core.render.gsplat_backend import SUPPORTED_DTYPES
+
+    if device.type != "cuda":
+        backend, reason = "reference", "gsplat renders CUDA tensors only"
+    elif dtype not in SUPPORTED_DTYPES:
+        backend, reason = "reference", f"gsplat renders float32 only, these are {dtype}"
+    else:
+        backend, reason = "gsplat", "float32 CUDA tensors"
+    log.debug("render backend=auto picked %r (%s)", backend, reason)
+    _announce_backend(backend, str(device), reason)
+    return backend
 
 
 def render(gaussians: Gaussians, cameras: Cameras, width: int, height: int, backend: str = "auto",
@@ -32,9 +52,10 @@ def render(gaussians: Gaussians, cameras: Cameras, width: int, height: int, back
         cameras: world_to_cam [C, 4, 4], K [C, 3, 3] for a ``width`` x ``height`` image (OpenCV: x right,
             y down, z forward), and ``cameras.batch`` [C] the scene each camera looks at.
         width, height: image size in pixels.
-        backend: "reference" (pure PyTorch, any device), "gsplat" (CUDA only; a RuntimeError without
-            CUDA, never a silent fallback), or "auto": gsplat for CUDA tensors, reference otherwise
-            (the choice is logged).
+        backend: "reference" (pure PyTorch, any device), "gsplat" (float32 CUDA tensors only; a
+            RenderBackendError (a RuntimeError) naming cause and fix without CUDA or without a built gsplat
+            extension, never a silent fallback), or "auto": gsplat for float32 CUDA tensors, the
+            reference otherwise (CPU, float64, half precision; see :func:`choose_backend`, logged once).
         config: rasterization settings; ``**kw`` overrides single fields, e.g. ``tile_size=8``.
         num_scenes: number of scenes; defaults to ``gaussians.batch.max() + 1``. Pass it when a scene
             may have no Gaussians left (e.g. all pruned) but still has cameras.
@@ -63,9 +84,7 @@ def render(gaussians: Gaussians, cameras: Cameras, width: int, height: int, back
     gaussians = _validated(gaussians, cameras, width, height, num_scenes)
 
     if backend == "auto":
-        backend = "gsplat" if gaussians.means.is_cuda else "reference"
-        log.debug("render backend=auto picked %r", backend)
-        _announce_backend(backend, str(gaussians.means.device))
+        backend = choose_backend(gaussians.means.device, gaussians.means.dtype)
 
     # The project's intrinsics follow OpenCV (pixel i's centre at coordinate i, as in
     # geometry.backproject_depth); both rasterizers put pixel centres at i + 0.5 like gsplat. Shift the

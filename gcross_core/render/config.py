@@ -14,7 +14,7 @@ class RenderConfig:
     near_plane_m: float = 0.01  # Gaussians whose camera z is below this are culled
     far_plane_m: float = 1e10
     eps2d: float = 0.3  # px^2 added to the diagonal of Sigma_2D so that tiny Gaussians still cover a pixel
-    tile_size: Optional[int] = None  # px; None: 8 for the reference (fastest on CPU), 16 for gsplat; speed only
+    tile_size: Optional[int] = None  # px; None: 8 for the reference (fastest on CPU), 16 for gsplat (1..32 there)
     chunk_size: int = 32  # reference only: Gaussians per tile composited per step; changes speed only
     batch_elements: int = 1 << 19  # reference only: tiles x chunk x tile pixels per step (working memory)
 

@@ -111,3 +111,24 @@ def test_auto_picks_gsplat_on_cuda(caplog):
         out = render(_leaves(g, torch.float32, "cuda"), cams.to("cuda"), WIDTH, HEIGHT)
     assert "gsplat" in caplog.text
     assert out.color.is_cuda and out.features.shape == (3, HEIGHT, WIDTH, 0)
+
+
+@pytest.mark.parametrize("tile_size", [8, 32])
+def test_gsplat_tile_sizes_give_the_same_image(tile_size):
+    g, cams = _scene(n=400, seed=4, feature_dim=2)
+    leaves = _leaves(g, torch.float32, "cuda")
+    default = _outputs(render(leaves, cams.to("cuda"), WIDTH, HEIGHT, backend="gsplat"))
+    other = _outputs(render(leaves, cams.to("cuda"), WIDTH, HEIGHT, backend="gsplat", tile_size=tile_size))
+    for k in default:
+        torch.testing.assert_close(other[k], default[k], rtol=1e-5, atol=1e-5)
+
+
+def test_gsplat_with_zero_cameras_and_float64_auto(caplog):
+    g, cams = _scene(n=50, seed=5, feature_dim=3)
+    none = Cameras(cams.world_to_cam[:0], cams.K[:0], cams.batch[:0]).to("cuda")
+    out = render(_leaves(g, torch.float32, "cuda"), none, WIDTH, HEIGHT, backend="gsplat")
+    assert out.color.shape == (0, HEIGHT, WIDTH, 3) and out.color.is_cuda
+    render_api._announce_backend.cache_clear()
+    with caplog.at_level(logging.INFO, logger="gcross_core.render.api"):
+        out64 = render(_leaves(g, torch.float64, "cuda"), cams.to("cuda"), WIDTH, HEIGHT)  # auto -> reference
+    assert out64.color.dtype == torch.float64 and "float32 only" in caplog.text

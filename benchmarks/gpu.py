@@ -1,0 +1,195 @@
+"""GPU figures (CUDA only): gsplat rendering, the SpUNet34C encoder, one pretraining step at the paper's
+setting and Segmenter.predict. Prints figures; never asserts. Without CUDA it prints one line saying so.
+
+    python benchmarks/gpu.py                  # every case
+    python benchmarks/gpu.py --quick          # fewer repeats, 50k Gaussians only, Segmenter at 100k only
+    python benchmarks/gpu.py --only render,encoder --json figures.json
+
+Cases (time: median of the repeats after a warm-up, with torch.cuda.synchronize; memory: peak allocated by
+torch's CUDA allocator during the case, torch.cuda.max_memory_allocated):
+- render: 50k and 500k Gaussians of benchmarks/render.py's room at 480x640, colour + depth + 16 feature
+  channels, backend="gsplat", forward and forward+backward. For scale: gsplat's published profile renders
+  a 32-channel feature map of ~112k Gaussians at 1080p at 157-168 FPS (forward).
+- encoder: SpUNet34C (the paper's backbone) on 100k grid-sampled points, forward and forward+backward.
+- pretrain_step: one step (forward + backward + AdamW) at the paper's setting (benchmarks/pretrain_step.py
+  "paper": 100k points, 5 views at 480x640, 128x128x32 head, tau 0.3) under the trainer's default bf16
+  autocast, against the paper's 0.255 s/scene and 5.3 GB on one RTX 4090 (Table 6). The teacher is
+  EfficientNet-Lite0 with random weights (same cost as the real ones; RADIOv2.5, the paper's, is larger).
+- segment: Segmenter.predict (SpUNet34C, 20 classes, random weights) at 100k and 280k points.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+CASES = ("render", "encoder", "pretrain_step", "segment")
+PAPER_STEP_S, PAPER_STEP_GB = 0.255, 5.3  # Table 6, one RTX 4090
+
+
+def _sibling(name: str):
+    """A benchmark script next to this one, imported as a module (its scene builders are reused)."""
+    spec = importlib.util.spec_from_file_location(f"gcross_bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(fn, repeats: int):
+    """(median seconds, peak MiB allocated) of ``fn`` after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+
+
+def bench_render(repeats: int, quick: bool):
+    from gcross_core.render import render
+    from gcross_core.types import Gaussians
+
+    scene = _sibling("render")
+    width, height = 640, 480
+    for n in (50_000,) if quick else (50_000, 500_000):
+        gaussians, cameras = scene.make_scene(n, width, height, feature_dim=16)
+        gaussians, cameras = gaussians.to("cuda"), cameras.to("cuda")
+        fixed = Gaussians(**{k: v.float() if v.is_floating_point() else v for k, v in vars(gaussians).items()})
+
+        def forward():
+            with torch.no_grad():
+                return render(fixed, cameras, width, height, backend="gsplat")
+
+        def forward_backward():
+            leaves = Gaussians(**{k: v.detach().clone().requires_grad_() if v.is_floating_point() else v
+                                  for k, v in vars(fixed).items()})
+            out = render(leaves, cameras, width, height, backend="gsplat")
+            (out.color.sum() + out.depth.sum() + out.features.square().sum()).backward()
+
+        for mode, fn in (("forward", forward), ("forward+backward", forward_backward)):
+            s, mib = timed(fn, repeats)
+            yield (f"{n // 1000}k Gaussians, {height}x{width}, 3+1+16 ch, {mode}",
+                   f"{1e3 * s:.1f} ms ({1 / s:.0f} FPS), peak {mib:.0f} MiB")
+
+
+def bench_encoder(repeats: int, quick: bool):
+    from gcross_core.data.grid import collate_points
+    from gcross_core.model.encoder import SpUNet, SpUNetConfig
+
+    coord, feat, grid = _sibling("encoder").room_points(100_000, 0.02)
+    points = collate_points([coord], [feat], [grid]).to("cuda")
+    torch.manual_seed(0)
+    model = SpUNet(SpUNetConfig()).cuda()
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model(points)
+
+    def forward_backward():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model(points).square().mean().backward()
+
+    for mode, fn in (("forward", forward), ("forward+backward", forward_backward)):
+        s, mib = timed(fn, repeats)
+        yield f"SpUNet34C, 100k points, {mode}", f"{1e3 * s:.1f} ms, peak {mib:.0f} MiB"
+
+
+def bench_pretrain_step(repeats: int, quick: bool):
+    from gcross_core.pretraining.teachers.efficientnet import EfficientNetLite0
+    from gcross_core.train.trainer import move_to
+
+    step_bench = _sibling("pretrain_step")
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "efficientnet_lite0_random.pth"
+        torch.save(EfficientNetLite0().state_dict(), weights)
+        module, optimizer, batch, scenes, desc = step_bench.build_case("paper", Path(tmp), teacher_weights=weights)
+    module.cuda()  # moves the parameters in place: the optimizer (no state before its first step) keeps them
+    batch = move_to(batch, torch.device("cuda"))
+    amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def step():
+        with torch.autocast("cuda", dtype=amp):
+            loss = module(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    s, mib = timed(step, repeats)
+    yield (f"paper step ({desc}), {str(amp).replace('torch.', '')} autocast",
+           f"{s / scenes:.3f} s/scene, peak {mib / 1024:.2f} GB (paper, RTX 4090: {PAPER_STEP_S} s/scene, "
+           f"{PAPER_STEP_GB} GB)")
+
+
+def bench_segment(repeats: int, quick: bool):
+    from gcross_core.data.classes import SCANNET20_CLASSES
+    from gcross_core.model.encoder import SpUNetConfig
+    from gcross_core.segmentation.model import build_segmenter_checkpoint
+    from gcross_core.segmentation.segmenter import Segmenter
+
+    rooms = _sibling("segment")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_segmenter_checkpoint(Path(tmp) / "spunet34c.safetensors", SCANNET20_CLASSES, SpUNetConfig())
+        seg = Segmenter.from_checkpoint(path, device="cuda")
+    for n in (100_000,) if quick else (100_000, 280_000):
+        coord, color, normal = rooms.room_points(n)
+        s, mib = timed(lambda: seg.predict(coord, color, normal), repeats)
+        yield f"Segmenter.predict, SpUNet34C, {n // 1000}k points", f"{1e3 * s:.0f} ms, peak {mib:.0f} MiB"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated subset of {CASES}")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and imports, run nothing")
+    args = parser.parse_args(argv)
+    only = [c for c in args.only.split(",") if c]
+    unknown = sorted(set(only) - set(CASES))
+    if unknown:
+        parser.error(f"--only: unknown case(s) {unknown}; expected some of {CASES}")
+    figures = []
+    if args.json:
+        args.json.write_text("[]\n")
+    if args.dry_run or not torch.cuda.is_available():
+        why = "dry run" if args.dry_run else f"no CUDA device (torch {torch.__version__})"
+        for case in only:  # each case reuses the scene builder of the CPU benchmark of the same name
+            _sibling(case)
+        print(f"benchmarks/gpu.py: skipped, {why}; cases {', '.join(only)} need a CUDA GPU")
+        return 0
+    repeats = 2 if args.quick else args.repeats
+    print(f"GPU benchmarks on {torch.cuda.get_device_name(0)}, torch {torch.__version__} "
+          f"(CUDA {torch.version.cuda}), median of {repeats} after a warm-up")
+    print("| benchmark | case | figures |\n|---|---|---|")
+    for case in only:
+        try:
+            for name, result in globals()[f"bench_{case}"](repeats, args.quick):
+                figures.append({"benchmark": case, "case": name, "figures": result})
+                print(f"| {case} | {name} | {result} |", flush=True)
+        except Exception as err:  # noqa: BLE001 - one failing case must not hide the others' figures
+            figures.append({"benchmark": case, "case": "error", "figures": f"{type(err).__name__}: {err}"})
+            print(f"| {case} | error | {type(err).__name__}: {err} |", flush=True)
+        torch.cuda.empty_cache()
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
