@@ -262,7 +262,7 @@ def main() -> int:
         eff = "efficientnet_lite0"
         opts = {"input_size": [120, 160]}
         variants = {
-            "two teachers (s8 | head), own projectors": [
+            "two teachers (s8; head), each with its own projector": [
                 TeacherConfig(name=eff, key="lite0_s8", loss_weight=0.5, options={**opts, "layers": ["s8"]}),
                 TeacherConfig(name=eff, key="lite0_head", loss_weight=0.5, options={**opts, "layers": ["head"]})],
             "one teacher, s8 + head concatenated": [
