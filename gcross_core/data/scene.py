@@ -227,16 +227,20 @@ def write_scene(scene: Scene, out_dir: PathLike, *, extra_arrays: Optional[Mappi
                 np.save(tmp / f"{k}.npy", v.astype(np.int32) if np.issubdtype(v.dtype, np.integer) else v)
         if write_frames_too and scene.frames is not None and len(scene.frames):
             write_frames(tmp / "frames", scene.frames, color_format=color_format)
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, trash / "old")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
 
+def move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished folder ``tmp`` (a sibling of ``out_dir``) to ``out_dir``, replacing an existing one:
+    readers see the old folder or the new one, never a half-written one."""
+    if out_dir.exists():
+        trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+        os.replace(out_dir, trash / "old")
+        os.replace(tmp, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)

@@ -174,11 +174,16 @@ def save_confusion_png(path,
                     ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=5,
                             color="white" if norm[i, j] < 0.6 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save_figure(fig, path, dpi=120)
+
+
+def _save_figure(fig, path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
     return path
 
 
@@ -330,9 +335,4 @@ def save_image_panel_png(path,
                 ax.set_ylabel(row_title, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=110)

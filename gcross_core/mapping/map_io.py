@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from gcross_core.data.scene import Scene, write_scene
+from gcross_core.data.scene import Scene, move_into_place, write_scene
 from gcross_core.errors import InputError
 from gcross_core.mapping.fusion import VoxelMap, unpack_keys
 
@@ -135,13 +135,7 @@ def save_map(out_dir: PathLike, saved: SavedMap) -> Path:
                 "has_instance": saved.instance is not None}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a map is for others to read
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, trash / "old")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
