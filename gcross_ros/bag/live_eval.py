@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from gcross_core.errors import InputError, LiveEvalError
 from gcross_ros.bag.evaluate import labels_for_classes, load_ground_truth, score_and_report
 from gcross_ros.bag.format import BagTopics
@@ -78,7 +80,10 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
         names = [c["name"] for c in sorted(legend["classes"], key=lambda c: c["id"])]
     if not names:
         raise InputError(f"bag {bag_path} has no class names and no class legend arrived on {legend_topic}")
-    coord, _, label = codec.split_labelled_points(codec.decode_cloud(chosen[1]))
+    points = codec.decode_cloud(chosen[1])
+    coord, _, label = codec.split_labelled_points(points)
+    confidence = points["confidence"].astype(np.float64) if "confidence" in (points.dtype.names or ()) else None
+    stuff = json.loads(legends[-1].data).get("stuff_classes") if legends else None
     gt_label = labels_for_classes(gt, names, bag_path)
     radius = radius_m if radius_m is not None else 2.0 * voxel_size_m
     live = {"messages_published": player.published,
@@ -86,7 +91,9 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
             "cloud_after_playback_s": chosen[0] - t_played, "rate": rate}
     return score_and_report(out_dir, coord, label, gt.coord, gt_label, names, radius,
                             title=f"Live evaluation: {Path(bag_path).name}", cell_m=voxel_size_m,
-                            settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live})
+                            settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live},
+                            map_instance=codec.instance_ids(points), map_confidence=confidence,
+                            gt_instance=gt.instance, stuff_classes=stuff)
 
 
 def run_live_evaluation(bag_path, out_dir, cloud_topic: str = "/labelled_cloud",

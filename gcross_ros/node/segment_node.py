@@ -4,7 +4,10 @@ Interface (relative names; the launch file remaps the inputs under the camera na
   in   color/image_raw (rgb8 | bgr8), depth/image_raw (16UC1 mm | 32FC1 m, registered to color),
        color/camera_info, and pose (geometry_msgs/PoseStamped, camera-to-map) when pose_source is topic
        or TF (map_frame <- camera frame at the image stamp) when it is tf; all with sensor-data QoS.
-  out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence), rendered/color
+  out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence, and instance (uint32
+       object id, 0 = none) when the checkpoint has an instance head), instances (visualization_msgs/
+       MarkerArray: a box and a label per object, ids stable while an object persists; instance head
+       only; gcross_ros.msgs.markers), rendered/color
        (rgb8), rendered/depth (32FC1 m, NaN where nothing is rendered), rendered/semantic (rgb8 class
        palette), all reliable; class_legend (std_msgs/String JSON: id, name, color per class;
        transient-local); diagnostics (frames in, fused, dropped per reason, timings, map size).
@@ -50,6 +53,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
 
 from gcross_core.cli import cli_main, exit_code_for
 from gcross_core.errors import GcrossError
@@ -61,6 +65,7 @@ from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_ros.msgs.codec import (camera_info_to_K, decode_color_rgb, decode_depth, pose_to_matrix,
                                    stamp_to_ns)
+from gcross_ros.msgs.markers import object_markers
 from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
 from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters
@@ -180,6 +185,9 @@ class SegmentNode(Node):
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.legend_pub = self.create_publisher(String, "class_legend", latched)
+        self.instances_pub = None
+        if self.segmenter.has_instance_head:
+            self.instances_pub = self.create_publisher(MarkerArray, "instances", reliable)
         if p.publish_rendered:
             self.render_pubs = {name: self.create_publisher(Image, f"rendered/{name}", reliable)
                                 for name in ("color", "depth", "semantic")}
@@ -376,8 +384,11 @@ class SegmentNode(Node):
             pts = self.pipeline.labelled_points()
             keep = pts.label >= 0  # voxels added since the segmentation's snapshot have no label yet
             msg = labelled_cloud(pts.coord[keep], pts.color[keep], pts.label[keep], pts.confidence[keep],
-                                 stamp_ns=view.stamp_ns, frame_id=self.params.map_frame)
+                                 stamp_ns=view.stamp_ns, frame_id=self.params.map_frame,
+                                 instance=pts.instance[keep] if pts.instance is not None else None)
             self.cloud_pub.publish(msg)
+            if self.instances_pub is not None:
+                self._publish_instances(view.stamp_ns)
         except Exception as e:  # the worker must survive; the error is reported, not swallowed
             self.stats.inc("segmentation_errors")
             self._warn.warn("segmentation_error", f"segmentation failed: {type(e).__name__}: {e}")
@@ -386,6 +397,10 @@ class SegmentNode(Node):
         self.stats.timing("segmentation_ms", seg.seconds * 1e3)
         self.stats.timing("segmented_voxels", seg.voxels)
         self.stats.timing("latency_ms", (time.monotonic() - view.received) * 1e3)
+
+    def _publish_instances(self, stamp_ns: int) -> None:
+        self.instances_pub.publish(object_markers(self.pipeline.objects(), self.class_names, self.palette, stamp_ns,
+                                                  self.params.map_frame))
 
     def _render(self) -> None:
         view = self._latest_view
@@ -421,6 +436,8 @@ class SegmentNode(Node):
         legend = {"classes": [{"id": i, "name": n, "color": self.palette[i].tolist()}
                               for i, n in enumerate(self.class_names)],
                   "label_field": "label", "checkpoint": self.params.checkpoint_path}
+        if self.segmenter.has_instance_head:
+            legend.update(instance_field="instance", stuff_classes=list(self.segmenter.instance_config.stuff_classes))
         self.legend_pub.publish(String(data=json.dumps(legend)))
 
     def _publish_diagnostics(self) -> None:
