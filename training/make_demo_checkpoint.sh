@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the demo segmenter gcross_core/assets/segmenter_synthetic.safetensors from nothing:
-# procedural rooms -> GaussianCross pretraining (synthetic_tiny.yaml) -> fine-tuning
-# (finetune_synthetic.yaml) -> evaluation on held-out rooms -> copy into the package.
+# procedural rooms -> GaussianCross pretraining (synthetic_tiny.yaml) -> fine-tuning with the instance
+# head (finetune_synthetic_insseg.yaml: semantic classes plus PointGroup offsets, so the node and the demo
+# also show objects) -> evaluation on held-out rooms (mIoU and instance AP) -> copy into the package.
 #
 #   training/make_demo_checkpoint.sh [WORK_DIR]        (default runs/demo_checkpoint)
 #
@@ -24,7 +25,7 @@ start=$(date +%s)
     --set data.root="$WORK/data/train" --set data.synthetic.rooms=0 --set train.seed=0 \
     --set train.device=cpu --no-progress --no-tensorboard
 
-"$PY" training/finetune.py --config training/configs/finetune_synthetic.yaml \
+"$PY" training/finetune.py --config training/configs/finetune_synthetic_insseg.yaml \
     --pretrained "$WORK/pretrain/final.safetensors" --out "$WORK/finetune" \
     --set data.root="$WORK/data" --set train.seed=0 --set train.device=cpu \
     --set train.max_steps=300 --set train.batch_size=2 --threads 1 --no-progress --no-tensorboard
