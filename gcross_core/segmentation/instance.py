@@ -23,7 +23,12 @@ Inference (:func:`group_instances`) is the PointGroup dual-set grouping, in nump
    to its centre (factor near 1); a proposal that merges two touching objects keeps two separate piles
    (factor near 0.6), so the split proposals outrank the merged one in NMS;
 4. non-maximum suppression: in decreasing score, a proposal whose point IoU with a kept one exceeds
-   ``nms_iou`` is dropped; proposals under ``score_threshold`` are dropped.
+   ``nms_iou`` is dropped; proposals under ``score_threshold`` are dropped;
+5. fragments: a kept proposal lying for more than half inside a larger kept proposal of its class is
+   dropped. Where offsets are imprecise the shifted points of one object break into several small
+   piles, each a proposal too small to be suppressed by IoU against the whole object that the original
+   coordinates give (PointGroup's learned ScoreNet ranks such pieces low; without one they would stay
+   as false positives).
 
 The same function serves training-time evaluation, ``training/evaluate.py``, the bag evaluator and the
 ROS node (through :meth:`gcross_core.segmentation.segmenter.Segmenter.predict_instances`).
@@ -221,18 +226,24 @@ def _proposals_of(rows: np.ndarray, comp: np.ndarray, min_points: int) -> List[n
     return [np.sort(g) for g in groups if len(g) >= min_points]
 
 
-def nms(indices: Sequence[np.ndarray], scores: np.ndarray, num_points: int, iou_threshold: float) -> np.ndarray:
-    """Indices of the proposals kept by greedy point-IoU non-maximum suppression, in decreasing score."""
+def intersections(indices: Sequence[np.ndarray], num_points: int) -> np.ndarray:  # -> [P, P] shared points
     from scipy.sparse import csr_matrix
 
+    lens = np.array([len(i) for i in indices])
+    mat = csr_matrix((np.ones(int(lens.sum()), np.float32), np.concatenate(indices),
+                      np.concatenate([[0], np.cumsum(lens)])), shape=(len(indices), num_points))
+    return (mat @ mat.T).toarray()
+
+
+def nms(indices: Sequence[np.ndarray], scores: np.ndarray, num_points: int, iou_threshold: float,
+        inter: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indices of the proposals kept by greedy point-IoU non-maximum suppression, in decreasing score."""
     p = len(indices)
     if p == 0:
         return np.empty(0, np.int64)
     order = np.argsort(-np.asarray(scores), kind="stable")
     lens = np.array([len(i) for i in indices])
-    mat = csr_matrix((np.ones(int(lens.sum()), np.float32), np.concatenate(indices),
-                      np.concatenate([[0], np.cumsum(lens)])), shape=(p, num_points))
-    inter = (mat @ mat.T).toarray()
+    inter = intersections(indices, num_points) if inter is None else inter
     iou = inter / np.maximum(lens[:, None] + lens[None, :] - inter, 1)
     keep: List[int] = []
     suppressed = np.zeros(p, bool)
@@ -292,9 +303,16 @@ def group_instances(coord: np.ndarray,  # [M, 3] metres
     if not cand:
         return InstanceSet.empty(m)
     scores = np.asarray(cand_score, np.float32)
-    keep = nms(cand, scores, m, cfg.nms_iou)
+    classes = np.asarray(cand_cls, np.int64)
+    inter = intersections(cand, m)
+    keep = nms(cand, scores, m, cfg.nms_iou, inter)
     keep = keep[scores[keep] >= cfg.score_threshold]
-    return InstanceSet([cand[i] for i in keep], np.asarray(cand_cls, np.int64)[keep], scores[keep], m)
+    lens = np.array([len(c) for c in cand])
+    sub = inter[np.ix_(keep, keep)]
+    inside = (sub > 0.5 * lens[keep][:, None]) & (lens[keep][None, :] > lens[keep][:, None]) \
+        & (classes[keep][None, :] == classes[keep][:, None])
+    keep = keep[~inside.any(axis=1)]  # step 5: fragments of a larger kept proposal
+    return InstanceSet([cand[i] for i in keep], classes[keep], scores[keep], m)
 
 
 def instance_boxes(coord: np.ndarray,  # [N, 3]

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gcross_core.checkpoint import FINETUNE_KIND, SEGMENTER_ENCODER_PREFIX
+from gcross_core.checkpoint import (FINETUNE_KIND, HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
+                                    load_checkpoint, unprefixed)
 from gcross_core.config import to_dict
 from gcross_core.data.classes import class_names_for
 from gcross_core.errors import CheckpointError
@@ -42,8 +43,8 @@ from gcross_core.segmentation.dataset import (SegBatch, SegDataConfig, Segmentat
                                               select_training_scenes)
 from gcross_core.segmentation.evaluate import evaluate_scenes
 from gcross_core.segmentation.instance import InstanceConfig, offset_losses, thing_mask
-from gcross_core.segmentation.model import (IGNORE_INDEX, SegmentationModel, checkpoint_encoder,
-                                            load_pretrained_encoder, save_segmenter, segmentation_loss)
+from gcross_core.segmentation.model import (IGNORE_INDEX, SegmentationModel, checkpoint_encoder, load_pretrained_encoder,
+                                            load_strict, save_segmenter, segmentation_loss)
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_core.train.distributed import barrier, derive_seed, init_distributed, shutdown_distributed
 from gcross_core.train.schedule import ScheduleConfig
@@ -77,6 +78,10 @@ class FinetuneConfig:
     eval_rotations: int = 1  # test-time augmentation: rotations about z averaged at evaluation
     task: str = "semantic"  # semantic | instance (PointGroup offset head, Sec. 4.2.4)
     instance: InstanceConfig = field(default_factory=InstanceConfig)  # the instance task's losses and grouping
+    # instance task on a trained segmenter (--pretrained, same classes): its encoder and classifier are
+    # loaded and frozen and only the offset head trains, so the semantic output stays exactly that
+    # segmenter's (how the demo checkpoint gains its instance head)
+    instance_head_only: bool = False
 
     def __post_init__(self) -> None:
         if self.limited_batch_size < 0 or self.eval_rotations < 1 or self.bn_recalibration_batches < 0:
@@ -84,7 +89,10 @@ class FinetuneConfig:
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r} is not one of {TASKS}")
         if self.task == "instance" and self.linear_probe:
-            raise ValueError("the instance task trains the whole network; linear_probe must be false")
+            raise ValueError("the instance task trains the whole network; linear_probe must be false "
+                             "(instance_head_only trains the offset head alone)")
+        if self.instance_head_only and self.task != "instance":
+            raise ValueError("instance_head_only needs task: instance")
 
     def instance_config(self) -> Optional[InstanceConfig]:
         """The instance settings with the class set's stuff classes filled in; None for the semantic task."""
@@ -120,9 +128,27 @@ def build_model(cfg: FinetuneConfig, pretrained: Optional[str]) -> SegmentationM
         log.info("encoder initialised from %s (%s checkpoint)", pretrained, meta.get("kind", "encoder"))
     elif cfg.linear_probe:
         log.warning("linear probing a randomly initialised encoder (no --pretrained): a baseline, not a model")
+    if cfg.instance_head_only:
+        freeze_semantic_part(model, pretrained, class_names_for(cfg.data.class_set))
     if cfg.linear_probe:
         model.freeze_encoder()
     return model
+
+
+def freeze_semantic_part(model: SegmentationModel, pretrained: Optional[str], class_names) -> None:
+    """instance_head_only: the classifier of the segmenter ``pretrained`` too (its encoder is already
+    loaded), both frozen; only the offset head is left to train."""
+    if not pretrained:
+        raise CheckpointError("instance_head_only needs --pretrained: a segmenter checkpoint of the same classes")
+    tensors, meta = load_checkpoint(pretrained)
+    if meta.get("kind") != SEGMENTER_KIND or list(meta.get("class_names", [])) != list(class_names):
+        raise CheckpointError(f"instance_head_only: {pretrained} is not a segmenter of the classes "
+                              f"{list(class_names)[:4]}... (kind {meta.get('kind')!r})")
+    load_strict(model.seg_head, unprefixed(tensors, HEAD_PREFIX), f"classifier weights of {pretrained}")
+    model.freeze_encoder()
+    for p in model.seg_head.parameters():
+        p.requires_grad_(False)
+    log.info("instance head only: encoder and classifier of %s frozen", pretrained)
 
 
 def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = None, progress: bool = True,

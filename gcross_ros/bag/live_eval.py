@@ -6,6 +6,7 @@ Needs rclpy and the message packages; the scoring and the report are those of
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from gcross_ros.bag.format import BagTopics
 from gcross_ros.bag.player import BagPlayer, rclpy_node
 from gcross_ros.bag.reader import BagReader
 from gcross_ros.msgs import codec
+
+log = logging.getLogger(__name__)
 
 
 def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud", legend_topic: str = "/class_legend",
@@ -84,6 +87,10 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
     coord, _, label = codec.split_labelled_points(points)
     confidence = points["confidence"].astype(np.float64) if "confidence" in (points.dtype.names or ()) else None
     stuff = json.loads(legends[-1].data).get("stuff_classes") if legends else None
+    if codec.instance_ids(points) is not None and (stuff is None or gt.instance is None):
+        log.warning("the cloud has objects but %s: no instance AP",
+                    "the bag's ground truth has no instance ids" if gt.instance is None
+                    else "no class legend naming the stuff classes arrived")
     gt_label = labels_for_classes(gt, names, bag_path)
     radius = radius_m if radius_m is not None else 2.0 * voxel_size_m
     live = {"messages_published": player.published,
