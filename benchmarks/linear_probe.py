@@ -83,11 +83,11 @@ def pretrain(data: Path, out: Path, steps: int) -> Path:
 
 
 def run_one(out: Path, data: Path, seed: int, probe: bool, pretrained, steps: int, batch: int, recal: int,
-            probe_lr: float, config: Path = CONFIG) -> dict:
+            probe_lr: float, config: Path = CONFIG, extra=()) -> dict:
     res_file = out / "eval" / "results.json"
     if not res_file.is_file():
         overrides = [f"data.root={data}", f"train.seed={seed}", f"train.max_steps={steps}", "train.device=cpu",
-                     f"train.batch_size={batch}"]
+                     f"train.batch_size={batch}", *extra]
         if probe:
             overrides += ["linear_probe=true", f"bn_recalibration_batches={recal}", f"optim.lr={probe_lr}"]
         cfg = load_config(config, FinetuneConfig, overrides)
@@ -127,6 +127,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/OpenMP threads; 1 avoids oversubscription on a shared 2-core machine")
     ap.add_argument("--quick", action="store_true", help="3 seeds, 40 steps each, 40 pretraining steps")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override for every run, e.g. data.max_points=8000 (repeatable)")
     ap.add_argument("--task", choices=("semantic", "instance"), default="semantic",
                     help="instance: fine-tuning with the PointGroup head, AP50 pretrained vs scratch")
     args = ap.parse_args()
@@ -154,7 +156,8 @@ def main() -> int:
             tag = name.replace(" / ", "_").replace("-", "")
             t = time.perf_counter()
             r = run_one(args.out / f"{tag}_seed{seed}", data, seed, probe, pretrained if use_pre else None, steps,
-                        batch, args.recalibration_batches, args.probe_lr, INSTANCE_CONFIG if instance else CONFIG)
+                        batch, args.recalibration_batches, args.probe_lr, INSTANCE_CONFIG if instance else CONFIG,
+                        args.overrides)
             rows[name].append(r)
             ap = f"AP50 {100 * r['ap50']:5.1f}  AP25 {100 * r['ap25']:5.1f}  mAP {100 * r['map']:5.1f}  " \
                 if instance else ""
@@ -164,7 +167,7 @@ def main() -> int:
     lines = [f"Synthetic rooms (8 train / 4 val), encoder of {PRETRAIN_CONFIG.name}, seeds {args.seeds}, "
              f"probe {args.probe_steps} steps x {args.probe_batch} rooms (lr {args.probe_lr}), fine-tune "
              f"{args.finetune_steps} steps x {args.finetune_batch} rooms, "
-             f"pretrained: {pretrained}", "",
+             f"pretrained: {pretrained}" + (f", overrides {args.overrides}" if args.overrides else ""), "",
              "| run | mIoU | mAcc | allAcc | mIoU per seed |", "|---|---:|---:|---:|---|"]
     keys = ("ap50", "ap25", "map", "miou") if instance else ("miou", "macc", "allacc")
     if instance:
