@@ -1,7 +1,12 @@
 """Does GaussianCross pretraining help downstream segmentation? Synthetic rooms, CPU.
 
     python benchmarks/linear_probe.py [--out runs/linear_probe] [--pretrained CKPT] [--seeds 0 1 2] \
-        [--probe-steps 300] [--finetune-steps 300] [--threads 1] [--quick]
+        [--probe-steps 300] [--finetune-steps 300] [--threads 1] [--quick] [--task instance]
+
+``--task instance`` asks the same of instance segmentation (paper Sec. 4.2.4): fine-tuning only, with
+training/configs/finetune_synthetic_insseg.yaml (PointGroup offset head), pretrained vs scratch, and
+reports AP50 / AP25 / mAP (ScanNet-style, on the original points) next to mIoU; default output folder
+``runs/instance_ap``.
 
 Four runs per seed, all with training/configs/finetune_synthetic.yaml (the tiny encoder of
 synthetic_tiny.yaml) and identical data order, augmentation and step count for a given seed:
@@ -44,6 +49,7 @@ from gcross_core.pretraining.run import run_pretraining  # noqa: E402
 from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa: E402
 
 CONFIG = ROOT / "training" / "configs" / "finetune_synthetic.yaml"
+INSTANCE_CONFIG = ROOT / "training" / "configs" / "finetune_synthetic_insseg.yaml"
 PRETRAIN_CONFIG = ROOT / "training" / "configs" / "synthetic_tiny.yaml"
 MODES = (  # name, linear probe, use the pretrained encoder
     ("probe / pretrained", True, True),
@@ -77,18 +83,24 @@ def pretrain(data: Path, out: Path, steps: int) -> Path:
 
 
 def run_one(out: Path, data: Path, seed: int, probe: bool, pretrained, steps: int, batch: int, recal: int,
-            probe_lr: float) -> dict:
+            probe_lr: float, config: Path = CONFIG, extra=()) -> dict:
     res_file = out / "eval" / "results.json"
     if not res_file.is_file():
         overrides = [f"data.root={data}", f"train.seed={seed}", f"train.max_steps={steps}", "train.device=cpu",
-                     f"train.batch_size={batch}"]
+                     f"train.batch_size={batch}", *extra]
         if probe:
             overrides += ["linear_probe=true", f"bn_recalibration_batches={recal}", f"optim.lr={probe_lr}"]
-        cfg = load_config(CONFIG, FinetuneConfig, overrides)
+        cfg = load_config(config, FinetuneConfig, overrides)
         run_finetuning(cfg, out, str(pretrained) if pretrained else None, progress=False, tensorboard=False)
-    m = json.loads(res_file.read_text())["metrics"]
-    return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"],
-            "iou": {k: v["iou"] for k, v in m["per_class"].items()}}
+    results = json.loads(res_file.read_text())
+    m = results["metrics"]
+    row = {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"],
+           "iou": {k: v["iou"] for k, v in m["per_class"].items()}}
+    if "instance" in results:
+        i = results["instance"]
+        row.update({"ap50": i["ap50"], "ap25": i["ap25"], "map": i["map"],
+                    "ap50_per_class": {k: v["ap50"] for k, v in i["per_class"].items()}})
+    return row
 
 
 def summarize(values):
@@ -115,7 +127,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/OpenMP threads; 1 avoids oversubscription on a shared 2-core machine")
     ap.add_argument("--quick", action="store_true", help="3 seeds, 40 steps each, 40 pretraining steps")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override for every run, e.g. data.max_points=8000 (repeatable)")
+    ap.add_argument("--task", choices=("semantic", "instance"), default="semantic",
+                    help="instance: fine-tuning with the PointGroup head, AP50 pretrained vs scratch")
     args = ap.parse_args()
+    instance = args.task == "instance"
+    if instance:
+        args.modes = "finetune"
+        if args.out == Path("runs/linear_probe"):
+            args.out = Path("runs/instance_ap")
     if args.quick:
         args.probe_steps = args.finetune_steps = args.pretrain_steps = 40
         args.out = args.out.with_name(args.out.name + "_quick")
@@ -135,28 +156,42 @@ def main() -> int:
             tag = name.replace(" / ", "_").replace("-", "")
             t = time.perf_counter()
             r = run_one(args.out / f"{tag}_seed{seed}", data, seed, probe, pretrained if use_pre else None, steps,
-                        batch, args.recalibration_batches, args.probe_lr)
+                        batch, args.recalibration_batches, args.probe_lr, INSTANCE_CONFIG if instance else CONFIG,
+                        args.overrides)
             rows[name].append(r)
-            print(f"seed {seed} {name:24s} mIoU {100 * r['miou']:5.1f}  mAcc {100 * r['macc']:5.1f}  "
+            ap = f"AP50 {100 * r['ap50']:5.1f}  AP25 {100 * r['ap25']:5.1f}  mAP {100 * r['map']:5.1f}  " \
+                if instance else ""
+            print(f"seed {seed} {name:24s} {ap}mIoU {100 * r['miou']:5.1f}  mAcc {100 * r['macc']:5.1f}  "
                   f"allAcc {100 * r['allacc']:5.1f}  ({time.perf_counter() - t:.0f} s)", flush=True)
 
     lines = [f"Synthetic rooms (8 train / 4 val), encoder of {PRETRAIN_CONFIG.name}, seeds {args.seeds}, "
              f"probe {args.probe_steps} steps x {args.probe_batch} rooms (lr {args.probe_lr}), fine-tune "
              f"{args.finetune_steps} steps x {args.finetune_batch} rooms, "
-             f"pretrained: {pretrained}", "",
+             f"pretrained: {pretrained}" + (f", overrides {args.overrides}" if args.overrides else ""), "",
              "| run | mIoU | mAcc | allAcc | mIoU per seed |", "|---|---:|---:|---:|---|"]
+    keys = ("ap50", "ap25", "map", "miou") if instance else ("miou", "macc", "allacc")
+    if instance:
+        lines[-2:] = ["| run | AP50 | AP25 | mAP | mIoU | AP50 per seed |", "|---|---:|---:|---:|---:|---|"]
     summary = {}
     for name, rs in rows.items():
+        if instance:
+            stats = {k: summarize([100 * r[k] for r in rs]) for k in keys}
+            summary[name] = {"runs": rs, **{k: {"mean": m, "std": s} for k, (m, s) in stats.items()}}
+            cells = " | ".join(f"{stats[k][0]:.1f} ± {stats[k][1]:.1f}" for k in keys)
+            per_seed = ", ".join(f"{100 * r['ap50']:.1f}" for r in rs)
+            lines.append(f"| {name} | {cells} | {per_seed} |")
+            continue
         stats = {k: summarize([100 * r[k] for r in rs]) for k in ("miou", "macc", "allacc")}
         summary[name] = {"runs": rs, **{k: {"mean": m, "std": s} for k, (m, s) in stats.items()}}
         per_seed = ", ".join(f"{100 * r['miou']:.1f}" for r in rs)
         lines.append(f"| {name} | {stats['miou'][0]:.1f} ± {stats['miou'][1]:.1f} | {stats['macc'][0]:.1f} ± "
                      f"{stats['macc'][1]:.1f} | {stats['allacc'][0]:.1f} ± {stats['allacc'][1]:.1f} | {per_seed} |")
+    key = "ap50" if instance else "miou"
     for a, b in (("probe / pretrained", "probe / random"), ("fine-tune / pretrained", "fine-tune / scratch")):
         if a in rows and b in rows:
-            diffs = [100 * (x["miou"] - y["miou"]) for x, y in zip(rows[a], rows[b])]
+            diffs = [100 * (x[key] - y[key]) for x, y in zip(rows[a], rows[b])]
             m, s = summarize(diffs)
-            lines.append(f"\n{a} minus {b}: mIoU {m:+.1f} ± {s:.1f} (paired by seed: "
+            lines.append(f"\n{a} minus {b}: {'AP50' if instance else 'mIoU'} {m:+.1f} ± {s:.1f} (paired by seed: "
                          f"{', '.join(f'{d:+.1f}' for d in diffs)})")
     lines.append(f"\n(mean ± sample standard deviation over seeds; {time.perf_counter() - t0:.0f} s in all)")
     text = "\n".join(lines)

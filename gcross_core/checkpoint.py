@@ -106,6 +106,7 @@ ENCODER_KIND = "encoder"  # an encoder alone: an imported Pointcept backbone (gc
 PRETRAIN_ENCODER_PREFIX = "model.encoder"  # PretrainModule.model.encoder
 SEGMENTER_ENCODER_PREFIX = "encoder"  # SegmentationModel.encoder (also gcross_core.model.pointcept's default)
 HEAD_PREFIX = "seg_head"  # SegmentationModel.seg_head
+INSTANCE_HEAD_PREFIX = "offset_head"  # SegmentationModel.offset_head (instance segmentation)
 # Where checkpoints keep their encoder when their metadata has no ``encoder_prefix``.
 DEFAULT_ENCODER_PREFIXES = {PRETRAIN_KIND: PRETRAIN_ENCODER_PREFIX, SEGMENTER_KIND: SEGMENTER_ENCODER_PREFIX,
                             ENCODER_KIND: SEGMENTER_ENCODER_PREFIX}

@@ -11,6 +11,11 @@ probabilities over R rotations about z (test-time augmentation). Writes into ``-
 (mIoU, mAcc, allAcc, per-class IoU/accuracy, per-scene mIoU, settings), report.md, confusion.csv and
 confusion.png. mIoU and mAcc average over the classes present in the ground truth (see
 ``gcross_core.evaluation.metrics``).
+
+A checkpoint with an instance head (``task: instance`` in training/finetune.py) is also scored on the
+scenes' ``instance.npy``: ScanNet-style AP25 / AP50 / mAP per class and overall, in results.json
+(``instance``) and report.md (matching rules in ``gcross_core.evaluation.instance_metrics``).
+``--min-gt-points`` sets the smallest ground-truth object that is scored (ScanNet: 100 points).
 """
 from __future__ import annotations
 
@@ -51,6 +56,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "checkpoints, else segment")
     p.add_argument("--rotations", type=int, default=1, help="test-time rotations about z to average (>= 1)")
     p.add_argument("--max-scenes", type=int, default=0, help="evaluate the first N scenes only (0 = all)")
+    p.add_argument("--min-gt-points", type=int, default=100,
+                   help="instance AP: ground-truth objects with fewer points are not scored (ScanNet: 100)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -70,16 +77,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         scenes = scenes[: args.max_scenes]
     wrap = None if args.no_progress else (lambda it: tqdm(it, desc="evaluate", unit="scene"))
     t0 = time.perf_counter()
-    res = evaluate_scenes(segmenter, scenes, label_file, args.rotations, wrap)
+    if args.min_gt_points < 1:
+        raise InputError(f"--min-gt-points must be >= 1, got {args.min_gt_points}")
+    res = evaluate_scenes(segmenter, scenes, label_file, args.rotations, wrap, min_gt_points=args.min_gt_points)
     seconds = time.perf_counter() - t0
     settings = {"checkpoint": str(args.checkpoint), "label_file": label_file, "rotations": args.rotations,
                 "grid_size_m": segmenter.grid_size_m, "num_scenes": len(scenes), "seconds": seconds}
     paths = write_metrics_report(args.out, res.conf, res.metrics, segmenter.class_names,
                                  title=f"Segmentation of {len(scenes)} scenes",
-                                 extra_json={"settings": settings, "scenes": res.per_scene})
+                                 extra_json={"settings": settings, "scenes": res.per_scene}, instance=res.instance)
     m = res.metrics
     log.info("%d scenes, %d points: mIoU %.1f  mAcc %.1f  allAcc %.1f  (%.1f s)", len(scenes),
              sum(s["points"] for s in res.per_scene), 100 * m["miou"], 100 * m["macc"], 100 * m["allacc"], seconds)
+    if res.instance is not None:
+        i = res.instance
+        log.info("instances: AP25 %.1f  AP50 %.1f  mAP %.1f", 100 * i["ap25"], 100 * i["ap50"], 100 * i["map"])
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -13,6 +13,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gcross_core.evaluation.instance_metrics import instance_metrics_markdown
+
 # ScanNet-style first colours, then a deterministic golden-ratio hue walk for any further classes.
 _BASE_PALETTE = np.array([
     [174, 199, 232], [152, 223, 138], [31, 119, 180], [255, 187, 120], [188, 189, 34],
@@ -221,7 +223,7 @@ def topdown_raster(coord: np.ndarray,  # [N, 3] metres
 
 
 def save_topdown_png(path,
-                     panels: Sequence[tuple],  # (title, coord [N, 3] m, labels [N] int) per panel
+                     panels: Sequence[tuple],  # (title, coord [N, 3] m, labels [N] int[, boxes]) per panel
                      class_names: Sequence[str],
                      max_cells: int = 400,
                      min_cell_m: float = 0.01,
@@ -232,18 +234,22 @@ def save_topdown_png(path,
     ``min_cell_m``: pass the point spacing, e.g. the voxel size, or a sparse map shows as dots)
     so the labelled map and the ground truth line up cell for cell; pinholes up to ``fill_cells`` wide
     are closed (see :func:`topdown_raster`). Unlabelled points are dark grey, empty cells white. A legend lists the classes that occur in any panel.
+    An optional fourth panel entry ``(boxes [P, 2, 3] min/max corners, classes [P])`` draws each object's
+    axis-aligned box outline in its class colour (instance segmentation).
     """
     if not panels:
         raise ValueError("save_topdown_png needs at least one panel")
     k = len(class_names)
     prepared = []
-    for title, coord, labels in panels:
+    for panel in panels:
+        title, coord, labels = panel[:3]
+        boxes = panel[3] if len(panel) > 3 else None
         coord = np.asarray(coord, dtype=np.float64)
         labels = np.asarray(labels)
         if coord.ndim != 2 or coord.shape[1] != 3 or labels.shape != (coord.shape[0],):
             raise ValueError(f"panel {title!r}: coord {coord.shape} must be [N, 3] and labels {labels.shape} [N]")
-        prepared.append((title, coord, labels))
-    nonempty = [c for _, c, _ in prepared if len(c)]
+        prepared.append((title, coord, labels, boxes))
+    nonempty = [c for _, c, _, _ in prepared if len(c)]
     lo = np.min([c[:, :2].min(0) for c in nonempty], axis=0) if nonempty else np.zeros(2)
     hi = np.max([c[:, :2].max(0) for c in nonempty], axis=0) if nonempty else np.ones(2)
     cell = max(float(np.max(hi - lo)) / max_cells, float(min_cell_m))
@@ -254,18 +260,26 @@ def save_topdown_png(path,
     fig, axes = plt.subplots(1, len(prepared), figsize=(width, 5.0), squeeze=False)
     used = set()
     extent = (lo[0], lo[0] + shape[1] * cell, lo[1], lo[1] + shape[0] * cell)
-    for ax, (title, coord, labels) in zip(axes[0], prepared):
+    from matplotlib.patches import Patch, Rectangle
+
+    for ax, (title, coord, labels, boxes) in zip(axes[0], prepared):
         raster = topdown_raster(coord, labels, lo, cell, shape, fill_cells=fill_cells)
         idx = np.where((raster >= 0) & (raster < k), raster, np.where(raster == -2, k + 1, k))
         ax.imshow(pal[idx], origin="lower", extent=extent, interpolation="nearest")
+        if boxes is not None:
+            corners, box_classes = np.asarray(boxes[0], np.float64), np.asarray(boxes[1])
+            for (b_lo, b_hi), c in zip(corners, box_classes):
+                # black under the class colour: visible on the object's own colour
+                for colour, width in (("black", 2.2), (pal[int(c) % k] / 255.0, 1.2)):
+                    ax.add_patch(Rectangle((b_lo[0], b_lo[1]), b_hi[0] - b_lo[0], b_hi[1] - b_lo[1], fill=False,
+                                           edgecolor=colour, linewidth=width))
         ax.set_title(title)
         ax.set_xlabel("x [m]")
         ax.set_ylabel("y [m]")
         used.update(int(v) for v in np.unique(labels) if 0 <= v < k)
-    from matplotlib.patches import Patch
 
     handles = [Patch(color=pal[i] / 255.0, label=class_names[i]) for i in sorted(used)]
-    if any((np.asarray(lab) < 0).any() for _, _, lab in prepared):
+    if any((np.asarray(lab) < 0).any() for _, _, lab, _ in prepared):
         handles.append(Patch(color=pal[k] / 255.0, label="unlabelled"))
     if handles:
         fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
@@ -283,18 +297,24 @@ def write_metrics_report(out_dir,
                          class_names: Sequence[str],
                          title: str = "Segmentation evaluation",
                          extra_json: Optional[Mapping] = None,
-                         extra_markdown: str = "") -> Dict[str, Path]:
-    """Write results.json, report.md, confusion.csv and confusion.png into ``out_dir``."""
+                         extra_markdown: str = "",
+                         instance: Optional[Mapping] = None) -> Dict[str, Path]:
+    """Write results.json, report.md, confusion.csv and confusion.png into ``out_dir``; ``instance``
+    (:meth:`~gcross_core.evaluation.instance_metrics.InstanceAccumulator.metrics`) adds the AP table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {"metrics": metrics_to_dict(metrics, class_names), "class_names": list(class_names),
                "confusion_matrix": np.asarray(conf).tolist(), **(extra_json or {})}
+    if instance is not None:
+        results["instance"] = instance
     paths = {
         "json": write_json(out / "results.json", results),
         "csv": save_confusion_csv(out / "confusion.csv", conf, class_names),
         "confusion_png": save_confusion_png(out / "confusion.png", conf, class_names),
     }
     md = [f"# {title}", "", metrics_markdown(metrics, class_names)]
+    if instance is not None:
+        md += [instance_metrics_markdown(instance)]
     if extra_markdown:
         md += [extra_markdown.rstrip() + "\n"]
     md += ["![confusion matrix](confusion.png)", ""]

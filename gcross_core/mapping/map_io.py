@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -68,9 +68,13 @@ class SavedMap:
 
     @classmethod
     def from_voxel_map(cls, vmap: VoxelMap, class_names: Sequence[str], map_frame: str = "map",
-                       instance: Optional[np.ndarray] = None) -> "SavedMap":
-        """The content of ``vmap`` now (one consistent snapshot); ``instance``: [N] ids of its voxels, if any."""
+                       instance: Optional[np.ndarray] = None,
+                       instance_of: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> "SavedMap":
+        """The content of ``vmap`` now (one consistent snapshot); ``instance``: [N] ids of its voxels, if any,
+        or ``instance_of``: voxel keys [N] -> their ids (-1 = none), applied to the snapshot's keys."""
         snap, probability = vmap.export()
+        if instance_of is not None:
+            instance = instance_of(snap.keys)
         if instance is not None and np.shape(instance) != (len(snap),):
             raise ValueError(f"instance has shape {np.shape(instance)}, expected ({len(snap)},)")
         return cls(voxel_index=unpack_keys(snap.keys), coord=snap.coords.astype(np.float32),

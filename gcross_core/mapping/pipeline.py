@@ -13,6 +13,12 @@ encoder, and fuses the probabilities of the observed voxels only. Its cost follo
 in a period, not the size of the map; every observed voxel is still segmented at least once after each
 observation, and the per-voxel probability fusion averages the overlapping updates.
 
+With a segmenter that has an instance head, each segmentation also groups the segmented voxels into
+instances (:meth:`~gcross_core.segmentation.segmenter.Segmenter.predict_instances`) and an
+:class:`~gcross_core.mapping.instances.InstanceTracker` matches them with the map's objects, so an
+object keeps one id across segmentations; ``labelled_points`` then carries an ``instance`` id per voxel
+(0 = none) and ``objects`` lists the objects with their boxes.
+
 Segmentation works on a snapshot of the map, so the node may call ``segment`` on a worker thread while
 ``process_frame`` keeps integrating; ``VoxelMap.fuse_probabilities`` maps the snapshot's rows back even if
 eviction renumbered the voxels meanwhile.
@@ -22,12 +28,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from gcross_core.errors import InputError
 from gcross_core.mapping.fusion import FrameStats, MapSnapshot, VoxelMap
+from gcross_core.mapping.instances import InstanceTracker, MapObject
 
 if TYPE_CHECKING:  # the segmenter pulls in torch and spconv; the pipeline is handed one
     from gcross_core.segmentation.segmenter import Segmenter
@@ -91,6 +98,7 @@ class LabelledPoints:
     color: np.ndarray  # [M, 3] uint8 RGB
     label: np.ndarray  # [M] int64, -1 = never segmented
     confidence: np.ndarray  # [M] float32
+    instance: Optional[np.ndarray] = None  # [M] int64 object id, 0 = none (segmenters with an instance head)
 
     def __len__(self) -> int:
         return len(self.coord)
@@ -107,6 +115,8 @@ class SegmentationPipeline:
         self._first_stamp_s: Optional[float] = None
         self._segment_lock = threading.Lock()  # one segmentation at a time
         self._segmented_upto = 0  # frames integrated when the last segmentation took its snapshot
+        self.tracker = InstanceTracker() if getattr(segmenter, "has_instance_head", False) else None
+        self._tracker_lock = threading.Lock()
         self.frames_processed = 0
         self.segmentations = 0
 
@@ -146,7 +156,13 @@ class SegmentationPipeline:
                 return None
             t0 = time.perf_counter()
             rows, fuse = self.segment_rows(snap)
-            if len(fuse):
+            if len(fuse) and self.tracker is not None:
+                out = self.segmenter.predict_instances(snap.coords[rows], snap.colors[rows], snap.normals[rows])
+                updated = self.map.fuse_probabilities(rows[fuse], out.probs[fuse], snapshot=snap)
+                with self._tracker_lock:
+                    self.tracker.update(snap.keys[rows], out.instances.indices, out.instances.classes,
+                                        out.instances.scores, fuse)
+            elif len(fuse):
                 _, _, probs = self.segmenter.predict(snap.coords[rows], snap.colors[rows], snap.normals[rows],
                                                      return_probs=True)
                 updated = self.map.fuse_probabilities(rows[fuse], probs[fuse], snapshot=snap)
@@ -180,5 +196,23 @@ class SegmentationPipeline:
 
     def labelled_points(self) -> LabelledPoints:
         snap = self.map.snapshot()
+        instance = None
+        if self.tracker is not None:
+            with self._tracker_lock:
+                instance = self.tracker.ids_of(snap.keys)
         return LabelledPoints(coord=snap.coords, color=np.clip(np.rint(snap.colors), 0, 255).astype(np.uint8),
-                              label=snap.labels, confidence=snap.confidence)
+                              label=snap.labels, confidence=snap.confidence, instance=instance)
+
+    def objects(self, min_voxels: int = 1) -> List[MapObject]:
+        """The map's objects (id, class, score, axis-aligned box); empty without an instance head."""
+        if self.tracker is None:
+            return []
+        snap = self.map.snapshot(with_labels=False)
+        with self._tracker_lock:
+            return self.tracker.objects(snap.keys, snap.coords, min_voxels)
+
+    def reset_instances(self) -> None:
+        """Forget every object (with the map, e.g. on a map reset)."""
+        if self.tracker is not None:
+            with self._tracker_lock:
+                self.tracker.reset()

@@ -33,6 +33,7 @@ from gcross_core.data.scene import Scene, load_scene
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
 from gcross_core.errors import InputError
 from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features
+from gcross_core.segmentation.instance import instance_centres
 from gcross_core.segmentation.model import IGNORE_INDEX
 from gcross_core.types import PointBatch
 
@@ -271,7 +272,9 @@ def training_sample(scene: Scene, cfg: SegDataConfig, rng: np.random.Generator,
     """One augmented, grid-sampled, cropped and shuffled sample of ``scene``.
 
     ``labelled``: indices of the points whose labels are kept (limited annotations); None keeps all.
-    Returns coord [M, 3], feat [M, 6], grid_coord [M, 3] int32 and segment [M] int64.
+    Returns coord [M, 3], feat [M, 6], grid_coord [M, 3] int32, segment [M] int64, and instance [M]
+    int64 (the kept point's instance id, -1 = none or no instance.npy) with offset_target [M, 3] float32
+    (instance centre over the sample's rows minus the row, 0 where no instance; the instance task, Sec. 4.2.4).
     """
     coord = np.asarray(scene.coord, dtype=np.float32)
     normal = np.asarray(scene.normal, dtype=np.float32)
@@ -290,7 +293,13 @@ def training_sample(scene: Scene, cfg: SegDataConfig, rng: np.random.Generator,
     grid = grid[order]
     grid = (grid - grid.min(0)).astype(np.int32)
     feat = encoder_features(np.asarray(scene.color)[rows], normal[rows], convention.input_features)
-    return {"coord": coord[rows], "feat": feat, "grid_coord": grid, "segment": labels[order]}
+    if scene.instance is not None:
+        instance = np.asarray(scene.instance, dtype=np.int64)[rows]
+    else:
+        instance = np.full(len(rows), -1, dtype=np.int64)
+    offset_target = instance_centres(coord[rows], instance) - np.where(instance[:, None] >= 0, coord[rows], 0)
+    return {"coord": coord[rows], "feat": feat, "grid_coord": grid, "segment": labels[order], "instance": instance,
+            "offset_target": offset_target.astype(np.float32)}
 
 
 class SegmentationDataset(Dataset):
@@ -342,17 +351,29 @@ class SegmentationDataset(Dataset):
 class SegBatch:
     points: PointBatch
     segment: torch.Tensor  # [N] int64 label per row, -1 = ignore
+    instance: Optional[torch.Tensor] = None  # [N] int64 instance id per row (unique within its sample), -1 = none
+    offset_target: Optional[torch.Tensor] = None  # [N, 3] float32 instance centre - row, 0 where none
 
     def __post_init__(self) -> None:
-        if self.segment.shape != (self.points.coord.shape[0],):
-            raise ValueError(f"segment has shape {tuple(self.segment.shape)}, expected [{self.points.coord.shape[0]}]")
+        n = self.points.coord.shape[0]
+        if self.segment.shape != (n,):
+            raise ValueError(f"segment has shape {tuple(self.segment.shape)}, expected [{n}]")
+        if self.instance is not None and (self.instance.shape != (n,) or self.offset_target is None
+                                          or self.offset_target.shape != (n, 3)):
+            raise ValueError(f"instance {tuple(self.instance.shape)} / offset_target must be [{n}] / [{n}, 3]")
 
     def to(self, device) -> "SegBatch":
-        return SegBatch(self.points.to(device), self.segment.to(device))
+        move = (lambda t: t.to(device) if t is not None else None)
+        return SegBatch(self.points.to(device), self.segment.to(device), move(self.instance),
+                        move(self.offset_target))
 
 
 def collate_segmentation(samples: Sequence[Mapping[str, np.ndarray]]) -> SegBatch:
     points = collate_points([s["coord"] for s in samples], [s["feat"] for s in samples],
                             [s["grid_coord"] for s in samples])
     segment = torch.from_numpy(np.concatenate([s["segment"] for s in samples]).astype(np.int64))
-    return SegBatch(points, segment)
+    instance = offset_target = None
+    if all("instance" in s for s in samples):
+        instance = torch.from_numpy(np.concatenate([s["instance"] for s in samples]).astype(np.int64))
+        offset_target = torch.from_numpy(np.concatenate([s["offset_target"] for s in samples]).astype(np.float32))
+    return SegBatch(points, segment, instance, offset_target)

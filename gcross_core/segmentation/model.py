@@ -5,6 +5,11 @@ A segmentation model is the SpUNet encoder followed by ``seg_head``, the same 1x
 ``final`` layer. Linear probing (paper Table 1) freezes the encoder, BatchNorm statistics included, and
 trains only the classifier; fine-tuning (Tables 2-3) trains both.
 
+With an instance head (:mod:`gcross_core.segmentation.instance`, paper Sec. 4.2.4) the model also
+predicts a per-point offset to the instance centre (``offset_head``, PointGroup's offset branch); a
+checkpoint with one stores it under ``offset_head.*`` and its grouping settings in the metadata
+(``instance``). Checkpoints without it load as semantic-only models.
+
 A segmenter checkpoint carries the encoder configuration, the class names, the grid size and the
 input convention (colour range and voxel lattice, :class:`~gcross_core.model.features.InputConvention`)
 next to the weights; :func:`checkpoint_encoder` reads the encoder out of any
@@ -19,20 +24,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcross_core.checkpoint import (DEFAULT_ENCODER_PREFIXES, HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
+from gcross_core.checkpoint import (DEFAULT_ENCODER_PREFIXES, HEAD_PREFIX, INSTANCE_HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
                                     load_checkpoint, prefixed, save_checkpoint, unprefixed)
 from gcross_core.errors import CheckpointError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.model.features import GCROSS_CONVENTION, InputConvention
+from gcross_core.segmentation.instance import InstanceConfig, OffsetHead
 from gcross_core.types import PointBatch
 
 IGNORE_INDEX = -1
 
 
 class SegmentationModel(nn.Module):
-    """Encoder + linear classifier: logits [N, K] for the rows of a PointBatch."""
+    """Encoder + linear classifier: logits [N, K] for the rows of a PointBatch; with ``instance_head``
+    also an offset [N, 3] to the instance centre."""
 
-    def __init__(self, encoder_config: SpUNetConfig, num_classes: int):
+    def __init__(self, encoder_config: SpUNetConfig, num_classes: int, instance_head: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -42,6 +49,11 @@ class SegmentationModel(nn.Module):
         self.encoder_config = encoder_config
         self.encoder = SpUNet(encoder_config)
         self.seg_head = nn.Linear(self.encoder.out_channels, num_classes)
+        self.offset_head = OffsetHead(self.encoder.out_channels) if instance_head else None
+
+    @property
+    def has_instance_head(self) -> bool:
+        return self.offset_head is not None
 
     @property
     def num_classes(self) -> int:
@@ -51,14 +63,19 @@ class SegmentationModel(nn.Module):
     def encoder_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.encoder.parameters())
 
-    def forward(self, points: PointBatch) -> torch.Tensor:  # -> [N, K]
+    def forward(self, points: PointBatch, with_offsets: bool = False):
+        """logits [N, K]; with ``with_offsets`` (instance head only) (logits [N, K], offsets [N, 3])."""
         if self.encoder_frozen:
             # no graph through a frozen encoder: linear probing costs one forward pass of it
             with torch.no_grad():
                 feat = self.encoder(points)
         else:
             feat = self.encoder(points)
-        return self.seg_head(feat)
+        if not with_offsets:
+            return self.seg_head(feat)
+        if self.offset_head is None:
+            raise ValueError("offsets asked of a SegmentationModel without an instance head")
+        return self.seg_head(feat), self.offset_head(feat)
 
     def freeze_encoder(self) -> None:
         """Linear probing: only the classifier trains; the encoder's BatchNorm statistics stay fixed."""
@@ -90,13 +107,20 @@ def segmentation_loss(logits: torch.Tensor,  # [N, K]
 
 
 def save_segmenter(path, model: SegmentationModel, class_names: Sequence[str], grid_size_m: float,
-                   extra: Optional[dict] = None, convention: InputConvention = GCROSS_CONVENTION) -> Path:
+                   extra: Optional[dict] = None, convention: InputConvention = GCROSS_CONVENTION,
+                   instance: Optional[InstanceConfig] = None) -> Path:
     """Write a checkpoint that :meth:`Segmenter.from_checkpoint` loads.
 
     ``extra`` (JSON-serialisable) is stored next to the required metadata, e.g. the training config.
     ``convention``: the colour range and voxel lattice the model was trained with (a fine-tuning run passes
     its own, e.g. the one of an imported Pointcept backbone).
+    ``instance``: the grouping settings of a model with an instance head (required with one, its
+    ``stuff_classes`` resolved).
     """
+    if model.has_instance_head != (instance is not None):
+        raise ValueError("an instance head needs its InstanceConfig and an InstanceConfig needs the head")
+    if instance is not None and instance.stuff_classes is None:
+        raise ValueError("save_segmenter: resolve the InstanceConfig's stuff_classes first (InstanceConfig.resolved)")
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class head")
     if len(set(class_names)) != len(class_names):
@@ -105,19 +129,26 @@ def save_segmenter(path, model: SegmentationModel, class_names: Sequence[str], g
         raise ValueError(f"grid_size_m must be > 0, got {grid_size_m}")
     tensors = {**prefixed(model.encoder.state_dict(), SEGMENTER_ENCODER_PREFIX),
                **prefixed(model.seg_head.state_dict(), HEAD_PREFIX)}
+    if model.offset_head is not None:
+        tensors.update(prefixed(model.offset_head.state_dict(), INSTANCE_HEAD_PREFIX))
     meta = {**(extra or {}), "kind": SEGMENTER_KIND, "encoder_config": model.encoder_config.to_dict(),
             "encoder_prefix": SEGMENTER_ENCODER_PREFIX, "class_names": list(class_names), "grid_size_m": float(grid_size_m),
             **convention.to_metadata()}
+    if instance is not None:
+        meta["instance"] = instance.to_dict()
     return save_checkpoint(path, tensors, meta)
 
 
 def build_segmenter_checkpoint(path, class_names: Sequence[str], encoder_config: Optional[SpUNetConfig] = None,
                                grid_size_m: float = 0.02, seed: int = 0,
-                               convention: InputConvention = GCROSS_CONVENTION) -> Path:
-    """A randomly initialised segmenter checkpoint (for tests and smoke runs)."""
+                               convention: InputConvention = GCROSS_CONVENTION,
+                               instance: Optional[InstanceConfig] = None) -> Path:
+    """A randomly initialised segmenter checkpoint (for tests and smoke runs); with ``instance`` (stuff
+    classes resolved) it has an instance head."""
     torch.manual_seed(seed)
-    model = SegmentationModel(encoder_config or SpUNetConfig(), len(class_names))
-    return save_segmenter(path, model, class_names, grid_size_m, extra={"trained": False}, convention=convention)
+    model = SegmentationModel(encoder_config or SpUNetConfig(), len(class_names), instance_head=instance is not None)
+    return save_segmenter(path, model, class_names, grid_size_m, extra={"trained": False}, convention=convention,
+                          instance=instance)
 
 
 def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:

@@ -12,6 +12,10 @@
   classifier (Table 1). Otherwise the whole network trains (Tables 2-3).
 - data-efficient settings (Table 2, ``data.limited_*``): the chosen scenes / labelled point indices are
   written into the run folder and can be fed back in.
+- ``task: instance``: 3D instance segmentation (Sec. 4.2.4, Table 4, settings Table S.3): the model gains
+  PointGroup's offset head (:mod:`gcross_core.segmentation.instance`), trained with cross-entropy plus the
+  offset L1 and direction losses; evaluation reports AP25 / AP50 / mAP next to mIoU. Scenes need
+  ``instance.npy``. ``instance`` holds the loss weights and grouping settings stored with the segmenter.
 
 The run folder receives the resolved config, training logs, the trainer's checkpoints,
 ``segmenter.safetensors`` (what :meth:`~gcross_core.segmentation.segmenter.Segmenter.from_checkpoint`
@@ -30,7 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gcross_core.checkpoint import FINETUNE_KIND, SEGMENTER_ENCODER_PREFIX, load_metadata
+from gcross_core.checkpoint import (FINETUNE_KIND, HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
+                                    load_checkpoint, load_metadata, unprefixed)
 from gcross_core.config import to_dict
 from gcross_core.data.classes import class_names_for
 from gcross_core.errors import CheckpointError
@@ -41,8 +46,9 @@ from gcross_core.segmentation.dataset import (SegBatch, SegDataConfig, Segmentat
                                               list_scenes, load_labelled_scene, select_labelled_points,
                                               select_training_scenes)
 from gcross_core.segmentation.evaluate import evaluate_scenes
-from gcross_core.segmentation.model import (IGNORE_INDEX, SegmentationModel, checkpoint_encoder,
-                                            load_pretrained_encoder, save_segmenter, segmentation_loss)
+from gcross_core.segmentation.instance import InstanceConfig, offset_losses, thing_mask
+from gcross_core.segmentation.model import (IGNORE_INDEX, SegmentationModel, checkpoint_encoder, load_pretrained_encoder,
+                                            load_strict, save_segmenter, segmentation_loss)
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_core.train.distributed import barrier, derive_seed, init_distributed, shutdown_distributed
 from gcross_core.train.schedule import ScheduleConfig
@@ -53,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SEGMENTER_FILE = "segmenter.safetensors"
 RECALIBRATION_STREAM = 7919  # seed key of the BatchNorm recalibration draws (apart from the training stream)
+TASKS = ("semantic", "instance")
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,29 @@ class FinetuneConfig:
     limited_batch_size: int = 0
     evaluate: bool = True  # evaluate the validation split at the end
     eval_rotations: int = 1  # test-time augmentation: rotations about z averaged at evaluation
+    task: str = "semantic"  # semantic | instance (PointGroup offset head, Sec. 4.2.4)
+    instance: InstanceConfig = field(default_factory=InstanceConfig)  # the instance task's losses and grouping
+    # instance task on a trained segmenter (--pretrained, same classes): its encoder and classifier are
+    # loaded and frozen and only the offset head trains, so the semantic output stays exactly that
+    # segmenter's (how the demo checkpoint gains its instance head)
+    instance_head_only: bool = False
 
     def __post_init__(self) -> None:
         if self.limited_batch_size < 0 or self.eval_rotations < 1 or self.bn_recalibration_batches < 0:
             raise ValueError("limited_batch_size and bn_recalibration_batches must be >= 0, eval_rotations >= 1")
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is not one of {TASKS}")
+        if self.task == "instance" and self.linear_probe:
+            raise ValueError("the instance task trains the whole network; linear_probe must be false "
+                             "(instance_head_only trains the offset head alone)")
+        if self.instance_head_only and self.task != "instance":
+            raise ValueError("instance_head_only needs task: instance")
+
+    def instance_config(self) -> Optional[InstanceConfig]:
+        """The instance settings with the class set's stuff classes filled in; None for the semantic task."""
+        if self.task != "instance":
+            return None
+        return self.instance.resolved(self.data.class_set, class_names_for(self.data.class_set))
 
     @property
     def data_efficient(self) -> bool:
@@ -114,15 +140,33 @@ def build_model(cfg: FinetuneConfig, pretrained: Optional[str]) -> SegmentationM
             raise CheckpointError(f"config asks for encoder {enc_cfg.to_dict()}, the pretrained checkpoint "
                                   f"{pretrained} holds {ckpt_cfg.to_dict()}")
         enc_cfg = ckpt_cfg
-    model = SegmentationModel(enc_cfg or SpUNetConfig(), num_classes)
+    model = SegmentationModel(enc_cfg or SpUNetConfig(), num_classes, instance_head=cfg.task == "instance")
     if pretrained:
         meta = load_pretrained_encoder(model, pretrained)
         log.info("encoder initialised from %s (%s checkpoint)", pretrained, meta.get("kind", "encoder"))
     elif cfg.linear_probe:
         log.warning("linear probing a randomly initialised encoder (no --pretrained): a baseline, not a model")
+    if cfg.instance_head_only:
+        freeze_semantic_part(model, pretrained, class_names_for(cfg.data.class_set))
     if cfg.linear_probe:
         model.freeze_encoder()
     return model
+
+
+def freeze_semantic_part(model: SegmentationModel, pretrained: Optional[str], class_names) -> None:
+    """instance_head_only: the classifier of the segmenter ``pretrained`` too (its encoder is already
+    loaded), both frozen; only the offset head is left to train."""
+    if not pretrained:
+        raise CheckpointError("instance_head_only needs --pretrained: a segmenter checkpoint of the same classes")
+    tensors, meta = load_checkpoint(pretrained)
+    if meta.get("kind") != SEGMENTER_KIND or list(meta.get("class_names", [])) != list(class_names):
+        raise CheckpointError(f"instance_head_only: {pretrained} is not a segmenter of the classes "
+                              f"{list(class_names)[:4]}... (kind {meta.get('kind')!r})")
+    load_strict(model.seg_head, unprefixed(tensors, HEAD_PREFIX), f"classifier weights of {pretrained}")
+    model.freeze_encoder()
+    for p in model.seg_head.parameters():
+        p.requires_grad_(False)
+    log.info("instance head only: encoder and classifier of %s frozen", pretrained)
 
 
 def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = None, progress: bool = True,
@@ -165,7 +209,11 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
                 "encoder_config": model.encoder_config.to_dict(), "encoder_prefix": SEGMENTER_ENCODER_PREFIX,
                 "pretrained": str(pretrained) if pretrained else None, "linear_probe": cfg.linear_probe,
                 **convention.to_metadata()}
-        trainer = Trainer(model, segmentation_step, dataset, collate_segmentation, run_cfg, run_dir,
+        instance = cfg.instance_config()
+        step_fn = segmentation_step
+        if instance is not None:
+            step_fn = InstanceStep(thing_mask(class_names, instance.stuff_classes), instance)
+        trainer = Trainer(model, step_fn, dataset, collate_segmentation, run_cfg, run_dir,
                           dist_info=dist, checkpoint_metadata=meta, resolved_config=cfg, progress=progress,
                           tensorboard=tensorboard)
         t0 = time.perf_counter()
@@ -177,7 +225,7 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
             extra = {"config": to_dict(cfg), "pretrained": meta["pretrained"], "linear_probe": cfg.linear_probe,
                      "trained_steps": state.step}
             path = save_segmenter(run_dir / SEGMENTER_FILE, model, class_names, cfg.data.grid_size_m, extra=extra,
-                                  convention=convention)
+                                  convention=convention, instance=instance)
             summary["segmenter"] = str(path)
             if cfg.evaluate:
                 summary["eval"] = evaluate_run(cfg, model, class_names, run_dir / "eval", progress)
@@ -218,15 +266,21 @@ def evaluate_run(cfg: FinetuneConfig, model: SegmentationModel, class_names, out
         val_dirs = val_dirs[: cfg.data.max_val_scenes]
     device = next(model.parameters()).device
     segmenter = Segmenter(model, class_names, cfg.data.grid_size_m, device=str(device),
-                          convention=cfg.data.convention)
+                          convention=cfg.data.convention, instance=cfg.instance_config())
     wrap = (lambda it: tqdm(it, desc="evaluate", unit="scene", leave=False)) if progress else None
     res = evaluate_scenes(segmenter, val_dirs, cfg.data.label_file, cfg.eval_rotations, wrap)
     write_metrics_report(out_dir, res.conf, res.metrics, class_names, title="Validation",
-                         extra_json={"scenes": res.per_scene, "rotations": cfg.eval_rotations})
+                         extra_json={"scenes": res.per_scene, "rotations": cfg.eval_rotations}, instance=res.instance)
     m = res.metrics
     log.info("validation (%d scenes): mIoU %.1f  mAcc %.1f  allAcc %.1f", len(val_dirs), 100 * m["miou"],
              100 * m["macc"], 100 * m["allacc"])
-    return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "scenes": len(val_dirs)}
+    out = {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "scenes": len(val_dirs)}
+    if res.instance is not None:
+        i = res.instance
+        log.info("validation instances: AP25 %.1f  AP50 %.1f  mAP %.1f", 100 * i["ap25"], 100 * i["ap50"],
+                 100 * i["map"])
+        out.update({"ap25": i["ap25"], "ap50": i["ap50"], "map": i["map"]})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -260,6 +314,31 @@ def recalibrate_batchnorm(encoder: torch.nn.Module, batches: Iterable[PointBatch
             m.momentum = mom
         encoder.train(was_training)
     return seen
+
+
+class InstanceStep:
+    """The trainer's step_fn of the instance task: cross-entropy + PointGroup's offset L1 and direction
+    losses (Sec. 4.2.4) over the rows of thing instances."""
+
+    def __init__(self, thing: np.ndarray, cfg: InstanceConfig):
+        self.thing = torch.as_tensor(np.asarray(thing, bool))
+        self.cfg = cfg
+
+    def __call__(self, model: torch.nn.Module, batch: SegBatch) -> Dict[str, Any]:
+        if batch.instance is None:
+            raise ValueError("the instance task needs instance ids in every sample (scene folders with instance.npy)")
+        logits, offsets = model(batch.points, with_offsets=True)
+        ce = segmentation_loss(logits, batch.segment)
+        seg = batch.segment
+        thing = self.thing.to(seg.device)
+        valid = (batch.instance >= 0) & (seg >= 0) & thing[seg.clamp_min(0)]
+        l1, direction = offset_losses(offsets.float(), batch.offset_target, valid)
+        loss = ce + self.cfg.offset_l1_weight * l1 + self.cfg.offset_dir_weight * direction
+        with torch.no_grad():
+            labelled = seg != IGNORE_INDEX
+            acc = ((logits.argmax(1) == seg) & labelled).sum() / labelled.sum().clamp_min(1)
+        return {"loss": loss, "ce": ce, "offset_l1": l1, "offset_dir": direction, "acc": acc,
+                "instance_rows": valid.sum().float()}
 
 
 def segmentation_step(model: torch.nn.Module, batch: SegBatch) -> Dict[str, Any]:

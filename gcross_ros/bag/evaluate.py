@@ -5,6 +5,11 @@ VoxelMap fusion per frame and snapshot -> predict -> fuse_probabilities segmenta
 parameter defaults or a node parameter file), frame by frame with the segmentation period counted in
 bag time, then scores the final labelled map against the bag's ground-truth cloud and writes a report
 folder. Needs ``rosbags`` only, no ROS installation.
+
+With a segmenter that has an instance head and a bag whose ground truth carries instance ids, the
+report also gives instance AP25 / AP50 / mAP of the map's objects
+(:func:`gcross_core.evaluation.map_score.score_map_instances`) next to mIoU, and the top-down PNG draws
+each object's box.
 """
 from __future__ import annotations
 
@@ -151,19 +156,52 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
     return pipe.labelled_points(), perf
 
 
+def object_boxes(coord: np.ndarray, label: np.ndarray, instance: np.ndarray, none: int):
+    """(boxes [P, 2, 3] min/max corners, majority class [P]) of the objects in a labelled cloud; ``none``
+    is the id that means no object (0 in a map, -1 in ground truth)."""
+    instance = np.asarray(instance).astype(np.int64)
+    ids = np.unique(instance[instance != none])
+    boxes, classes = np.zeros((len(ids), 2, 3), np.float32), np.full(len(ids), -1, np.int64)
+    for i, oid in enumerate(ids):
+        sel = instance == oid
+        boxes[i] = coord[sel].min(0), coord[sel].max(0)
+        lab = np.asarray(label)[sel]
+        lab = lab[lab >= 0]
+        classes[i] = np.bincount(lab).argmax() if len(lab) else -1
+    return boxes, classes
+
+
 def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_names: Sequence[str],
                      radius_m: float, title: str, cell_m: float = 0.02, perf: Optional[dict] = None,
-                     settings: Optional[dict] = None, render_panel: Optional[dict] = None) -> dict:
+                     settings: Optional[dict] = None, render_panel: Optional[dict] = None, map_instance=None,
+                     map_confidence=None, gt_instance=None, stuff_classes: Optional[Sequence[str]] = None) -> dict:
     """Score a labelled map (offline pipeline or a cloud the live node published) and write the report.
 
     map_coord [M, 3], map_label [M] (-1 = unlabelled), gt_coord [N, 3], gt_label [N] (-1 = ignore), all
-    in the map frame. Writes results.json, report.md, confusion.csv/png and topdown.png.
+    in the map frame. Writes results.json, report.md, confusion.csv/png and topdown.png. With
+    ``map_instance`` [M] (0 = none), ``gt_instance`` [N] (-1 = none) and ``stuff_classes`` (the classes
+    not instanced) the map's objects are scored too (AP; ``map_confidence`` [M] ranks them) and their
+    boxes drawn.
     """
-    from gcross_core.evaluation.map_score import score_labelled_map
+    from gcross_core.evaluation.map_score import score_labelled_map, score_map_instances
     from gcross_core.evaluation.report import save_topdown_png, write_metrics_report
+    from gcross_core.segmentation.instance import thing_mask
 
     names = list(class_names)
     score = score_labelled_map(map_coord, map_label, gt_coord, gt_label, len(names), radius_m)
+    instance = None
+    map_panel = ("labelled map", map_coord, map_label)
+    gt_panel = ("ground truth", gt_coord, gt_label)
+    if map_instance is not None and gt_instance is not None and stuff_classes is not None:
+        thing = thing_mask(names, stuff_classes)
+        instance = score_map_instances(map_coord, map_label, map_confidence, map_instance, gt_coord, gt_label,
+                                       gt_instance, names, thing, radius_m)
+        boxes, classes = object_boxes(map_coord, map_label, map_instance, none=0)
+        keep = (classes >= 0) & thing[np.clip(classes, 0, None)]
+        map_panel = ("labelled map, objects", map_coord, map_label, (boxes[keep], classes[keep]))
+        boxes, classes = object_boxes(gt_coord, gt_label, gt_instance, none=-1)
+        keep = (classes >= 0) & thing[np.clip(classes, 0, None)]
+        gt_panel = ("ground truth, objects", gt_coord, gt_label, (boxes[keep], classes[keep]))
     m = score.metrics
     coverage = {"radius_m": float(radius_m), "gt_points": int(len(gt_coord)),
                 "gt_points_scored": int(score.scored.sum()), "covered_fraction": score.coverage,
@@ -171,20 +209,24 @@ def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_na
                 "covered_but_unlabelled_points": score.unlabelled_points, "map_points": int(len(map_coord))}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_topdown_png(out / "topdown.png", [("labelled map", map_coord, map_label), ("ground truth", gt_coord, gt_label)],
-                     names, min_cell_m=cell_m)
+    save_topdown_png(out / "topdown.png", [map_panel, gt_panel], names, min_cell_m=cell_m)
     md = _eval_markdown(coverage, perf, settings or {})
     md += "\n![top-down: labelled map | ground truth](topdown.png)\n"
     if render_panel is not None:
         md += "\n" + _panel_markdown(render_panel, out)
     extra = {"coverage": coverage, **({"performance": perf} if perf else {}), "settings": settings or {},
              **({"render_panel": render_panel} if render_panel is not None else {})}
-    paths = write_metrics_report(out, score.conf, m, names, title=title, extra_json=extra, extra_markdown=md)
+    paths = write_metrics_report(out, score.conf, m, names, title=title, extra_json=extra, extra_markdown=md,
+                                 instance=instance)
     if render_panel is not None:
         paths["render_panel"] = render_panel["png"]
-    return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "coverage": coverage,
-            "performance": perf, "render_panel": render_panel, "report_dir": str(out),
-            "files": {k: str(v) for k, v in paths.items()}}
+    res = {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "coverage": coverage,
+           "performance": perf, "render_panel": render_panel, "report_dir": str(out),
+           "files": {k: str(v) for k, v in paths.items()}}
+    if instance is not None:
+        res.update({"ap25": instance["ap25"], "ap50": instance["ap50"], "map": instance["map"],
+                    "objects": instance["map_objects"]})
+    return res
 
 
 def _panel_markdown(panel: dict, out_dir: Path) -> str:
@@ -259,12 +301,18 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
     radius = config.radius_m if config.radius_m is not None else 2.0 * pipeline_config.voxel_size_m
     settings = {"bag": str(bag_path), "checkpoint": str(checkpoint), "final_segment": config.final_segment,
                 **asdict(pipeline_config)}
+    instance_config = getattr(segmenter, "instance_config", None)
     res = score_and_report(out_dir, pts.coord, pts.label, gt.coord, gt_label, names, radius,
                            title=f"Bag evaluation: {Path(bag_path).name}", cell_m=pipeline_config.voxel_size_m,
-                           perf=perf, settings=settings, render_panel=panel)
+                           perf=perf, settings=settings, render_panel=panel, map_instance=pts.instance,
+                           map_confidence=pts.confidence, gt_instance=gt.instance,
+                           stuff_classes=instance_config.stuff_classes if instance_config is not None else None)
     log.info("mIoU %.1f %% (mAcc %.1f %%, coverage %.1f %%) on %d frames at %.1f frames/s; report in %s",
              100 * res["miou"], 100 * res["macc"], 100 * res["coverage"]["covered_fraction"], perf["frames"],
              perf["frames_per_s"], out_dir)
+    if "ap50" in res:
+        log.info("instances: %d objects in the map; AP25 %.1f %%, AP50 %.1f %%, mAP %.1f %%", res["objects"],
+                 100 * res["ap25"], 100 * res["ap50"], 100 * res["map"])
     return res
 
 

@@ -72,6 +72,7 @@ class GroundTruthCloud:
     label: np.ndarray  # [N] int64, -1 = ignore
     class_names: Optional[List[str]] = None
     stamp_ns: int = 0
+    instance: Optional[np.ndarray] = None  # [N] int64 object id, -1 = none (the cloud's instance field minus 1)
 
 
 @dataclass

@@ -6,10 +6,13 @@ Needs rclpy and the message packages; the scoring and the report are those of
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from gcross_core.errors import InputError, LiveEvalError
 from gcross_ros.bag.evaluate import labels_for_classes, load_ground_truth, score_and_report
@@ -17,6 +20,8 @@ from gcross_ros.bag.format import BagTopics
 from gcross_ros.bag.player import BagPlayer, rclpy_node
 from gcross_ros.bag.reader import BagReader
 from gcross_ros.msgs import codec
+
+log = logging.getLogger(__name__)
 
 
 def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud", legend_topic: str = "/class_legend",
@@ -83,7 +88,14 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
                          "--voxel-size-m (the node's voxel_size_m)")
     if not names:
         raise InputError(f"bag {bag_path} has no class names and no class legend arrived on {legend_topic}")
-    coord, _, label = codec.split_labelled_points(codec.decode_cloud(chosen[1]))
+    points = codec.decode_cloud(chosen[1])
+    coord, _, label = codec.split_labelled_points(points)
+    confidence = points["confidence"].astype(np.float64) if "confidence" in (points.dtype.names or ()) else None
+    stuff = json.loads(legends[-1].data).get("stuff_classes") if legends else None
+    if codec.instance_ids(points) is not None and (stuff is None or gt.instance is None):
+        log.warning("the cloud has objects but %s: no instance AP",
+                    "the bag's ground truth has no instance ids" if gt.instance is None
+                    else "no class legend naming the stuff classes arrived")
     gt_label = labels_for_classes(gt, names, bag_path)
     radius = radius_m if radius_m is not None else 2.0 * voxel_size_m
     live = {"messages_published": player.published,
@@ -91,7 +103,9 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
             "cloud_after_playback_s": chosen[0] - t_played, "rate": rate}
     return score_and_report(out_dir, coord, label, gt.coord, gt_label, names, radius,
                             title=f"Live evaluation: {Path(bag_path).name}", cell_m=voxel_size_m,
-                            settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live})
+                            settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live},
+                            map_instance=codec.instance_ids(points), map_confidence=confidence,
+                            gt_instance=gt.instance, stuff_classes=stuff)
 
 
 def run_live_evaluation(bag_path, out_dir, cloud_topic: str = "/labelled_cloud",

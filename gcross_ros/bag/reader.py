@@ -153,8 +153,11 @@ def read_ground_truth(path, topics: BagTopics = BagTopics()) -> Optional[GroundT
         for topic, msgtype, _, raw in bag.messages([topics.gt_cloud]):
             msg = bag.deserialize(raw, msgtype, topic)
             with _content_errors(bag.path, f"ground-truth cloud on {topic}"):
-                coord, color, label = codec.split_labelled_points(codec.decode_cloud(msg))
-            return GroundTruthCloud(coord, color, label, bag.class_names, codec.stamp_to_ns(msg.header.stamp))
+                points = codec.decode_cloud(msg)
+                coord, color, label = codec.split_labelled_points(points)
+                ids = codec.instance_ids(points)
+            return GroundTruthCloud(coord, color, label, bag.class_names, codec.stamp_to_ns(msg.header.stamp),
+                                    instance=None if ids is None else ids - 1)
     return None
 
 

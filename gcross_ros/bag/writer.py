@@ -104,7 +104,9 @@ def record_frames(out,
         static = rb.transform_stamped_msg(np.eye(4), t0, config.camera_frame, config.depth_frame)
         bag.write(tp.tf_static, rb.tf_msg([static]), t0)
         if gt is not None:
-            points = codec.labelled_points(gt.coord, gt.color, gt.label)
+            # instance ids travel shifted by one: the field's 0 means "no object"
+            inst = None if gt.instance is None else np.asarray(gt.instance, np.int64) + 1
+            points = codec.labelled_points(gt.coord, gt.color, gt.label, instance=inst)
             bag.write(tp.gt_cloud, rb.cloud_msg(points, t0, config.map_frame), t0)
 
         for color, depth_m, K_color, K_depth, cam_to_map in frames:
@@ -152,8 +154,10 @@ def record_scene(scene, out, config: RecordConfig = RecordConfig(),
         coord = np.asarray(scene.coord, np.float32)
         # scene colors are 0..255 in any numeric type; the cloud holds uint8
         color = np.clip(np.rint(np.asarray(scene.color, np.float64)), 0, 255).astype(np.uint8)
+        instance = getattr(scene, "instance", None)
         gt = GroundTruthCloud(coord=coord, color=color, label=np.asarray(scene.segment),
-                              class_names=list(class_names) if class_names else None)
+                              class_names=list(class_names) if class_names else None,
+                              instance=None if instance is None else np.asarray(instance, np.int64))
     else:
         log.warning("scene %s has no labels; the bag gets no ground-truth cloud", getattr(scene, "name", "?"))
     indices = list(range(0, len(scene.frames), config.every))

@@ -60,6 +60,9 @@ LABELLED_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb
 # The same without confidence: a ground-truth cloud.
 LABELLED_POINTS_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4"), ("label", "<u4")])
 IGNORE_LABEL_U32 = 0xFFFFFFFF  # label -1 as uint32 (two's complement)
+# Appended to either layout by a segmenter with an instance head (and to ground truth with instances):
+# object id per point, 0 = none.
+INSTANCE_FIELD = ("instance", "<u4")
 
 
 # ---------------------------------------------------------------- stamps
@@ -366,8 +369,10 @@ def labelled_points(xyz: np.ndarray,  # [N, 3] float metres
                     rgb: np.ndarray,  # [N, 3] uint8
                     label: np.ndarray,  # [N] int class index, -1 = ignore
                     confidence: Optional[np.ndarray] = None,  # [N] float in 0..1
+                    instance: Optional[np.ndarray] = None,  # [N] int object id, 0 = none
                     ) -> np.ndarray:  # [N] LABELLED_CLOUD_DTYPE, or LABELLED_POINTS_DTYPE without confidence
-    """Points of a labelled cloud: x, y, z, rgb (packed), label (uint32, -1 -> 0xFFFFFFFF), [confidence]."""
+    """Points of a labelled cloud: x, y, z, rgb (packed), label (uint32, -1 -> 0xFFFFFFFF), [confidence],
+    [instance (uint32, 0 = none)]."""
     xyz = np.asarray(xyz)
     n = len(xyz)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
@@ -375,19 +380,36 @@ def labelled_points(xyz: np.ndarray,  # [N, 3] float metres
     checks = [("rgb", rgb, (n, 3)), ("label", label, (n,))]
     if confidence is not None:
         checks.append(("confidence", confidence, (n,)))
+    if instance is not None:
+        checks.append(("instance", instance, (n,)))
     for name, arr, shape in checks:
         if np.shape(arr) != shape:
             raise InputError(f"{name} has shape {np.shape(arr)}, expected {shape} to match xyz")
     label = np.asarray(label).astype(np.int64)
     if n and (label.min() < -1 or label.max() > np.iinfo(np.uint32).max):
         raise InputError(f"label values must lie in -1..2^32-1, got {label.min()}..{label.max()}")
-    points = np.empty(n, dtype=LABELLED_POINTS_DTYPE if confidence is None else LABELLED_CLOUD_DTYPE)
+    dtype = LABELLED_POINTS_DTYPE if confidence is None else LABELLED_CLOUD_DTYPE
+    if instance is not None:
+        instance = np.asarray(instance).astype(np.int64)
+        if n and (instance.min() < 0 or instance.max() > np.iinfo(np.uint32).max):
+            raise InputError(f"instance ids must lie in 0..2^32-1 (0 = none), got {instance.min()}..{instance.max()}")
+        dtype = np.dtype(dtype.descr + [INSTANCE_FIELD])
+    points = np.empty(n, dtype=dtype)
     points["x"], points["y"], points["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     points["rgb"] = pack_rgb(rgb)
     points["label"] = np.where(label < 0, IGNORE_LABEL_U32, label).astype(np.uint32)
     if confidence is not None:
         points["confidence"] = confidence
+    if instance is not None:
+        points["instance"] = instance.astype(np.uint32)
     return points
+
+
+def instance_ids(points: np.ndarray) -> Optional[np.ndarray]:  # -> [N] int64 object id, 0 = none; None: no field
+    """The ``instance`` field of a labelled cloud, or None when it has none."""
+    if "instance" not in (points.dtype.names or ()):
+        return None
+    return points["instance"].astype(np.int64)
 
 
 def split_labelled_points(points: np.ndarray,  # [N] structured with x, y, z, label (rgb optional)

@@ -74,6 +74,9 @@ def labelled_cloud(xyz: np.ndarray,  # [N, 3] float metres, frame ``frame_id``
                    rgb: np.ndarray,  # [N, 3] uint8
                    label: np.ndarray,  # [N] int, class index
                    confidence: np.ndarray,  # [N] float in 0..1
-                   stamp_ns: int = 0, frame_id: str = "map") -> PointCloud2:
-    """The node's output cloud: fields x, y, z, rgb (packed), label (uint32), confidence (float32)."""
-    return array_to_pointcloud2(codec.labelled_points(xyz, rgb, label, confidence), stamp_ns, frame_id)
+                   stamp_ns: int = 0, frame_id: str = "map",
+                   instance: Optional[np.ndarray] = None,  # [N] int object id, 0 = none
+                   ) -> PointCloud2:
+    """The node's output cloud: fields x, y, z, rgb (packed), label (uint32), confidence (float32), and
+    instance (uint32, 0 = none) when ``instance`` is given."""
+    return array_to_pointcloud2(codec.labelled_points(xyz, rgb, label, confidence, instance), stamp_ns, frame_id)

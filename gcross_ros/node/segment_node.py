@@ -4,7 +4,10 @@ Interface (relative names; the launch file remaps the inputs under the camera na
   in   color/image_raw (rgb8 | bgr8), depth/image_raw (16UC1 mm | 32FC1 m, registered to color),
        color/camera_info, and pose (geometry_msgs/PoseStamped, camera-to-map) when pose_source is topic
        or TF (map_frame <- camera frame at the image stamp) when it is tf; all with sensor-data QoS.
-  out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence), rendered/color
+  out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence, and instance (uint32
+       object id, 0 = none) when the checkpoint has an instance head), instances (visualization_msgs/
+       MarkerArray: a box and a label per object, ids stable while an object persists; instance head
+       only; gcross_ros.msgs.markers), rendered/color
        (rgb8), rendered/depth (32FC1 m, NaN where nothing is rendered), rendered/semantic (rgb8 class
        palette), with render_source gaussians also rendered/features (rgb8 false colour of the model's
        feature field, PCA basis fixed per map), all reliable; class_legend (std_msgs/String JSON: id,
@@ -67,6 +70,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
 
 from gcross_core.cli import cli_main, exit_code_for
 from gcross_core.errors import GcrossError, MalformedMessageError, UnavailableError
@@ -80,6 +84,7 @@ from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_ros.msgs.codec import (camera_info_to_K, decode_color_rgb, decode_depth, pose_to_matrix,
                                    stamp_to_ns)
+from gcross_ros.msgs.markers import object_markers
 from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
 from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters
@@ -223,6 +228,9 @@ class SegmentNode(Node):
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.legend_pub = self.create_publisher(String, "class_legend", latched)
+        self.instances_pub = None
+        if self.segmenter.has_instance_head:
+            self.instances_pub = self.create_publisher(MarkerArray, "instances", reliable)
         if p.publish_rendered:
             self.render_pubs = {name: self.create_publisher(Image, f"rendered/{name}", reliable)
                                 for name in ("color", "depth", "semantic")
@@ -327,8 +335,7 @@ class SegmentNode(Node):
         stale = self._pose_buffer.discard_after(stamp_ns + int(TIME_JUMP_RESET_S * 1e9))
         self.stats.inc("time_jumps")
         if self.params.reset_map_on_time_jump:
-            self.map.clear()
-            self._map_version = next(self._map_versions)
+            self._clear_map()
             kept = "map cleared (reset_map_on_time_jump)"
         else:
             kept = f"map kept ({len(self.map)} voxels; reset_map_on_time_jump:=true clears it)"
@@ -480,8 +487,11 @@ class SegmentNode(Node):
             keep = pts.label >= 0  # voxels added since the segmentation's snapshot have no label yet
             stamp_ns = view.stamp_ns if view is not None else self.get_clock().now().nanoseconds
             msg = labelled_cloud(pts.coord[keep], pts.color[keep], pts.label[keep], pts.confidence[keep],
-                                 stamp_ns=stamp_ns, frame_id=self.params.map_frame)
+                                 stamp_ns=stamp_ns, frame_id=self.params.map_frame,
+                                 instance=pts.instance[keep] if pts.instance is not None else None)
             self.cloud_pub.publish(msg)
+            if self.instances_pub is not None:
+                self._publish_instances(stamp_ns)
         except Exception as e:  # the worker must survive; the error is reported, not swallowed
             self._failed("segmentation", e)
             if force:
@@ -494,6 +504,10 @@ class SegmentNode(Node):
             self.stats.timing("latency_ms", (time.monotonic() - view.received) * 1e3)
         return (f"segmented {seg.voxels} voxels in {seg.seconds:.2f} s, {seg.updated} labels updated; "
                 f"labelled_cloud of {int(keep.sum())} points published")
+
+    def _publish_instances(self, stamp_ns: int) -> None:
+        self.instances_pub.publish(object_markers(self.pipeline.objects(), self.class_names, self.palette, stamp_ns,
+                                                  self.params.map_frame))
 
     def _render(self) -> None:
         view, version = self._latest_view, self._map_version
@@ -518,7 +532,7 @@ class SegmentNode(Node):
         """~/save_map: the map, its labels and (when tracked) instance ids to save_map_path."""
         path = os.path.expanduser(self.params.save_map_path)
         saved = SavedMap.from_voxel_map(self.map, self.class_names, self.params.map_frame,
-                                        instance=self.voxel_instances())
+                                        instance_of=self._instances_of_keys())
         try:
             out = save_map(path, saved)
         except OSError as e:  # no permission, disk full, a file in the way: answered, the node goes on
@@ -528,17 +542,29 @@ class SegmentNode(Node):
         self.get_logger().info(f"map of {len(saved)} voxels saved to {out}")
         return True, f"saved {len(saved)} voxels to {out}"
 
-    def voxel_instances(self) -> Optional[np.ndarray]:
-        """[N] instance id of every map voxel (-1: none), or None while the node tracks no instances."""
-        return None
+    def _instances_of_keys(self):
+        """voxel keys -> object ids (-1: none) while the segmenter tracks objects, else None."""
+        tracker = self.pipeline.tracker
+        if tracker is None:
+            return None
+
+        def ids(keys: np.ndarray) -> np.ndarray:
+            found = tracker.ids_of(keys)  # 0 = none in the tracker and labelled_cloud
+            return np.where(found > 0, found, -1)
+        return ids
+
+    def _clear_map(self) -> None:
+        """Empty the map, forget its objects and the feature colour basis of its renders."""
+        self.map.clear()
+        self.pipeline.reset_instances()  # object ids start again with the new map
+        if self.model_renderer is not None:
+            self.model_renderer.reset()
+        self._map_version = next(self._map_versions)
 
     def reset_map(self) -> Tuple[bool, str]:
         """~/reset_map: clear the map and publish an empty labelled_cloud."""
         voxels = len(self.map)
-        self.map.clear()
-        if self.model_renderer is not None:  # a new map gets a new feature colour basis
-            self.model_renderer.reset()
-        self._map_version = next(self._map_versions)
+        self._clear_map()
         empty = np.zeros((0, 3), np.float32)
         self.cloud_pub.publish(labelled_cloud(empty, np.zeros((0, 3), np.uint8), np.zeros(0, np.int64),
                                               np.zeros(0, np.float32), stamp_ns=self.get_clock().now().nanoseconds,
@@ -585,6 +611,8 @@ class SegmentNode(Node):
                               for i, n in enumerate(self.class_names)],
                   "label_field": "label", "checkpoint": self.params.checkpoint_path,
                   "voxel_size_m": self.params.voxel_size_m}
+        if self.segmenter.has_instance_head:
+            legend.update(instance_field="instance", stuff_classes=list(self.segmenter.instance_config.stuff_classes))
         self.legend_pub.publish(String(data=json.dumps(legend)))
 
     def _publish_diagnostics(self) -> None:

@@ -295,3 +295,48 @@ def test_batchnorm_recalibration_averages_batches_and_touches_no_weight():
     assert bn.momentum == 0.01 and not net.training
     for k, v in weights.items():
         assert torch.equal(net.state_dict()[k], v), k
+
+
+def _room_with_chairs(name, seed, n=1200):
+    """A floor (stuff) with two chair blocks on it, each its own instance."""
+    rng = np.random.default_rng(seed)
+    floor = np.c_[rng.uniform(0, 2, (n // 2, 2)), np.zeros(n // 2)]
+    chairs = [rng.uniform(0, 0.4, (n // 4, 3)) + [x, 0.5, 0.0] for x in (0.2, 1.2)]
+    coord = np.concatenate([floor, *chairs]).astype(np.float32)
+    normal = np.tile(np.float32([0, 0, 1]), (len(coord), 1))
+    color = rng.uniform(0, 255, (len(coord), 3)).astype(np.float32)
+    segment = np.r_[np.full(n // 2, SYNTHETIC_CLASSES.index("floor")), np.full(n // 2, SYNTHETIC_CLASSES.index("chair"))]
+    instance = np.r_[np.full(n // 2, 0), np.full(n // 4, 1), np.full(n // 4, 2)]
+    return Scene(name, coord, color, normal, segment, instance, class_names=SYNTHETIC_CLASSES)
+
+
+def test_instance_task_then_instance_head_only(tmp_path):
+    for split, names in (("train", ["a", "b"]), ("val", ["v"])):
+        for i, name in enumerate(names):
+            write_scene(_room_with_chairs(name, seed=i + len(split)), tmp_path / "data" / split / name)
+    overrides = [f"data.root={tmp_path / 'data'}", "encoder.base_channels=8", "encoder.channels=[8,8,8,8]",
+                 "encoder.layers=[1,1,1,1]", "train.max_steps=2", "train.batch_size=2", "train.device=cpu",
+                 "data.grid_size_m=0.1", "data.max_points=400", "instance.min_points=2"]
+    cfg = load_config(REPO / "training" / "configs" / "finetune_synthetic_insseg.yaml", FinetuneConfig, overrides)
+    run_finetuning(cfg, tmp_path / "ins", progress=False, tensorboard=False)
+    seg = Segmenter.from_checkpoint(tmp_path / "ins" / "segmenter.safetensors")
+    assert seg.has_instance_head and seg.instance_config.stuff_classes == ("wall", "floor")
+    results = json.loads((tmp_path / "ins" / "eval" / "results.json").read_text())
+    assert results["instance"]["per_class"]["chair"]["num_gt"] == 2 and 0.0 <= results["instance"]["ap50"] <= 1.0
+    assert "AP50" in (tmp_path / "ins" / "eval" / "report.md").read_text()
+
+    # only the offset head trains: the classes of the given segmenter stay exactly as they were
+    head_only = load_config(REPO / "training" / "configs" / "finetune_synthetic_insseg.yaml", FinetuneConfig,
+                            overrides + ["instance_head_only=true", "evaluate=false"])
+    run_finetuning(head_only, tmp_path / "head", pretrained=str(tmp_path / "ins" / "segmenter.safetensors"),
+                   progress=False, tensorboard=False)
+    seg2 = Segmenter.from_checkpoint(tmp_path / "head" / "segmenter.safetensors")
+    scene = _room_with_chairs("v", seed=4)
+    np.testing.assert_array_equal(seg.predict_proba(scene.coord, scene.color, scene.normal),
+                                  seg2.predict_proba(scene.coord, scene.color, scene.normal))
+    before, after = seg.model.offset_head.state_dict(), seg2.model.offset_head.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(CheckpointError, match="instance_head_only"):
+        build = load_config(REPO / "training" / "configs" / "finetune_synthetic_insseg.yaml", FinetuneConfig,
+                            overrides + ["instance_head_only=true"])
+        run_finetuning(build, tmp_path / "bad", pretrained=None, progress=False, tensorboard=False)

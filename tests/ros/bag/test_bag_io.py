@@ -429,3 +429,40 @@ def test_pipeline_config_rejects_unknown_scope():
         PipelineConfig(segment_scope="all")
     with pytest.raises(ValueError, match="segment_context_m"):
         PipelineConfig(segment_context_m=-1.0)
+
+
+class HeightInstanceOracle(HeightOracle):
+    """HeightOracle with an instance head: the cabinet face is one object, the floor is stuff."""
+
+    has_instance_head = True
+
+    def __init__(self):
+        super().__init__()
+        from gcross_core.segmentation.instance import InstanceConfig
+
+        self.instance_config = InstanceConfig(stuff_classes=("floor",))
+
+    def predict_instances(self, coord, color, normal):
+        from gcross_core.segmentation.instance import InstanceSet
+        from gcross_core.segmentation.segmenter import InstancePrediction
+
+        labels, conf, probs = self.predict(coord, color, normal, return_probs=True)
+        cabinet = np.flatnonzero(labels == 1)
+        found = InstanceSet([cabinet] if len(cabinet) else [], np.ones(int(len(cabinet) > 0), np.int64),
+                            np.full(int(len(cabinet) > 0), 0.9, np.float32), len(coord))
+        return InstancePrediction(labels, conf, probs, found)
+
+
+def test_eval_scores_the_objects_of_the_map(tmp_path):
+    scene = plane_scene()
+    scene.instance = np.where(scene.segment == 1, 7, 0)  # the cabinet is object 7; the floor object 0 (stuff)
+    bag = tmp_path / "bag"
+    record_scene(scene, bag, RecordConfig())
+    assert (read_bag(bag).gt.instance == scene.instance).all()  # instance ids survive the round trip
+    res = evaluate_bag(bag, HeightInstanceOracle(), tmp_path / "report", PipelineConfig(segment_period_s=0.15))
+    assert res["miou"] == pytest.approx(1.0)
+    assert res["objects"] == 1 and res["ap50"] == pytest.approx(1.0) and res["map"] == pytest.approx(1.0)
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert saved["instance"]["per_class"]["cabinet"]["num_gt"] == 1 and "floor" not in saved["instance"]["per_class"]
+    assert "AP50 100.0" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "topdown.png").stat().st_size > 0

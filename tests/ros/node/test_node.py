@@ -263,7 +263,9 @@ def test_labelled_cloud_rendered_views_and_legend(running):
 
     msg = wait_for(both_regions, WAIT_S, "a labelled_cloud covering both frames", proc, log_path)
     assert msg.header.frame_id == "map"
+    # a semantic-only checkpoint: no instance field, no instances topic
     assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb", "label", "confidence"]
+    assert fx.node.count_publishers("/instances") == 0
     pts = codec.decode_cloud(msg)
     assert len(pts) > 100
     assert pts["label"].max() < len(CLASSES)
@@ -623,6 +625,8 @@ def test_rviz_config_shows_the_node_outputs():
     assert "RGB8" in by_transformer and not by_transformer["RGB8"]["Enabled"]
     images = {d["Topic"]["Value"] for d in displays if d["Class"] == "rviz_default_plugins/Image"}
     assert images == {"/rendered/color", "/rendered/depth", "/rendered/semantic"}
+    markers = [d for d in displays if d["Class"] == "rviz_default_plugins/MarkerArray"]
+    assert [d["Topic"]["Value"] for d in markers] == ["/instances"] and markers[0]["Enabled"]
 
 
 def test_launch_file_parses_and_declares_its_arguments():

@@ -1,0 +1,138 @@
+"""Instance segmentation: grouping on synthetic shapes, offset targets and losses, and the Segmenter's
+instance output (checkpoints with and without an instance head)."""
+import numpy as np
+import pytest
+import torch
+
+from gcross_core.errors import CheckpointError, ConfigError
+from gcross_core.model.encoder import SpUNetConfig
+from gcross_core.segmentation.instance import (InstanceConfig, InstanceSet, group_instances, instance_centres,
+                                               offset_losses, thing_mask)
+from gcross_core.segmentation.model import build_segmenter_checkpoint
+from gcross_core.segmentation.segmenter import Segmenter
+
+CLASSES = ("wall", "floor", "chair", "table")
+THING = thing_mask(CLASSES, ("wall", "floor"))
+CFG = InstanceConfig(stuff_classes=("wall", "floor"), cluster_radius_m=0.03, min_points=20)
+TINY = SpUNetConfig(in_channels=6, base_channels=8, channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1,) * 8)
+
+
+def box_surface(lo, hi, step=0.02):
+    """Points on a 2 cm lattice filling the box [lo, hi] (a solid block of points)."""
+    axes = [np.arange(a, b + 1e-9, step) for a, b in zip(lo, hi)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+
+
+def one_hot(labels, k=len(CLASSES), p=0.9):
+    probs = np.full((len(labels), k), (1 - p) / (k - 1), np.float32)
+    probs[np.arange(len(labels)), labels] = p
+    return probs
+
+
+def two_touching_chairs():
+    a = box_surface((0.0, 0.0, 0.0), (0.3, 0.3, 0.3))
+    b = box_surface((0.32, 0.0, 0.0), (0.62, 0.3, 0.3))  # one lattice step apart: touching
+    coord = np.concatenate([a, b])
+    inst = np.repeat([0, 1], [len(a), len(b)])
+    return coord, inst
+
+
+def test_touching_objects_are_split_by_offsets_not_by_coordinates():
+    coord, inst = two_touching_chairs()
+    probs = one_hot(np.full(len(coord), 2))
+    perfect = instance_centres(coord, inst) - coord
+    # coordinates alone see one connected blob
+    only_coords = group_instances(coord, perfect, probs, THING, InstanceConfig(**{**CFG.to_dict(), "use_shifted": False}))
+    assert len(only_coords) == 1 and len(only_coords.indices[0]) == len(coord)
+    # its shifted points stay in two piles: the offset-agreement factor lowers its score (about 0.63 x 0.9)
+    assert 0.5 < only_coords.scores[0] < 0.7
+    # the shifted points pile up at two centres: two instances, each exactly one chair; NMS removes the
+    # merged blob from the original coordinates (IoU 0.5 with each chair > 0.3)
+    found = group_instances(coord, perfect, probs, THING, CFG)
+    assert len(found) == 2
+    got = sorted(tuple(np.unique(inst[i])) + (len(i),) for i in found.indices)
+    assert got == sorted([(0, int((inst == 0).sum())), (1, int((inst == 1).sum()))])
+    assert (found.classes == 2).all() and np.all(found.scores == pytest.approx(0.9, abs=1e-3))
+
+
+def test_stuff_small_and_low_score_clusters_are_dropped():
+    coord, inst = two_touching_chairs()
+    offsets = instance_centres(coord, inst) - coord
+    assert len(group_instances(coord, offsets, one_hot(np.zeros(len(coord), int)), THING, CFG)) == 0  # wall
+    big = InstanceConfig(**{**CFG.to_dict(), "min_points": len(coord) + 1})
+    assert len(group_instances(coord, offsets, one_hot(np.full(len(coord), 2)), THING, big)) == 0
+    strict = InstanceConfig(**{**CFG.to_dict(), "score_threshold": 0.95})
+    assert len(group_instances(coord, offsets, one_hot(np.full(len(coord), 2)), THING, strict)) == 0
+
+
+def test_classes_are_grouped_apart():
+    coord, inst = two_touching_chairs()
+    labels = np.where(inst == 0, 2, 3)  # a chair touching a table
+    found = group_instances(coord, np.zeros_like(coord), one_hot(labels), THING, CFG)  # no offsets needed
+    assert sorted(found.classes.tolist()) == [2, 3]
+
+
+def test_instance_set_point_ids_and_expand():
+    s = InstanceSet([np.array([0, 1]), np.array([1, 2])], np.array([2, 3]), np.array([0.9, 0.5], np.float32), 4)
+    assert s.point_ids().tolist() == [0, 0, 1, -1]  # point 1 keeps the higher-scoring instance
+    inverse = np.array([0, 0, 1, 2, 3, 2])  # six original points on four rows
+    e = s.expand(inverse)
+    assert e.num_points == 6 and [i.tolist() for i in e.indices] == [[0, 1, 2], [2, 3, 5]]
+
+
+def test_offset_targets_and_losses():
+    coord = np.array([[0, 0, 0], [2, 0, 0], [5, 5, 5]], np.float32)
+    inst = np.array([3, 3, -1])
+    assert instance_centres(coord, inst).tolist() == [[1, 0, 0], [1, 0, 0], [0, 0, 0]]
+    target = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 0, 0]])
+    valid = torch.tensor([True, True, False])
+    l1, direction = offset_losses(target.clone(), target, valid)
+    assert l1.item() == 0.0 and direction.item() == pytest.approx(0.0, abs=1e-6)
+    l1, direction = offset_losses(-target, target, valid)  # opposite: |2| per row, cos -1 -> 1 - cos = 2
+    assert l1.item() == pytest.approx(2.0) and direction.item() == pytest.approx(2.0)
+    zero, _ = offset_losses(target, target, torch.zeros(3, dtype=torch.bool))
+    assert zero.item() == 0.0
+
+
+def test_config_resolution():
+    cfg = InstanceConfig().resolved("synthetic", ("wall", "floor", "chair"))
+    assert cfg.stuff_classes == ("wall", "floor")
+    with pytest.raises(ConfigError, match="lamp"):
+        InstanceConfig(stuff_classes=("lamp",)).resolved("synthetic", ("wall", "chair"))
+    assert InstanceConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_segmenter_instance_output_and_semantic_checkpoints(tmp_path, one_torch_thread):
+    coord, _ = two_touching_chairs()
+    color = np.full_like(coord, 128.0)
+    normal = np.tile(np.float32([0, 0, 1]), (len(coord), 1))
+    plain = Segmenter.from_checkpoint(build_segmenter_checkpoint(tmp_path / "plain.safetensors", CLASSES, TINY))
+    assert not plain.has_instance_head
+    labels, conf, _ = plain.predict(coord, color, normal)  # semantic-only checkpoints behave as before
+    assert labels.shape == (len(coord),)
+    with pytest.raises(CheckpointError, match="no instance head"):
+        plain.predict_instances(coord, color, normal)
+    cfg = InstanceConfig(stuff_classes=("wall", "floor"), min_points=1, score_threshold=0.0)
+    inst = Segmenter.from_checkpoint(build_segmenter_checkpoint(tmp_path / "ins.safetensors", CLASSES, TINY,
+                                                                instance=cfg))
+    assert inst.has_instance_head and inst.instance_config == cfg
+    out = inst.predict_instances(coord, color, normal)
+    assert out.labels.shape == (len(coord),) and out.probs.shape == (len(coord), len(CLASSES))
+    assert out.instances.num_points == len(coord)
+    ids = out.instance
+    for k, idx in enumerate(out.instances.indices):
+        assert THING[out.instances.classes[k]]  # never a wall or floor
+        assert (out.labels[idx] == out.instances.classes[k]).all()  # an instance is one predicted class
+    assert ids.min() >= -1 and ids.max() < len(out.instances)
+
+
+def test_checkpoint_with_unknown_stuff_class_is_rejected(tmp_path):
+    from gcross_core.checkpoint import load_checkpoint, save_checkpoint
+
+    path = build_segmenter_checkpoint(tmp_path / "ins.safetensors", CLASSES, TINY,
+                                      instance=InstanceConfig(stuff_classes=("wall",)))
+    tensors, meta = load_checkpoint(path)
+    meta["instance"]["stuff_classes"] = ["ceiling"]
+    save_checkpoint(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(CheckpointError, match="instance settings"):
+        Segmenter.from_checkpoint(tmp_path / "bad.safetensors")
