@@ -178,7 +178,7 @@ def test_imported_backbone_fine_tunes_with_its_convention(pointcept_pth, tmp_pat
     # training samples are built in the recorded convention
     coord, color, normal = _cloud(600)
     scene = type("S", (), {"coord": coord, "color": color, "normal": normal,
-                           "segment": np.zeros(len(coord), np.int64)})()
+                           "segment": np.zeros(len(coord), np.int64), "instance": None})()
     conv = finetune_convention(data, str(enc))
     sample = training_sample(scene, SegDataConfig(root="unused", class_set="synthetic", grid_size_m=GRID,
                                                   augment=False, max_points=10 ** 6,
