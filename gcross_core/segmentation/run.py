@@ -16,6 +16,8 @@
   PointGroup's offset head (:mod:`gcross_core.segmentation.instance`), trained with cross-entropy plus the
   offset L1 and direction losses; evaluation reports AP25 / AP50 / mAP next to mIoU. Scenes need
   ``instance.npy``. ``instance`` holds the loss weights and grouping settings stored with the segmenter.
+  ``from_segmenter`` / ``instance_head_only`` start from a trained segmenter (its classifier too), the
+  latter training the offset head alone on the frozen encoder and classifier.
 
 The run folder receives the resolved config, training logs, the trainer's checkpoints,
 ``segmenter.safetensors`` (what :meth:`~gcross_core.segmentation.segmenter.Segmenter.from_checkpoint`
@@ -86,6 +88,9 @@ class FinetuneConfig:
     # loaded and frozen and only the offset head trains, so the semantic output stays exactly that
     # segmenter's (how the demo checkpoint gains its instance head)
     instance_head_only: bool = False
+    # start from a trained segmenter (--pretrained, same classes): its classifier is loaded next to its
+    # encoder and everything trains (with task: instance the offset head starts fresh)
+    from_segmenter: bool = False
 
     def __post_init__(self) -> None:
         if self.limited_batch_size < 0 or self.eval_rotations < 1 or self.bn_recalibration_batches < 0:
@@ -146,27 +151,29 @@ def build_model(cfg: FinetuneConfig, pretrained: Optional[str]) -> SegmentationM
         log.info("encoder initialised from %s (%s checkpoint)", pretrained, meta.get("kind", "encoder"))
     elif cfg.linear_probe:
         log.warning("linear probing a randomly initialised encoder (no --pretrained): a baseline, not a model")
+    if cfg.instance_head_only or cfg.from_segmenter:
+        load_classifier(model, pretrained, class_names_for(cfg.data.class_set))
     if cfg.instance_head_only:
-        freeze_semantic_part(model, pretrained, class_names_for(cfg.data.class_set))
+        model.freeze_encoder()
+        for p in model.seg_head.parameters():
+            p.requires_grad_(False)
+        log.info("instance head only: encoder and classifier of %s frozen", pretrained)
     if cfg.linear_probe:
         model.freeze_encoder()
     return model
 
 
-def freeze_semantic_part(model: SegmentationModel, pretrained: Optional[str], class_names) -> None:
-    """instance_head_only: the classifier of the segmenter ``pretrained`` too (its encoder is already
-    loaded), both frozen; only the offset head is left to train."""
+def load_classifier(model: SegmentationModel, pretrained: Optional[str], class_names) -> None:
+    """instance_head_only / from_segmenter: the classifier of the segmenter ``pretrained`` too (its
+    encoder is already loaded)."""
     if not pretrained:
-        raise CheckpointError("instance_head_only needs --pretrained: a segmenter checkpoint of the same classes")
+        raise CheckpointError("instance_head_only and from_segmenter need --pretrained: a segmenter checkpoint "
+                              "of the same classes")
     tensors, meta = load_checkpoint(pretrained)
     if meta.get("kind") != SEGMENTER_KIND or list(meta.get("class_names", [])) != list(class_names):
-        raise CheckpointError(f"instance_head_only: {pretrained} is not a segmenter of the classes "
-                              f"{list(class_names)[:4]}... (kind {meta.get('kind')!r})")
+        raise CheckpointError(f"instance_head_only / from_segmenter: {pretrained} is not a segmenter of the "
+                              f"classes {list(class_names)[:4]}... (kind {meta.get('kind')!r})")
     load_strict(model.seg_head, unprefixed(tensors, HEAD_PREFIX), f"classifier weights of {pretrained}")
-    model.freeze_encoder()
-    for p in model.seg_head.parameters():
-        p.requires_grad_(False)
-    log.info("instance head only: encoder and classifier of %s frozen", pretrained)
 
 
 def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = None, progress: bool = True,

@@ -340,3 +340,20 @@ def test_instance_task_then_instance_head_only(tmp_path):
         build = load_config(REPO / "training" / "configs" / "finetune_synthetic_insseg.yaml", FinetuneConfig,
                             overrides + ["instance_head_only=true"])
         run_finetuning(build, tmp_path / "bad", pretrained=None, progress=False, tensorboard=False)
+
+
+def test_from_segmenter_starts_from_its_classifier_and_trains_everything(tmp_path):
+    from gcross_core.segmentation.model import build_segmenter_checkpoint
+    from gcross_core.segmentation.run import build_model
+
+    ckpt = build_segmenter_checkpoint(tmp_path / "seg.safetensors", SYNTHETIC_CLASSES, TINY, grid_size_m=0.1, seed=3)
+    cfg = load_config(REPO / "training" / "configs" / "finetune_synthetic_insseg.yaml", FinetuneConfig,
+                      ["from_segmenter=true", "encoder=null"])
+    model = build_model(cfg, str(ckpt))
+    source = Segmenter.from_checkpoint(ckpt).model
+    for name, value in source.seg_head.state_dict().items():
+        assert torch.equal(model.seg_head.state_dict()[name], value)
+    assert model.has_instance_head and all(p.requires_grad for p in model.parameters())
+    other = build_segmenter_checkpoint(tmp_path / "other.safetensors", ["a", "b"], TINY)
+    with pytest.raises(CheckpointError, match="not a segmenter of the classes"):
+        build_model(cfg, str(other))
