@@ -44,7 +44,7 @@ def evaluate_scenes(segmenter: Segmenter, scene_dirs: Sequence[Path], label_file
     conf = np.zeros((k, k), dtype=np.int64)
     per_scene = []
     acc = None
-    if segmenter.has_instance_head:
+    if getattr(segmenter, "has_instance_head", False):  # duck-typed segmenters without one: semantic only
         thing = thing_mask(segmenter.class_names, segmenter.instance_config.stuff_classes)
         acc = InstanceAccumulator(segmenter.class_names, thing, min_gt_points)
     it = progress(scene_dirs) if progress is not None else scene_dirs
