@@ -59,7 +59,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -783,6 +783,16 @@ class VoxelMap:
             self._n = n
 
 
+def _frames_to_fuse(num_frames: int, every: int, max_frames: Optional[int], what: str) -> List[int]:
+    """Indices of every ``every``-th frame, at most ``max_frames``; ValueError when that leaves none."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    indices = list(range(0, num_frames, every))[:max_frames]
+    if not indices:
+        raise ValueError(f"{what}: no frames to fuse")
+    return indices
+
+
 def fuse_frames_to_points(frames: FrameSet, voxel_size_m: float, *, every: int = 1,
                           max_frames: Optional[int] = None, max_depth_m: float = 5.0,
                           max_voxels: int = 20_000_000) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -791,11 +801,7 @@ def fuse_frames_to_points(frames: FrameSet, voxel_size_m: float, *, every: int =
     Color is first registered to the depth camera. Returns (coord [M, 3] float32 metres,
     color [M, 3] float32 0..255, normal [M, 3] float32, zero where the frames gave no normal).
     """
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    indices = list(range(0, len(frames), every))[:max_frames]
-    if not indices:
-        raise ValueError("fuse_frames_to_points: no frames to fuse")
+    indices = _frames_to_fuse(len(frames), every, max_frames, "fuse_frames_to_points")
     vmap = VoxelMap(voxel_size_m, max_voxels, 1, max_depth_m=max_depth_m)
     for i in indices:
         f = frames.frame(i).registered()
@@ -896,11 +902,7 @@ def fuse_labelled_frames(frames: FrameSet,
     votes for ``name``). Returns (coord, color, normal, {name: [M] int64 majority id, -1 where no
     labelled pixel fell into the voxel}). Pixels without valid depth fuse nothing and vote nothing.
     """
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    indices = list(range(0, len(frames), every))[:max_frames]
-    if not indices:
-        raise ValueError("fuse_labelled_frames: no frames to fuse")
+    indices = _frames_to_fuse(len(frames), every, max_frames, "fuse_labelled_frames")
     vmap = VoxelMap(voxel_size_m, max_voxels, 1, max_depth_m=max_depth_m)
     votes = {name: LabelVotes(name) for name in label_images}
     for i in indices:
