@@ -37,7 +37,7 @@ def build_scene(out_dir: Path, seed: int, views: int, width: int, height: int):
     from gcross_core.data.synthetic import make_room
 
     scene = make_room(seed, num_views=views, width=width, height=height)
-    write_scene(scene, out_dir)
+    write_scene(scene, out_dir, overwrite=True)  # the demo owns its output folder: a second run replaces it
     return scene
 
 
