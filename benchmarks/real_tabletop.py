@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa:
 CONFIGS = ROOT / "training" / "configs"
 FINETUNE = CONFIGS / "finetune_tabletop.yaml"
 CLASS_MAP = {1: "table", 2: "object"}
+CLASS_MAP_OBJECT = 1  # index of "object" in the scene folders' class names (table, object)
 INITS = ("scratch", "synthetic", "real")
 INIT_LABEL = {"scratch": "random (scratch)", "synthetic": "pretrained on synthetic rooms",
               "real": "pretrained on real unlabelled frames (7-Scenes + mOSD learn)"}
@@ -161,8 +163,18 @@ def _ap(runs, key):
     return _fmt(_stat(vals)) if vals else "not available"
 
 
-def frame_pngs(out: Path, test_root: Path, segmenters: dict) -> list:
-    """Per test frame: colour | ground truth | each init's prediction, seen from the frame's camera."""
+def _instance_colours(n: int) -> np.ndarray:
+    """[n, 3] uint8 distinct-looking colours for instance ids (golden-ratio hues, fixed)."""
+    import colorsys
+
+    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb((0.61803 * i) % 1.0, 0.75, 0.95)]
+                     for i in range(max(n, 1))], np.uint8)
+
+
+def frame_pngs(out: Path, test_root: Path, segmenters: dict, instance_segmenters: Optional[dict] = None) -> list:
+    """Per test frame: colour | ground truth | each init's prediction, seen from the frame's camera; with
+    ``instance_segmenters`` a second row: colour | ground-truth objects | each init's predicted objects
+    (one colour per object, the table and unassigned points grey)."""
     from gcross_core.geometry import backproject_depth
 
     pal = class_palette(2)
@@ -196,20 +208,52 @@ def frame_pngs(out: Path, test_root: Path, segmenters: dict) -> list:
             preds_cache[(scene.name, name)] = labels
             at_pix, _ = transfer_labels(scene.coord, labels, world, 0.015)
             panels.append((name, paint(at_pix)))
-        tiles = []
-        for title, img in panels:
-            im = Image.fromarray(np.ascontiguousarray(img)).resize((320, 240), Image.NEAREST)
-            canvas = Image.new("RGB", (320, 258), (255, 255, 255))
-            canvas.paste(im, (0, 18))
-            ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0))
-            tiles.append(canvas)
-        sheet = Image.new("RGB", (320 * len(tiles), 258), (255, 255, 255))
-        for k, t in enumerate(tiles):
-            sheet.paste(t, (320 * k, 0))
+        rows = [panels]
+        if instance_segmenters:
+            inst_img = scene.frames.registered_id_image(0, "instance").reshape(-1)
+            gt_obj = np.where((gt >= 0) & (gt == CLASS_MAP_OBJECT) & (inst_img > 0), inst_img, -1)
+            _, gt_ids = np.unique(gt_obj, return_inverse=True)  # 0 .. k, with -1 first when present
+            gt_ids = np.where(gt_obj >= 0, gt_ids - int((gt_obj < 0).any()), -1)
+
+            def paint_ids(ids_at_pix):
+                img = np.broadcast_to(grey, (h * w, 3)).copy()
+                ok = ids_at_pix >= 0
+                cols = _instance_colours(int(ids_at_pix.max()) + 1 if ok.any() else 1)
+                img[pix[ok]] = cols[ids_at_pix[ok]]
+                return img.reshape(h, w, 3)
+
+            inst_panels = [("colour", f.color), ("ground-truth objects", paint_ids(gt_ids[pix]))]
+            for name, seg in instance_segmenters.items():
+                pred = seg.predict_instances(scene.coord, scene.color, scene.normal)
+                at_pix, _ = transfer_labels(scene.coord, pred.instance, world, 0.015)
+                inst_panels.append((f"{name}: {len(pred.instances)} objects", paint_ids(at_pix)))
+            rows.append(inst_panels)
+        sheets = []
+        for row in rows:
+            sheets.append(_tile_row(row))
+        sheet = Image.new("RGB", (max(t.width for t in sheets), sum(t.height for t in sheets)), (255, 255, 255))
+        y = 0
+        for t in sheets:
+            sheet.paste(t, (0, y))
+            y += t.height
         path = out / "frames" / f"{scene.name}.png"
         sheet.save(path)
         written.append(str(path))
     return written
+
+
+def _tile_row(panels) -> "Image.Image":
+    tiles = []
+    for title, img in panels:
+        im = Image.fromarray(np.ascontiguousarray(img)).resize((320, 240), Image.NEAREST)
+        canvas = Image.new("RGB", (320, 258), (255, 255, 255))
+        canvas.paste(im, (0, 18))
+        ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0))
+        tiles.append(canvas)
+    sheet = Image.new("RGB", (320 * len(tiles), 258), (255, 255, 255))
+    for k, t in enumerate(tiles):
+        sheet.paste(t, (320 * k, 0))
+    return sheet
 
 
 def main() -> int:
@@ -298,7 +342,12 @@ def main() -> int:
         ck = out / "full" / f"{init}_seed0" / "segmenter.safetensors"
         if ck.is_file():
             segs[init] = Segmenter.from_checkpoint(ck)
-    pngs = frame_pngs(out, mosd / "test", segs) if segs else []
+    inst_segs = {}
+    for init in INITS:
+        ck = out / "instance" / f"{init}_seed0" / "segmenter.safetensors"
+        if ck.is_file():
+            inst_segs[init] = Segmenter.from_checkpoint(ck)
+    pngs = frame_pngs(out, mosd / "test", segs, inst_segs) if segs else []
     lines = ["# Real tabletop frames (mOSD): semantic segmentation (table / object)", "",
              f"Fine-tuned on mOSD learn (45 frames), scored on mOSD test (43 frames) on the fused points "
              f"(1 cm voxels, 2 cm encoder grid). Seeds {args.seeds} (probe: {args.probe_seeds}); "
