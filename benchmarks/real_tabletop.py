@@ -48,7 +48,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from gcross_core.config import load_config  # noqa: E402
-from gcross_core.data.labelled_frames import (LabelledFramesConfig, apply_class_map,  # noqa: E402
+from gcross_core.mapping.labelled_frames import (LabelledFramesConfig, apply_class_map,  # noqa: E402
                                               prepare_labelled_scenes)
 from gcross_core.data.scene import load_scene  # noqa: E402
 from gcross_core.evaluation.map_score import transfer_labels  # noqa: E402

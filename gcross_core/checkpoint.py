@@ -110,3 +110,17 @@ INSTANCE_HEAD_PREFIX = "offset_head"  # SegmentationModel.offset_head (instance 
 # Where checkpoints keep their encoder when their metadata has no ``encoder_prefix``.
 DEFAULT_ENCODER_PREFIXES = {PRETRAIN_KIND: PRETRAIN_ENCODER_PREFIX, SEGMENTER_KIND: SEGMENTER_ENCODER_PREFIX,
                             ENCODER_KIND: SEGMENTER_ENCODER_PREFIX}
+
+
+def load_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict with every name and shape checked first, so a mismatch names the keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        raise CheckpointError(
+            f"{what} do not match the architecture ({len(missing)} missing {missing[:5]}, {len(unexpected)} "
+            f"unexpected {unexpected[:5]}, {len(bad_shape)} of another shape {bad_shape[:5]})")
+    module.load_state_dict(state, strict=True)

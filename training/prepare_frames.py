@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from gcross_core.cli import cli_main  # noqa: E402
 from gcross_core.data.gravity import parse_up  # noqa: E402
-from gcross_core.data.labelled_frames import (LabelledFramesConfig, parse_class_map,  # noqa: E402
+from gcross_core.mapping.labelled_frames import (LabelledFramesConfig, parse_class_map,  # noqa: E402
                                               prepare_labelled_scenes)
 
 

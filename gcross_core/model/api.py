@@ -46,7 +46,7 @@ from gcross_core.errors import CheckpointError, InputError
 from gcross_core.model.features import GCROSS_CONVENTION, IN_CHANNELS, InputConvention, encoder_features
 from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig, mask_points
 from gcross_core.render import render
-from gcross_core.segmentation.model import load_strict
+from gcross_core.checkpoint import load_strict
 from gcross_core.types import Cameras, Gaussians, PointBatch, RenderOutput
 
 MODEL_PREFIX = "model"  # PretrainModule.model: where a pretraining checkpoint keeps encoder + Gaussian head

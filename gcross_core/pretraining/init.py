@@ -23,7 +23,8 @@ from gcross_core.errors import CheckpointError
 from gcross_core.model.gaussiancross import GaussianCrossConfig
 from gcross_core.model.features import InputConvention
 from gcross_core.pretraining.config import PretrainConfig
-from gcross_core.segmentation.model import checkpoint_encoder, load_strict
+from gcross_core.checkpoint import load_strict
+from gcross_core.segmentation.model import checkpoint_encoder
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gcross_core.checkpoint import (DEFAULT_ENCODER_PREFIXES, HEAD_PREFIX, INSTANCE_HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
-                                    load_checkpoint, prefixed, save_checkpoint, unprefixed)
+                                    load_checkpoint, load_strict, prefixed, save_checkpoint, unprefixed)
 from gcross_core.errors import CheckpointError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.model.features import GCROSS_CONVENTION, InputConvention
@@ -149,20 +149,6 @@ def build_segmenter_checkpoint(path, class_names: Sequence[str], encoder_config:
     model = SegmentationModel(encoder_config or SpUNetConfig(), len(class_names), instance_head=instance is not None)
     return save_segmenter(path, model, class_names, grid_size_m, extra={"trained": False}, convention=convention,
                           instance=instance)
-
-
-def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict with every name and shape checked first, so a mismatch names the keys."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_shape = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                 for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad_shape:
-        raise CheckpointError(
-            f"{what} do not match the architecture ({len(missing)} missing {missing[:5]}, {len(unexpected)} "
-            f"unexpected {unexpected[:5]}, {len(bad_shape)} of another shape {bad_shape[:5]})")
-    module.load_state_dict(state, strict=True)
 
 
 def checkpoint_encoder(path) -> Tuple[Dict[str, torch.Tensor], SpUNetConfig, Dict[str, Any]]:

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from gcross_core.checkpoint import (FINETUNE_KIND, HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
-                                    load_checkpoint, load_metadata, unprefixed)
+                                    load_checkpoint, load_metadata, load_strict, unprefixed)
 from gcross_core.config import to_dict
 from gcross_core.data.classes import class_names_for
 from gcross_core.errors import CheckpointError
@@ -50,7 +50,7 @@ from gcross_core.segmentation.dataset import (SegBatch, SegDataConfig, Segmentat
 from gcross_core.segmentation.evaluate import evaluate_scenes
 from gcross_core.segmentation.instance import InstanceConfig, offset_losses, thing_mask
 from gcross_core.segmentation.model import (IGNORE_INDEX, SegmentationModel, checkpoint_encoder, load_pretrained_encoder,
-                                            load_strict, save_segmenter, segmentation_loss)
+                                            save_segmenter, segmentation_loss)
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_core.train.distributed import barrier, derive_seed, init_distributed, shutdown_distributed
 from gcross_core.train.schedule import ScheduleConfig

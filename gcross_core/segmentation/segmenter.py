@@ -28,7 +28,8 @@ from gcross_core.errors import CheckpointError
 from gcross_core.model.encoder import SpUNetConfig
 from gcross_core.model.features import GCROSS_CONVENTION, IN_CHANNELS, InputConvention, encoder_features
 from gcross_core.segmentation.instance import InstanceConfig, InstanceSet, group_instances, thing_mask
-from gcross_core.segmentation.model import SegmentationModel, load_strict
+from gcross_core.checkpoint import load_strict
+from gcross_core.segmentation.model import SegmentationModel
 
 # A small segmenter of the synthetic rooms (SYNTHETIC_CLASSES) shipped with the package for demos and smoke
 # tests; training/make_demo_checkpoint.sh rebuilds it.

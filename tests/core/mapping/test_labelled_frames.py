@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from gcross_core.data.frames import Frame, FrameList, write_frames
-from gcross_core.data.labelled_frames import (LabelledFramesConfig, apply_class_map, parse_class_map,
+from gcross_core.mapping.labelled_frames import (LabelledFramesConfig, apply_class_map, parse_class_map,
                                               prepare_labelled_scene, prepare_labelled_scenes)
 from gcross_core.data.scene import load_scene
 from gcross_core.errors import InputError
