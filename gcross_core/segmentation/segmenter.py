@@ -148,6 +148,13 @@ class Segmenter:
                 raise ValueError(f"{name} contains NaN or inf")
         return out[0], out[1], out[2]
 
+    def _encoder_input(self, coord: np.ndarray, color: np.ndarray, normal: np.ndarray):
+        """(PointBatch on the device, kept rows [n], row of every input point [N]) of one cloud: grid-sampled
+        and featurised in the checkpoint's input convention."""
+        keep, grid, inverse = grid_sample(coord, self.grid_size_m, lattice=self.convention.grid_lattice)
+        feat = encoder_features(color[keep], normal[keep], self.convention.input_features)
+        return collate_points([coord[keep]], [feat], [grid], [inverse]).to(self.device), keep, inverse
+
     @torch.no_grad()
     def predict_proba(self, coord: np.ndarray,  # [N, 3] metres
                       color: np.ndarray,  # [N, 3] 0..255
@@ -167,9 +174,7 @@ class Segmenter:
         for r in range(rotations):
             rot = rotation_z(2.0 * math.pi * r / rotations)
             c, n = (coord, normal) if r == 0 else (coord @ rot.T, normal @ rot.T)
-            keep, grid, inverse = grid_sample(c, self.grid_size_m, lattice=self.convention.grid_lattice)
-            feat = encoder_features(color[keep], n[keep], self.convention.input_features)
-            batch = collate_points([c[keep]], [feat], [grid], [inverse]).to(self.device)
+            batch, _, _ = self._encoder_input(c, color, n)
             p = torch.softmax(self.model(batch).float(), dim=1)[batch.inverse]
             probs = p if probs is None else probs + p
         if rotations > 1:
@@ -184,8 +189,7 @@ class Segmenter:
                 ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """(labels [N] int64, confidence [N] float32, probabilities [N, K] float32 or None), one per input point."""
         probs = self.predict_proba(coord, color, normal, rotations=rotations)
-        labels = probs.argmax(axis=1).astype(np.int64)
-        conf = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0].astype(np.float32)
+        labels, conf = _labels_and_confidence(probs)
         return labels, conf, (probs if return_probs else None)
 
     @torch.no_grad()
@@ -203,14 +207,16 @@ class Segmenter:
             raise CheckpointError("this segmenter's checkpoint has no instance head (train one with "
                                   "training/finetune.py and task: instance)")
         coord, color, normal = self._validate(coord, color, normal)
-        keep, grid, inverse = grid_sample(coord, self.grid_size_m, lattice=self.convention.grid_lattice)
-        feat = encoder_features(color[keep], normal[keep], self.convention.input_features)
-        batch = collate_points([coord[keep]], [feat], [grid], [inverse]).to(self.device)
+        batch, keep, inverse = self._encoder_input(coord, color, normal)
         logits, offsets = self.model(batch, with_offsets=True)
         row_probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
         thing = thing_mask(self.class_names, self.instance_config.stuff_classes)
         rows = group_instances(coord[keep], offsets.float().cpu().numpy(), row_probs, thing, self.instance_config)
         probs = row_probs[inverse]
-        labels = probs.argmax(axis=1).astype(np.int64)
-        conf = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0].astype(np.float32)
+        labels, conf = _labels_and_confidence(probs)
         return InstancePrediction(labels, conf, probs, rows.expand(inverse))
+
+
+def _labels_and_confidence(probs: np.ndarray):  # [N, K] -> (labels [N] int64, confidence [N] float32)
+    labels = probs.argmax(axis=1).astype(np.int64)
+    return labels, np.take_along_axis(probs, labels[:, None], axis=1)[:, 0].astype(np.float32)
