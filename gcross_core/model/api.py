@@ -123,13 +123,16 @@ def _batchnorm_from_input(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-def save_model(path, model: GaussianCross, config: Any = None) -> Path:
+def save_model(path, model: GaussianCross, config: Any = None,
+               convention: Optional[InputConvention] = None) -> Path:
     """Save a GaussianCross model as a pretraining checkpoint holding only ``model.*`` tensors (what
     :meth:`GaussianCrossModel.from_checkpoint` and the segmentation tools read); ``config``: the run's
-    resolved config (a dataclass or dict), kept in the metadata."""
+    resolved config (a dataclass or dict), kept in the metadata; ``convention``: the model's input
+    convention (default: the one ``config`` feeds)."""
     from gcross_core.pretraining.run import pretrain_metadata  # the one definition of a pretraining checkpoint
 
-    return save_checkpoint(path, prefixed(model.state_dict(), MODEL_PREFIX), pretrain_metadata(model.cfg, config))
+    return save_checkpoint(path, prefixed(model.state_dict(), MODEL_PREFIX),
+                           pretrain_metadata(model.cfg, config, convention))
 
 
 class GaussianCrossModel:
@@ -191,7 +194,7 @@ class GaussianCrossModel:
     def save(self, path) -> Path:
         """Write the model alone (no projection heads, no optimizer) as a pretraining checkpoint that
         :meth:`from_checkpoint` reads; atomic, safetensors."""
-        return save_model(path, self.model, self.config)
+        return save_model(path, self.model, self.config, self.convention)
 
     # ------------------------------------------------------------------------------------------------
     def points(self, scene: Optional[Scene] = None, *, coord: Optional[np.ndarray] = None,

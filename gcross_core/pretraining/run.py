@@ -28,11 +28,13 @@ from gcross_core.train.trainer import FINAL_CHECKPOINT, Trainer, TrainState, see
 log = logging.getLogger(__name__)
 
 
-def pretrain_metadata(model_cfg: GaussianCrossConfig, config: Any) -> Dict[str, Any]:
-    """Checkpoint metadata of a pretraining run (the encoder lies under ``PRETRAIN_ENCODER_PREFIX``)."""
+def pretrain_metadata(model_cfg: GaussianCrossConfig, config: Any,
+                      convention: Optional[InputConvention] = None) -> Dict[str, Any]:
+    """Checkpoint metadata of a pretraining run (the encoder lies under ``PRETRAIN_ENCODER_PREFIX``);
+    ``convention``: the model's input convention when known, else the one ``config`` feeds."""
     return {"kind": PRETRAIN_KIND, "model_config": to_dict(model_cfg), "encoder_config": to_dict(model_cfg.encoder),
             "encoder_prefix": PRETRAIN_ENCODER_PREFIX, "grid_size_m": model_cfg.grid_size_m, "config": to_dict(config),
-            **_convention_of(config).to_metadata()}
+            **(convention or _convention_of(config)).to_metadata()}
 
 
 def _convention_of(config: Any) -> InputConvention:

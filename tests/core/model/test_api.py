@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.checkpoint import load_checkpoint, save_checkpoint
+from gcross_core.checkpoint import load_checkpoint, load_metadata, save_checkpoint, stamp_metadata
 from gcross_core.config import from_dict
 from gcross_core.data.scene import Scene
 from gcross_core.data.synthetic import make_room
 from gcross_core.errors import CheckpointError, InputError
 from gcross_core.model.api import DEMO_MODEL, EvalInput, GaussianCrossModel, pinhole_cameras, save_model
+from gcross_core.model.features import POINTCEPT_CONVENTION
 from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig, mask_points
 from gcross_core.pretraining.config import PretrainConfig
 from gcross_core.pretraining.run import run_pretraining
@@ -55,6 +56,18 @@ def saved(tmp_path_factory):
 
 
 EXACT = EvalInput(mask_ratio=0.0, batchnorm="running")  # what model.eval() computes on every grid cell
+
+
+def test_saving_keeps_the_models_input_convention(saved, tmp_path):
+    _, path = saved
+    other = tmp_path / "pointcept_convention.safetensors"
+    other.write_bytes(path.read_bytes())
+    stamp_metadata(other, POINTCEPT_CONVENTION.to_metadata())
+    model = GaussianCrossModel.from_checkpoint(other)
+    assert model.convention == POINTCEPT_CONVENTION
+    meta = load_metadata(model.save(tmp_path / "again.safetensors"))
+    assert (meta["input_features"], meta["grid_lattice"]) == (POINTCEPT_CONVENTION.input_features,
+                                                              POINTCEPT_CONVENTION.grid_lattice)
 
 
 def test_checkpoint_round_trip_gives_the_models_gaussians(saved, one_torch_thread):
