@@ -2,7 +2,9 @@
 
     python benchmarks/real_tabletop.py --mosd DIR --frames7 DIR [--out runs/real_tabletop] [--seeds 0 1 2]
         [--steps 150] [--few-steps 100] [--probe-steps 100] [--probe-seeds 0] [--pretrain-steps 160]
-        [--chorus-steps 160] [--phases full few probe chorus] [--threads 1]
+        [--chorus-steps 160] [--instance-steps 300] [--instance-start encoder|semantic]
+        [--instance-seeds 0 1 2] [--phases full few probe chorus instance knobs] [--threads 1]
+        [--report-only]
 
 ``--mosd``: the mOSD labelled frames (``learn/learnN``, ``test/testN``, each one frame with
 ``frames/label`` and ``frames/instance``); ``--frames7``: a 7-Scenes sequence in the SensReader layout
@@ -20,11 +22,21 @@
 4. ``chorus``: real-frame pretraining with two teachers from the offline EfficientNet-Lite0, each with its
    own projector (a low-level stride-8 teacher and the semantic 1280-channel head), against one teacher
    with the same two taps concatenated; each fine-tuned on all labels.
+5. ``instance``: objects instanced, the table as stuff (``finetune_tabletop_insseg.yaml``: PointGroup's
+   offset head, 3 cm clustering radius), scored by AP50 / AP25 on the test frames' instance ids.
+   ``--instance-start encoder`` (default, the config): classes and offsets learnt together from the encoder
+   init for ``--instance-steps`` (300); ``--instance-start semantic``: continue from the same init's and
+   seed's step-3 segmenter (all labels) with the offset head added (lr 0.002). Runs live in
+   ``<out>/instance/<start>_<steps>/<init>_seed<seed>``.
+6. ``knobs``: what changes the real-frame encoder, one knob at a time against ``pretrain_real``: a 3x
+   schedule, mask ratio 0.25, teacher layers s8 + head, a 4 cm pretraining grid, and (eval-time input
+   density) the linear probe without its BatchNorm recalibration; each scored by the linear probe
+   (``--probe-seeds``) and all-label fine-tuning (seed 0). Runs live in ``<out>/knobs/<knob>``.
 
-Writes ``<out>/report.md``, ``<out>/report.json`` and ``<out>/frames/<test scene>.png`` (colour |
+Writes ``<out>/report.md``, ``<out>/report.json`` and ``<out>/frames/<test scene>.png`` (first row: colour |
 ground truth | prediction of each encoder init, seed 0, all labels; class colours: table, object,
-grey = no label / no depth). Instance AP50/AP25 columns are filled from a run's ``eval/results.json``
-when its segmenter has an instance head (``instance`` metrics there); otherwise they read "not available".
+grey = no label / no depth; second row, when the instance runs of seed 0 exist: colour | ground-truth
+objects | each init's predicted objects, one colour per object).
 """
 from __future__ import annotations
 
@@ -59,6 +71,7 @@ from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa:
 
 CONFIGS = ROOT / "training" / "configs"
 FINETUNE = CONFIGS / "finetune_tabletop.yaml"
+FINETUNE_INSTANCE = CONFIGS / "finetune_tabletop_insseg.yaml"
 CLASS_MAP = {1: "table", 2: "object"}
 CLASS_MAP_OBJECT = 1  # index of "object" in the scene folders' class names (table, object)
 INITS = ("scratch", "synthetic", "real")
@@ -110,13 +123,35 @@ def pretrain(out: Path, config: Path, overrides, teachers=None, report_only: boo
     return final
 
 
-# the instance task on tabletops: objects are instanced, the table is stuff; 2 cm grid -> PointGroup's radius
-INSTANCE_OVERRIDES = ["task=instance", "instance.stuff_classes=[table]", "instance.cluster_radius_m=0.03",
-                      "instance.min_points=10"]
+# the two-stage instance variant (on the all-label segmenter of the same init and seed): the config's
+# documented overrides; the config itself is the one-stage variant (from the encoder init)
+INSTANCE_FROM_SEGMENTER = ["from_segmenter=true", "optim.lr=0.002"]
+
+
+def knob_variants(pretrain_steps: int) -> dict:
+    """Real-frame pretraining knobs (the ``knobs`` phase): name -> pretraining overrides, teachers (None: the
+    config's), probe overrides. Each differs from ``pretrain_real`` in one thing."""
+    eff = {"input_size": [120, 160]}
+    return {
+        f"schedule x3 ({3 * pretrain_steps} steps)": ([f"train.max_steps={3 * pretrain_steps}"], None, []),
+        "mask ratio 0.25 (0.5)": (["model.mask_ratio=0.25"], None, []),
+        "teacher layers s8 + head (s16 + s32)": ([], [TeacherConfig(name="efficientnet_lite0",
+                                                                    options={**eff, "layers": ["s8", "head"]})], []),
+        "grid 4 cm (2 cm)": (["model.grid_size_m=0.04", "data.pipeline.grid_size_m=0.04"], None, []),
+        # eval-time input density: pretrained on 50 %-masked points, probed at full density; without the
+        # BatchNorm recalibration the frozen encoder normalises full-density features with masked statistics
+        "probe without BatchNorm recalibration (10 batches)": (None, None, ["bn_recalibration_batches=0"]),
+    }
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
 
 
 def finetune(out: Path, data_root: Path, seed: int, pretrained, steps: int, few: bool = False,
-             probe: bool = False, instance: bool = False, report_only: bool = False):
+             probe: bool = False, instance: Optional[str] = None, report_only: bool = False, extra=()):
+    """One fine-tuning run (reused when its results exist); ``instance``: None (semantic),
+    "semantic" (``pretrained`` is a segmenter to continue from) or "encoder"."""
     res_file = out / "eval" / "results.json"
     if not res_file.is_file() and report_only:
         return None
@@ -126,9 +161,10 @@ def finetune(out: Path, data_root: Path, seed: int, pretrained, steps: int, few:
             overrides += ["data.limited_scenes_pct=11.2", f"data.split_seed={seed}"]  # 5 of 45 frames
         if probe:
             overrides += ["linear_probe=true", "bn_recalibration_batches=10", "optim.lr=0.05"]
-        if instance:
-            overrides += INSTANCE_OVERRIDES
-        cfg = load_config(FINETUNE, FinetuneConfig, overrides)
+        if instance == "semantic":
+            overrides += INSTANCE_FROM_SEGMENTER
+        overrides += list(extra)
+        cfg = load_config(FINETUNE_INSTANCE if instance else FINETUNE, FinetuneConfig, overrides)
         t = time.perf_counter()
         run_finetuning(cfg, out, str(pretrained) if pretrained else None, progress=False, tensorboard=False)
         (out / "seconds.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
@@ -138,6 +174,7 @@ def finetune(out: Path, data_root: Path, seed: int, pretrained, steps: int, few:
     return {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"],
             "iou": {k: v["iou"] for k, v in m["per_class"].items()},
             "ap50": inst.get("ap50") if inst else None, "ap25": inst.get("ap25") if inst else None,
+            "map": inst.get("map") if inst else None,
             "seconds": float((out / "seconds.txt").read_text()) if (out / "seconds.txt").is_file() else None}
 
 
@@ -268,11 +305,17 @@ def main() -> int:
     ap.add_argument("--probe-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--pretrain-steps", type=int, default=160)
     ap.add_argument("--chorus-steps", type=int, default=160, help="pretraining steps of each Chorus variant")
-    ap.add_argument("--phases", nargs="+", default=["full", "few", "probe", "chorus", "instance"],
-                    choices=["full", "few", "probe", "chorus", "instance"],
-                    help="what to run (finished runs are reused); instance: all labels with PointGroup's offset "
-                         "head (objects instanced, the table as stuff), scored by AP50 / AP25")
+    ap.add_argument("--phases", nargs="+", default=["full", "few", "probe", "chorus", "instance", "knobs"],
+                    choices=["full", "few", "probe", "chorus", "instance", "knobs"],
+                    help="what to run (finished runs are reused); instance: PointGroup's offset head (objects "
+                         "instanced, the table as stuff), scored by AP50 / AP25; knobs: real-frame pretraining "
+                         "variants (schedule, mask ratio, teacher layers, grid, probe BatchNorm), each by its "
+                         "linear probe (--probe-seeds) and all-label fine-tuning (seed 0)")
     ap.add_argument("--instance-seeds", type=int, nargs="+", default=None, help="default: --seeds")
+    ap.add_argument("--instance-steps", type=int, default=300)
+    ap.add_argument("--instance-start", choices=["encoder", "semantic"], default="encoder",
+                    help="encoder: classes and offsets learnt together from the encoder init (the config); "
+                         "semantic: continue from the init's all-label segmenter of the same seed (two stages)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true",
                     help="start nothing: report the finished runs (the others read 'not run')")
@@ -294,10 +337,11 @@ def main() -> int:
                             [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}"] + common,
                             report_only=args.report_only)}
 
-    results = {"full": {}, "few": {}, "probe": {}, "chorus": {}, "instance": {}}
+    results = {"full": {}, "few": {}, "probe": {}, "chorus": {}, "instance": {}, "knobs": {}}
+    inst_dir = out / "instance" / f"{args.instance_start}_{args.instance_steps}"
     plan = [("full", args.seeds, args.steps, {}), ("few", args.seeds, args.few_steps, {"few": True}),
             ("probe", args.probe_seeds, args.probe_steps, {"probe": True}),
-            ("instance", args.instance_seeds or args.seeds, args.steps, {"instance": True})]
+            ("instance", args.instance_seeds or args.seeds, args.instance_steps, {"instance": args.instance_start})]
     for phase, seeds, steps, kw in plan:
         if phase not in args.phases:
             continue
@@ -305,8 +349,15 @@ def main() -> int:
             for init in INITS:
                 if init != "scratch" and enc[init] is None:
                     continue  # its pretraining has not run (--report-only)
-                r = finetune(out / phase / f"{init}_seed{seed}", mosd, seed, enc[init], steps,
-                             report_only=args.report_only, **kw)
+                start, run_dir = enc[init], out / phase / f"{init}_seed{seed}"
+                if phase == "instance":
+                    run_dir = inst_dir / run_dir.name
+                    if args.instance_start == "semantic":  # stage 2: on the all-label segmenter (init, seed)
+                        stage1 = out / "full" / run_dir.name
+                        if finetune(stage1, mosd, seed, enc[init], args.steps, report_only=args.report_only) is None:
+                            continue
+                        start = stage1 / "segmenter.safetensors"
+                r = finetune(run_dir, mosd, seed, start, steps, report_only=args.report_only, **kw)
                 if r is None:
                     continue
                 results[phase].setdefault(init, []).append(r)
@@ -334,6 +385,29 @@ def main() -> int:
             results["chorus"][label] = [r]
             print(f"chorus {label}: mIoU {100 * r['miou']:5.1f}", flush=True)
 
+    if "knobs" in args.phases and enc["real"] is not None:
+        for label, (pre_over, teachers, probe_over) in knob_variants(args.pretrain_steps).items():
+            kdir = out / "knobs" / _slug(label)
+            ckpt = enc["real"] if pre_over is None else pretrain(
+                kdir / "pretrain", CONFIGS / "pretrain_real_frames.yaml",
+                [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}"] + common + pre_over,
+                teachers, report_only=args.report_only)
+            if ckpt is None:
+                continue
+            row = {"probe": [], "full": []}
+            for seed in args.probe_seeds:
+                r = finetune(kdir / f"probe_seed{seed}", mosd, seed, ckpt, args.probe_steps, probe=True,
+                             report_only=args.report_only, extra=probe_over)
+                if r is not None:
+                    row["probe"].append(r)
+            if pre_over is not None:  # the probe knob does not change the encoder: its fine-tuning is "full"
+                r = finetune(kdir / "full_seed0", mosd, 0, ckpt, args.steps, report_only=args.report_only)
+                if r is not None:
+                    row["full"].append(r)
+            results["knobs"][label] = row
+            print(f"knobs  {label}: probe {_fmt(_stat([r['miou'] for r in row['probe']]))}, all labels "
+                  f"{_fmt(_stat([r['miou'] for r in row['full']]))}", flush=True)
+
     # ------------------------------------------------------------------ report
     segs = {}
     from gcross_core.segmentation.segmenter import Segmenter
@@ -344,7 +418,7 @@ def main() -> int:
             segs[init] = Segmenter.from_checkpoint(ck)
     inst_segs = {}
     for init in INITS:
-        ck = out / "instance" / f"{init}_seed0" / "segmenter.safetensors"
+        ck = inst_dir / f"{init}_seed0" / "segmenter.safetensors"
         if ck.is_file():
             inst_segs[init] = Segmenter.from_checkpoint(ck)
     pngs = frame_pngs(out, mosd / "test", segs, inst_segs) if segs else []
@@ -372,18 +446,43 @@ def main() -> int:
             r = rs[0]
             lines.append(f"| {label} | {100 * r['miou']:.1f} | {100 * r['iou']['table']:.1f} / "
                          f"{100 * r['iou']['object']:.1f} |")
+    if results["instance"]:
+        lines += ["", f"Instance runs ({inst_dir.name}: start, steps), in %, mean ± std over seeds:", "",
+                  "| encoder init | AP50 | AP25 | mAP | semantic mIoU after the instance run |", "|---|---|---|---|---|"]
+        for init in INITS:
+            rs = results["instance"].get(init, [])
+            if rs:
+                lines.append(f"| {INIT_LABEL[init]} | {_ap(rs, 'ap50')} | {_ap(rs, 'ap25')} | {_ap(rs, 'map')} | "
+                             f"{_fmt(_stat([r['miou'] for r in rs]))} |")
+    if results["knobs"]:
+        base_probe = results["probe"].get("real", [])
+        base_full = [r for r in results["full"].get("real", [])][:1]
+        lines += ["", f"Real-frame pretraining knobs, one change each against 'pretrained on real unlabelled "
+                  f"frames' (the default in brackets): linear probe mIoU over seeds {args.probe_seeds}, "
+                  "all-label mIoU seed 0, in %:", "",
+                  "| real-frame pretraining | linear probe mIoU | all labels mIoU (seed 0) |", "|---|---|---|",
+                  f"| as above ({args.pretrain_steps} steps, mask 0.5, s16 + s32, 2 cm, BatchNorm recalibrated) | "
+                  f"{_fmt(_stat([r['miou'] for r in base_probe]))} | {_fmt(_stat([r['miou'] for r in base_full]))} |"]
+        for label, row in results["knobs"].items():
+            full = _fmt(_stat([r["miou"] for r in row["full"]])) if row["full"] else "same encoder as above"
+            lines.append(f"| {label} | {_fmt(_stat([r['miou'] for r in row['probe']]))} | {full} |")
+        scratch_probe = results["probe"].get("scratch", [])
+        if scratch_probe:
+            lines.append(f"\nrandom encoder, linear probe: {_fmt(_stat([r['miou'] for r in scratch_probe]))}")
     for a, b in (("real", "scratch"), ("synthetic", "scratch")):
-        for phase in ("full", "few"):
+        for phase, key in (("full", "miou"), ("few", "miou"), ("instance", "ap50")):
             ra, rb = results[phase].get(a, []), results[phase].get(b, [])
             if ra and rb:
-                d = [100 * (x["miou"] - y["miou"]) for x, y in zip(ra, rb)]
-                lines.append(f"\n{phase}: {a} minus {b}, mIoU {statistics.fmean(d):+.1f} (paired by seed: "
+                d = [100 * (x[key] - y[key]) for x, y in zip(ra, rb)]
+                lines.append(f"\n{phase}: {a} minus {b}, {key} {statistics.fmean(d):+.1f} (paired by seed: "
                              f"{', '.join(f'{v:+.1f}' for v in d)})")
     inst_seeds = args.instance_seeds or args.seeds
-    lines += ["", f"Instance AP (in %, mean ± std over seeds {inst_seeds}): a separate fine-tuning with all labels "
-              f"and PointGroup's offset head ({', '.join(INSTANCE_OVERRIDES)}), {args.steps} steps; "
-              "'not available' where that run did not happen.",
-              f"Per test frame (colour | ground truth | " + " | ".join(segs) + f", seed 0): {out / 'frames'}/",
+    how = (f"continuing from the init's all-label segmenter of the same seed for {args.instance_steps} steps "
+           f"({', '.join(INSTANCE_FROM_SEGMENTER)})" if args.instance_start == "semantic" else
+           f"classes and offsets learnt together from the encoder init for {args.instance_steps} steps")
+    lines += ["", f"Instance AP (in %, mean ± std over seeds {inst_seeds}): {FINETUNE_INSTANCE.name} (objects "
+              f"instanced, the table as stuff), {how}; 'not available' where that run did not happen.",
+              "Per test frame (colour | ground truth | " + " | ".join(segs) + f", seed 0): {out / 'frames'}/",
               f"\n({time.perf_counter() - t0:.0f} s for this invocation)"]
     text = "\n".join(lines)
     print(text)

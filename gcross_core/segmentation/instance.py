@@ -47,11 +47,12 @@ from gcross_core.config import DictConfig
 from gcross_core.errors import ConfigError
 
 # Classes never split into instances, per class set. ScanNet's instance benchmark leaves out wall and
-# floor (its 18 instance classes); tabletop data would add "table". Override with InstanceConfig.stuff_classes.
+# floor (its 18 instance classes); on tabletops the table is stuff. Override with InstanceConfig.stuff_classes.
 DEFAULT_STUFF_CLASSES: Dict[str, Tuple[str, ...]] = {
     "scannet20": ("wall", "floor"),
     "scannet200": ("wall", "floor", "ceiling"),
     "synthetic": ("wall", "floor"),
+    "tabletop": ("table",),  # objects on a table: the table is the stuff they stand on
 }
 
 

@@ -357,3 +357,26 @@ def test_from_segmenter_starts_from_its_classifier_and_trains_everything(tmp_pat
     other = build_segmenter_checkpoint(tmp_path / "other.safetensors", ["a", "b"], TINY)
     with pytest.raises(CheckpointError, match="not a segmenter of the classes"):
         build_model(cfg, str(other))
+
+
+def test_tabletop_instance_config_is_the_semantic_one_plus_offsets(tmp_path):
+    from gcross_core.data.classes import class_names_for
+    from gcross_core.segmentation.model import build_segmenter_checkpoint
+    from gcross_core.segmentation.run import build_model
+
+    configs = REPO / "training" / "configs"
+    sem = load_config(configs / "finetune_tabletop.yaml", FinetuneConfig)
+    ins = load_config(configs / "finetune_tabletop_insseg.yaml", FinetuneConfig)
+    assert ins.data == sem.data and ins.encoder == sem.encoder  # what the semantic recipe sees, and its encoder
+    assert ins.task == "instance" and not ins.from_segmenter
+    assert ins.instance_config().stuff_classes == ("table",)  # objects are instanced, the table is not
+    assert build_model(ins, None).has_instance_head
+    # the documented two-stage variant continues a semantic tabletop segmenter with its classifier
+    two = load_config(configs / "finetune_tabletop_insseg.yaml", FinetuneConfig, ["from_segmenter=true"])
+    ckpt = build_segmenter_checkpoint(tmp_path / "tabletop.safetensors", class_names_for("tabletop"), sem.encoder,
+                                      grid_size_m=0.02, seed=1)
+    model = build_model(two, str(ckpt))
+    source = Segmenter.from_checkpoint(ckpt).model
+    for name, value in source.seg_head.state_dict().items():
+        assert torch.equal(model.seg_head.state_dict()[name], value)
+    assert model.has_instance_head

@@ -97,6 +97,7 @@ def test_offset_targets_and_losses():
 def test_config_resolution():
     cfg = InstanceConfig().resolved("synthetic", ("wall", "floor", "chair"))
     assert cfg.stuff_classes == ("wall", "floor")
+    assert InstanceConfig().resolved("tabletop", ("table", "object")).stuff_classes == ("table",)
     with pytest.raises(ConfigError, match="lamp"):
         InstanceConfig(stuff_classes=("lamp",)).resolved("synthetic", ("wall", "chair"))
     assert InstanceConfig.from_dict(cfg.to_dict()) == cfg
