@@ -166,5 +166,6 @@ def build_teachers(cfgs: Sequence[TeacherConfig]) -> Tuple[Teacher, ...]:
 
 
 def build_pretrain_module(cfg: PretrainConfig) -> PretrainModule:
-    teachers = build_teachers(cfg.teachers) if cfg.loss.use_sem else ()
-    return PretrainModule(GaussianCross(cfg.model), teachers, cfg.teachers, cfg.loss, cfg.render)
+    # loss.use_sem: false trains on colour and depth alone: the configured teachers are neither built nor used
+    teacher_cfgs = tuple(cfg.teachers) if cfg.loss.use_sem else ()
+    return PretrainModule(GaussianCross(cfg.model), build_teachers(teacher_cfgs), teacher_cfgs, cfg.loss, cfg.render)

@@ -72,6 +72,17 @@ def test_micro_run_trains_and_writes_a_downstream_checkpoint(micro_run):
     assert (run / "config.yaml").is_file()
 
 
+def test_colour_and_depth_only_ignores_the_configured_teachers(micro_run):
+    cfg, run, _, _ = micro_run
+    plain = from_dict(PretrainConfig, {**MICRO, "loss": {"use_sem": False}})  # MICRO names a teacher
+    module = build_pretrain_module(plain).train()
+    assert module.teachers == {} and module.projection is None
+    ds = PretrainDataset(scene_dirs(cfg.data, run, create=False), cfg.data.pipeline)
+    np.random.seed(0)
+    out = module(collate_pretrain([ds[0], ds[1]]))
+    assert "loss_sem" not in out
+    assert out["loss"].item() == pytest.approx((out["loss_img"] + out["loss_dep"]).item(), rel=1e-5)
+
 def test_gradients_reach_the_encoder(micro_run, tmp_path):
     cfg, run, _, _ = micro_run
     ds = PretrainDataset(scene_dirs(cfg.data, run, create=False), cfg.data.pipeline)
