@@ -215,7 +215,7 @@ def _rotate(T: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.stack([v[:, 0] * R[i, 0] + v[:, 1] * R[i, 1] + v[:, 2] * R[i, 2] for i in range(3)], axis=1)
 
 
-def _pack_keys(grid: np.ndarray) -> np.ndarray:
+def pack_keys(grid: np.ndarray) -> np.ndarray:
     """Integer voxel coordinates [N, 3] (within +-2^20) -> packed int64 keys [N]; order is x, then y, then z."""
     g = grid.astype(np.int64) + _KEY_OFFSET
     return (g[:, 0] << (2 * _KEY_BITS)) | (g[:, 1] << _KEY_BITS) | g[:, 2]
@@ -404,7 +404,7 @@ class VoxelMap:
             pk *= np.int32(span[2])
             pk += grid[2]
         else:
-            pk = _pack_keys(np.stack(grid, axis=1))
+            pk = pack_keys(np.stack(grid, axis=1))
         del grid
         # Neighbouring pixels mostly share a voxel: group runs of equal keys in image order first, so the
         # sort below sees ~3x fewer items.
@@ -442,7 +442,7 @@ class VoxelMap:
         if compact:
             gz = ukeys % span[2]
             rest = ukeys // span[2]
-            keys = _pack_keys(np.stack([rest // span[1], rest % span[1], gz], axis=1) + lo)
+            keys = pack_keys(np.stack([rest // span[1], rest % span[1], gz], axis=1) + lo)
         else:
             keys = ukeys
         return keys, inverse, rep_point, xyz_cam, pix
@@ -758,7 +758,7 @@ class VoxelMap:
         grid = np.asarray(grid, dtype=np.int64)
         if n and (grid.min() < -_KEY_OFFSET or grid.max() >= _KEY_OFFSET):
             raise ValueError(f"grid coordinates lie outside +-{_KEY_OFFSET} voxels")
-        keys = _pack_keys(grid)
+        keys = pack_keys(grid)
         if len(np.unique(keys)) != n:
             raise ValueError("grid holds the same voxel more than once")
         counts = np.asarray(counts, dtype=np.int64)

@@ -136,5 +136,30 @@ class InstanceTracker:
                                  pts.min(0), pts.max(0), int(sel.sum())))
         return out
 
+    def restore(self, keys: np.ndarray,  # [N] int64 voxel keys
+                ids: np.ndarray,  # [N] int object id per voxel, <= 0 = none (a saved map's instance ids)
+                probabilities: np.ndarray,  # [N, C] fused class probabilities of the same voxels
+                ) -> None:
+        """Replace the objects with those of a saved map: each id keeps its voxels; its class is the
+        argmax of its voxels' summed probabilities and its score their mean top probability. New objects
+        get ids above every restored one, so ids stay unique."""
+        keys = np.asarray(keys, np.int64)
+        ids = np.asarray(ids, np.int64)
+        probabilities = np.asarray(probabilities, np.float32)
+        if ids.shape != keys.shape or probabilities.ndim != 2 or len(probabilities) != len(keys):
+            raise ValueError(f"keys {keys.shape}, ids {ids.shape} and probabilities {probabilities.shape} must be "
+                             f"[N], [N] and [N, C]")
+        has = ids > 0
+        order = np.argsort(keys[has], kind="stable")
+        self.reset()
+        self._keys, self._ids = keys[has][order], ids[has][order]
+        if len(self._keys) != len(np.unique(self._keys)):
+            raise ValueError("keys hold the same voxel more than once")
+        for oid in np.unique(self._ids):
+            prob = probabilities[has][ids[has] == oid]
+            self._class[int(oid)] = int(prob.sum(0).argmax())
+            self._score[int(oid)] = float(prob.max(1).mean())
+        self._next_id = int(self._ids.max()) + 1 if len(self._ids) else 1
+
     def reset(self) -> None:
         self.__init__(self.match_overlap)

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 import numpy as np
 
 from gcross_core.errors import InputError
-from gcross_core.mapping.fusion import FrameStats, MapSnapshot, VoxelMap
+from gcross_core.mapping.fusion import FrameStats, MapSnapshot, VoxelMap, pack_keys
 from gcross_core.mapping.instances import InstanceTracker, MapObject
+from gcross_core.mapping.map_io import SavedMap, restore_map
 
 if TYPE_CHECKING:  # the segmenter pulls in torch and spconv; the pipeline is handed one
     from gcross_core.segmentation.segmenter import Segmenter
@@ -210,6 +211,29 @@ class SegmentationPipeline:
         snap = self.map.snapshot(with_labels=False)
         with self._tracker_lock:
             return self.tracker.objects(snap.keys, snap.coords, min_voxels)
+
+    def saved_map(self, map_frame: str = "map") -> SavedMap:
+        """The map now, with its object ids when this segmenter tracks objects (what ``save_map`` writes
+        and :meth:`restore` takes back)."""
+        def instance_of(keys: np.ndarray) -> np.ndarray:
+            with self._tracker_lock:
+                found = self.tracker.ids_of(keys)  # 0 = none here, -1 = none in a saved map
+            return np.where(found > 0, found, -1)
+
+        return SavedMap.from_voxel_map(self.map, self.class_names, map_frame,
+                                       instance_of=instance_of if self.tracker is not None else None)
+
+    def restore(self, saved: SavedMap, source: str = "the saved map") -> None:
+        """Start from a saved map (``gcross_core.mapping.map_io``): its voxels and labels, and its object
+        ids when it has them and this segmenter tracks objects (InputError when voxel size or classes
+        differ)."""
+        restore_map(self.map, saved, self.class_names, source)
+        if self.tracker is not None:
+            with self._tracker_lock:
+                if saved.instance is None:
+                    self.tracker.reset()
+                else:
+                    self.tracker.restore(pack_keys(saved.voxel_index), saved.instance, saved.probability)
 
     def reset_instances(self) -> None:
         """Forget every object (with the map, e.g. on a map reset)."""

@@ -46,7 +46,8 @@ class SegmentNodeParams:
                                   "about). Coarser maps segment faster on a CPU but leave the encoder's first "
                                   "layers without neighbours.")
     initial_map: str = _p("", "A map folder written by the save_map service to start from (its voxel size "
-                              "must equal the node's and its classes the segmenter's); empty: an empty map.")
+                              "must equal the node's and its classes the segmenter's; its objects keep their "
+                              "ids); empty: an empty map.")
     save_map_path: str = _p("~/.ros/gcross_map", "Folder the save_map service writes the map to (replaced "
                                                  "atomically if it exists): map.ply, map.json and scene/.")
     reset_map_on_time_jump: bool = _p(False, "When image stamps jump back (a bag played again), also clear the "

@@ -77,7 +77,7 @@ from gcross_core.errors import GcrossError, MalformedMessageError, UnavailableEr
 from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
 from gcross_core.image import has_valid_depth
-from gcross_core.mapping.map_io import SavedMap, load_map, restore_map, save_map
+from gcross_core.mapping.map_io import load_map, save_map
 from gcross_core.mapping.model_view import ModelMapRenderer, render_view
 from gcross_core.model.api import GaussianCrossModel
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
@@ -172,8 +172,9 @@ class SegmentNode(Node):
                                              PipelineConfig.from_values({**asdict(p), "segment_period_s": 0.0}))
         self.map = self.pipeline.map
         if p.initial_map:
-            restore_map(self.map, load_map(p.initial_map), self.class_names, f"initial_map {p.initial_map!r}")
-            self.get_logger().info(f"started from the map in {p.initial_map} ({len(self.map)} voxels)")
+            self.pipeline.restore(load_map(p.initial_map), f"initial_map {p.initial_map!r}")
+            objects = f", {len(self.pipeline.tracker)} objects" if self.pipeline.tracker is not None else ""
+            self.get_logger().info(f"started from the map in {p.initial_map} ({len(self.map)} voxels{objects})")
         self.model_renderer = None  # render_source gaussians: the GaussianCross model's view of the map
         if p.render_source == "gaussians":
             model = GaussianCrossModel.from_checkpoint(p.model_checkpoint_path, p.device)
@@ -531,8 +532,7 @@ class SegmentNode(Node):
     def save_map(self) -> Tuple[bool, str]:
         """~/save_map: the map, its labels and (when tracked) instance ids to save_map_path."""
         path = os.path.expanduser(self.params.save_map_path)
-        saved = SavedMap.from_voxel_map(self.map, self.class_names, self.params.map_frame,
-                                        instance_of=self._instances_of_keys())
+        saved = self.pipeline.saved_map(self.params.map_frame)
         try:
             out = save_map(path, saved)
         except OSError as e:  # no permission, disk full, a file in the way: answered, the node goes on
@@ -541,17 +541,6 @@ class SegmentNode(Node):
             return False, f"cannot save the map to {path}: {reason}{where}"
         self.get_logger().info(f"map of {len(saved)} voxels saved to {out}")
         return True, f"saved {len(saved)} voxels to {out}"
-
-    def _instances_of_keys(self):
-        """voxel keys -> object ids (-1: none) while the segmenter tracks objects, else None."""
-        tracker = self.pipeline.tracker
-        if tracker is None:
-            return None
-
-        def ids(keys: np.ndarray) -> np.ndarray:
-            found = tracker.ids_of(keys)  # 0 = none in the tracker and labelled_cloud
-            return np.where(found > 0, found, -1)
-        return ids
 
     def _clear_map(self) -> None:
         """Empty the map, forget its objects and the feature colour basis of its renders."""

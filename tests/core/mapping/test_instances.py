@@ -53,3 +53,22 @@ def test_bad_input_is_named():
         InstanceTracker(match_overlap=0.0)
     with pytest.raises(ValueError, match="instances"):
         InstanceTracker().update(KEYS, [np.arange(3)], np.array([0, 1]), np.array([0.5]), np.arange(3))
+
+
+def test_restored_objects_keep_their_ids_and_new_ones_count_on():
+    t = InstanceTracker()
+    ids = np.zeros(len(KEYS), np.int64)
+    ids[10:30], ids[50:60] = 4, 9  # a saved map's instance ids; 0 = none
+    probs = np.zeros((len(KEYS), 3), np.float32)
+    probs[:, 0] = 1.0
+    probs[50:60] = [0.1, 0.2, 0.7]
+    t.restore(KEYS, ids, probs)
+    assert len(t) == 2 and t.ids_of(KEYS[[15, 55, 70]]).tolist() == [4, 9, 0]
+    objs = {o.object_id: o for o in t.objects(KEYS, np.zeros((len(KEYS), 3)))}
+    assert (objs[4].class_index, objs[9].class_index) == (0, 2)
+    assert objs[4].score == pytest.approx(1.0) and objs[9].score == pytest.approx(0.7)
+    # a later segmentation finds object 9 again and a new object: 9 persists, the new one gets 10
+    found = update(t, [np.arange(50, 60), np.arange(80, 90)], fused=np.arange(40, 100))
+    assert found.tolist() == [9, 10]
+    with pytest.raises(ValueError, match="probabilities"):
+        t.restore(KEYS, ids, probs[:5])

@@ -111,3 +111,49 @@ def test_restore_rejects_another_voxel_size_or_classes(tmp_path):
         restore_map(VoxelMap(0.1, 10_000, 2), load_map(out), ("a", "b"))
     with pytest.raises(InputError, match="lacks map.json"):
         load_map(tmp_path)
+
+
+class _BoxFinder:
+    """Stands in for a Segmenter with an instance head: points nearer than 1.75 m are one chair."""
+
+    class_names = CLASSES
+    grid_size_m = 0.1
+    has_instance_head = True
+
+    def predict_instances(self, coord, color, normal):
+        from gcross_core.segmentation.instance import InstanceSet
+        from gcross_core.segmentation.segmenter import InstancePrediction
+
+        labels = np.where(coord[:, 2] < 1.75, 2, 0)
+        probs = np.eye(len(CLASSES), dtype=np.float32)[labels] * 0.8 + 0.2 / len(CLASSES)
+        chair = np.flatnonzero(labels == 2)
+        return InstancePrediction(labels, probs.max(1), probs,
+                                  InstanceSet([chair], np.array([2]), np.array([0.9], np.float32), len(coord)))
+
+
+def test_a_restored_map_keeps_its_object_ids(tmp_path):
+    from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
+
+    depth = np.full((H, W), 2.0, np.float32)
+    depth[8:16, 10:20] = 1.5
+    rgb = np.full((H, W, 3), 90, np.uint8)
+    first = SegmentationPipeline(_BoxFinder(), PipelineConfig(segment_scope="map"))
+    first.process_frame(rgb, depth, K, np.eye(4), 0.0)
+    first.segment(0.0)
+    (chair,) = first.objects()
+    snap, probs = first.map.export()
+    first.tracker.restore(snap.keys, first.tracker.ids_of(snap.keys) * 6, probs)  # call it object 6: a fresh
+    assert [o.object_id for o in first.objects()] == [6]                          # pipeline would say 1
+    save_map(tmp_path / "m", first.saved_map())
+    second = SegmentationPipeline(_BoxFinder(), PipelineConfig(segment_scope="map"))
+    second.restore(load_map(tmp_path / "m"))
+    (again,) = second.objects()
+    assert (again.object_id, again.class_index, again.voxels) == (6, 2, chair.voxels)
+    np.testing.assert_array_equal(second.labelled_points().instance, first.labelled_points().instance)
+    second.process_frame(rgb, depth, K, np.eye(4), 1.0)
+    second.segment(1.0)  # the chair is found again: it keeps id 6
+    assert [o.object_id for o in second.objects()] == [6]
+    # a map saved without object ids starts without objects
+    second.restore(SavedMap.from_voxel_map(second.map, CLASSES))
+    assert second.objects() == [] and len(second.map) == len(first.map)
+

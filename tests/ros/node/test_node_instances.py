@@ -1,15 +1,19 @@
 """The node with an instance-head checkpoint over real DDS: labelled_cloud gains the instance field,
 ``instances`` carries one box and one label per object, and an object keeps its id when the same map is
-segmented again (segment_scope: map, no new frames in between)."""
+segmented again (segment_scope: map, no new frames in between) and when the saved map starts a new node
+(initial_map)."""
 import json
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
+from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from gcross_core.mapping.fusion import pack_keys  # noqa: E402
+from gcross_core.mapping.map_io import load_map  # noqa: E402
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.segmentation.instance import InstanceConfig  # noqa: E402
 from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
@@ -17,6 +21,7 @@ from gcross_ros.msgs import codec  # noqa: E402
 from test_node import (CLASSES, NODE_PARAMS, STARTUP_S, WAIT_S, Fixture, _params_file,  # noqa: E402
                                       _start_node, wait_for)
 from gcross_ros.node.process import stop_node_process  # noqa: E402
+from gcross_ros.node.segment_node import SegmentNode  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -38,7 +43,9 @@ def test_instances_and_stable_ids(tmp_path, ros_context):
                                       grid_size_m=0.1, instance=INSTANCE)
     params = {**NODE_PARAMS, "segment_scope": "map", "publish_rendered": False}
     log_path = tmp_path / "node.log"
-    proc, log = _start_node(_params_file(tmp_path, checkpoint=str(ckpt), **params), log_path)
+    maps = tmp_path / "maps" / "room"
+    proc, log = _start_node(_params_file(tmp_path, checkpoint=str(ckpt), save_map_path=str(maps), **params),
+                            log_path)
     fx = Fixture(ros_context)
     arrays = []
     fx._sub(MarkerArray, "instances", arrays, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
@@ -75,6 +82,20 @@ def test_instances_and_stable_ids(tmp_path, ros_context):
         assert all(m.text.split(" #")[0] in CLASSES for m in labels)
         legend = json.loads(wait_for(lambda: fx.latest(fx.legends), WAIT_S, "class_legend", proc, log_path).data)
         assert legend["instance_field"] == "instance" and legend["stuff_classes"] == []
+
+        # the saved map's objects keep their ids in a node that starts from it
+        assert fx.call("save_map").success
+        saved = load_map(maps)
+        assert saved.instance is not None and (saved.instance > 0).any()
+        loaded = SegmentNode(context=ros_context, parameter_overrides=[
+            Parameter(k, value=v) for k, v in {"checkpoint": str(ckpt), "voxel_size_m": 0.1,
+                                               "publish_rendered": False, "initial_map": str(maps)}.items()])
+        try:
+            ids = loaded.pipeline.tracker.ids_of(pack_keys(saved.voxel_index))
+            np.testing.assert_array_equal(np.where(ids > 0, ids, -1), saved.instance)
+            assert {o.object_id for o in loaded.pipeline.objects()} == set(saved.instance[saved.instance > 0].tolist())
+        finally:
+            loaded.destroy_node()
     finally:
         fx.close()
         stop_node_process(proc, log)
