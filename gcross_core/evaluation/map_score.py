@@ -95,13 +95,14 @@ def score_labelled_map(map_coord: np.ndarray,  # [M, 3] metres, map frame
 
 def map_objects(map_label: np.ndarray,  # [M] int, -1 = unlabelled
                 map_confidence: Optional[np.ndarray],  # [M] float, or None (score 1)
-                map_instance: np.ndarray,  # [M] int object id, 0 = none
+                map_instance: np.ndarray,  # [M] int object id, ``none`` = no object
+                none: int = 0,  # the id meaning no object: 0 in a map, -1 in ground truth
                 ) -> Tuple[np.ndarray, List[np.ndarray], np.ndarray, np.ndarray]:
     """(object ids [P], map point indices per object, class per object [P] (majority label of its
     points, -1 if none is labelled), score per object [P] (mean confidence of its points))."""
     map_instance = np.asarray(map_instance).astype(np.int64)
     map_label = np.asarray(map_label).astype(np.int64)
-    ids = np.unique(map_instance[map_instance > 0])
+    ids = np.unique(map_instance[map_instance != none])
     indices, classes, scores = [], [], []
     for oid in ids:
         idx = np.flatnonzero(map_instance == oid)

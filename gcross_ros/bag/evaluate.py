@@ -159,15 +159,11 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
 def object_boxes(coord: np.ndarray, label: np.ndarray, instance: np.ndarray, none: int):
     """(boxes [P, 2, 3] min/max corners, majority class [P]) of the objects in a labelled cloud; ``none``
     is the id that means no object (0 in a map, -1 in ground truth)."""
-    instance = np.asarray(instance).astype(np.int64)
-    ids = np.unique(instance[instance != none])
-    boxes, classes = np.zeros((len(ids), 2, 3), np.float32), np.full(len(ids), -1, np.int64)
-    for i, oid in enumerate(ids):
-        sel = instance == oid
-        boxes[i] = coord[sel].min(0), coord[sel].max(0)
-        lab = np.asarray(label)[sel]
-        lab = lab[lab >= 0]
-        classes[i] = np.bincount(lab).argmax() if len(lab) else -1
+    from gcross_core.evaluation.map_score import map_objects
+
+    _, indices, classes, _ = map_objects(label, None, instance, none=none)
+    coord = np.asarray(coord, np.float32)
+    boxes = np.array([[coord[i].min(0), coord[i].max(0)] for i in indices], np.float32).reshape(-1, 2, 3)
     return boxes, classes
 
 

@@ -13,7 +13,7 @@ from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline  #
 from gcross_core.errors import BagError  # noqa: E402
 from gcross_core.image import register_color_to_depth  # noqa: E402
 from gcross_ros.bag.cli import main  # noqa: E402
-from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag  # noqa: E402
+from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, object_boxes  # noqa: E402
 from gcross_ros.bag.format import RecordConfig  # noqa: E402
 from gcross_ros.bag.reader import read_bag  # noqa: E402
 from gcross_ros.bag.writer import record_scene  # noqa: E402
@@ -466,3 +466,14 @@ def test_eval_scores_the_objects_of_the_map(tmp_path):
     assert saved["instance"]["per_class"]["cabinet"]["num_gt"] == 1 and "floor" not in saved["instance"]["per_class"]
     assert "AP50 100.0" in (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "topdown.png").stat().st_size > 0
+
+
+def test_object_boxes_of_map_ids_and_ground_truth_ids():
+    coord = np.array([[0, 0, 0], [1, 2, 3], [5, 5, 5], [6, 4, 5], [9, 9, 9]], np.float32)
+    label = np.array([1, 1, 2, -1, 0])
+    boxes, classes = object_boxes(coord, label, np.array([3, 3, 7, 7, 0]), none=0)  # a map: 0 = no object
+    np.testing.assert_array_equal(boxes, [[[0, 0, 0], [1, 2, 3]], [[5, 4, 5], [6, 5, 5]]])
+    assert classes.tolist() == [1, 2]  # the unlabelled point does not vote
+    boxes, classes = object_boxes(coord, label, np.array([0, 0, -1, -1, -1]), none=-1)  # ground truth: 0 is an id
+    assert boxes.shape == (1, 2, 3) and classes.tolist() == [1]
+    assert object_boxes(coord, label, np.zeros(5, int), none=0)[0].shape == (0, 2, 3)
