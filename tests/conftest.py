@@ -69,12 +69,27 @@ class _PointceptSegmentorV2(torch.nn.Module):
         return self.seg_head(self.backbone(points))
 
 
+class _PointceptPointGroup(_PointceptSegmentorV2):
+    """Pointcept's PointGroup (PG-v1m1) heads: seg_head, and the offset branch bias_head (Linear, BatchNorm1d
+    with eps 1e-3 / momentum 0.01, ReLU, Linear to 3); forward gives the logits, ``offsets`` the offsets."""
+
+    def __init__(self, backbone, num_classes):
+        super().__init__(backbone, num_classes)
+        c = backbone.out_channels
+        self.bias_head = torch.nn.Sequential(torch.nn.Linear(c, c), torch.nn.BatchNorm1d(c, eps=1e-3, momentum=0.01),
+                                             torch.nn.ReLU(), torch.nn.Linear(c, 3))
+
+    def offsets(self, points):
+        return self.bias_head(self.backbone(points))
+
+
 def _write_pointcept_pth(path, layout, encoder_config, num_classes=0, seed=0, module_prefix="module.",
                          legacy_format=False):
     """A checkpoint the way Pointcept's CheckpointSaver writes it, of a random SpUNet built here.
 
     layout: "backbone" (plus a pretraining decoder key that is not converted), "DefaultSegmentor" (the
-    backbone's own `final`, num_classes outputs) or "DefaultSegmentorV2" (backbone + `seg_head`). The file
+    backbone's own `final`, num_classes outputs), "DefaultSegmentorV2" (backbone + `seg_head`) or
+    "PointGroup" (backbone + `seg_head` + `bias_head`). The file
     carries optimizer state, a numpy best_metric_value and OneCycleLR state with a function reference (the
     bound `anneal_func` PyTorch < 2.4 pickled), which torch.load(weights_only=True) refuses.
     Returns (path, net): net maps a PointBatch to the source model's per-row outputs (logits).
@@ -87,8 +102,9 @@ def _write_pointcept_pth(path, layout, encoder_config, num_classes=0, seed=0, mo
     if layout == "DefaultSegmentor":
         net = SpUNet(replace(encoder_config, num_classes=num_classes))
         backbone, head = net, None
-    elif layout == "DefaultSegmentorV2":
-        net = _PointceptSegmentorV2(SpUNet(encoder_config), num_classes)
+    elif layout in ("DefaultSegmentorV2", "PointGroup"):
+        cls = _PointceptSegmentorV2 if layout == "DefaultSegmentorV2" else _PointceptPointGroup
+        net = cls(SpUNet(encoder_config), num_classes)
         backbone, head = net.backbone, net.seg_head
     else:
         net = backbone = SpUNet(encoder_config)
@@ -96,11 +112,18 @@ def _write_pointcept_pth(path, layout, encoder_config, num_classes=0, seed=0, mo
     with torch.no_grad():
         for p in net.parameters():  # distinctive weights, well away from the initialisation
             p.add_(0.2 * torch.randn_like(p))
-        backbone.train()(_box_wall_scenes(sizes=(900,), grid_size_m=0.05, seed=seed))  # BatchNorm statistics
+        points = _box_wall_scenes(sizes=(900,), grid_size_m=0.05, seed=seed)
+        backbone.train()(points)  # BatchNorm statistics
+        if layout == "PointGroup":  # small variances: where BatchNorm's eps (1e-3 here) shows
+            bn = net.bias_head[1]
+            bn.running_mean.copy_(0.1 * torch.randn_like(bn.running_mean))
+            bn.running_var.copy_(torch.empty_like(bn.running_var).uniform_(0.002, 0.02))
     net.eval()
     state = {f"{module_prefix}backbone.{k}": v.clone() for k, v in backbone.state_dict().items()}
     if head is not None:
         state.update({f"{module_prefix}seg_head.{k}": v.clone() for k, v in head.state_dict().items()})
+    if layout == "PointGroup":
+        state.update({f"{module_prefix}bias_head.{k}": v.clone() for k, v in net.bias_head.state_dict().items()})
     if layout == "backbone":
         state[f"{module_prefix}gaussian_decoder.0.weight"] = torch.zeros(4, 4)
     params = [torch.nn.Parameter(torch.zeros(2))]

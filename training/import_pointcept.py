@@ -3,14 +3,15 @@
 Pointcept (and the released GaussianCross weights built on it) saves ``{"state_dict": {...}, "epoch": ...,
 "optimizer": ..., "scheduler": ...}`` with keys such as ``module.backbone.conv_input.0.weight``. The
 conversion (``gcross_core.model.pointcept``) reads it without running pickled code, recognises a pretrained
-backbone, a DefaultSegmentor (backbone with its ``final`` classifier) or a DefaultSegmentorV2 (backbone +
-``seg_head``), infers the SpUNet configuration from the tensor shapes, and refuses to write anything if a key
+backbone, a DefaultSegmentor (backbone with its ``final`` classifier), a DefaultSegmentorV2 (backbone +
+``seg_head``) or a PointGroup (``seg_head`` + offset ``bias_head``: a segmenter with an instance head), infers the SpUNet configuration from the tensor shapes, and refuses to write anything if a key
 is missing, unexpected or of the wrong shape. Backbones become ``encoder`` checkpoints (for
 ``finetune.py --pretrained``), segmentors ``segmenter`` checkpoints (for the node, ``evaluate.py`` and
 ``gcross-bag eval``); both record the colour range and voxel lattice Pointcept fed the model.
 
     python training/import_pointcept.py model_last.pth gaussiancross_backbone.safetensors
     python training/import_pointcept.py model_best.pth scannet20.safetensors --classes scannet20
+    python training/import_pointcept.py pointgroup_best.pth insseg.safetensors --classes scannet20
 """
 from __future__ import annotations
 
@@ -38,12 +39,12 @@ logger = logging.getLogger("import_pointcept")
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Convert a Pointcept SpUNet-v1m1 checkpoint (.pth: pretrained backbone, DefaultSegmentor or "
-                    "DefaultSegmentorV2 / linear probe) into a gcross checkpoint (.safetensors): an encoder "
-                    "for finetune.py --pretrained, or a segmenter for the node, evaluate.py and gcross-bag eval. "
-                    "No pickled code runs (optimizer/scheduler state is read as inert placeholders); any "
-                    "missing, unexpected or mis-shaped backbone key stops the conversion. Keys outside the "
-                    "backbone and its classifier (pretraining decoders, PointGroup's bias_head) are listed and "
-                    "not converted.")
+                    "DefaultSegmentorV2 / linear probe, PointGroup) into a gcross checkpoint (.safetensors): an "
+                    "encoder for finetune.py --pretrained, or a segmenter (with an instance head from "
+                    "PointGroup) for the node, evaluate.py and gcross-bag eval. No pickled code runs "
+                    "(optimizer/scheduler state is read as inert placeholders); any missing, unexpected or "
+                    "mis-shaped backbone key stops the conversion. Keys outside the backbone and its heads "
+                    "(pretraining decoders) are listed and not converted.")
     p.add_argument("src", type=Path, help="Pointcept checkpoint, e.g. model_last.pth / model_best.pth")
     p.add_argument("dst", type=Path, help="output .safetensors file")
     p.add_argument("--classes", default=None, metavar="SET|FILE",
@@ -63,6 +64,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--backbone-only", action="store_true",
                    help="write a segmentor's backbone as an encoder checkpoint (its classifier is dropped), "
                         "e.g. to fine-tune it on another class set")
+    p.add_argument("--stuff-classes", default=None, metavar="A,B",
+                   help="PointGroup only: comma-separated classes that are never instanced (default: wall and "
+                        "floor where the classes have them, as PointGroup on ScanNet; '' for none)")
     p.add_argument("--encoder-config", type=str, default=None, metavar="JSON",
                    help="SpUNet config to check against, e.g. '{\"in_channels\": 6}' (unset fields take "
                         "gcross defaults); default: inferred from the tensor shapes")
@@ -90,11 +94,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     convention = InputConvention(args.input_features, args.grid_lattice)
     report = import_pointcept_checkpoint(args.src, args.dst, config, args.allow_partial, args.prefix,
                                          class_names=class_names, convention=convention,
-                                         grid_size_m=args.grid_size, backbone_only=args.backbone_only)
+                                         grid_size_m=args.grid_size, backbone_only=args.backbone_only,
+                                         stuff_classes=(None if args.stuff_classes is None else
+                                                        [c for c in args.stuff_classes.split(",") if c]))
     logger.info("wrote %s: %s checkpoint from a Pointcept %s, %d encoder tensors, SpUNet %s", args.dst,
                 report.kind, report.layout, len(report.converted), report.config.to_dict())
     if report.class_names:
         logger.info("classes (%d): %s", len(report.class_names), ", ".join(report.class_names))
+    if report.layout == "PointGroup":
+        logger.info("instance head from bias_head; classes never instanced: %s",
+                    ", ".join(report.stuff_classes) or "none")
     logger.info("input convention recorded: input_features=%s, grid_lattice=%s, grid_size_m=%g",
                 convention.input_features, convention.grid_lattice, args.grid_size)
     if report.missing:

@@ -12,9 +12,15 @@ carry ``module.`` under DataParallel/DDP. Three layouts are recognised (:func:`d
   per-voxel linear map; note spconv >= 2.1 multiplies by the weight's memory viewed as [in, out], not by the
   [out, 1, 1, 1, in] tensor reshaped to [out, in], and the head reproduces what spconv computes);
 - ``DefaultSegmentorV2`` (linear probing, ``freeze_backbone``): ``backbone.*`` (``num_classes=0``) plus
-  ``seg_head`` Linear(96, C) -> a ``segmenter`` checkpoint with that head. PointGroup checkpoints have the
-  same semantic ``seg_head`` and import the same way; their offset head ``bias_head`` is listed as not
-  converted.
+  ``seg_head`` Linear(96, C) -> a ``segmenter`` checkpoint with that head;
+- ``PointGroup`` (PG-v1m1, the paper's instance segmentation): ``backbone.*``, ``seg_head`` and the offset
+  branch ``bias_head`` (Linear, BatchNorm1d(eps 1e-3), ReLU, Linear(C, 3)) -> a ``segmenter`` checkpoint
+  with an instance head (:class:`~gcross_core.segmentation.instance.OffsetHead`, the same layers). The
+  head's BatchNorm uses eps 1e-5, so the import adds the difference to the running variance: inference
+  computes exactly what PointGroup's branch computes. Grouping is gcross's
+  (:func:`~gcross_core.segmentation.instance.group_instances`, radius 1.5 grid cells as PointGroup's
+  ``cluster_thresh``), not PointGroup's ball-query BFS; stuff classes default to wall and floor where the
+  classes have them (PointGroup's ``segment_ignore_index`` on ScanNet).
 
 The file is read by :func:`gcross_core.model.pth.read_pth` (no pickled code runs; optimizer and scheduler
 state become inert placeholders). The SpUNet configuration is inferred from the tensor shapes (or checked
@@ -40,20 +46,26 @@ from gcross_core.errors import CheckpointError, PointceptImportError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.model.features import POINTCEPT_CONVENTION, InputConvention
 from gcross_core.model.pth import Inert, UnreadableTensor, read_pth
+from gcross_core.segmentation.instance import InstanceConfig, OffsetHead
 from gcross_core.segmentation.model import SegmentationModel, save_segmenter
 
 BACKBONE = "backbone"
 SEGMENTOR = "DefaultSegmentor"
 SEGMENTOR_V2 = "DefaultSegmentorV2"
+POINTGROUP = "PointGroup"
 HEAD_KEYS = ("seg_head.weight", "seg_head.bias")  # DefaultSegmentorV2 / PointGroup semantic head
+OFFSET_PREFIX = "bias_head."  # PointGroup's offset branch: Linear 0, BatchNorm1d 1, ReLU 2, Linear 3
+POINTGROUP_BN_EPS = 1e-3  # PointGroup's norm_fn for bias_head
+STUFF_IF_PRESENT = ("wall", "floor")  # PointGroup's segment_ignore_index (-1, 0, 1) on ScanNet: wall, floor
 
 
 @dataclass
 class ImportReport:
     config: SpUNetConfig  # of the backbone as stored (num_classes > 0 for a DefaultSegmentor)
-    layout: str = BACKBONE  # BACKBONE | SEGMENTOR | SEGMENTOR_V2
+    layout: str = BACKBONE  # BACKBONE | SEGMENTOR | SEGMENTOR_V2 | POINTGROUP
     kind: str = ENCODER_KIND  # kind of the checkpoint written
     class_names: List[str] = field(default_factory=list)  # segmenter outputs
+    stuff_classes: List[str] = field(default_factory=list)  # PointGroup: classes never instanced
     converted: List[str] = field(default_factory=list)  # encoder keys written
     missing: List[str] = field(default_factory=list)  # encoder keys absent from the checkpoint
     unexpected: List[str] = field(default_factory=list)  # backbone keys the encoder does not have
@@ -115,7 +127,8 @@ def _strip_module(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def detect_layout(state: Dict[str, torch.Tensor]) -> str:
-    """BACKBONE, SEGMENTOR (backbone with ``final``) or SEGMENTOR_V2 (``seg_head`` Linear) for a state dict."""
+    """BACKBONE, SEGMENTOR (backbone with ``final``), SEGMENTOR_V2 (``seg_head`` Linear) or POINTGROUP
+    (``seg_head`` and ``bias_head``) for a state dict."""
     stripped = _strip_module(state)
     backbone, _ = split_backbone(state)
     head = [k for k in HEAD_KEYS if k in stripped]
@@ -126,7 +139,7 @@ def detect_layout(state: Dict[str, torch.Tensor]) -> str:
         if "final.weight" in backbone:
             raise PointceptImportError("the checkpoint has both a backbone 'final' classifier and a 'seg_head'; "
                                        "expected one of DefaultSegmentor / DefaultSegmentorV2")
-        return SEGMENTOR_V2
+        return POINTGROUP if any(k.startswith(OFFSET_PREFIX) for k in stripped) else SEGMENTOR_V2
     return SEGMENTOR if "final.weight" in backbone else BACKBONE
 
 
@@ -219,16 +232,38 @@ def _classifier(state: Dict[str, torch.Tensor], tensors: Dict[str, torch.Tensor]
     return w, b
 
 
+def _offset_head(state: Dict[str, torch.Tensor], report: ImportReport, channels: int) -> Dict[str, torch.Tensor]:
+    """PointGroup's ``bias_head`` as an :class:`OffsetHead` state dict (its BatchNorm eps folded into the
+    running variance); every problem is a PointceptImportError naming the key."""
+    stripped = _strip_module(state)
+    given = {k[len(OFFSET_PREFIX):]: v for k, v in stripped.items() if k.startswith(OFFSET_PREFIX)}
+    head = OffsetHead(channels)
+    want = {k[len("mlp."):]: v for k, v in head.state_dict().items()}
+    problems = [f"{OFFSET_PREFIX}{k} missing" for k in want if k not in given]
+    problems += [f"{OFFSET_PREFIX}{k} unexpected" for k in given if k not in want]
+    problems += [f"{OFFSET_PREFIX}{k} has {tuple(given[k].shape)}, expected {tuple(v.shape)}"
+                 for k, v in want.items() if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    if problems:
+        raise PointceptImportError(f"bias_head is not PointGroup's Linear({channels}, {channels}) - BatchNorm1d - "
+                                   f"ReLU - Linear({channels}, 3): " + "; ".join(problems))
+    out = {f"mlp.{k}": (v.float() if v.is_floating_point() else v).clone() for k, v in given.items()}
+    out["mlp.1.running_var"] += POINTGROUP_BN_EPS - head.mlp[1].eps  # (var + 1e-3) as var' + eps
+    report.outside_backbone = [k for k in report.outside_backbone if not k.startswith(OFFSET_PREFIX)]
+    return out
+
+
 def import_pointcept_checkpoint(src, dst, config: Optional[SpUNetConfig] = None, allow_partial: bool = False,
                                 prefix: str = "encoder", class_names: Optional[Sequence[str]] = None,
                                 convention: InputConvention = POINTCEPT_CONVENTION, grid_size_m: float = 0.02,
-                                backbone_only: bool = False) -> ImportReport:
+                                backbone_only: bool = False,
+                                stuff_classes: Optional[Sequence[str]] = None) -> ImportReport:
     """Convert ``src`` (.pth) into ``dst`` (.safetensors) as described in the module docstring.
 
     ``class_names``: required for a segmentor (one per output of its classifier), refused for a backbone.
     ``convention`` and ``grid_size_m``: what the source model was fed (Pointcept's configs: 0.02 m).
     ``prefix``: namespace of an encoder output's tensors ('' for none; segmenters use ``encoder``).
     ``backbone_only``: write a segmentor's backbone as an encoder checkpoint (classifier dropped).
+    ``stuff_classes``: PointGroup only, the classes never instanced (default: wall and floor where present).
     """
     if not grid_size_m > 0:
         raise PointceptImportError(f"grid_size_m must be > 0, got {grid_size_m}")
@@ -264,18 +299,34 @@ def import_pointcept_checkpoint(src, dst, config: Optional[SpUNetConfig] = None,
         raise PointceptImportError(f"{len(class_names)} class names given for the {weight.shape[0]}-class "
                                    f"classifier of {src} ({layout})")
     enc_cfg = SpUNetConfig.from_dict({**report.config.to_dict(), "num_classes": 0})
-    model = SegmentationModel(enc_cfg, int(weight.shape[0]))
+    if stuff_classes is not None and layout != POINTGROUP:
+        raise PointceptImportError(f"{src} is a {layout} without an offset head: stuff classes only apply to "
+                                   f"PointGroup checkpoints")
+    model = SegmentationModel(enc_cfg, int(weight.shape[0]), instance_head=layout == POINTGROUP)
     if tuple(weight.shape) != tuple(model.seg_head.weight.shape) or tuple(bias.shape) != (weight.shape[0],):
         raise PointceptImportError(f"classifier weight {tuple(weight.shape)} / bias {tuple(bias.shape)} do not fit "
                                    f"a Linear({model.encoder.out_channels}, {weight.shape[0]}) on this backbone")
     model.encoder.load_state_dict(tensors, strict=not allow_partial)
     model.seg_head.load_state_dict({"weight": weight, "bias": bias})
+    instance = None
+    if layout == POINTGROUP:
+        model.offset_head.load_state_dict(_offset_head(state, report, model.encoder.out_channels))
+        stuff = tuple(stuff_classes) if stuff_classes is not None else tuple(
+            c for c in STUFF_IF_PRESENT if c in class_names)
+        unknown = [c for c in stuff if c not in class_names]
+        if unknown:
+            raise PointceptImportError(f"stuff classes {unknown} are not among the classifier's classes "
+                                       f"{list(class_names)}")
+        # PointGroup: cluster_thresh 1.5 voxels, cluster_propose_points 100
+        instance = InstanceConfig(stuff_classes=stuff, cluster_radius_m=1.5 * grid_size_m,
+                                  min_points=100).resolved("", class_names)
     report.kind, report.class_names = SEGMENTER_KIND, list(class_names)
-    save_segmenter(dst, model, list(class_names), grid_size_m, convention=convention,
+    report.stuff_classes = list(instance.stuff_classes) if instance is not None else []
+    save_segmenter(dst, model, list(class_names), grid_size_m, convention=convention, instance=instance,
                    extra={"model": "spunet", "source": source, "missing_keys": report.missing,
                           "not_converted_keys": report.outside_backbone})
     return report
 
 
-__all__ = ["BACKBONE", "SEGMENTOR", "SEGMENTOR_V2", "ImportReport", "load_pointcept_checkpoint", "split_backbone",
+__all__ = ["BACKBONE", "SEGMENTOR", "SEGMENTOR_V2", "POINTGROUP", "ImportReport", "load_pointcept_checkpoint", "split_backbone",
            "detect_layout", "infer_spunet_config", "convert_state_dict", "import_pointcept_checkpoint"]

@@ -205,3 +205,48 @@ def test_missing_convention_in_a_pretrained_checkpoint_is_refused(pointcept_pth,
                          grid_lattice="min_corner")
     assert finetune_convention(both, str(enc)) == GCROSS_CONVENTION  # told explicitly: nothing to guess
     assert load_metadata(enc)["input_features"] == "rgb_minus1_1_normal"
+
+
+def test_imported_pointgroup_predicts_pointgroups_offsets_and_instances(pointcept_pth, tmp_path, one_torch_thread):
+    classes = ["wall", "floor", "chair", "table", "sofa"]
+    src, net = pointcept_pth(tmp_path / "pointgroup.pth", "PointGroup", TINY, num_classes=len(classes))
+    dst = tmp_path / "insseg.safetensors"
+    report = import_pointcept_checkpoint(src, dst, class_names=classes, grid_size_m=GRID)
+    assert (report.kind, report.layout, report.stuff_classes) == ("segmenter", "PointGroup", ["wall", "floor"])
+    assert not [k for k in report.outside_backbone if "bias_head" in k]
+    seg = Segmenter.from_checkpoint(dst)
+    assert seg.has_instance_head and seg.instance_config.stuff_classes == ("wall", "floor")
+    assert seg.instance_config.cluster_radius_m == pytest.approx(1.5 * GRID)
+
+    # offsets: PointGroup's bias_head (BatchNorm eps 1e-3) on the reference input, row for row
+    coord, color, normal = _cloud()
+    seen = {}
+    inner = seg.model
+
+    class KeepOffsets(torch.nn.Module):
+        def forward(self, batch, with_offsets=False):
+            logits, offsets = inner(batch, with_offsets=True)
+            seen["logits"], seen["offsets"] = logits[batch.inverse].numpy(), offsets[batch.inverse].numpy()
+            return (logits, offsets) if with_offsets else logits
+
+    seg.model = KeepOffsets()
+    pred = seg.predict_instances(coord, color, normal)
+    ref_logits = pointcept_inference(net, coord, color, normal, GRID, *COLOUR["rgb_minus1_1_normal"])
+    ref_offsets = pointcept_inference(net.offsets, coord, color, normal, GRID, *COLOUR["rgb_minus1_1_normal"])
+    np.testing.assert_allclose(seen["logits"], ref_logits, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(seen["offsets"], ref_offsets, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(pred.labels, ref_logits.argmax(1))
+    assert all(c not in (0, 1) for c in pred.instances.classes)  # walls and floors are never objects
+
+    # without folding PointGroup's eps into the running variance the offsets would differ
+    tensors, _ = load_checkpoint(dst)
+    var = [v for k, v in tensors.items() if k.endswith("mlp.1.running_var")][0]
+    np.testing.assert_allclose(var.numpy(), net.bias_head[1].running_var.numpy() + 1e-3 - 1e-5, rtol=1e-6)
+    # an offset branch of another shape stops the import, naming the key
+    bad = torch.load(src, weights_only=False)
+    bad["state_dict"]["module.bias_head.3.weight"] = torch.zeros(2, TINY.channels[-1])
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(PointceptImportError, match="bias_head.3.weight"):
+        import_pointcept_checkpoint(tmp_path / "bad.pth", tmp_path / "bad.safetensors", class_names=classes)
+    with pytest.raises(PointceptImportError, match="lamp"):
+        import_pointcept_checkpoint(src, tmp_path / "x.safetensors", class_names=classes, stuff_classes=["lamp"])
