@@ -133,6 +133,8 @@ def knob_variants(pretrain_steps: int) -> dict:
     config's), probe overrides. Each differs from ``pretrain_real`` in one thing."""
     eff = {"input_size": [120, 160]}
     return {
+        # the reference pretrained again by this code, so that every knob is compared with a run of its own code
+        "none (the same pretraining, run again)": ([], None, []),
         f"schedule x3 ({3 * pretrain_steps} steps)": ([f"train.max_steps={3 * pretrain_steps}"], None, []),
         "mask ratio 0.25 (0.5)": (["model.mask_ratio=0.25"], None, []),
         "teacher layers s8 + head (s16 + s32)": ([], [TeacherConfig(name="efficientnet_lite0",
