@@ -12,10 +12,11 @@
 
 1. scene folders: ``training/prepare_frames.py`` logic, mOSD with ``--classes table,object --up plane``
    at 1 cm, 7-Scenes with ``--up cameras`` at 2 cm, every 3rd frame (``<out>/data``);
-2. encoders: synthetic rooms pretraining as the shipped checkpoint's lineage
-   (``training/make_demo_checkpoint.sh``: 8 rooms, ``synthetic_tiny.yaml``, seed 0), and
-   ``pretrain_real_frames.yaml`` on the 7-Scenes room plus the 45 mOSD learn frames (labels unused;
-   the test frames are never used for pretraining);
+2. encoders, one per init and seed (a seed varies pretraining and fine-tuning together: a single
+   pretraining run per init would leave its own variance out of the spread): synthetic rooms pretraining
+   as the shipped checkpoint's lineage (``training/make_demo_checkpoint.sh``: 8 rooms,
+   ``synthetic_tiny.yaml``), and ``pretrain_real_frames.yaml`` on the 7-Scenes room plus the 45 mOSD
+   learn frames (labels unused; the test frames are never used for pretraining);
 3. fine-tuning with ``finetune_tabletop.yaml`` on mOSD learn, evaluated on mOSD test, for each encoder
    init (random, synthetic, real) and seed: all 45 labelled frames (``full``), 5 labelled frames drawn
    by the seed (``few``), the linear probe on the frozen encoder (``probe``);
@@ -28,7 +29,7 @@
    init for ``--instance-steps`` (300); ``--instance-start semantic``: continue from the same init's and
    seed's step-3 segmenter (all labels) with the offset head added (lr 0.002). Runs live in
    ``<out>/instance/<start>_<steps>/<init>_seed<seed>``.
-6. ``knobs``: what changes the real-frame encoder, one knob at a time against ``pretrain_real``: a 3x
+6. ``knobs``: what changes the real-frame encoder, one knob at a time against ``pretrain_real_seed0``: a 3x
    schedule, mask ratio 0.25, teacher layers s8 + head, a 4 cm pretraining grid, and (eval-time input
    density) the linear probe without its BatchNorm recalibration; each scored by the linear probe
    (``--probe-seeds``) and all-label fine-tuning (seed 0). Runs live in ``<out>/knobs/<knob>``.
@@ -133,8 +134,6 @@ def knob_variants(pretrain_steps: int) -> dict:
     config's), probe overrides. Each differs from ``pretrain_real`` in one thing."""
     eff = {"input_size": [120, 160]}
     return {
-        # the reference pretrained again by this code, so that every knob is compared with a run of its own code
-        "none (the same pretraining, run again)": ([], None, []),
         f"schedule x3 ({3 * pretrain_steps} steps)": ([f"train.max_steps={3 * pretrain_steps}"], None, []),
         "mask ratio 0.25 (0.5)": (["model.mask_ratio=0.25"], None, []),
         "teacher layers s8 + head (s16 + s32)": ([], [TeacherConfig(name="efficientnet_lite0",
@@ -331,15 +330,26 @@ def main() -> int:
     mosd = data / "mosd"
     rooms = make_synthetic_rooms(data)
     common = ["train.device=cpu", f"train.num_threads={args.threads}", "train.seed=0"]
-    enc = {"scratch": None,
-           "synthetic": pretrain(out / "pretrain_synthetic", CONFIGS / "synthetic_tiny.yaml",
-                                 [f"data.root={rooms}", "data.synthetic.rooms=0", "train.epochs=1000",
-                                  f"train.max_steps={args.pretrain_steps}"] + common, report_only=args.report_only),
-           "real": pretrain(out / "pretrain_real", CONFIGS / "pretrain_real_frames.yaml",
-                            [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}"] + common,
-                            report_only=args.report_only)}
+    encoders = {}
 
-    results = {"full": {}, "few": {}, "probe": {}, "chorus": {}, "instance": {}, "knobs": {}}
+    def enc(init: str, seed: int):
+        """The encoder checkpoint of ``init`` pretrained with ``seed`` (pretraining and fine-tuning seeds are
+        paired: a seed varies both), None for scratch or a pretraining not run (--report-only)."""
+        if init == "scratch":
+            return None
+        if (init, seed) not in encoders:
+            seeded = ["train.device=cpu", f"train.num_threads={args.threads}", f"train.seed={seed}",
+                      f"train.max_steps={args.pretrain_steps}"]
+            if init == "synthetic":
+                config, data_over = CONFIGS / "synthetic_tiny.yaml", [f"data.root={rooms}", "data.synthetic.rooms=0",
+                                                                       "train.epochs=1000"]
+            else:
+                config, data_over = CONFIGS / "pretrain_real_frames.yaml", [f"data.root={data / 'real_frames'}"]
+            encoders[init, seed] = pretrain(out / f"pretrain_{init}_seed{seed}", config, data_over + seeded,
+                                            report_only=args.report_only)
+        return encoders[init, seed]
+
+    results = {"full": {}, "few": {}, "probe": {}, "chorus": {}, "instance": {}, "knobs": {}, "knobs_reference": {}}
     inst_dir = out / "instance" / f"{args.instance_start}_{args.instance_steps}"
     plan = [("full", args.seeds, args.steps, {}), ("few", args.seeds, args.few_steps, {"few": True}),
             ("probe", args.probe_seeds, args.probe_steps, {"probe": True}),
@@ -349,14 +359,15 @@ def main() -> int:
             continue
         for seed in seeds:
             for init in INITS:
-                if init != "scratch" and enc[init] is None:
+                start, run_dir = enc(init, seed), out / phase / f"{init}_seed{seed}"
+                if init != "scratch" and start is None:
                     continue  # its pretraining has not run (--report-only)
-                start, run_dir = enc[init], out / phase / f"{init}_seed{seed}"
                 if phase == "instance":
                     run_dir = inst_dir / run_dir.name
                     if args.instance_start == "semantic":  # stage 2: on the all-label segmenter (init, seed)
                         stage1 = out / "full" / run_dir.name
-                        if finetune(stage1, mosd, seed, enc[init], args.steps, report_only=args.report_only) is None:
+                        if finetune(stage1, mosd, seed, enc(init, seed), args.steps,
+                                    report_only=args.report_only) is None:
                             continue
                         start = stage1 / "segmenter.safetensors"
                 r = finetune(run_dir, mosd, seed, start, steps, report_only=args.report_only, **kw)
@@ -387,10 +398,16 @@ def main() -> int:
             results["chorus"][label] = [r]
             print(f"chorus {label}: mIoU {100 * r['miou']:5.1f}", flush=True)
 
-    if "knobs" in args.phases and enc["real"] is not None:
+    if "knobs" in args.phases and enc("real", 0) is not None:
+        ref = {"probe": [finetune(out / "knobs" / "reference" / f"probe_seed{seed}", mosd, seed, enc("real", 0),
+                                  args.probe_steps, probe=True, report_only=args.report_only)
+                         for seed in args.probe_seeds],
+               "full": [finetune(out / "full" / "real_seed0", mosd, 0, enc("real", 0), args.steps,
+                                 report_only=args.report_only)]}
+        results["knobs_reference"] = {k: [r for r in v if r is not None] for k, v in ref.items()}
         for label, (pre_over, teachers, probe_over) in knob_variants(args.pretrain_steps).items():
             kdir = out / "knobs" / _slug(label)
-            ckpt = enc["real"] if pre_over is None else pretrain(
+            ckpt = enc("real", 0) if pre_over is None else pretrain(
                 kdir / "pretrain", CONFIGS / "pretrain_real_frames.yaml",
                 [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}"] + common + pre_over,
                 teachers, report_only=args.report_only)
@@ -429,7 +446,8 @@ def main() -> int:
              f"(1 cm voxels, 2 cm encoder grid). Seeds {args.seeds} (probe: {args.probe_seeds}); "
              f"{args.steps} steps x 4 frames with all labels, {args.few_steps} steps with 5 labelled frames "
              f"(drawn per seed), linear probe {args.probe_steps} steps; pretraining {args.pretrain_steps} "
-             f"steps (Chorus variants {args.chorus_steps}). mIoU in %, mean ± sample std over seeds.", "",
+             f"steps (Chorus variants {args.chorus_steps}), one pretraining per init and seed (a seed varies "
+             f"pretraining and fine-tuning together). mIoU in %, mean ± sample std over seeds.", "",
              "| encoder init | mIoU, all labels | IoU table / object | mIoU, 5 labelled frames | "
              "linear probe mIoU | instance AP50 / AP25 |", "|---|---|---|---|---|---|"]
     for init in INITS:
@@ -450,20 +468,21 @@ def main() -> int:
                          f"{100 * r['iou']['object']:.1f} |")
     if results["instance"]:
         lines += ["", f"Instance runs ({inst_dir.name}: start, steps), in %, mean ± std over seeds:", "",
-                  "| encoder init | AP50 | AP25 | mAP | semantic mIoU after the instance run |", "|---|---|---|---|---|"]
+                  "| encoder init | AP50 | AP25 | mAP | semantic mIoU after the instance run |",
+                  "|---|---|---|---|---|"]
         for init in INITS:
             rs = results["instance"].get(init, [])
             if rs:
                 lines.append(f"| {INIT_LABEL[init]} | {_ap(rs, 'ap50')} | {_ap(rs, 'ap25')} | {_ap(rs, 'map')} | "
                              f"{_fmt(_stat([r['miou'] for r in rs]))} |")
     if results["knobs"]:
-        base_probe = results["probe"].get("real", [])
-        base_full = [r for r in results["full"].get("real", [])][:1]
-        lines += ["", f"Real-frame pretraining knobs, one change each against 'pretrained on real unlabelled "
-                  f"frames' (the default in brackets): linear probe mIoU over seeds {args.probe_seeds}, "
-                  "all-label mIoU seed 0, in %:", "",
+        base = results.get("knobs_reference", {})
+        base_probe, base_full = base.get("probe", []), base.get("full", [])
+        lines += ["", "Real-frame pretraining knobs, one change each against the real-frame encoder of seed 0 "
+                  f"(the default in brackets): linear probe mIoU over probe seeds {args.probe_seeds} on that one "
+                  "encoder, all-label mIoU (fine-tuning seed 0), in %:", "",
                   "| real-frame pretraining | linear probe mIoU | all labels mIoU (seed 0) |", "|---|---|---|",
-                  f"| as above ({args.pretrain_steps} steps, mask 0.5, s16 + s32, 2 cm, BatchNorm recalibrated) | "
+                  f"| reference ({args.pretrain_steps} steps, mask 0.5, s16 + s32, 2 cm, BatchNorm recalibrated) | "
                   f"{_fmt(_stat([r['miou'] for r in base_probe]))} | {_fmt(_stat([r['miou'] for r in base_full]))} |"]
         for label, row in results["knobs"].items():
             full = _fmt(_stat([r["miou"] for r in row["full"]])) if row["full"] else "same encoder as above"
