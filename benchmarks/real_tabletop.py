@@ -1,7 +1,7 @@
 """Real tabletop frames (mOSD): does GaussianCross pretraining help on real sensor data? CPU, minutes.
 
     python benchmarks/real_tabletop.py --mosd DIR --frames7 DIR [--out runs/real_tabletop] [--seeds 0 1 2]
-        [--steps 150] [--few-steps 100] [--probe-steps 100] [--probe-seeds 0] [--pretrain-steps 160]
+        [--steps 150] [--few-steps 100] [--probe-steps 100] [--probe-seeds 0 1 2] [--pretrain-steps 160]
         [--chorus-steps 160] [--instance-steps 300] [--instance-start encoder|semantic]
         [--instance-seeds 0 1 2] [--phases full few probe chorus instance knobs] [--threads 1]
         [--report-only]
@@ -303,7 +303,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps with all labels")
     ap.add_argument("--few-steps", type=int, default=100, help="fine-tuning steps with 5 labelled frames")
     ap.add_argument("--probe-steps", type=int, default=100)
-    ap.add_argument("--probe-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--probe-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pretrain-steps", type=int, default=160)
     ap.add_argument("--chorus-steps", type=int, default=160, help="pretraining steps of each Chorus variant")
     ap.add_argument("--phases", nargs="+", default=["full", "few", "probe", "chorus", "instance", "knobs"],
