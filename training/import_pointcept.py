@@ -4,10 +4,11 @@ Pointcept (and the released GaussianCross weights built on it) saves ``{"state_d
 "optimizer": ..., "scheduler": ...}`` with keys such as ``module.backbone.conv_input.0.weight``. The
 conversion (``gcross_core.model.pointcept``) reads it without running pickled code, recognises a pretrained
 backbone, a DefaultSegmentor (backbone with its ``final`` classifier), a DefaultSegmentorV2 (backbone +
-``seg_head``) or a PointGroup (``seg_head`` + offset ``bias_head``: a segmenter with an instance head), infers the SpUNet configuration from the tensor shapes, and refuses to write anything if a key
-is missing, unexpected or of the wrong shape. Backbones become ``encoder`` checkpoints (for
-``finetune.py --pretrained``), segmentors ``segmenter`` checkpoints (for the node, ``evaluate.py`` and
-``gcross-bag eval``); both record the colour range and voxel lattice Pointcept fed the model.
+``seg_head``) or a PointGroup (``seg_head`` + offset ``bias_head``: a segmenter with an instance head), infers
+the SpUNet configuration from the tensor shapes, and refuses to write anything if a key is missing, unexpected
+or of the wrong shape. Backbones become ``encoder`` checkpoints (for ``finetune.py --pretrained``), segmentors
+``segmenter`` checkpoints (for the node, ``evaluate.py`` and ``gcross-bag eval``); both record the colour
+range and voxel lattice Pointcept fed the model.
 
     python training/import_pointcept.py model_last.pth gaussiancross_backbone.safetensors
     python training/import_pointcept.py model_best.pth scannet20.safetensors --classes scannet20

@@ -329,4 +329,5 @@ def import_pointcept_checkpoint(src, dst, config: Optional[SpUNetConfig] = None,
 
 
 __all__ = ["BACKBONE", "SEGMENTOR", "SEGMENTOR_V2", "POINTGROUP", "ImportReport", "load_pointcept_checkpoint",
-           "split_backbone", "detect_layout", "infer_spunet_config", "convert_state_dict", "import_pointcept_checkpoint"]
+           "split_backbone", "detect_layout", "infer_spunet_config", "convert_state_dict",
+           "import_pointcept_checkpoint"]
