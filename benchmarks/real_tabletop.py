@@ -3,7 +3,7 @@
     python benchmarks/real_tabletop.py --mosd DIR --frames7 DIR [--out runs/real_tabletop] [--seeds 0 1 2]
         [--steps 150] [--few-steps 100] [--probe-steps 100] [--probe-seeds 0 1 2] [--pretrain-steps 160]
         [--chorus-steps 160] [--instance-steps 300] [--instance-start encoder|semantic]
-        [--instance-seeds 0 1 2] [--phases full few probe chorus instance knobs] [--threads 1]
+        [--instance-seeds 0 1 2] [--knob-seeds 0] [--phases full few probe chorus instance knobs] [--threads 1]
         [--report-only]
 
 ``--mosd``: the mOSD labelled frames (``learn/learnN``, ``test/testN``, each one frame with
@@ -29,10 +29,11 @@
    init for ``--instance-steps`` (300); ``--instance-start semantic``: continue from the same init's and
    seed's step-3 segmenter (all labels) with the offset head added (lr 0.002). Runs live in
    ``<out>/instance/<start>_<steps>/<init>_seed<seed>``.
-6. ``knobs``: what changes the real-frame encoder, one knob at a time against ``pretrain_real_seed0``: a 3x
+6. ``knobs``: what changes the real-frame encoder, one knob at a time against ``pretrain_real_seed<k>``: a 3x
    schedule, mask ratio 0.25, teacher layers s8 + head, a 4 cm pretraining grid, and (eval-time input
    density) the linear probe without its BatchNorm recalibration; each scored by the linear probe
-   (``--probe-seeds``) and all-label fine-tuning (seed 0). Runs live in ``<out>/knobs/<knob>``.
+   (``--probe-seeds``) and all-label fine-tuning, for each pretraining seed ``--knob-seeds`` (default 0).
+   Runs live in ``<out>/knobs/<knob>``.
 
 Writes ``<out>/report.md``, ``<out>/report.json`` and ``<out>/frames/<test scene>.png`` (first row: colour |
 ground truth | prediction of each encoder init, seed 0, all labels; class colours: table, object,
@@ -313,6 +314,10 @@ def main() -> int:
                          "variants (schedule, mask ratio, teacher layers, grid, probe BatchNorm), each by its "
                          "linear probe (--probe-seeds) and all-label fine-tuning (seed 0)")
     ap.add_argument("--instance-seeds", type=int, nargs="+", default=None, help="default: --seeds")
+    ap.add_argument("--knob-seeds", type=int, nargs="+", default=[0],
+                    help="pretraining seeds of the knobs phase: each knob (and the reference, the real-frame "
+                         "encoder of that seed) is pretrained with each, probed with every --probe-seeds and "
+                         "fine-tuned with the same seed")
     ap.add_argument("--instance-steps", type=int, default=300)
     ap.add_argument("--instance-start", choices=["encoder", "semantic"], default="encoder",
                     help="encoder: classes and offsets learnt together from the encoder init (the config); "
@@ -399,30 +404,39 @@ def main() -> int:
             print(f"chorus {label}: mIoU {100 * r['miou']:5.1f}", flush=True)
 
     if "knobs" in args.phases and enc("real", 0) is not None:
-        ref = {"probe": [finetune(out / "knobs" / "reference" / f"probe_seed{seed}", mosd, seed, enc("real", 0),
-                                  args.probe_steps, probe=True, report_only=args.report_only)
-                         for seed in args.probe_seeds],
-               "full": [finetune(out / "full" / "real_seed0", mosd, 0, enc("real", 0), args.steps,
-                                 report_only=args.report_only)]}
-        results["knobs_reference"] = {k: [r for r in v if r is not None] for k, v in ref.items()}
+        def tag(k: int, name: str) -> str:  # run folders of pretraining seed k (seed 0 keeps the plain names)
+            return name if k == 0 else f"pretrain{k}_{name}"
+
+        ref = {"probe": [], "full": []}
+        for k in args.knob_seeds:
+            if enc("real", k) is None:
+                continue
+            ref["probe"] += [finetune(out / "knobs" / "reference" / tag(k, f"probe_seed{seed}"), mosd, seed,
+                                      enc("real", k), args.probe_steps, probe=True, report_only=args.report_only)
+                             for seed in args.probe_seeds]
+            ref["full"].append(finetune(out / "full" / f"real_seed{k}", mosd, k, enc("real", k), args.steps,
+                                        report_only=args.report_only))
+        results["knobs_reference"] = {key: [r for r in v if r is not None] for key, v in ref.items()}
         for label, (pre_over, teachers, probe_over) in knob_variants(args.pretrain_steps).items():
             kdir = out / "knobs" / _slug(label)
-            ckpt = enc("real", 0) if pre_over is None else pretrain(
-                kdir / "pretrain", CONFIGS / "pretrain_real_frames.yaml",
-                [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}"] + common + pre_over,
-                teachers, report_only=args.report_only)
-            if ckpt is None:
-                continue
             row = {"probe": [], "full": []}
-            for seed in args.probe_seeds:
-                r = finetune(kdir / f"probe_seed{seed}", mosd, seed, ckpt, args.probe_steps, probe=True,
-                             report_only=args.report_only, extra=probe_over)
-                if r is not None:
-                    row["probe"].append(r)
-            if pre_over is not None:  # the probe knob does not change the encoder: its fine-tuning is "full"
-                r = finetune(kdir / "full_seed0", mosd, 0, ckpt, args.steps, report_only=args.report_only)
-                if r is not None:
-                    row["full"].append(r)
+            for k in args.knob_seeds:
+                seeded = [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}",
+                          "train.device=cpu", f"train.num_threads={args.threads}", f"train.seed={k}"]
+                ckpt = enc("real", k) if pre_over is None else pretrain(
+                    kdir / tag(k, "pretrain"), CONFIGS / "pretrain_real_frames.yaml", seeded + pre_over, teachers,
+                    report_only=args.report_only)
+                if ckpt is None:
+                    continue
+                for seed in args.probe_seeds:
+                    r = finetune(kdir / tag(k, f"probe_seed{seed}"), mosd, seed, ckpt, args.probe_steps, probe=True,
+                                 report_only=args.report_only, extra=probe_over)
+                    if r is not None:
+                        row["probe"].append(r)
+                if pre_over is not None:  # the probe knob does not change the encoder: its fine-tuning is "full"
+                    r = finetune(kdir / f"full_seed{k}", mosd, k, ckpt, args.steps, report_only=args.report_only)
+                    if r is not None:
+                        row["full"].append(r)
             results["knobs"][label] = row
             print(f"knobs  {label}: probe {_fmt(_stat([r['miou'] for r in row['probe']]))}, all labels "
                   f"{_fmt(_stat([r['miou'] for r in row['full']]))}", flush=True)
@@ -478,10 +492,11 @@ def main() -> int:
     if results["knobs"]:
         base = results.get("knobs_reference", {})
         base_probe, base_full = base.get("probe", []), base.get("full", [])
-        lines += ["", "Real-frame pretraining knobs, one change each against the real-frame encoder of seed 0 "
-                  f"(the default in brackets): linear probe mIoU over probe seeds {args.probe_seeds} on that one "
-                  "encoder, all-label mIoU (fine-tuning seed 0), in %:", "",
-                  "| real-frame pretraining | linear probe mIoU | all labels mIoU (seed 0) |", "|---|---|---|",
+        lines += ["", "Real-frame pretraining knobs, one change each against the real-frame encoder (the default "
+                  f"in brackets), pretraining seeds {args.knob_seeds}: linear probe mIoU over those encoders x "
+                  f"probe seeds {args.probe_seeds}, all-label mIoU over the pretraining seeds (fine-tuned with "
+                  "the same seed), in %:", "",
+                  "| real-frame pretraining | linear probe mIoU | all labels mIoU |", "|---|---|---|",
                   f"| reference ({args.pretrain_steps} steps, mask 0.5, s16 + s32, 2 cm, BatchNorm recalibrated) | "
                   f"{_fmt(_stat([r['miou'] for r in base_probe]))} | {_fmt(_stat([r['miou'] for r in base_full]))} |"]
         for label, row in results["knobs"].items():
