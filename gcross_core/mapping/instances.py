@@ -155,10 +155,11 @@ class InstanceTracker:
         self._keys, self._ids = keys[has][order], ids[has][order]
         if len(self._keys) != len(np.unique(self._keys)):
             raise ValueError("keys hold the same voxel more than once")
+        prob = probabilities[has][order]
         for oid in np.unique(self._ids):
-            prob = probabilities[has][ids[has] == oid]
-            self._class[int(oid)] = int(prob.sum(0).argmax())
-            self._score[int(oid)] = float(prob.max(1).mean())
+            mine = prob[self._ids == oid]
+            self._class[int(oid)] = int(mine.sum(0).argmax())
+            self._score[int(oid)] = float(mine.max(1).mean())
         self._next_id = int(self._ids.max()) + 1 if len(self._ids) else 1
 
     def reset(self) -> None:
