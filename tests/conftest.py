@@ -31,6 +31,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+# The micro GaussianCross of the pretraining tests (a few CPU steps): the pieces their configs share
+MICRO_MODEL = {
+    "encoder": {"base_channels": 8, "channels": [8, 16, 16, 8], "layers": [1, 1, 1, 1]},
+    "head": {"grid": [16, 16, 8], "dense_channels": 8, "dense_blocks": 1, "head_hidden": 8, "feature_dim": 4},
+    "grid_size_m": 0.1,
+}
+MICRO_PIPELINE = {"grid_size_m": 0.1, "views_per_scene": 2, "image_size": [24, 32]}
+MICRO_TEACHERS = [{"name": "efficientnet_lite0", "options": {"input_size": [64, 64], "layers": ["s16"]}}]
+
+
 def _box_wall_scenes(sizes=(1200, 700, 300), grid_size_m=0.05, seed=0, shift_m=(0.0, 0.0, 0.0)):
     """Points on the walls of boxes of different sizes (one scene each, scene i shifted by
     (i + 1) * shift_m), random 6-channel features, grid-sampled and collated into a PointBatch."""

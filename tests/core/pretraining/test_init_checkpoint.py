@@ -19,16 +19,13 @@ from gcross_core.pretraining.dataset import PretrainDataConfig, PretrainDataset,
 from gcross_core.pretraining.init import config_for_init, load_init_weights
 from gcross_core.pretraining.module import build_pretrain_module
 from gcross_core.pretraining.run import pretrain_metadata, repeats_per_epoch
+from conftest import MICRO_MODEL, MICRO_PIPELINE, MICRO_TEACHERS
 
 MICRO = {
     "name": "micro_adapt",
-    "model": {
-        "encoder": {"base_channels": 8, "channels": [8, 16, 16, 8], "layers": [1, 1, 1, 1]},
-        "head": {"grid": [16, 16, 8], "dense_channels": 8, "dense_blocks": 1, "head_hidden": 8, "feature_dim": 4},
-        "grid_size_m": 0.1,
-    },
-    "data": {"pipeline": {"grid_size_m": 0.1, "views_per_scene": 2, "image_size": [24, 32]}},
-    "teachers": [{"name": "efficientnet_lite0", "options": {"input_size": [64, 64], "layers": ["s16"]}}],
+    "model": MICRO_MODEL,
+    "data": {"pipeline": MICRO_PIPELINE},
+    "teachers": MICRO_TEACHERS,
     "train": {"batch_size": 2, "max_steps": 2, "device": "cpu", "num_threads": 1},
 }
 

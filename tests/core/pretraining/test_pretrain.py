@@ -16,21 +16,18 @@ from gcross_core.segmentation.model import checkpoint_encoder
 from gcross_core.config import from_dict, load_config
 from gcross_core.errors import ConfigError
 from gcross_core.train.logging import read_metrics
+from conftest import MICRO_MODEL, MICRO_PIPELINE, MICRO_TEACHERS
 
 REPO = Path(__file__).resolve().parents[3]
 
 MICRO = {
     "name": "micro",
-    "model": {
-        "encoder": {"base_channels": 8, "channels": [8, 16, 16, 8], "layers": [1, 1, 1, 1]},
-        "head": {"grid": [16, 16, 8], "dense_channels": 8, "dense_blocks": 1, "head_hidden": 8, "feature_dim": 4},
-        "grid_size_m": 0.1,
-    },
+    "model": MICRO_MODEL,
     "data": {
         "synthetic": {"rooms": 2, "views": 3, "width": 32, "height": 24, "points": 3000},
-        "pipeline": {"grid_size_m": 0.1, "views_per_scene": 2, "image_size": [24, 32]},
+        "pipeline": MICRO_PIPELINE,
     },
-    "teachers": [{"name": "efficientnet_lite0", "options": {"input_size": [64, 64], "layers": ["s16"]}}],
+    "teachers": MICRO_TEACHERS,
     "train": {"epochs": 3, "batch_size": 2, "device": "cpu", "num_threads": 1, "checkpoint_every_steps": 2,
               "image_every_steps": 2},
     "optim": {"lr": 0.003},

@@ -18,17 +18,13 @@ from gcross_core.pretraining.run import run_pretraining  # noqa: E402
 from gcross_ros.bag.cli import main  # noqa: E402
 from gcross_ros.bag.format import RecordConfig  # noqa: E402
 from gcross_ros.bag.writer import record_scene  # noqa: E402
+from conftest import MICRO_MODEL, MICRO_PIPELINE, MICRO_TEACHERS  # noqa: E402
 
 MICRO = {
     "name": "micro_adapt",
-    "model": {
-        "encoder": {"base_channels": 8, "channels": [8, 16, 16, 8], "layers": [1, 1, 1, 1]},
-        "head": {"grid": [16, 16, 8], "dense_channels": 8, "dense_blocks": 1, "head_hidden": 8, "feature_dim": 4},
-        "grid_size_m": 0.1,
-    },
-    "data": {"pipeline": {"grid_size_m": 0.1, "views_per_scene": 2, "image_size": [24, 32],
-                          "fuse_voxel_size_m": 0.05}},
-    "teachers": [{"name": "efficientnet_lite0", "options": {"input_size": [64, 64], "layers": ["s16"]}}],
+    "model": MICRO_MODEL,
+    "data": {"pipeline": {**MICRO_PIPELINE, "fuse_voxel_size_m": 0.05}},
+    "teachers": MICRO_TEACHERS,
     "train": {"batch_size": 2, "max_steps": 2, "device": "cpu", "num_threads": 1, "checkpoint_every_steps": 0,
               "image_every_steps": 0},
 }

@@ -231,6 +231,18 @@ def test_eval_uncovered_ground_truth_counts_as_misses(plane_bag, tmp_path):
     assert res["miou"] < 1.0 and res["allacc"] == pytest.approx(res["coverage"]["covered_fraction"])
 
 
+def _eval_cli(plane_bag, ckpt, out):
+    """``gcross-bag eval`` of the plane bag with ``ckpt``: exit 0, an mIoU in [0, 1], and the final
+    segmentation labels every covered point; returns results.json."""
+    bag, _ = plane_bag
+    rc = main(["-q", "eval", str(bag), "--checkpoint", str(ckpt), "--out", str(out), "--segment-period-s", "0.2"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["metrics"]["miou"] <= 1.0
+    assert res["coverage"]["covered_but_unlabelled_points"] == 0
+    return res
+
+
 def test_eval_cli_with_a_real_segmenter_checkpoint(plane_bag, tmp_path):
     pytest.importorskip("spconv")
     from gcross_core.model.encoder import SpUNetConfig
@@ -238,14 +250,8 @@ def test_eval_cli_with_a_real_segmenter_checkpoint(plane_bag, tmp_path):
 
     tiny = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1))
     ckpt = build_segmenter_checkpoint(tmp_path / "seg.safetensors", CLASSES, tiny)
-    bag, _ = plane_bag
-    rc = main(["-q", "eval", str(bag), "--checkpoint", str(ckpt), "--out", str(tmp_path / "report"),
-               "--segment-period-s", "0.2"])
-    assert rc == 0
-    res = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert 0.0 <= res["metrics"]["miou"] <= 1.0
+    res = _eval_cli(plane_bag, ckpt, tmp_path / "report")
     assert res["performance"]["segmentations"] >= 2
-    assert res["coverage"]["covered_but_unlabelled_points"] == 0  # the final segmentation labels everything
 
 
 def test_eval_cli_with_an_imported_pointcept_segmentor(plane_bag, tmp_path, pointcept_pth):
@@ -257,13 +263,7 @@ def test_eval_cli_with_an_imported_pointcept_segmentor(plane_bag, tmp_path, poin
     src, _ = pointcept_pth(tmp_path / "model_best.pth", "DefaultSegmentor", tiny, num_classes=len(CLASSES))
     ckpt = tmp_path / "imported.safetensors"
     import_pointcept_checkpoint(src, ckpt, class_names=CLASSES)
-    bag, _ = plane_bag
-    rc = main(["-q", "eval", str(bag), "--checkpoint", str(ckpt), "--out", str(tmp_path / "report"),
-               "--segment-period-s", "0.2"])
-    assert rc == 0
-    res = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert 0.0 <= res["metrics"]["miou"] <= 1.0
-    assert res["coverage"]["covered_but_unlabelled_points"] == 0
+    _eval_cli(plane_bag, ckpt, tmp_path / "report")
 
 
 def test_eval_rejects_a_bag_without_ground_truth(tmp_path):

@@ -192,6 +192,27 @@ def wait_for(predicate, timeout_s=WAIT_S, what="condition", proc=None, log_path=
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\nnode log tail:\n{tail}")
 
 
+def wait_ready(fx, proc, log_path):
+    """Until the started node publishes diagnostics and subscribes to every input the fixture sends."""
+    wait_for(lambda: fx.diag(), STARTUP_S, "the node's first diagnostics", proc, log_path)
+    wait_for(lambda: all(p.get_subscription_count() > 0 for p in
+                         (fx.pub_color, fx.pub_depth, fx.pub_info, fx.pub_pose)),
+             WAIT_S, "the node's subscriptions", proc, log_path)
+
+
+def rendered_depths(fx, encodings, proc, log_path):
+    """Waits for each rendered/<name> of ``encodings`` ((name, encoding) pairs), checks its size, encoding
+    and frame; returns the rendered depth image and its finite values (at least a quarter of the pixels)."""
+    for name, enc in encodings:
+        img = wait_for(lambda: fx.latest(fx.rendered[name]), WAIT_S, f"rendered/{name}", proc, log_path)
+        assert (img.width, img.height, img.encoding) == (RENDER_W, RENDER_H, enc)
+        assert img.header.frame_id == "camera_optical"
+    depth = codec.decode_image(fx.latest(fx.rendered["depth"]))
+    seen = depth[np.isfinite(depth)]
+    assert seen.size > RENDER_W * RENDER_H // 4
+    return depth, seen
+
+
 @pytest.fixture(scope="module")
 def ros_context():
     context = rclpy.Context()
@@ -210,10 +231,7 @@ def running(tmp_path_factory, ros_context):
     fx = Fixture(ros_context)
     fx.tmp, fx.checkpoint = tmp, ckpt
     try:
-        wait_for(lambda: fx.diag(), STARTUP_S, "the node's first diagnostics", proc, log_path)
-        wait_for(lambda: all(p.get_subscription_count() > 0 for p in
-                             (fx.pub_color, fx.pub_depth, fx.pub_info, fx.pub_pose)),
-                 WAIT_S, "the node's subscriptions", proc, log_path)
+        wait_ready(fx, proc, log_path)
         yield fx, proc, log_path
     finally:
         fx.close()
@@ -277,13 +295,7 @@ def test_labelled_cloud_rendered_views_and_legend(running):
         mean = rgb[region].mean(0)
         assert mean[0] > 150 and mean[2] < 60, f"colour {mean} is not the red that was sent"
 
-    for name, enc in (("color", "rgb8"), ("depth", "32FC1"), ("semantic", "rgb8")):
-        img = wait_for(lambda: fx.latest(fx.rendered[name]), WAIT_S, f"rendered/{name}", proc, log_path)
-        assert (img.width, img.height, img.encoding) == (RENDER_W, RENDER_H, enc)
-        assert img.header.frame_id == "camera_optical"
-    depth = codec.decode_image(fx.latest(fx.rendered["depth"]))
-    seen = depth[np.isfinite(depth)]
-    assert seen.size > RENDER_W * RENDER_H // 4
+    _, seen = rendered_depths(fx, (("color", "rgb8"), ("depth", "32FC1"), ("semantic", "rgb8")), proc, log_path)
     assert 1.2 < np.median(seen) < 2.3
     color = codec.decode_image(fx.latest(fx.rendered["color"])).astype(int)
     assert color[..., 0].mean() > 2 * color[..., 2].mean()

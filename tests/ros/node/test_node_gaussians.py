@@ -13,8 +13,8 @@ from gcross_core.model.api import save_model  # noqa: E402
 from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig  # noqa: E402
 from gcross_ros.msgs import codec  # noqa: E402
 from gcross_ros.node.params import SegmentNodeParams  # noqa: E402
-from test_node import (NODE_PARAMS, RENDER_H, RENDER_W, STARTUP_S, WAIT_S, Fixture, _params_file,  # noqa: E402
-                       _start_node, _tiny_checkpoint, ros_context, stop_node_process, wait_for)
+from test_node import (NODE_PARAMS, WAIT_S, Fixture, _params_file, _start_node, _tiny_checkpoint,  # noqa: E402
+                       rendered_depths, ros_context, stop_node_process, wait_for, wait_ready)
 
 pytestmark = pytest.mark.ros
 __all__ = ["ros_context"]  # the module-scoped rclpy context fixture, shared with test_node.py
@@ -36,9 +36,7 @@ def test_gaussians_render_source_publishes_color_depth_and_features(tmp_path, ro
     fx._sub(Image, "rendered/features", fx.rendered["features"],
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     try:
-        wait_for(lambda: fx.diag(), STARTUP_S, "the node's first diagnostics", proc, log_path)
-        wait_for(lambda: fx.pub_color.get_subscription_count() > 0, WAIT_S, "the node's subscriptions", proc,
-                 log_path)
+        wait_ready(fx, proc, log_path)
 
         def features_seen():
             fx.send(0.0)
@@ -46,14 +44,9 @@ def test_gaussians_render_source_publishes_color_depth_and_features(tmp_path, ro
             return msg if msg is not None and codec.decode_image(msg).any() else None
 
         wait_for(features_seen, WAIT_S, "a non-empty rendered/features", proc, log_path)
-        for name, enc in (("color", "rgb8"), ("depth", "32FC1"), ("semantic", "rgb8"), ("features", "rgb8")):
-            img = wait_for(lambda: fx.latest(fx.rendered[name]), WAIT_S, f"rendered/{name}", proc, log_path)
-            assert (img.width, img.height, img.encoding) == (RENDER_W, RENDER_H, enc)
-            assert img.header.frame_id == "camera_optical"
+        depth, seen = rendered_depths(fx, (("color", "rgb8"), ("depth", "32FC1"), ("semantic", "rgb8"),
+                                           ("features", "rgb8")), proc, log_path)
         # the model's Gaussians of a wall 2 m away (a box at 1.5 m): an untrained model, so loosely
-        depth = codec.decode_image(fx.latest(fx.rendered["depth"]))
-        seen = depth[np.isfinite(depth)]
-        assert seen.size > RENDER_W * RENDER_H // 4
         assert 1.0 < np.median(seen) < 2.6
         features = codec.decode_image(fx.latest(fx.rendered["features"]))
         assert features[np.isfinite(depth)].any() and not features[~np.isfinite(depth)].any()

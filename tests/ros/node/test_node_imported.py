@@ -7,8 +7,8 @@ from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.model.pointcept import import_pointcept_checkpoint  # noqa: E402
 from gcross_ros.msgs import codec  # noqa: E402
 from gcross_ros.node.process import stop_node_process  # noqa: E402
-from test_node import (CLASSES, NODE_PARAMS, STARTUP_S, WAIT_S, Fixture, _params_file, _start_node,  # noqa: E402
-                       ros_context, wait_for)
+from test_node import (CLASSES, NODE_PARAMS, WAIT_S, Fixture, _params_file, _start_node, ros_context,  # noqa: E402
+                       wait_for, wait_ready)
 
 pytestmark = pytest.mark.ros
 __all__ = ["ros_context"]  # the module-scoped fixture, shared with test_node.py
@@ -25,9 +25,7 @@ def test_node_segments_with_an_imported_pointcept_segmentor(tmp_path, ros_contex
     proc, log = _start_node(params_file, log_path)
     fx = Fixture(ros_context)
     try:
-        wait_for(lambda: fx.diag(), STARTUP_S, "the node's first diagnostics", proc, log_path)
-        wait_for(lambda: fx.pub_color.get_subscription_count() > 0, WAIT_S, "the node's subscriptions", proc,
-                 log_path)
+        wait_ready(fx, proc, log_path)
 
         def labelled():
             fx.send(0.0)

@@ -18,23 +18,16 @@ from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.segmentation.instance import InstanceConfig  # noqa: E402
 from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
 from gcross_ros.msgs import codec  # noqa: E402
-from test_node import (CLASSES, NODE_PARAMS, STARTUP_S, WAIT_S, Fixture, _params_file,  # noqa: E402
-                                      _start_node, wait_for)
+from test_node import (CLASSES, NODE_PARAMS, WAIT_S, Fixture, _params_file, _start_node,  # noqa: E402
+                       ros_context, wait_for, wait_ready)
 from gcross_ros.node.process import stop_node_process  # noqa: E402
 from gcross_ros.node.segment_node import SegmentNode  # noqa: E402
 
 pytestmark = pytest.mark.ros
+__all__ = ["ros_context"]  # the module-scoped rclpy context fixture, shared with test_node.py
 
 # every class is instanced and every cluster kept, so the untrained tiny model surely yields objects
 INSTANCE = InstanceConfig(stuff_classes=(), cluster_radius_m=0.25, min_points=1, score_threshold=0.0)
-
-
-@pytest.fixture(scope="module")
-def ros_context():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
 
 
 def test_instances_and_stable_ids(tmp_path, ros_context):
@@ -50,9 +43,7 @@ def test_instances_and_stable_ids(tmp_path, ros_context):
     arrays = []
     fx._sub(MarkerArray, "instances", arrays, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     try:
-        wait_for(lambda: fx.diag(), STARTUP_S, "the node's first diagnostics", proc, log_path)
-        wait_for(lambda: fx.pub_color.get_subscription_count() > 0, WAIT_S, "the node's subscriptions", proc,
-                 log_path)
+        wait_ready(fx, proc, log_path)
         for _ in range(3):
             fx.send(0.0)
         first = wait_for(lambda: fx.latest(fx.clouds), WAIT_S, "a labelled_cloud", proc, log_path)
