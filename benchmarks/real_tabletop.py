@@ -334,8 +334,13 @@ def main() -> int:
     prepare_data(args.mosd, args.frames7, data)
     mosd = data / "mosd"
     rooms = make_synthetic_rooms(data)
-    common = ["train.device=cpu", f"train.num_threads={args.threads}", "train.seed=0"]
+    real_frames = [f"data.root={data / 'real_frames'}"]
     encoders = {}
+
+    def run_overrides(seed: int, steps: int = args.pretrain_steps) -> list:
+        """What every pretraining here sets: the CPU, its threads, the seed and the step budget."""
+        return ["train.device=cpu", f"train.num_threads={args.threads}", f"train.seed={seed}",
+                f"train.max_steps={steps}"]
 
     def enc(init: str, seed: int):
         """The encoder checkpoint of ``init`` pretrained with ``seed`` (pretraining and fine-tuning seeds are
@@ -343,15 +348,13 @@ def main() -> int:
         if init == "scratch":
             return None
         if (init, seed) not in encoders:
-            seeded = ["train.device=cpu", f"train.num_threads={args.threads}", f"train.seed={seed}",
-                      f"train.max_steps={args.pretrain_steps}"]
             if init == "synthetic":
                 config, data_over = CONFIGS / "synthetic_tiny.yaml", [f"data.root={rooms}", "data.synthetic.rooms=0",
                                                                        "train.epochs=1000"]
             else:
-                config, data_over = CONFIGS / "pretrain_real_frames.yaml", [f"data.root={data / 'real_frames'}"]
-            encoders[init, seed] = pretrain(out / f"pretrain_{init}_seed{seed}", config, data_over + seeded,
-                                            report_only=args.report_only)
+                config, data_over = CONFIGS / "pretrain_real_frames.yaml", real_frames
+            encoders[init, seed] = pretrain(out / f"pretrain_{init}_seed{seed}", config,
+                                            data_over + run_overrides(seed), report_only=args.report_only)
         return encoders[init, seed]
 
     results = {"full": {}, "few": {}, "probe": {}, "chorus": {}, "instance": {}, "knobs": {}, "knobs_reference": {}}
@@ -394,7 +397,7 @@ def main() -> int:
                 TeacherConfig(name=eff, options={**opts, "layers": ["s8", "head"]})]}
         for k, (label, teachers) in enumerate(variants.items()):
             ckpt = pretrain(out / f"pretrain_chorus_{k}", CONFIGS / "pretrain_real_frames.yaml",
-                            [f"data.root={data / 'real_frames'}", f"train.max_steps={args.chorus_steps}"] + common,
+                            real_frames + run_overrides(0, args.chorus_steps),
                             teachers, report_only=args.report_only)
             r = finetune(out / "chorus" / f"variant{k}_seed0", mosd, 0, ckpt, args.steps,
                          report_only=args.report_only) if ckpt else None
@@ -421,11 +424,9 @@ def main() -> int:
             kdir = out / "knobs" / _slug(label)
             row = {"probe": [], "full": []}
             for k in args.knob_seeds:
-                seeded = [f"data.root={data / 'real_frames'}", f"train.max_steps={args.pretrain_steps}",
-                          "train.device=cpu", f"train.num_threads={args.threads}", f"train.seed={k}"]
                 ckpt = enc("real", k) if pre_over is None else pretrain(
-                    kdir / tag(k, "pretrain"), CONFIGS / "pretrain_real_frames.yaml", seeded + pre_over, teachers,
-                    report_only=args.report_only)
+                    kdir / tag(k, "pretrain"), CONFIGS / "pretrain_real_frames.yaml",
+                    real_frames + run_overrides(k) + pre_over, teachers, report_only=args.report_only)
                 if ckpt is None:
                     continue
                 for seed in args.probe_seeds:
