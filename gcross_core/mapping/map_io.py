@@ -1,7 +1,7 @@
 """Saving a fused, labelled voxel map to a folder and starting a map from one.
 
-A saved map is one folder, written atomically (a temporary sibling folder renamed into place, so a reader
-sees either the previous map or the complete new one)::
+A saved map is one folder, written atomically (written in a temporary sibling folder and renamed into place, so
+a reader sees either the previous map or the complete new one, and a failed save leaves the previous one)::
 
     map.ply     binary little-endian PLY, one vertex per voxel: x y z (float, metres, map frame),
                 red green blue (uchar), label (int, -1 = never segmented), instance (int, -1 = none; only
@@ -19,17 +19,18 @@ size and classes: fusion then continues on it as if its frames had been integrat
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
-from gcross_core.data.scene import Scene, move_into_place, write_scene
+from gcross_core.data.scene import Scene, write_scene
 from gcross_core.errors import InputError
 from gcross_core.mapping.fusion import VoxelMap, unpack_keys
 
@@ -37,6 +38,7 @@ PathLike = Union[str, Path]
 MAP_FORMAT_VERSION = 1
 PLY_FILE, META_FILE, SCENE_DIR = "map.ply", "map.json", "scene"
 _EXTRAS = ("confidence", "probability", "count", "voxel_index")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,70 +121,118 @@ def write_labelled_ply(path: PathLike,
 
 
 def save_map(out_dir: PathLike, saved: SavedMap) -> Path:
-    """Write ``saved`` to ``out_dir`` (layout in the module docstring), replacing it atomically if it exists.
+    """Write ``saved`` to ``out_dir`` (layout in the module docstring), replacing it if it exists.
 
-    Raises OSError (no permission, disk full, ...) with nothing left behind but the previous map.
+    Raises OSError (no permission, disk full, a file at ``out_dir``, ...) with nothing left behind but the
+    previous map, as it was.
     """
     out_dir = Path(out_dir).expanduser().absolute()
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a map folder", str(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    # The one folder this call creates: the new map is written to staging/new and an existing map is moved
+    # to staging/old while new takes its place, so removing staging leaves no trace of a failed save.
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    new, old = staging / "new", staging / "old"
     try:
-        label, confidence = saved.label, saved.confidence
-        write_labelled_ply(tmp / PLY_FILE, saved.coord, saved.color, label, confidence, saved.instance)
-        scene = Scene(out_dir.name, saved.coord, saved.color, saved.normal, segment=label,
-                      instance=saved.instance, class_names=saved.class_names)
-        write_scene(scene, tmp / SCENE_DIR, extra_arrays={
-            "confidence": confidence, "probability": saved.probability, "count": saved.count,
-            "voxel_index": saved.voxel_index})
-        meta = {"format_version": MAP_FORMAT_VERSION, "voxel_size_m": saved.voxel_size_m,
-                "map_frame": saved.map_frame, "class_names": list(saved.class_names), "num_voxels": len(saved),
-                "has_instance": saved.instance is not None}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a map is for others to read
-        move_into_place(tmp, out_dir)
+        new.mkdir()
+        _write_map(new, saved, out_dir.name)
+        _replace_folder(new, out_dir, old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(new, ignore_errors=True)
+        if not os.path.lexists(old):  # else the previous map could not be put back and is only there now
+            shutil.rmtree(staging, ignore_errors=True)
         raise
+    shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
+def _write_map(folder: Path, saved: SavedMap, name: str) -> None:
+    label, confidence = saved.label, saved.confidence
+    write_labelled_ply(folder / PLY_FILE, saved.coord, saved.color, label, confidence, saved.instance)
+    scene = Scene(name, saved.coord, saved.color, saved.normal, segment=label, instance=saved.instance,
+                  class_names=saved.class_names)
+    write_scene(scene, folder / SCENE_DIR, extra_arrays={
+        "confidence": confidence, "probability": saved.probability, "count": saved.count,
+        "voxel_index": saved.voxel_index})
+    meta = {"format_version": MAP_FORMAT_VERSION, "voxel_size_m": saved.voxel_size_m,
+            "map_frame": saved.map_frame, "class_names": list(saved.class_names), "num_voxels": len(saved),
+            "has_instance": saved.instance is not None}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _replace_folder(new: Path, out_dir: Path, old: Path) -> None:
+    """Rename the folder ``new`` to ``out_dir``. An existing ``out_dir`` is first renamed to ``old`` (next to
+    ``new``, so in a folder the caller owns) and renamed back when ``new`` cannot take its place."""
+    if not os.path.lexists(out_dir):
+        os.replace(new, out_dir)
+        return
+    os.replace(out_dir, old)
+    try:
+        os.replace(new, out_dir)
+    except BaseException as e:
+        try:
+            os.replace(old, out_dir)
+        except OSError:
+            raise OSError(e.errno if isinstance(e, OSError) else None,
+                          f"{out_dir} could not be replaced and the previous map could not be put back: it is "
+                          f"in {old}", str(out_dir)) from e
+        raise
+
+
+def _read_map_file(file: Path, what: str, parse: Callable[[Path], T]) -> T:
+    """``parse(file)``; InputError naming ``file`` when it is damaged (truncated, garbled, other content)."""
+    try:
+        return parse(file)
+    except (ValueError, EOFError, KeyError, TypeError) as e:
+        raise InputError(f"{file} is not {what} ({type(e).__name__}: {e})") from None
+
+
+def _parse_meta(file: Path) -> Tuple[float, Tuple[str, ...], str]:
+    meta = json.loads(file.read_text())
+    return float(meta["voxel_size_m"]), tuple(meta["class_names"]), str(meta.get("map_frame", "map"))
+
+
+def _parse_npy(file: Path) -> np.ndarray:
+    array = np.load(file, allow_pickle=False)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"its values are {array.dtype}, expected numbers")
+    return array
+
+
 def load_map(path: PathLike) -> SavedMap:
-    """Read a folder written by :func:`save_map`; InputError naming the file when it is not one."""
+    """Read a folder written by :func:`save_map`; InputError naming the file when it is not one.
+
+    Reads map.json and the scene's arrays; map.ply and the scene's segment/class-name files are for other
+    readers and are not read here.
+    """
     path = Path(path).expanduser()
     meta_file, scene_dir = path / META_FILE, path / SCENE_DIR
     if not meta_file.is_file() or not scene_dir.is_dir():
         raise InputError(f"map folder {path} lacks {META_FILE} or {SCENE_DIR}/ (expected a folder written by "
                          "save_map)")
-    try:
-        meta = json.loads(meta_file.read_text())
-        voxel_size_m, class_names = float(meta["voxel_size_m"]), tuple(meta["class_names"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{meta_file} is not a map description ({type(e).__name__}: {e})") from None
+    voxel_size_m, class_names, map_frame = _read_map_file(meta_file, "a map description", _parse_meta)
+    names = ("coord", "color", "normal") + _EXTRAS
+    if (scene_dir / "instance.npy").is_file():
+        names += ("instance",)
     arrays = {}
-    for name in ("coord", "color", "normal") + _EXTRAS:
+    for name in names:
         file = scene_dir / f"{name}.npy"
         if not file.is_file():
             raise InputError(f"map folder {path} lacks {SCENE_DIR}/{name}.npy")
-        try:
-            arrays[name] = np.load(file, allow_pickle=False)
-        except ValueError as e:
-            raise InputError(f"{file} is not a readable .npy array ({e})") from None
+        arrays[name] = _read_map_file(file, "a complete .npy array of numbers", _parse_npy)
     n = len(arrays["coord"])
     expected = {"coord": (n, 3), "color": (n, 3), "normal": (n, 3), "confidence": (n,),
-                "probability": (n, len(class_names)), "count": (n,), "voxel_index": (n, 3)}
-    for name, shape in expected.items():
-        if arrays[name].shape != shape:
-            raise InputError(f"{scene_dir / name}.npy has shape {arrays[name].shape}, expected {shape}")
-    instance = None
-    if (scene_dir / "instance.npy").is_file():
-        instance = np.load(scene_dir / "instance.npy", allow_pickle=False).astype(np.int64)
-        if instance.shape != (n,):
-            raise InputError(f"{scene_dir}/instance.npy has shape {instance.shape}, expected ({n},)")
+                "probability": (n, len(class_names)), "count": (n,), "voxel_index": (n, 3), "instance": (n,)}
+    for name, array in arrays.items():
+        if array.shape != expected[name]:
+            raise InputError(f"{scene_dir / name}.npy has shape {array.shape}, expected {expected[name]}")
+    instance = arrays.get("instance")
     return SavedMap(voxel_index=arrays["voxel_index"].astype(np.int64), coord=arrays["coord"].astype(np.float32),
                     color=arrays["color"].astype(np.uint8), normal=arrays["normal"].astype(np.float32),
                     count=arrays["count"].astype(np.int64), probability=arrays["probability"].astype(np.float32),
-                    class_names=class_names, voxel_size_m=voxel_size_m, map_frame=str(meta.get("map_frame", "map")),
-                    instance=instance)
+                    class_names=class_names, voxel_size_m=voxel_size_m, map_frame=map_frame,
+                    instance=None if instance is None else instance.astype(np.int64))
 
 
 def restore_map(vmap: VoxelMap, saved: SavedMap, class_names: Sequence[str], source: str = "the saved map") -> None:

@@ -1,10 +1,13 @@
 """Saved maps: the PLY and scene folder written atomically, and a map restored from them fuses on."""
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gcross_core.cli import EXIT_BAD_INPUT, exit_code_for
 from gcross_core.data.scannet import read_ply
 from gcross_core.data.scene import load_scene
 from gcross_core.errors import InputError
@@ -101,6 +104,143 @@ def test_save_replaces_atomically_and_failures_leave_the_old_map(tmp_path):
         ro.chmod(0o755)
     assert list(ro.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["m", "ro"]
     assert load_map(first).coord.shape == (0, 3)
+
+
+def _listing(root: Path):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _failing_renames(monkeypatch, matches, times=1):
+    """os.replace and os.rename raise PermissionError for the first ``times`` (src, dst) pairs that ``matches``."""
+    real, failed = os.replace, []
+
+    def rename(src, dst, *args, **kwargs):
+        if len(failed) < times and matches(Path(src), Path(dst)):
+            failed.append(src)
+            raise PermissionError(13, "Permission denied (test)", str(src))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", rename)
+    monkeypatch.setattr(os, "rename", rename)
+
+
+# which rename fails, for a map saved at tmp_path / "m"
+def _aside(src, dst):
+    return src.name == "m"
+
+
+def _onto_m(src, dst):  # the new map into place, then (a second time) the previous map back
+    return dst.name == "m"
+
+
+def _scene_folder(src, dst):  # write_scene's own rename, inside the new map
+    return dst.name == "scene"
+
+
+@pytest.mark.parametrize("previous, fails", [
+    pytest.param(True, _aside, id="over a map, moving it aside"),
+    pytest.param(True, _onto_m, id="over a map, moving the new one into place"),
+    pytest.param(True, _scene_folder, id="over a map, writing the scene folder"),
+    pytest.param(False, _onto_m, id="first save, moving it into place"),
+    pytest.param(False, _scene_folder, id="first save, writing the scene folder")])
+def test_a_failed_rename_leaves_the_previous_map_and_nothing_else(tmp_path, monkeypatch, previous, fails):
+    out = tmp_path / "m"
+    if previous:
+        save_map(out, SavedMap.from_voxel_map(_labelled_map(), CLASSES))
+        before = load_map(out)
+    listing = _listing(tmp_path)
+    _failing_renames(monkeypatch, fails)
+    with pytest.raises(PermissionError, match="test"):
+        save_map(out, SavedMap.from_voxel_map(VoxelMap(0.1, 100, len(CLASSES)), CLASSES))
+    monkeypatch.undo()
+    assert _listing(tmp_path) == listing
+    if previous:
+        np.testing.assert_array_equal(load_map(out).voxel_index, before.voxel_index)
+
+
+def test_a_previous_map_that_cannot_be_put_back_is_kept_and_named(tmp_path, monkeypatch):
+    out = save_map(tmp_path / "m", SavedMap.from_voxel_map(_labelled_map(), CLASSES))
+    before = load_map(out)
+    _failing_renames(monkeypatch, _onto_m, times=2)
+    with pytest.raises(OSError, match="could not be put back") as raised:
+        save_map(out, SavedMap.from_voxel_map(VoxelMap(0.1, 100, len(CLASSES)), CLASSES))
+    monkeypatch.undo()
+    kept = Path(str(raised.value.strerror).rsplit("it is in ", 1)[1])
+    np.testing.assert_array_equal(load_map(kept).voxel_index, before.voxel_index)
+    assert list(tmp_path.iterdir()) == [kept.parent] and list(kept.parent.iterdir()) == [kept]  # no new map
+
+
+def test_saving_onto_a_file_raises_and_keeps_the_file(tmp_path):
+    (tmp_path / "m").write_text("not a map")
+    with pytest.raises(NotADirectoryError) as raised:
+        save_map(tmp_path / "m", SavedMap.from_voxel_map(_labelled_map(), CLASSES))
+    assert raised.value.filename == str(tmp_path / "m")
+    assert _listing(tmp_path) == ["m"] and (tmp_path / "m").read_text() == "not a map"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root renames and writes regardless of permissions")
+@pytest.mark.parametrize("read_only", ["parent", "map"])
+def test_a_read_only_folder_leaves_the_previous_map(tmp_path, read_only):
+    parent = tmp_path / "maps"
+    out = save_map(parent / "m", SavedMap.from_voxel_map(_labelled_map(), CLASSES))
+    before, listing = load_map(out), _listing(tmp_path)
+    locked = parent if read_only == "parent" else out  # a folder moves elsewhere only if it is writable (..)
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError):
+            save_map(out, SavedMap.from_voxel_map(VoxelMap(0.1, 100, len(CLASSES)), CLASSES))
+    finally:
+        locked.chmod(0o755)
+    assert _listing(tmp_path) == listing
+    np.testing.assert_array_equal(load_map(out).voxel_index, before.voxel_index)
+
+
+# every file of a saved map (with instance ids): those load_map reads, and those it leaves to other readers
+_READ = ["map.json"] + [f"scene/{n}.npy" for n in ("coord", "color", "normal", "confidence", "probability",
+                                                   "count", "voxel_index", "instance")]
+_NOT_READ = ["map.ply", "scene/segment.npy", "scene/class_names.json"]
+
+
+@pytest.fixture(scope="module")
+def saved_with_instances(tmp_path_factory):
+    vmap = _labelled_map()
+    return save_map(tmp_path_factory.mktemp("saved") / "m",
+                    SavedMap.from_voxel_map(vmap, CLASSES, instance=np.arange(len(vmap)) % 3 - 1))
+
+
+def test_the_damaged_file_lists_cover_a_saved_map(saved_with_instances):
+    files = [p for p in _listing(saved_with_instances) if (saved_with_instances / p).is_file()]
+    assert sorted(files) == sorted(_READ + _NOT_READ)
+
+
+def _truncate(file: Path, keep: float):
+    data = file.read_bytes()
+    file.write_bytes(data[:int(len(data) * keep)] if keep < 1 else data[:-1])
+
+
+@pytest.mark.parametrize("keep", [0, 0.5, 1], ids=["empty", "half", "last byte cut"])
+@pytest.mark.parametrize("name", _READ)
+def test_a_truncated_map_file_is_an_input_error_naming_it(saved_with_instances, tmp_path, name, keep):
+    out = shutil.copytree(saved_with_instances, tmp_path / "m")
+    _truncate(out / name, keep)
+    with pytest.raises(InputError) as raised:
+        load_map(out)
+    assert str(out / name) in str(raised.value) and exit_code_for(raised.value) == EXIT_BAD_INPUT
+
+
+def test_a_map_array_of_text_is_an_input_error_naming_it(saved_with_instances, tmp_path):
+    out = shutil.copytree(saved_with_instances, tmp_path / "m")
+    n = len(np.load(out / "scene/instance.npy"))
+    np.save(out / "scene/instance.npy", np.full(n, "x"))
+    with pytest.raises(InputError, match=r"instance\.npy .*expected numbers"):
+        load_map(out)
+
+
+@pytest.mark.parametrize("name", _NOT_READ)
+def test_files_for_other_readers_do_not_stop_a_map_loading(saved_with_instances, tmp_path, name):
+    out = shutil.copytree(saved_with_instances, tmp_path / "m")
+    _truncate(out / name, 0.5)
+    np.testing.assert_array_equal(load_map(out).instance, load_map(saved_with_instances).instance)
 
 
 def test_restore_rejects_another_voxel_size_or_classes(tmp_path):
