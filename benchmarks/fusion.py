@@ -34,12 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from gcross_core.image import depth_m_to_mm, depth_mm_to_m  # noqa: E402
 from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
 
 
 class Frame(NamedTuple):
     color: np.ndarray  # [H, W, 3] uint8 RGB, registered to depth
-    depth_mm: np.ndarray  # [H, W] uint16 millimetres, 0 = invalid
+    depth_m: np.ndarray  # [H, W] float32 metres, 0 = invalid (read from millimetres once, in load_frames)
     K: np.ndarray  # [3, 3] depth intrinsics
     cam_to_world: np.ndarray  # [4, 4]
 
@@ -69,16 +70,15 @@ def load_frames(folder: str, limit: Optional[int] = None) -> List[Frame]:
         if not np.all(np.isfinite(pose)):
             continue
         depth = np.asarray(Image.open(root / "depth" / f"{i}.png"))
-        if depth.dtype != np.uint16:
-            depth = depth.astype(np.uint16)
+        depth_m = depth_mm_to_m(depth.astype(np.uint16))
         color_path = next((root / "color" / f"{i}{ext}" for ext in (".jpg", ".png")
                            if (root / "color" / f"{i}{ext}").exists()), None)
         if color_path is None:
             continue
         img = Image.open(color_path).convert("RGB")
-        if img.size != (depth.shape[1], depth.shape[0]):
-            img = img.resize((depth.shape[1], depth.shape[0]), Image.BILINEAR)
-        frames.append(Frame(np.ascontiguousarray(np.asarray(img)), depth, K, pose))
+        if img.size != (depth_m.shape[1], depth_m.shape[0]):
+            img = img.resize((depth_m.shape[1], depth_m.shape[0]), Image.BILINEAR)
+        frames.append(Frame(np.ascontiguousarray(np.asarray(img)), depth_m, K, pose))
         if limit is not None and len(frames) >= limit:
             break
     if not frames:
@@ -101,7 +101,8 @@ def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
 def synthetic_frames(num_frames: int, width: int = 640, height: int = 480, seed: int = 0) -> List[Frame]:
     """Ray-cast frames of a 6 x 5 x 3 m room with a cupboard, from a camera circling the room centre.
 
-    Depth gets 0.2 % multiplicative noise and 3 % dropped pixels, roughly like a structured-light sensor.
+    Depth gets 0.2 % multiplicative noise and 3 % dropped pixels, roughly like a structured-light sensor,
+    and is quantised to millimetres as such a sensor's 16UC1 images are.
     """
     rng = np.random.default_rng(seed)
     room_lo, room_hi = np.zeros(3), np.array([6.0, 5.0, 3.0])
@@ -130,8 +131,8 @@ def synthetic_frames(num_frames: int, width: int = 640, height: int = 480, seed:
         color = np.clip(base * (0.75 + 0.25 * checker[:, None]), 0, 255).astype(np.uint8)
         depth_m = t * (1 + 0.002 * rng.standard_normal(t.shape))
         depth_m[rng.random(t.shape) < 0.03] = 0
-        depth_mm = np.clip(np.round(depth_m * 1000), 0, 65535).astype(np.uint16).reshape(height, width)
-        frames.append(Frame(color.reshape(height, width, 3), depth_mm, K, T))
+        depth_m = depth_mm_to_m(depth_m_to_mm(depth_m.reshape(height, width)))
+        frames.append(Frame(color.reshape(height, width, 3), depth_m, K, T))
     return frames
 
 
@@ -146,19 +147,19 @@ def _run_voxel_map(frames: Sequence[Frame], voxel_size_m: float, max_voxels: int
     vmap = VoxelMap(voxel_size_m, max_voxels, num_classes=20, max_depth_m=max_depth_m)
     t0, c0 = time.perf_counter(), time.process_time()
     for fr in frames:
-        vmap.integrate(fr.color, fr.depth_mm, fr.K, fr.cam_to_world)
+        vmap.integrate(fr.color, fr.depth_m, fr.K, fr.cam_to_world)
     return time.perf_counter() - t0, time.process_time() - c0, len(vmap)
 
 
 def _run_open3d(o3d, frames: Sequence[Frame], voxel_size_m: float, max_depth_m: float):
-    h, w = frames[0].depth_mm.shape
+    h, w = frames[0].depth_m.shape
     cloud = o3d.geometry.PointCloud()
     t0, c0 = time.perf_counter(), time.process_time()
     for fr in frames:
         K = fr.K
         intr = o3d.camera.PinholeCameraIntrinsic(w, h, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
         rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-            o3d.geometry.Image(fr.color), o3d.geometry.Image(fr.depth_mm), depth_scale=1000.0,
+            o3d.geometry.Image(fr.color), o3d.geometry.Image(fr.depth_m), depth_scale=1.0,
             depth_trunc=max_depth_m, convert_rgb_to_intensity=False)
         cloud += o3d.geometry.PointCloud.create_from_rgbd_image(rgbd, intr, np.linalg.inv(fr.cam_to_world))
         cloud = cloud.voxel_down_sample(voxel_size_m)
@@ -190,8 +191,8 @@ def time_fusion(frames: Sequence[Frame], voxel_size_m: float = 0.02, max_voxels:
     if o3d is not None:
         _run_open3d(o3d, warm, voxel_size_m, max_depth_m)
     ours, theirs = [], []
-    out: Dict[str, float] = {"frames": len(frames), "width": frames[0].depth_mm.shape[1],
-                             "height": frames[0].depth_mm.shape[0], "voxel_size_m": voxel_size_m}
+    out: Dict[str, float] = {"frames": len(frames), "width": frames[0].depth_m.shape[1],
+                             "height": frames[0].depth_m.shape[0], "voxel_size_m": voxel_size_m}
     ms = 1e3 / len(frames)
     for _ in range(repeats):
         wall, cpu, out["voxels"] = _run_voxel_map(frames, voxel_size_m, max_voxels, max_depth_m)
@@ -224,7 +225,7 @@ def rss_over_frames(frames: Sequence[Frame], checkpoints: Sequence[int] = (100, 
         evictions = 0
         for k in range(1, max(checkpoints) + 1):
             fr = frames[(k - 1) % len(frames)]
-            evictions += vmap.integrate(fr.color, fr.depth_mm, fr.K, fr.cam_to_world).evicted > 0
+            evictions += vmap.integrate(fr.color, fr.depth_m, fr.K, fr.cam_to_world).evicted > 0
             if k in checkpoints:
                 out[f"rss_after_{k}_mb"] = _rss_mb()
                 out[f"voxels_after_{k}"] = len(vmap)

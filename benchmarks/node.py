@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from gcross_core.image import depth_m_to_mm  # noqa: E402
 from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
 from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
 from gcross_core.segmentation.segmenter import Segmenter  # noqa: E402
@@ -73,7 +74,7 @@ def segmentation_figures(frames, sizes: Sequence[int], checkpoint: Path, repeats
     logging.getLogger("gcross_core.mapping.fusion").setLevel(logging.ERROR)
     vmap = VoxelMap(voxel_size_m, 2_000_000, NUM_CLASSES)
     for fr in frames:
-        vmap.integrate(fr.color, fr.depth_mm, fr.K, fr.cam_to_world)
+        vmap.integrate(fr.color, fr.depth_m, fr.K, fr.cam_to_world)
     snap = vmap.snapshot()
     centre = np.median(snap.coords, axis=0)
     order = np.argsort(np.linalg.norm(snap.coords - centre, axis=1))
@@ -129,6 +130,8 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
     from gcross_ros.msgs.codec import stamp_to_ns
     from gcross_ros.node.process import start_node_process, stop_node_process
 
+    # Sent as 16UC1, as a camera driver publishes depth; converted here, before the node runs.
+    depth_mm = [depth_m_to_mm(fr.depth_m) for fr in frames]
     params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
     params.update(checkpoint=str(checkpoint), **(overrides or {}))
     params_file = tmp / "node_params.yaml"
@@ -147,7 +150,6 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
     diags: List[dict] = []
     renders: List[tuple] = []  # (stamp ns, [h, w] bool: pixels with a rendered depth)
     valid: Dict[int, np.ndarray] = {}  # stamp ns -> [H, W] bool: valid pixels of the depth image sent
-    max_depth_mm = params["max_depth_m"] * 1000
 
     def on_cloud(msg):
         with lock:
@@ -189,14 +191,14 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             fr = frames[(k - 1) % len(frames)]
             stamp = stamp0 + k * int(period * 1e9)
             pose = cv.pose_stamped(fr.cam_to_world, stamp, params["map_frame"])
-            h, w = fr.depth_mm.shape
+            h, w = fr.depth_m.shape
             color = cv.numpy_to_image(fr.color, "rgb8", stamp, "camera_optical")
-            depth = cv.numpy_to_image(fr.depth_mm, "16UC1", stamp, "camera_optical")
+            depth = cv.numpy_to_image(depth_mm[(k - 1) % len(frames)], "16UC1", stamp, "camera_optical")
             pubs["pose"].publish(pose)
             pubs["info"].publish(cv.make_camera_info(fr.K, w, h, stamp, "camera_optical"))
             pubs["depth"].publish(depth)
             sent[stamp] = time.monotonic()
-            valid[stamp] = (fr.depth_mm > 0) & (fr.depth_mm < max_depth_mm)
+            valid[stamp] = (fr.depth_m > 0) & (fr.depth_m < params["max_depth_m"])
             pubs["color"].publish(color)
             if k in rss_at:
                 out[f"node_rss_after_{k}_mb"] = _rss_mb(proc.pid)
@@ -297,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.rss_at:
         rss_at = tuple(int(k) for k in args.rss_at.split(","))
     frames = FB.load_frames(args.frames) if args.frames else FB.synthetic_frames(max(timed, 50))
-    h, w = frames[0].depth_mm.shape
+    h, w = frames[0].depth_m.shape
     print(f"{len(frames)} {'frames from ' + args.frames if args.frames else 'synthetic frames'} ({w}x{h}); "
           f"CPU, {os.cpu_count()} cores (shared machine: figures vary with its load)")
 

@@ -46,27 +46,33 @@ def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:  # [H, W] float m -> [H, W
     return np.where(ok, mm, 0).astype(np.uint16)
 
 
-def depth_to_metres(depth: np.ndarray) -> np.ndarray:  # [H, W] uint16 mm or float32 m -> [H, W] float32 m
-    """A depth image as ROS delivers it (16UC1 millimetres or 32FC1 metres) in float32 metres."""
+_MM_TO_M_HINT = "convert millimetres once where the image is read (gcross_core.image.depth_mm_to_m)"
+
+
+def check_depth_m(depth: np.ndarray) -> np.ndarray:  # [H, W] float32 metres -> the same array
+    """``depth`` if it is an [H, W] float32 image of metres; else an InputError.
+
+    Nothing past the reader that decoded a depth image takes millimetres: an integer image here is
+    millimetres that were never converted, which would otherwise read as depths 1000 times too far.
+    """
     depth = np.asarray(depth)
     if depth.ndim != 2:
         raise InputError(f"depth has shape {depth.shape}, expected [H, W]")
-    if depth.dtype == np.uint16:
-        return depth_mm_to_m(depth)
-    if depth.dtype == np.float32:
-        return depth
-    raise InputError(f"depth has dtype {depth.dtype}, expected uint16 millimetres or float32 metres")
+    if depth.dtype != np.float32:
+        if np.issubdtype(depth.dtype, np.integer):
+            raise InputError(f"depth has dtype {depth.dtype}, but depth must be float32 metres; {_MM_TO_M_HINT}")
+        raise InputError(f"depth has dtype {depth.dtype}, expected float32 metres")
+    return depth
 
 
-def has_valid_depth(depth: np.ndarray, max_depth_m: float) -> bool:
-    """True when some pixel of a depth image (uint16 mm or float32 m) holds a reading within ``max_depth_m``.
+def has_valid_depth(depth_m: np.ndarray, max_depth_m: float) -> bool:  # depth_m: [H, W] float32
+    """True when some pixel of a depth image in metres holds a reading in (0, ``max_depth_m``].
 
-    Checked on the raw image, before any conversion, so that a frame without depth costs nothing.
-    NaN and inf compare false and drop out.
+    Checked before any other work, so that a frame without depth costs nothing. NaN and inf compare
+    false and drop out.
     """
-    if depth.dtype == np.uint16:
-        return bool(np.any((depth > 0) & (depth <= max_depth_m * MM_PER_M) & (depth != DEPTH_MM_INVALID)))
-    return bool(np.any((depth > 0) & (depth <= max_depth_m)))
+    depth_m = check_depth_m(depth_m)
+    return bool(np.any((depth_m > 0) & (depth_m <= max_depth_m)))
 
 
 def check_intrinsics(K, name: str = "K") -> np.ndarray:  # -> [3, 3] float64

@@ -4,8 +4,8 @@ Used by the ROS node (integrate on the image callback, segment on a worker threa
 frames-only scene into points. NumPy only: every step is vectorised over the pixels of a frame.
 
 Per frame (``VoxelMap.integrate``):
-  1. depth (uint16 millimetres or float32 metres) -> metres; zero, NaN, inf and depth > max_depth_m are
-     invalid and ignored;
+  1. depth in float32 metres (millimetres are converted once where the image is read, never here); zero,
+     NaN, inf and depth > max_depth_m are invalid and ignored;
   2. valid pixels back-projected with ``geometry.backproject_depth`` and moved to the map frame by
      ``cam_to_map``;
   3. points -> integer voxel coordinates; within the frame they are numbered inside the frame's bounding
@@ -65,7 +65,7 @@ import numpy as np
 
 from gcross_core.geometry import backproject_depth, is_valid_pose
 from gcross_core.data.frames import FrameSet
-from gcross_core.image import check_intrinsics, depth_to_metres
+from gcross_core.image import check_depth_m, check_intrinsics
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class VoxelMap:
             raise ValueError(f"color_rgb is {desc}, expected uint8 [H, W, 3] RGB")
         if not isinstance(depth, np.ndarray):
             raise ValueError(f"depth is {type(depth)}, expected a numpy array")
-        depth_m = depth_to_metres(depth)
+        depth_m = check_depth_m(depth)
         h, w = depth_m.shape
         if color_rgb.shape[:2] != (h, w):
             raise ValueError(f"depth image {w}x{h} does not match color {color_rgb.shape[1]}x{color_rgb.shape[0]}"
@@ -451,15 +451,16 @@ class VoxelMap:
 
     def integrate(self,
                   color_rgb: np.ndarray,  # [H, W, 3] uint8 RGB, registered to depth
-                  depth: np.ndarray,  # [H, W] uint16 millimetres or float32 metres
+                  depth: np.ndarray,  # [H, W] float32 metres; 0, NaN, inf = no reading
                   K: np.ndarray,  # [3, 3] depth (= color) intrinsics, pixels
                   cam_to_map: np.ndarray,  # [4, 4] rigid camera-to-map transform
                   ) -> FrameStats:
         """Fuse one RGB-D frame into the map; returns what it did.
 
         Raises ValueError (nothing fused) for a colour image that is not uint8 [H, W, 3], a depth image
-        that is not uint16 / float32 [H, W] of the colour image's size, a non-pinhole or non-finite K, or a
-        non-finite or non-rigid pose. A frame without valid depth is counted and changes nothing else.
+        that is not float32 metres [H, W] of the colour image's size (uint16 millimetres included: convert
+        them with ``gcross_core.image.depth_mm_to_m`` where the image is read), a non-pinhole or non-finite
+        K, or a non-finite or non-rigid pose. A frame without valid depth is counted and changes nothing else.
         """
         fv = self._frame_voxels(color_rgb, depth, K, cam_to_map)
         with self._lock:
@@ -467,7 +468,7 @@ class VoxelMap:
 
     def integrate_labelled(self,
                            color_rgb: np.ndarray,  # [H, W, 3] uint8 RGB, registered to depth
-                           depth: np.ndarray,  # [H, W] uint16 millimetres or float32 metres
+                           depth: np.ndarray,  # [H, W] float32 metres; 0, NaN, inf = no reading
                            K: np.ndarray,  # [3, 3] depth (= color) intrinsics, pixels
                            cam_to_map: np.ndarray,  # [4, 4] rigid camera-to-map transform
                            votes: Dict[str, "LabelVotes"],  # name -> accumulator of that image's ids

@@ -5,7 +5,9 @@ import threading
 import numpy as np
 import pytest
 
-from gcross_core.mapping.fusion import VoxelMap, depth_normals, unpack_keys
+from gcross_core.errors import InputError
+from gcross_core.image import depth_mm_to_m
+from gcross_core.mapping.fusion import LabelVotes, VoxelMap, depth_normals, unpack_keys
 
 W, H = 80, 60
 K = np.array([[60.0, 0, W / 2 - 0.5], [0, 60.0, H / 2 - 0.5], [0, 0, 1]])
@@ -167,23 +169,24 @@ def test_invalid_depth_values_are_ignored():
     for get in ("keys", "coords", "normals", "counts", "colors"):
         np.testing.assert_array_equal(getattr(vm, get)(), getattr(ref, get)())
     # A frame with no valid pixel changes nothing but the frame counter.
-    empty = vm.integrate(solid_color((0, 0, 0)), np.zeros((H, W), np.uint16), K, np.eye(4))
+    empty = vm.integrate(solid_color((0, 0, 0)), depth_mm_to_m(np.zeros((H, W), np.uint16)), K, np.eye(4))
     assert empty.valid_pixels == 0 and empty.new_voxels == 0 and len(vm) == len(ref)
 
 
-def test_16uc1_and_32fc1_give_the_same_map():
+def test_uint16_millimetres_are_rejected_with_the_conversion_to_use():
     rng = np.random.default_rng(0)
     depth_mm = rng.integers(800, 3000, size=(H, W)).astype(np.uint16)
-    depth_mm[rng.random((H, W)) < 0.1] = 0
     color = rng.integers(0, 256, size=(H, W, 3)).astype(np.uint8)
-    pose = rot_z(30)
-    pose[:3, 3] = [1.0, 2.0, 0.5]
-    a, b = VoxelMap(0.03, 50_000, 4), VoxelMap(0.03, 50_000, 4)
-    sa = a.integrate(color, depth_mm, K, pose)
-    sb = b.integrate(color, depth_mm.astype(np.float32) / 1000.0, K, pose)
-    assert sa == sb
-    for get in ("keys", "coords", "colors", "normals", "counts"):
-        np.testing.assert_array_equal(getattr(a, get)(), getattr(b, get)())
+    vm = VoxelMap(0.03, 50_000, 4)
+    expected = r"depth has dtype uint16, but depth must be float32 metres; .*gcross_core\.image\.depth_mm_to_m"
+    with pytest.raises(InputError, match=expected):
+        vm.integrate(color, depth_mm, K, np.eye(4))
+    votes = LabelVotes()
+    with pytest.raises(InputError, match=expected):
+        vm.integrate_labelled(color, depth_mm, K, np.eye(4), {"label": votes}, {"label": np.ones((H, W), np.int64)})
+    assert len(vm) == 0 and vm.frames_integrated == 0 and len(votes) == 0
+    stats = vm.integrate(color, depth_mm_to_m(depth_mm), K, np.eye(4))
+    assert stats.frame_index == 0 and stats.valid_pixels == H * W
 
 
 def test_running_mean_color_and_counts():
@@ -330,7 +333,7 @@ def test_depth_normals_face_the_camera_and_skip_edges():
 @pytest.mark.parametrize("case, match", [
     ("size", "depth image 80x60 does not match color 40x60"),
     ("color_dtype", "color_rgb .*expected uint8"),
-    ("depth_dtype", "depth has dtype float64, expected uint16 millimetres or float32 metres"),
+    ("depth_dtype", "depth has dtype float64, expected float32 metres"),
     ("depth_ndim", "depth has shape"),
     ("pose_nan", "cam_to_map contains NaN"),
     ("pose_scaled", "cam_to_map is not rigid"),
