@@ -15,6 +15,7 @@ frames-only scene: it loads with ``coord=None``; callers that need points fuse t
 (``gcross_core.mapping.fusion.fuse_frames_to_points``).
 """
 
+import errno
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -191,8 +192,8 @@ def _segment_file_for(class_names: Optional[Tuple[str, ...]]) -> str:
 
 def write_scene(scene: Scene, out_dir: PathLike, *, extra_arrays: Optional[Mapping[str, np.ndarray]] = None,
                 color_format: str = "jpg", overwrite: bool = False, write_frames_too: bool = True) -> Path:
-    """Write ``scene`` as a scene folder, atomically: everything goes to a temporary sibling folder that is
-    renamed into place at the end, so ``out_dir`` is either absent or complete.
+    """Write ``scene`` as a scene folder, atomically (:func:`move_into_place`): ``out_dir`` is either absent,
+    the previous folder (``overwrite=True``) or the complete new one, also when writing fails.
 
     ``scene.segment`` goes to segment20.npy / segment200.npy when ``class_names`` is the ScanNet20 /
     ScanNet200 list, else to segment.npy (plus class_names.json when names are known). ``scene.extra``
@@ -208,39 +209,73 @@ def write_scene(scene: Scene, out_dir: PathLike, *, extra_arrays: Optional[Mappi
             raise ValueError(f"extra array name {k!r} is not a valid, unreserved file stem")
         if scene.coord is None or len(v) != scene.num_points:
             raise ValueError(f"extra array {k!r} has {len(v)} rows, expected {scene.num_points}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        if scene.coord is not None:
-            np.save(tmp / "coord.npy", scene.coord.astype(np.float32))
-            np.save(tmp / "color.npy", np.clip(np.rint(scene.color), 0, 255).astype(np.uint8))
-            np.save(tmp / "normal.npy", scene.normal.astype(np.float32))
-            if scene.segment is not None:
-                stem = _segment_file_for(scene.class_names)
-                np.save(tmp / f"{stem}.npy", scene.segment.astype(np.int32))
-                if stem == "segment" and scene.class_names is not None:
-                    (tmp / _CLASS_NAMES_FILE).write_text(json.dumps(list(scene.class_names)))
-            if scene.instance is not None:
-                np.save(tmp / "instance.npy", scene.instance.astype(np.int32))
-            for k, v in extras.items():
-                v = np.asarray(v)
-                np.save(tmp / f"{k}.npy", v.astype(np.int32) if np.issubdtype(v.dtype, np.integer) else v)
-        if write_frames_too and scene.frames is not None and len(scene.frames):
-            write_frames(tmp / "frames", scene.frames, color_format=color_format)
-        move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    move_into_place(out_dir, lambda folder: _write_scene_files(scene, folder, extras, color_format,
+                                                               write_frames_too))
     return out_dir
 
 
-def move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder ``tmp`` (a sibling of ``out_dir``) to ``out_dir``, replacing an existing one:
-    readers see the old folder or the new one, never a half-written one."""
-    if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-        os.replace(out_dir, trash / "old")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+def _write_scene_files(scene: Scene, folder: Path, extras: Mapping[str, np.ndarray], color_format: str,
+                       write_frames_too: bool) -> None:
+    if scene.coord is not None:
+        np.save(folder / "coord.npy", scene.coord.astype(np.float32))
+        np.save(folder / "color.npy", np.clip(np.rint(scene.color), 0, 255).astype(np.uint8))
+        np.save(folder / "normal.npy", scene.normal.astype(np.float32))
+        if scene.segment is not None:
+            stem = _segment_file_for(scene.class_names)
+            np.save(folder / f"{stem}.npy", scene.segment.astype(np.int32))
+            if stem == "segment" and scene.class_names is not None:
+                (folder / _CLASS_NAMES_FILE).write_text(json.dumps(list(scene.class_names)))
+        if scene.instance is not None:
+            np.save(folder / "instance.npy", scene.instance.astype(np.int32))
+        for k, v in extras.items():
+            v = np.asarray(v)
+            np.save(folder / f"{k}.npy", v.astype(np.int32) if np.issubdtype(v.dtype, np.integer) else v)
+    if write_frames_too and scene.frames is not None and len(scene.frames):
+        write_frames(folder / "frames", scene.frames, color_format=color_format)
+
+
+def move_into_place(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """Fill a new folder with ``write(folder)`` and move it to ``out_dir``, replacing an existing folder there:
+    readers see the previous folder or the complete new one, never a half-written one.
+
+    Raises what ``write`` or a rename raises (OSError: no permission, disk full, a file at ``out_dir``, ...)
+    with nothing left behind but the previous folder, as it was. Only if the previous folder can be neither
+    replaced nor put back does it stay where it was moved aside; the OSError says where.
+    """
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The one folder this call creates, next to out_dir so that renames stay on its file system: the new
+    # folder is written to staging/new and a previous one is moved to staging/old while new takes its place,
+    # so removing staging leaves no trace of a failure.
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    new, old = staging / "new", staging / "old"
+    try:
+        new.mkdir()  # not staging itself: mkdtemp makes that private, and the folder is for others to read
+        write(new)
+        _swap_in(new, out_dir, old)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        if not os.path.lexists(old):  # else the previous folder could not be put back and is only there now
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(new: Path, out_dir: Path, old: Path) -> None:
+    """Rename ``new`` to ``out_dir``; an existing ``out_dir`` is first renamed to ``old`` (in the caller's
+    staging folder) and renamed back when ``new`` cannot take its place."""
+    if not os.path.lexists(out_dir):
+        os.replace(new, out_dir)
+        return
+    os.replace(out_dir, old)
+    try:
+        os.replace(new, out_dir)
+    except BaseException as e:
+        try:
+            os.replace(old, out_dir)
+        except OSError:
+            raise OSError(e.errno if isinstance(e, OSError) else None,
+                          f"{out_dir} could not be replaced and the previous folder could not be put back: it "
+                          f"is in {old}", str(out_dir)) from e
+        raise

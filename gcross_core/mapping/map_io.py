@@ -19,18 +19,14 @@ size and classes: fusion then continues on it as if its frames had been integrat
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
-from gcross_core.data.scene import Scene, write_scene
+from gcross_core.data.scene import Scene, move_into_place, write_scene
 from gcross_core.errors import InputError
 from gcross_core.mapping.fusion import VoxelMap, unpack_keys
 
@@ -127,23 +123,7 @@ def save_map(out_dir: PathLike, saved: SavedMap) -> Path:
     previous map, as it was.
     """
     out_dir = Path(out_dir).expanduser().absolute()
-    if os.path.lexists(out_dir) and not out_dir.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a map folder", str(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # The one folder this call creates: the new map is written to staging/new and an existing map is moved
-    # to staging/old while new takes its place, so removing staging leaves no trace of a failed save.
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    new, old = staging / "new", staging / "old"
-    try:
-        new.mkdir()
-        _write_map(new, saved, out_dir.name)
-        _replace_folder(new, out_dir, old)
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        if not os.path.lexists(old):  # else the previous map could not be put back and is only there now
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
+    move_into_place(out_dir, lambda folder: _write_map(folder, saved, out_dir.name))
     return out_dir
 
 
@@ -159,25 +139,6 @@ def _write_map(folder: Path, saved: SavedMap, name: str) -> None:
             "map_frame": saved.map_frame, "class_names": list(saved.class_names), "num_voxels": len(saved),
             "has_instance": saved.instance is not None}
     (folder / META_FILE).write_text(json.dumps(meta, indent=1))
-
-
-def _replace_folder(new: Path, out_dir: Path, old: Path) -> None:
-    """Rename the folder ``new`` to ``out_dir``. An existing ``out_dir`` is first renamed to ``old`` (next to
-    ``new``, so in a folder the caller owns) and renamed back when ``new`` cannot take its place."""
-    if not os.path.lexists(out_dir):
-        os.replace(new, out_dir)
-        return
-    os.replace(out_dir, old)
-    try:
-        os.replace(new, out_dir)
-    except BaseException as e:
-        try:
-            os.replace(old, out_dir)
-        except OSError:
-            raise OSError(e.errno if isinstance(e, OSError) else None,
-                          f"{out_dir} could not be replaced and the previous map could not be put back: it is "
-                          f"in {old}", str(out_dir)) from e
-        raise
 
 
 def _read_map_file(file: Path, what: str, parse: Callable[[Path], T]) -> T:
