@@ -9,6 +9,8 @@ from typing import Dict
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from gcross_core.mapping.assembly import INTEGRATION_PAUSED
+
 
 class Stats:
     """Counters and timings shared by the callback and worker threads."""
@@ -80,8 +82,8 @@ def diagnostics_msg(report: Dict[str, float], name: str, hardware_id: str, previ
     """One DiagnosticStatus of the pipeline; every report entry becomes a key/value.
 
     Level: ERROR on segmentation/render errors; WARN when frames were dropped since the ``previous``
-    report, when more than ``lost_warn_ratio`` of the color frames sent since then never reached the node
-    (``frames_lost``: a message the middleware reported lost, or a gap in the stamps), or when no frame
+    report (but for ~/pause_integration), when more than ``lost_warn_ratio`` of the color frames sent since
+    then never reached the node (``frames_lost``, see gcross_core.mapping.arrivals), or when no frame
     was fused yet; else OK.
     """
     def since(key):
@@ -96,7 +98,7 @@ def diagnostics_msg(report: Dict[str, float], name: str, hardware_id: str, previ
         level = DiagnosticStatus.WARN
         message = (f"{lost:g} of {lost + received:g} color frames lost before reaching the node since the last "
                    "report (see lost.*; a deeper input queue or reliable QoS helps, see the README)")
-    elif since("frames_dropped") > 0:
+    elif since("frames_dropped") - since(f"dropped.{INTEGRATION_PAUSED}") > 0:  # a pause was asked for
         level, message = DiagnosticStatus.WARN, "frames dropped since the last report (see dropped.*)"
     elif not report.get("frames_fused"):
         level, message = DiagnosticStatus.WARN, "no frame fused yet"

@@ -16,15 +16,17 @@ Interface (relative names; the launch file remaps the inputs under the camera na
   services (std_srvs, in the node's namespace; gcross_ros.node.services): ~/save_map, ~/reset_map,
        ~/pause_integration (SetBool), ~/segment_now. The map can start from a saved one (initial_map).
 
-Data flow: the three camera streams are synchronized by stamp (sync_slop_s), converted and checked;
-the camera pose at the image stamp is looked up (a frame may wait up to pose_wait_s for it); the frame
-is fused into the VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
+Data flow: the callbacks hand the camera messages and poses to the frame assembler
+(gcross_core.mapping.assembly, the same one gcross-bag eval and export run): stamp synchronisation within
+sync_slop_s, checks with one drop reason each, depth in metres, the camera pose at the image stamp (a
+frame may wait up to pose_wait_s for it). The node fuses each assembled frame into the pipeline's
+VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
 (segment_scope: the voxels observed since the previous segmentation plus context, or the whole map),
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
 another worker renders the map as Gaussians at the latest camera pose (render_source voxels:
 gcross_core.mapping.map_view, distant voxels merged into coarser splats beyond max_render_gaussians;
-gaussians: the GaussianCross model's Gaussians of the visible map, gcross_core.mapping.model_view), then
-pauses render_period_s; it renders only when the view or the map changed since its last render, so an
+gaussians: the GaussianCross model's Gaussians of the visible map turned z-up, gcross_core.mapping.model_view),
+then pauses render_period_s; it renders only when the view or the map changed since its last render, so an
 idle node does no work. Message conversion is gcross_ros.msgs; counters, throttled warnings and the
 diagnostics status are gcross_ros.node.health.
 
@@ -35,11 +37,13 @@ The map's voxel size is the segmenter's grid, read from the checkpoint, unless v
 otherwise (then it warns).
 
 Bad input never stops the node: the frame is dropped, the reason counted (``diagnostics``) and a
-throttled warning logged. Frames that never reach the callback are counted too (``frames_lost``: gaps in
-the color stamps, and messages the middleware reports lost), and turn diagnostics WARN above
-lost_warn_ratio. Stamps jumping back by more than TIME_JUMP_RESET_S (a bag played again) are logged once
-and clear the synchronizer, the frames waiting for a pose and the previous run's poses; the map is kept
-unless reset_map_on_time_jump. A checkpoint that does not exist or cannot be loaded, an unusable
+throttled warning logged. Every color frame received is fused, dropped with a reason or still waiting
+(frames_in = frames_fused + frames_dropped + frames_waiting). Frames that never reach the callback are
+counted exactly from DDS publication sequence numbers (frames_lost; estimated from stamp gaps where the
+middleware gives none) and turn diagnostics WARN above lost_warn_ratio; pauses in the stream are paused
+seconds and stamp jumps are jumps, never losses. Stamps jumping back by more than a second (a bag played
+again) are logged once and clear the synchronizer, the frames waiting for a pose and the previous run's
+poses; the map is kept unless reset_map_on_time_jump. A checkpoint that does not exist or cannot be loaded, an unusable
 parameter or initial_map, or a parameter this machine cannot serve (device:=cuda without CUDA,
 pose_source:=tf without tf2_ros) stops it at start with one FATAL line and a non-zero exit status; with
 no checkpoint at all it loads the bundled demo segmenter and warns.
@@ -52,9 +56,8 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, replace
-from typing import Deque, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import rclpy
@@ -73,55 +76,27 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from gcross_core.cli import cli_main, exit_code_for
-from gcross_core.errors import GcrossError, MalformedMessageError, UnavailableError
+from gcross_core.errors import GcrossError, InputError, UnavailableError
 from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
-from gcross_core.image import has_valid_depth
+from gcross_core.mapping.assembly import (FUSION_ERROR, INTEGRATION_PAUSED, AssembledFrame, Assembled,
+                                          AssemblyConfig, FrameAssembler)
 from gcross_core.mapping.map_io import load_map, save_map
+from gcross_core.mapping.sync import POSE_MISSING, POSE_OK, POSE_WAIT, PoseLookup
 from gcross_core.mapping.model_view import ModelMapRenderer, render_view
 from gcross_core.model.api import GaussianCrossModel
 from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
-from gcross_ros.msgs.codec import (camera_info_to_K, decode_color_rgb, decode_depth, pose_to_matrix,
-                                   stamp_to_ns)
+from gcross_ros.msgs.camera import CameraDecoder
+from gcross_ros.msgs.codec import pose_to_matrix, stamp_to_ns
 from gcross_ros.msgs.markers import object_markers
 from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
 from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters
 from gcross_ros.node.services import create_services
-from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
-                                  PoseBuffer, PoseLookup, StampGapCounter)
 
 NODE_NAME = "gcross_segment"
-COLOR, DEPTH, INFO = 0, 1, 2
-STREAM_NAMES = ("color", "depth", "camera_info")
-TIME_JUMP_RESET_S = 1.0  # stamps this far behind their predecessor mean a restarted bag or simulator
-
-# Drop reasons (keys of the diagnostics counters).
-UNSUPPORTED_ENCODING = "unsupported_encoding"
-MALFORMED_IMAGE = "malformed_image"
-SIZE_MISMATCH = "size_mismatch"
-NO_VALID_DEPTH = "no_valid_depth"
-INVALID_CAMERA_INFO = "invalid_camera_info"
-NO_CAMERA_INFO = "no_camera_info"
-NO_DEPTH = "no_depth"
-UNMATCHED = "unmatched"
-NO_POSE = "no_pose"
-OUT_OF_ORDER_STAMP = "out_of_order"
-TIME_JUMP_RESET = "time_jump"
-FUSION_ERROR = "fusion_error"
-
-
-@dataclass(frozen=True)
-class _Frame:
-    """A synchronized, converted and checked RGB-D frame waiting for (or holding) its pose."""
-
-    stamp_ns: int
-    frame_id: str
-    color_rgb: np.ndarray  # [H, W, 3] uint8 (a view into the color message)
-    depth: np.ndarray  # [H, W] uint16 millimetres or float32 metres (a view into the depth message)
-    K: np.ndarray  # [3, 3]
-    received: float  # time.monotonic() when the set completed
+POSE_QUEUE_DEPTH = 1000  # poses kept by the middleware for the pose callback (a pose is ~100 bytes)
 
 
 @dataclass(frozen=True)
@@ -183,12 +158,17 @@ class SegmentNode(Node):
         self.stats = Stats()
         self._last_report: Dict[str, float] = {}
         self._warn = ThrottledWarnings(self.get_logger(), p.warn_throttle_s)
-        self._sync = ApproximateTimeSync(3, int(p.sync_slop_s * 1e9), p.queue_size,
-                                         reset_jump_ns=int(TIME_JUMP_RESET_S * 1e9))
-        self._pending: Deque[_Frame] = deque()  # frames waiting for their pose
+        self._tf_buffer = None
+        if p.pose_source == "tf":
+            import tf2_ros  # only this pose source needs it (checked by _check_available)
+
+            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            self._tf_errors = (tf2_ros.TransformException,)
+        # The one frame assembly (gcross_core.mapping.assembly), shared with gcross-bag eval and export.
+        self.assembler = FrameAssembler(CameraDecoder(), AssemblyConfig.from_values(asdict(p)),
+                                        pose_source=self._lookup_tf if self._tf_buffer is not None else None)
         self._latest_view: Optional[_View] = None
-        self._pose_buffer = PoseBuffer(int(p.pose_tolerance_s * 1e9), reset_jump_ns=int(TIME_JUMP_RESET_S * 1e9))
-        self._color_gaps = StampGapCounter()
         self._integration_paused = False
         # Bumped whenever what a render shows changes (a frame fused, labels fused, the map reset or
         # loaded): the render worker skips views it has already rendered of an unchanged map.
@@ -197,31 +177,25 @@ class SegmentNode(Node):
         self._rendered = (None, 0)  # (view, map version) of the last published render
 
         # The camera callbacks and timers share the node's default (mutually exclusive) callback group, so
-        # the synchronizer and the frames waiting for poses need no lock under any executor. Poses have a
-        # group of their own: behind a busy image stream (whose keep-last queues skip ahead) they would
-        # otherwise fall behind the images that need them. Segmentation and rendering run on worker
-        # threads of their own (_start_workers).
+        # the assembler needs no lock under any executor. Poses have a group of their own: behind a busy
+        # image stream they would otherwise fall behind the images that need them (the pose buffer locks).
+        # Segmentation and rendering run on worker threads of their own (_start_workers).
         #
         # Sensor-data QoS (best effort, keep last 5) by default. Deployments whose transport loses large
         # best-effort samples can switch an input to reliable with the standard parameter
-        # qos_overrides./<topic>.subscription.reliability.
+        # qos_overrides./<topic>.subscription.reliability (the pose topic too).
         overridable = QoSOverridingOptions.with_default_policies()
         for name, msg_type, topic, callback in (("color", Image, "color/image_raw", self._on_color),
                                                 ("depth", Image, "depth/image_raw", self._on_depth),
                                                 ("camera_info", CameraInfo, "color/camera_info",
                                                  self._on_camera_info)):
-            self._subscribe_counting_lost(name, msg_type, topic, callback, overridable)
-        self._tf_buffer = None
+            self._subscribe_counting_lost(name, msg_type, topic, callback, qos_profile_sensor_data, overridable)
         if p.pose_source == "topic":
-            pose_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
-            self.create_subscription(PoseStamped, "pose", self._on_pose, pose_qos,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
-        else:
-            import tf2_ros  # only this pose source needs it (checked by _check_available)
-
-            self._tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-            self._tf_errors = (tf2_ros.TransformException,)
+            # Poses are small: the queue holds as many as the frames that can wait for one, and more, so a
+            # burst of images does not outrun its poses.
+            pose_qos = QoSProfile(depth=POSE_QUEUE_DEPTH, reliability=ReliabilityPolicy.BEST_EFFORT)
+            self._subscribe_counting_lost("pose", PoseStamped, "pose", self._on_pose, pose_qos, overridable,
+                                          callback_group=MutuallyExclusiveCallbackGroup())
 
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         self.cloud_pub = self.create_publisher(PointCloud2, "labelled_cloud", reliable)
@@ -237,7 +211,7 @@ class SegmentNode(Node):
                                 for name in ("color", "depth", "semantic")
                                 + (("features",) if self.model_renderer is not None else ())}
 
-        self.create_timer(0.05, self._retry_pending)
+        self.create_timer(0.05, self._poll_assembler)
         self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
         create_services(self)
         # Workers stop as soon as the context shuts down (SIGINT/SIGTERM), before the publishers they use
@@ -252,138 +226,58 @@ class SegmentNode(Node):
 
     # ------------------------------------------------------------------ inputs
 
-    def _subscribe_counting_lost(self, name, msg_type, topic, callback, overridable) -> None:
-        """Subscribe with sensor-data QoS; messages the middleware reports lost count as lost.middleware.<name>."""
+    def _subscribe_counting_lost(self, name, msg_type, topic, callback, qos, overridable, **kwargs) -> None:
+        """Subscribe; messages the middleware reports lost count as lost.middleware.<name>."""
         def on_lost(info, key=f"lost.middleware.{name}"):
             self.stats.inc(key, int(info.total_count_change))
 
         try:
-            self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data,
-                                     qos_overriding_options=overridable,
-                                     event_callbacks=SubscriptionEventCallbacks(message_lost=on_lost))
-        except Exception as e:  # an rmw without the message-lost event: the stamp gaps still count losses
+            self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=overridable,
+                                     event_callbacks=SubscriptionEventCallbacks(message_lost=on_lost), **kwargs)
+        except Exception as e:  # an rmw without the message-lost event: sequence numbers and stamps still count
             self.get_logger().info(f"{topic}: the middleware does not report lost messages ({e}); lost frames "
-                                   "are estimated from stamp gaps only")
-            self.create_subscription(msg_type, topic, callback, qos_profile_sensor_data,
-                                     qos_overriding_options=overridable)
+                                   "are counted from sequence numbers or stamp gaps only")
+            self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=overridable, **kwargs)
 
-    def _on_color(self, msg: Image) -> None:
-        self.stats.inc("frames_in")
-        self.stats.inc("lost.stamp_gaps", self._color_gaps.add(stamp_to_ns(msg.header.stamp)))
-        self._offer(COLOR, msg)
+    def _on_color(self, msg: Image, info) -> None:
+        gid = info.get("publisher_gid") or {}
+        self._handle(self.assembler.add_color(msg, stamp_to_ns(msg.header.stamp), time.monotonic(),
+                                              sent_ns=info.get("source_timestamp") or None,
+                                              sequence=info.get("publication_sequence_number") or None,
+                                              publisher=bytes(gid.get("data", b""))))
 
     def _on_depth(self, msg: Image) -> None:
-        self._offer(DEPTH, msg)
+        self._handle(self.assembler.add_depth(msg, stamp_to_ns(msg.header.stamp), time.monotonic()))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._offer(INFO, msg)
+        self._handle(self.assembler.add_camera_info(msg, stamp_to_ns(msg.header.stamp), time.monotonic()))
+
+    def _poll_assembler(self) -> None:
+        self._handle(self.assembler.poll(time.monotonic()))
 
     def _on_pose(self, msg: PoseStamped) -> None:
         frame = msg.header.frame_id.lstrip("/")
         if frame and frame != self.params.map_frame:
-            self.stats.inc("poses_ignored")
+            self.assembler.ignore_pose()
             self._warn.warn("pose_frame", f"pose in frame '{frame}' ignored: poses must be camera-to-map in "
                                           f"map_frame '{self.params.map_frame}'")
             return
         try:
-            jump = self._pose_buffer.add(stamp_to_ns(msg.header.stamp),
-                                         pose_to_matrix(msg.pose.position, msg.pose.orientation))
-            if jump is not None:
-                self.get_logger().info(f"pose stamps jumped back by {jump * 1e-9:.1f} s: pose buffer cleared")
-        except ValueError as e:
-            self.stats.inc("poses_ignored")
+            jump = self.assembler.add_pose(stamp_to_ns(msg.header.stamp),
+                                           pose_to_matrix(msg.pose.position, msg.pose.orientation))
+        except (InputError, ValueError) as e:
+            if not isinstance(e, InputError):
+                self.assembler.ignore_pose()
             self._warn.warn("pose_invalid", f"pose ignored: {e}")
-        # frames waiting for this pose are picked up by _retry_pending on the camera callbacks' thread
-
-    def _offer(self, stream: int, msg) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
-        result = self._sync.add(stream, stamp, msg)
-        for d in result.dropped:
-            self._on_sync_drop(d)
-        if result.time_jump_ns is not None:
-            self._on_time_jump(STREAM_NAMES[stream], stamp, result.time_jump_ns)
-        for color, depth, info in result.matched:
-            self._on_frame(color, depth, info)
-
-    def _on_sync_drop(self, d) -> None:
-        name = STREAM_NAMES[d.stream]
-        if d.stream != COLOR:  # a frame is counted by its color image; partners only by stream
-            self.stats.inc(f"unmatched.{name}")
             return
-        t = d.stamp_ns * 1e-9
-        slop = self.params.sync_slop_s
-        if d.reason == OUT_OF_ORDER:
-            self._drop(OUT_OF_ORDER_STAMP, f"color image at {t:.3f} s dropped: its stamp is not newer than "
-                                           "the previous one (out-of-order or repeated stamps)")
-        elif d.reason == TIME_JUMP:
-            self.stats.drop(TIME_JUMP_RESET)  # the jump itself is logged once, by _on_time_jump
-        elif INFO in d.missing:
-            self._drop(NO_CAMERA_INFO, f"color image at {t:.3f} s dropped: no camera_info within "
-                                       f"sync_slop_s={slop:g} s (is color/camera_info published?)")
-        elif DEPTH in d.missing:
-            self._drop(NO_DEPTH, f"color image at {t:.3f} s dropped: no depth image within "
-                                 f"sync_slop_s={slop:g} s (is depth/image_raw published?)")
-        else:
-            self._drop(UNMATCHED, f"color image at {t:.3f} s dropped: depth and camera_info stamps "
-                                  f"spread more than sync_slop_s={slop:g} s around it")
+        if jump is not None:
+            self.get_logger().info(f"pose stamps jumped back by {jump * 1e-9:.1f} s: pose buffer cleared")
+        # frames waiting for this pose are picked up by _poll_assembler on the camera callbacks' thread
 
-    def _on_time_jump(self, stream: str, stamp_ns: int, jump_ns: int) -> None:
-        """Stamps went back in time (a bag played again, a simulator reset): start over, keep the map."""
-        waiting = len(self._pending)
-        self._pending.clear()
-        self._color_gaps.reset()
-        # poses of the previous run stamped after the new time would be interpolated into the new run
-        stale = self._pose_buffer.discard_after(stamp_ns + int(TIME_JUMP_RESET_S * 1e9))
-        self.stats.inc("time_jumps")
-        if self.params.reset_map_on_time_jump:
-            self._clear_map()
-            kept = "map cleared (reset_map_on_time_jump)"
-        else:
-            kept = f"map kept ({len(self.map)} voxels; reset_map_on_time_jump:=true clears it)"
-        self.get_logger().warning(
-            f"time jumped back by {jump_ns * 1e-9:.1f} s on {stream} (now {stamp_ns * 1e-9:.3f} s; a restarted bag "
-            f"or simulator?): synchronizer, {waiting} frames waiting for a pose and {stale} poses cleared; {kept}")
-
-    def _drop(self, reason: str, message: str) -> None:
-        self.stats.drop(reason)
-        self._warn.warn(reason, message)
-
-    def _on_frame(self, color: Image, depth: Image, info: CameraInfo) -> None:
-        """Convert and check a synchronized set, then fuse it once its pose is known."""
-        stamp = stamp_to_ns(color.header.stamp)
-        t = stamp * 1e-9
+    def _lookup_tf(self, stamp_ns: int, frame_id: str) -> PoseLookup:
+        frame_id = self.params.camera_frame or frame_id
         try:
-            rgb = decode_color_rgb(color)
-        except ValueError as e:
-            return self._drop(_decode_reason(e), f"color image at {t:.3f} s dropped: {e}")
-        try:
-            depth_px = decode_depth(depth)
-        except ValueError as e:
-            return self._drop(_decode_reason(e), f"depth image at {t:.3f} s dropped: {e}")
-        h, w = rgb.shape[:2]
-        if depth_px.shape != (h, w):
-            return self._drop(SIZE_MISMATCH, f"frame at {t:.3f} s dropped: depth image {depth_px.shape[1]}x"
-                                             f"{depth_px.shape[0]} does not match color {w}x{h} "
-                                             "(depth must be registered to color)")
-        try:
-            K, info_w, info_h = camera_info_to_K(info)
-        except ValueError as e:
-            return self._drop(INVALID_CAMERA_INFO, f"frame at {t:.3f} s dropped: {e}")
-        if (info_w, info_h) != (w, h):
-            return self._drop(SIZE_MISMATCH, f"frame at {t:.3f} s dropped: camera_info {info_w}x{info_h} does "
-                                             f"not match color {w}x{h}")
-        if not has_valid_depth(depth_px, self.params.max_depth_m):
-            return self._drop(NO_VALID_DEPTH, f"frame at {t:.3f} s dropped: no depth pixel is valid (all zero, "
-                                              f"NaN, inf or beyond max_depth_m={self.params.max_depth_m:g})")
-        frame_id = self.params.camera_frame or color.header.frame_id
-        self._resolve(_Frame(stamp, frame_id, rgb, depth_px, K, time.monotonic()))
-
-    def _lookup_pose(self, frame: _Frame) -> PoseLookup:
-        if self._tf_buffer is None:
-            return self._pose_buffer.lookup(frame.stamp_ns)
-        try:
-            tf = self._tf_buffer.lookup_transform(self.params.map_frame, frame.frame_id,
-                                                  Time(nanoseconds=frame.stamp_ns))
+            tf = self._tf_buffer.lookup_transform(self.params.map_frame, frame_id, Time(nanoseconds=stamp_ns))
         except self._tf_errors:
             return PoseLookup(POSE_WAIT)  # TF may still arrive; pose_wait_s bounds the wait
         try:
@@ -391,50 +285,48 @@ class SegmentNode(Node):
         except ValueError:
             return PoseLookup(POSE_MISSING)  # TF holds an unusable rotation for this stamp
 
-    def _resolve(self, frame: _Frame) -> None:
-        lookup = self._lookup_pose(frame)
-        if lookup.status == POSE_OK:
-            self._fuse(frame, lookup.cam_to_map)
-        elif lookup.status == POSE_MISSING:
-            self._drop_no_pose(frame)
+    def _handle(self, out: Assembled) -> None:
+        """What the assembler produced: jumps logged, drops warned about, frames fused."""
+        if out.time_jump is not None:
+            self._on_time_jump(out.time_jump)
+        for d in out.drops:
+            if d.message:
+                self._warn.warn(d.reason, d.message)
+        for frame in out.frames:
+            self._fuse(frame)
+
+    def _on_time_jump(self, jump) -> None:
+        """Stamps went back in time (a bag played again, a simulator reset): the assembly started over."""
+        if self.params.reset_map_on_time_jump:
+            self._clear_map()
+            kept = "map cleared (reset_map_on_time_jump)"
         else:
-            self._pending.append(frame)
-            while len(self._pending) > self.params.queue_size:
-                self._drop_no_pose(self._pending.popleft())
+            kept = f"map kept ({len(self.map)} voxels; reset_map_on_time_jump:=true clears it)"
+        self.get_logger().warning(
+            f"time jumped back by {jump.jump_ns * 1e-9:.1f} s on {jump.stream} (now {jump.stamp_ns * 1e-9:.3f} s; a "
+            f"restarted bag or simulator?): synchronizer, {jump.frames_cleared} frames waiting for a pose and "
+            f"{jump.poses_cleared} poses cleared; {kept}")
 
-    def _retry_pending(self) -> None:
-        now = time.monotonic()
-        waiting = self._pending
-        self._pending = deque()
-        for frame in waiting:
-            lookup = self._lookup_pose(frame)
-            if lookup.status == POSE_OK:
-                self._fuse(frame, lookup.cam_to_map)
-            elif lookup.status == POSE_MISSING or now - frame.received > self.params.pose_wait_s:
-                self._drop_no_pose(frame)
-            else:
-                self._pending.append(frame)
-
-    def _drop_no_pose(self, frame: _Frame) -> None:
-        src = ("pose topic (within pose_tolerance_s)" if self._tf_buffer is None
-               else f"TF {self.params.map_frame} <- {frame.frame_id}")
-        self._drop(NO_POSE, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: no pose for its stamp from the {src}")
-
-    def _fuse(self, frame: _Frame, cam_to_map: np.ndarray) -> None:
-        h, w = frame.color_rgb.shape[:2]
+    def _fuse(self, frame: AssembledFrame) -> None:
+        view = _View(frame.stamp_ns, frame.frame_id, frame.cam_to_map, frame.K, frame.width, frame.height,
+                     frame.received_s)
         if self._integration_paused:  # ~/pause_integration: the view still follows the camera
-            self.stats.inc("frames_not_fused_paused")
-            self._latest_view = _View(frame.stamp_ns, frame.frame_id, cam_to_map, frame.K, w, h, frame.received)
+            self.assembler.drop(frame, INTEGRATION_PAUSED)
+            self._latest_view = view
             return
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
-            self.pipeline.process_frame(frame.color_rgb, frame.depth, frame.K, cam_to_map, frame.stamp_ns * 1e-9)
+            self.pipeline.process_frame(frame.color_rgb, frame.depth_m, frame.K, frame.cam_to_map, frame.stamp_ns * 1e-9)
         except ValueError as e:
-            return self._drop(FUSION_ERROR, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: {e}")
+            d = self.assembler.drop(frame, FUSION_ERROR, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: {e}")
+            self._warn.warn(d.reason, d.message)
+            return
+        self.assembler.fused(frame)
         self.stats.fusion_time((time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
-        self.stats.inc("frames_fused")
         self._map_version = next(self._map_versions)
-        self._latest_view = _View(frame.stamp_ns, frame.frame_id, cam_to_map, frame.K, w, h, frame.received)
+        self._latest_view = view
+        if self.model_renderer is not None:
+            self.model_renderer.observe_camera(frame.cam_to_map)
 
     # ------------------------------------------------------------------ workers
 
@@ -606,21 +498,18 @@ class SegmentNode(Node):
 
     def _publish_diagnostics(self) -> None:
         report = self.stats.report()
-        report["pending_pose"] = len(self._pending)
+        report.update(self.assembler.account().as_dict())
         report["map_voxels"] = len(self.map)
         report["evicted_voxels"] = self.map.evicted_total
         report["integration_paused"] = int(self._integration_paused)
-        # A color frame lost on the way shows as a gap in the stamps, and (where the middleware reports it)
-        # as a lost message: the larger count covers both without counting a frame twice.
-        report["frames_lost"] = max(report.get("lost.stamp_gaps", 0), report.get("lost.middleware.color", 0))
+        # Publication sequence numbers (DDS) count exactly the color frames that never reached the callback;
+        # without them, the larger of the stamp-gap estimate and the middleware's own count.
+        if not report["arrivals.exact"]:
+            report["frames_lost"] = max(report["frames_lost"], report.get("lost.middleware.color", 0))
         self.diag_pub.publish(diagnostics_msg(report, f"{self.get_name()}: pipeline", self.params.map_frame,
                                               self._last_report, self.get_clock().now().to_msg(),
                                               self.params.lost_warn_ratio))
         self._last_report = report
-
-
-def _decode_reason(e: ValueError) -> str:
-    return MALFORMED_IMAGE if isinstance(e, MalformedMessageError) else UNSUPPORTED_ENCODING
 
 
 def _check_available(p: SegmentNodeParams) -> None:

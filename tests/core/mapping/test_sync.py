@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gcross_core.geometry import pose_from_quat, quat_from_pose
-from gcross_ros.node.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, QUEUE_OVERFLOW, TIME_JUMP,
-                             UNMATCHED, ApproximateTimeSync, PoseBuffer, StampGapCounter, interpolate_pose)
+from gcross_core.mapping.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, QUEUE_OVERFLOW, TIME_JUMP,
+                             UNMATCHED, ApproximateTimeSync, PoseBuffer, interpolate_pose)
 
 MS = 1_000_000
 COLOR, DEPTH, INFO = 0, 1, 2
@@ -249,24 +249,3 @@ def test_pose_buffer_clears_when_its_stamps_jump_back_and_discards_a_previous_ru
     for t in (100, 200, 30_000, 30_100):
         keep.add(t * MS, _pose(float(t), 0))
     assert keep.discard_after(1_200 * MS) == 2 and len(keep) == 2 and keep.newest_stamp_ns == 200 * MS
-
-
-def test_stamp_gaps_estimate_lost_messages():
-    gaps = StampGapCounter(window=5)
-    stamps = [0, 100, 200, 300, 400, 700, 800, 1300, 1400]  # 10 Hz with 2 and 4 frames missing
-    lost = [gaps.add(t * MS) for t in stamps]
-    assert lost == [0, 0, 0, 0, 0, 2, 0, 4, 0] and gaps.lost == 6
-    assert gaps.add(0) == 0 and gaps.add(100 * MS) == 0  # time went back: the estimate restarts
-    assert gaps.add(200 * MS) == 0 and gaps.add(300 * MS) == 0
-    assert gaps.add(500 * MS) == 1 and gaps.lost == 7
-    jitter = StampGapCounter()
-    for t in (0, 90, 210, 300, 395, 510, 600):  # +-20 % jitter loses nothing
-        assert jitter.add(t * MS) == 0
-
-
-def test_heavy_loss_is_still_counted():
-    """A burst where most frames vanish: only a few consecutive frames reveal the period."""
-    gaps = StampGapCounter()
-    received = [0, 100, 200] + list(range(600, 10_000, 400))  # then 3 of every 4 frames lost
-    lost = sum(gaps.add(t * MS) for t in received)
-    assert lost == 3 + 3 * (len(received) - 4)  # 300 ms to 600 ms, then three per 400 ms gap

@@ -1,7 +1,7 @@
 """Approximate-time synchronization of several streams and a pose buffer, without ROS types.
 
 Both work on integer nanosecond stamps and opaque payloads, so they are unit-testable without ROS and
-reusable offline (bag replay).
+reusable offline (bag replay). :mod:`gcross_core.mapping.assembly` puts them together.
 
 ``ApproximateTimeSync`` follows the semantics of message_filters' ApproximateTimeSynchronizer: every
 stream keeps at most ``queue_size`` messages; when a message arrives, the synchronizer looks for one
@@ -153,6 +153,19 @@ class ApproximateTimeSync:
         self.counts["emitted"] += 1
         return result
 
+    def drain(self) -> List[Drop]:
+        """Give up on every queued message (the end of the input): one UNMATCHED drop each, in stamp order,
+        each naming the streams that had no partner for it."""
+        drops = []
+        while any(self._stamps):
+            j = min((j for j in range(self.num_streams) if self._stamps[j]), key=lambda j: self._stamps[j][0])
+            stamp = self._stamps[j][0]
+            drops.append(Drop(j, stamp, UNMATCHED, self._missing_for(j, stamp)))
+            self._stamps[j].pop(0)
+            self._payloads[j].pop(0)
+            self.counts[(UNMATCHED, j)] += 1
+        return drops
+
     def _find_set(self, stream: int, stamp_ns: int) -> Optional[Tuple[int, ...]]:
         """Queue indices (one per stream) of the closest set containing the new message, or None."""
         candidates = []
@@ -296,51 +309,3 @@ class PoseBuffer:
         if after is None:
             return PoseLookup(POSE_WAIT)
         return PoseLookup(POSE_MISSING)
-
-
-# ---------------------------------------------------------------- lost messages
-
-class StampGapCounter:
-    """Estimates messages lost on a periodic stream from gaps between consecutive stamps.
-
-    ROS 2 images carry no sequence number, so a message that never reached the callback (dropped by the
-    transport, or overwritten in a keep-last queue while the callback was busy) shows up only as a gap in
-    the stamps. The stream's period is the smallest stamp difference among the last ``window`` (a loss
-    only ever lengthens a difference, so under heavy loss the smallest one still finds the period, where a
-    median would take the gaps for the period); a difference ``d`` > 1.5 periods counts
-    ``round(d / period) - 1`` lost messages. A stamp that does not advance (a time jump or a repeat)
-    restarts the estimate without counting. Limits: stamps that come in bunches (pairs closer than the
-    period) read as losses, and losses are undercounted until two consecutive messages have arrived.
-    """
-
-    def __init__(self, window: int = 50):
-        if window < 3:
-            raise ValueError(f"window must be >= 3, got {window}")
-        self.window = int(window)
-        self.lost = 0
-        self.reset()
-
-    def reset(self) -> None:
-        self._last: Optional[int] = None
-        self._deltas: List[int] = []
-
-    def add(self, stamp_ns: int) -> int:
-        """Account for one received stamp; returns the messages estimated lost just before it."""
-        stamp_ns = int(stamp_ns)
-        last, self._last = self._last, stamp_ns
-        if last is None:
-            return 0
-        delta = stamp_ns - last
-        if delta <= 0:
-            self.reset()
-            self._last = stamp_ns
-            return 0
-        lost = 0
-        if len(self._deltas) >= 2:
-            period = min(self._deltas)
-            if delta > 1.5 * period:
-                lost = int(round(delta / period)) - 1
-        self._deltas.append(delta)
-        del self._deltas[:-self.window]
-        self.lost += lost
-        return lost
