@@ -86,7 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, node_params_from_file, pipeline_config_from_params
+    from gcross_ros.bag.evaluate import (EvalConfig, assembly_config_from_params, evaluate_bag, node_params_from_file,
+                                        pipeline_config_from_params)
     from gcross_ros.bag.format import RecordConfig
     from gcross_ros.bag.writer import record_scene
 
@@ -123,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     panel_params = node_params_from_file(str(params_file), {"checkpoint": str(args.checkpoint),
                                                             "render_source": "gaussians"})
     offline = evaluate_bag(bag, args.checkpoint, out / "report_offline", pipe_cfg, EvalConfig(), progress=True,
-                           render_panel=panel_params)
+                           render_panel=panel_params, assembly_config=assembly_config_from_params(str(params_file)))
     summary = {"offline": {"miou": offline["miou"], "macc": offline["macc"],
                            "frames_per_s": offline["performance"]["frames_per_s"],
                            "report": offline["files"]["markdown"],

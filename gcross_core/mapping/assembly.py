@@ -19,7 +19,9 @@ For every colour image (the frame is counted by its colour image):
    ``size_mismatch``, ``invalid_camera_info``, ``no_valid_depth``. Depth becomes float32 metres here,
    once (0 = no reading; NaN and inf become 0); nothing downstream accepts millimetres.
 5. **Pose**: from the pose buffer (poses added with :meth:`FrameAssembler.add_pose`, interpolated
-   between two within ``pose_tolerance_s``) or a caller's lookup (TF). A frame waits at most
+   between two within ``pose_tolerance_s``; a frame newer than every pose waits for the next one rather
+   than take the previous one, and only when its wait runs out takes the nearest within tolerance) or a
+   caller's lookup (TF). A frame waits at most
    ``pose_wait_s`` of the caller's clock (the node: wall time; a bag: its log time) and at most
    ``max_waiting_frames`` frames wait; then it is dropped as ``no_pose``.
 
@@ -38,7 +40,7 @@ import numpy as np
 
 from gcross_core.errors import InputError, MalformedMessageError
 from gcross_core.mapping.arrivals import ArrivalCounter
-from gcross_core.mapping.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, POSE_WAIT, TIME_JUMP, ApproximateTimeSync,
+from gcross_core.mapping.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, TIME_JUMP, ApproximateTimeSync,
                                       PoseBuffer, PoseLookup)
 
 COLOR, DEPTH, INFO = 0, 1, 2
@@ -108,7 +110,7 @@ class FrameDecoder(Protocol):
     def frame_id(self, msg) -> str: ...
 
 
-PoseSource = Callable[[int, str], PoseLookup]  # (stamp_ns, frame_id) -> PoseLookup
+PoseSource = Callable[[int, str], PoseLookup]  # (stamp_ns, frame_id) -> PoseLookup (POSE_WAIT: may still come)
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class FrameAssembler:
         self._sync = ApproximateTimeSync(3, int(config.sync_slop_s * 1e9), config.queue_size, reset_jump_ns=jump_ns)
         self.poses = PoseBuffer(int(config.pose_tolerance_s * 1e9), capacity=config.pose_buffer_size,
                                 reset_jump_ns=jump_ns)
-        self._pose_source = pose_source or (lambda stamp_ns, frame_id: self.poses.lookup(stamp_ns))
+        self._pose_source = pose_source
         self._waiting: Deque[AssembledFrame] = deque()
         self.arrivals = ArrivalCounter()
         self._in = 0
@@ -374,13 +376,17 @@ class FrameAssembler:
         return AssembledFrame(stamp, frame_id, rgb, depth_m, np.asarray(K, np.float64), None, float(now_s))
 
     def _resolve(self, frame: AssembledFrame, now_s: float, out: Assembled, waited: bool) -> None:
-        lookup = self._pose_source(frame.stamp_ns, frame.frame_id)
+        expired = now_s - frame.received_s > self.config.pose_wait_s
+        if self._pose_source is not None:
+            lookup = self._pose_source(frame.stamp_ns, frame.frame_id)
+        else:  # a frame newer than every pose waits for the next one, to interpolate; at the end, the nearest
+            lookup = self.poses.lookup(frame.stamp_ns, wait_for_newer=not expired)
         if lookup.status == POSE_OK:
             self._handed_out += 1
             out.frames.append(AssembledFrame(frame.stamp_ns, frame.frame_id, frame.color_rgb, frame.depth_m,
                                              frame.K, np.asarray(lookup.cam_to_map, np.float64), frame.received_s))
             return
-        if lookup.status == POSE_MISSING or now_s - frame.received_s > self.config.pose_wait_s:
+        if lookup.status == POSE_MISSING or expired:
             self._drop_no_pose(frame, out)
             return
         self._waiting.append(frame)

@@ -286,11 +286,13 @@ class PoseBuffer:
                 del self._stamps[0], self._poses[0]
         return jump
 
-    def lookup(self, stamp_ns: int) -> PoseLookup:
+    def lookup(self, stamp_ns: int, wait_for_newer: bool = False) -> PoseLookup:
+        """The pose at ``stamp_ns``. ``wait_for_newer``: a stamp after the newest pose waits for the next one
+        (to be interpolated) instead of taking the newest pose within tolerance."""
         with self._lock:
-            return self._lookup(int(stamp_ns))
+            return self._lookup(int(stamp_ns), wait_for_newer)
 
-    def _lookup(self, stamp_ns: int) -> PoseLookup:
+    def _lookup(self, stamp_ns: int, wait_for_newer: bool = False) -> PoseLookup:
         stamps, tol = self._stamps, self.tolerance_ns
         if not stamps:
             return PoseLookup(POSE_WAIT)
@@ -299,6 +301,8 @@ class PoseBuffer:
             return PoseLookup(POSE_OK, self._poses[k].copy())
         before = k - 1 if k > 0 else None
         after = k if k < len(stamps) else None
+        if after is None and wait_for_newer:
+            return PoseLookup(POSE_WAIT)
         near_before = before is not None and stamp_ns - stamps[before] <= tol
         near_after = after is not None and stamps[after] - stamp_ns <= tol
         if near_before and near_after:

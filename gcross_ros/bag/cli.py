@@ -21,7 +21,8 @@ from typing import List, Optional, Sequence
 
 from gcross_core.cli import cli_main
 from gcross_core.errors import InputError
-from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, node_params_from_file, pipeline_config_from_params
+from gcross_ros.bag.evaluate import (EvalConfig, assembly_config_from_params, evaluate_bag, node_params_from_file,
+                                    pipeline_config_from_params)
 from gcross_ros.bag.format import RecordConfig
 from gcross_ros.bag.live_eval import run_live_evaluation
 from gcross_ros.bag.player import play_bag
@@ -77,7 +78,8 @@ def cmd_export(args) -> int:
     s = export_bag(args.bag, args.out, cfg)
     print(json.dumps({"scene": str(s.out), "frames": s.frames_written, "image_size": list(s.image_size),
                       "topics": s.topics, "frames_without_pose": s.frames_without_pose,
-                      "images_unmatched": s.messages_unmatched, "fused_points": s.fused_points,
+                      "images_unmatched": s.messages_unmatched,
+                      "messages_skipped": s.messages_skipped, "fused_points": s.fused_points,
                       "fuse_seconds": round(s.fuse_seconds, 2)}))
     return 0
 
@@ -115,8 +117,11 @@ def cmd_eval(args) -> int:
             "voxel_size_m": args.voxel_size_m, "device": args.device, "render_source": args.render_source,
             "model_checkpoint": args.model_checkpoint, "checkpoint": args.checkpoint})
     res = evaluate_bag(args.bag, args.checkpoint, args.out, pipe_cfg, cfg, progress=not args.quiet,
-                       render_panel=panel)
+                       render_panel=panel, assembly_config=assembly_config_from_params(args.params_file))
+    frames = res["performance"]["assembly"]
     summary = {"miou": res["miou"], "macc": res["macc"], "frames_per_s": res["performance"]["frames_per_s"],
+               "frames_in": frames["frames_in"], "frames_fused": frames["frames_fused"],
+               "frames_dropped": frames["frames_dropped"], "messages_skipped": frames["messages_skipped"],
                "coverage": res["coverage"]["covered_fraction"] if res["coverage"] else None,
                "report": res["files"].get("markdown")}
     if panel is not None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from gcross_core.errors import BagError, ConfigError, InputError
 from gcross_ros.bag.format import BagTopics
-from gcross_ros.bag.reader import iter_frames, read_ground_truth
+from gcross_ros.bag.reader import read_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ def pipeline_config_from_params(params_file: Optional[str] = None, overrides: Op
     from gcross_core.mapping.pipeline import PipelineConfig
 
     return PipelineConfig.from_values(_param_values(params_file, overrides))
+
+
+def assembly_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
+    """The node's frame-assembly settings (AssemblyConfig) from its parameter defaults, a node parameter YAML
+    and explicit overrides: a bag is assembled as the node would assemble its messages."""
+    from gcross_core.mapping.assembly import AssemblyConfig
+
+    return AssemblyConfig.from_values(_param_values(params_file, overrides))
 
 
 def node_params_from_file(params_file: Optional[str] = None, overrides: Optional[dict] = None):
@@ -106,34 +114,56 @@ def labels_for_classes(gt, class_names: Sequence[str], bag_path="") -> np.ndarra
 
 
 def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig = EvalConfig(),
-                        topics: BagTopics = BagTopics(), progress: bool = False, pipeline=None):
-    """Feed a bag's frames through SegmentationPipeline as the node does -> (LabelledPoints, perf dict).
-    Pass ``pipeline`` (a SegmentationPipeline) to keep its map afterwards."""
+                        topics: BagTopics = BagTopics(), progress: bool = False, pipeline=None,
+                        assembly_config=None):
+    """Feed a bag's frames through the node's frame assembly and SegmentationPipeline as the node does ->
+    (LabelledPoints, perf dict). ``assembly_config``: an AssemblyConfig (default: the node's defaults).
+    Pass ``pipeline`` (a SegmentationPipeline) to keep its map afterwards. The perf dict carries the
+    assembly's account (``frames``: frames_in = frames_fused + frames_dropped + frames_waiting, dropped by
+    reason, messages skipped because they could not be decoded)."""
     from gcross_core.evaluation.map_score import latency_summary
+    from gcross_core.mapping.assembly import FUSION_ERROR, NOT_USED, AssemblyConfig
     from gcross_core.mapping.pipeline import SegmentationPipeline
+    from gcross_ros.bag.frames import BagFrames
+    from gcross_ros.bag.reader import BagReader, gcross_topic_roles
 
     pipe = pipeline if pipeline is not None else SegmentationPipeline(segmenter, pipeline_config)
     frame_s, fusion_s, seg_s = [], [], []
     t_wall = time.perf_counter()
-    frames = iter_frames(bag_path, topics)
-    if progress:
-        from tqdm import tqdm
+    with BagReader(bag_path) as bag:
+        source = BagFrames(bag, gcross_topic_roles(bag, topics), assembly_config or AssemblyConfig())
+        frames = source
+        if progress:
+            from tqdm import tqdm
 
-        frames = tqdm(frames, desc="eval", unit="frame")
-    for i, f in enumerate(frames):
-        if config.max_frames is not None and i >= config.max_frames:
-            break
-        t0 = time.perf_counter()
-        pipe.process_frame(f.color, f.depth_m, f.K, f.cam_to_map, f.stamp_ns / 1e9)
-        t1 = time.perf_counter()
-        stats = pipe.maybe_segment(f.stamp_ns / 1e9)
-        t2 = time.perf_counter()
-        fusion_s.append(t1 - t0)
-        frame_s.append(t2 - t0)
-        if stats is not None:
-            seg_s.append(stats.seconds)
+            frames = tqdm(frames, desc="eval", unit="frame")
+        for f in frames:
+            if config.max_frames is not None and len(frame_s) >= config.max_frames:
+                source.assembler.drop(f, NOT_USED)
+                continue
+            t0 = time.perf_counter()
+            try:
+                pipe.process_frame(f.color_rgb, f.depth_m, f.K, f.cam_to_map, f.stamp_ns / 1e9)
+            except ValueError as e:
+                source.assembler.drop(f, FUSION_ERROR)
+                log.warning("bag %s: frame at %.3f s dropped: %s", bag_path, f.stamp_ns * 1e-9, e)
+                continue
+            source.used(f)
+            t1 = time.perf_counter()
+            stats = pipe.maybe_segment(f.stamp_ns / 1e9)
+            t2 = time.perf_counter()
+            fusion_s.append(t1 - t0)
+            frame_s.append(t2 - t0)
+            if stats is not None:
+                seg_s.append(stats.seconds)
+        account = source.summary()
     if not frame_s:
-        raise BagError(f"bag {bag_path} has no complete RGB-D frames")
+        raise BagError(f"bag {bag_path} has no usable RGB-D frames: {account['frames_in']} colour images, "
+                       f"{account['frames_dropped']} dropped ({_reasons(account)}), {account['messages_skipped']} "
+                       "messages could not be decoded")
+    if account["messages_skipped"]:
+        log.warning("bag %s: %d messages could not be decoded and were skipped (listed in results.json)", bag_path,
+                    account["messages_skipped"])
     final_s = 0.0
     if config.final_segment:
         stats = pipe.segment()
@@ -152,8 +182,14 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
         "fusion_latency": latency_summary(fusion_s),
         "segmentation_latency": latency_summary(seg_s),
         "segmentations": len(seg_s),
+        "assembly": account,
     }
     return pipe.labelled_points(), perf
+
+
+def _reasons(account: dict) -> str:
+    return ", ".join(f"{k[len('dropped.'):]} {v}" for k, v in sorted(account.items())
+                     if k.startswith("dropped.")) or "none"
 
 
 def object_boxes(coord: np.ndarray, label: np.ndarray, instance: np.ndarray, none: int):
@@ -248,12 +284,14 @@ def _panel_markdown(panel: dict, out_dir: Path) -> str:
 
 
 def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: EvalConfig = EvalConfig(),
-                 topics: BagTopics = BagTopics(), progress: bool = False, render_panel=None) -> dict:
+                 topics: BagTopics = BagTopics(), progress: bool = False, render_panel=None,
+                 assembly_config=None) -> dict:
     """Run the node's pipeline over a bag, score the final map and write the report folder.
 
     ``checkpoint`` is a segmenter checkpoint path, or an object with ``class_names``, ``grid_size_m`` (used
     when the pipeline's voxel_size_m is 0) and ``predict(coord, color, normal, return_probs=True)`` like
     :class:`gcross_core.segmentation.segmenter.Segmenter`.
+    ``assembly_config``: how frames are assembled (default: the node's defaults, :func:`assembly_config_from_params`).
     ``render_panel``: the node's parameters (:class:`gcross_ros.node.params.SegmentNodeParams`) to render
     the final map with at three recorded poses (``render_panel.png``, see
     :mod:`gcross_ros.bag.render_panel`); with it, a bag without ground truth still gets its panel (and
@@ -279,7 +317,8 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
     gt_label = labels_for_classes(gt, names, bag_path) if gt is not None else None
     pipeline_config = pipeline_config.with_segmenter_grid(segmenter)
     pipe = SegmentationPipeline(segmenter, pipeline_config)
-    pts, perf = run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config, topics, progress, pipeline=pipe)
+    pts, perf = run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config, topics, progress, pipeline=pipe,
+                                    assembly_config=assembly_config or assembly_config_from_params())
     panel = None
     if render_panel is not None:
         from gcross_ros.bag.render_panel import PANEL_FILE, write_render_panel

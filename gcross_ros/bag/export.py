@@ -17,9 +17,10 @@ makes of a camera driver:
 - poses: a ``geometry_msgs/PoseStamped`` topic (camera-to-map), else ``/tf`` + ``/tf_static``, composed
   from ``map_frame`` down to the colour images' ``frame_id`` and interpolated at each image stamp.
 
-Colour and depth are paired by header stamp within ``slop_s`` (approximate-time sync, as the node does);
-the pose is looked up at the colour stamp within ``pose_tolerance_s``. Frames without a partner or a pose
-are counted and reported, never guessed. A bag that lacks a needed topic is a :class:`BagError` naming it.
+Frames are assembled as the node assembles them (:mod:`gcross_ros.bag.frames`): colour, depth and
+camera_info paired by header stamp within ``slop_s``, the pose looked up at the colour stamp within
+``pose_tolerance_s``. Frames without a partner or a pose are counted and reported, never guessed; a
+message that cannot be decoded is skipped and counted. A bag that lacks a needed topic is a :class:`BagError` naming it.
 """
 from __future__ import annotations
 
@@ -27,16 +28,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from gcross_core.data.frames import Frame, SensReaderFrames, write_frames
 from gcross_core.errors import BagError, InputError
+from gcross_core.mapping.assembly import NOT_USED, AssemblyConfig
 from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
-from gcross_ros.bag.reader import BagReader, _content_errors
-from gcross_ros.msgs import codec
-from gcross_ros.node.sync import POSE_OK, ApproximateTimeSync, PoseBuffer
+from gcross_ros.bag.format import CLASS_NAMES_KEY, RECORDER_KEY, SCENE_NAME_KEY
+from gcross_ros.bag.frames import TF, BagFrames
+from gcross_ros.bag.reader import BagReader
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,7 @@ IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
-TF = "/tf"
-TF_STATIC = "/tf_static"
+MAX_EXPORT_DEPTH_M = 65.0  # export keeps every reading a 16-bit millimetre PNG can hold; fusion applies its own limit
 
 # topic endings in order of preference (driver conventions, see the module docstring)
 COLOR_NAMES = ("color/image_raw", "color/image_rect_color", "rgb/image_raw", "rgb/image_rect_color",
@@ -86,8 +87,10 @@ class ExportSummary:
     topics: Dict[str, str]  # role (color, depth, camera_info, pose) -> topic
     frames_written: int = 0
     pairs_skipped_every: int = 0  # synchronised pairs left out by --every
-    frames_without_pose: int = 0  # colour+depth pairs with no pose within tolerance
-    messages_unmatched: int = 0  # colour or depth images without a partner within slop
+    frames_without_pose: int = 0  # synchronised frames with no pose within tolerance
+    messages_unmatched: int = 0  # colour, depth or camera_info messages without partners within slop
+    messages_skipped: int = 0  # messages whose payload could not be decoded
+    account: dict = field(default_factory=dict)  # the frame assembly's account (BagFrames.summary)
     image_size: Tuple[int, int] = (0, 0)  # (width, height)
     fused_points: int = 0
     fuse_seconds: float = 0.0
@@ -107,8 +110,9 @@ def _find(topics: Dict[str, str], names, types, role: str, bag: Path) -> Optiona
     return None
 
 
-def resolve_topics(topics: Dict[str, str], cfg: ExportConfig, bag: Path) -> Dict[str, str]:
-    """role -> topic for color, depth, camera_info and pose (a PoseStamped topic or /tf)."""
+def resolve_topics(topics: Dict[str, str], cfg: ExportConfig, bag: Path, registered: bool = False) -> Dict[str, str]:
+    """role -> topic for color, depth, camera_info and pose (a PoseStamped topic or /tf). ``registered``: the
+    bag says its depth is registered to colour (a bag gcross recorded), so any depth topic name is taken."""
     listing = ", ".join(f"{t} ({ty})" for t, ty in sorted(topics.items())) or "none"
 
     def given(topic: Optional[str], role: str, types) -> Optional[str]:
@@ -130,7 +134,7 @@ def resolve_topics(topics: Dict[str, str], cfg: ExportConfig, bag: Path) -> Dict
     if depth is None:
         raise BagError(f"bag {bag} has no depth image topic (ending in {' or '.join(DEPTH_NAMES[:3])} or "
                        f"depth/image_raw); pass --depth-topic. Its topics: {listing}")
-    if cfg.depth_topic is None and not any(n in depth for n in REGISTERED_DEPTH_NAMES):
+    if cfg.depth_topic is None and not registered and not any(n in depth for n in REGISTERED_DEPTH_NAMES):
         log.warning("depth topic %s is not one a driver registers to colour; it is used as if it were "
                     "(enable depth alignment in the driver, e.g. RealSense align_depth.enable:=true)", depth)
     namespace = color[:-len("/compressed")] if color.endswith("/compressed") else color
@@ -151,161 +155,28 @@ def resolve_topics(topics: Dict[str, str], cfg: ExportConfig, bag: Path) -> Dict
     return {"color": color, "depth": depth, "camera_info": info, "pose": pose}
 
 
-# ---------------------------------------------------------------- poses from TF
-
-class TfTree:
-    """Transforms of /tf (interpolated in time) and /tf_static; answers parent <- child at a stamp."""
-
-    def __init__(self, tolerance_ns: int):
-        self.tolerance_ns = int(tolerance_ns)
-        self._static: Dict[str, Tuple[str, np.ndarray]] = {}  # child -> (parent, parent_from_child)
-        self._dynamic: Dict[str, Tuple[str, List[Tuple[int, np.ndarray]]]] = {}
-
-    def add(self, msg, static: bool) -> None:
-        for tr in msg.transforms:
-            parent, child = tr.header.frame_id.lstrip("/"), tr.child_frame_id.lstrip("/")
-            T = codec.pose_to_matrix(tr.transform.translation, tr.transform.rotation)
-            if static:
-                self._static[child] = (parent, T)
-            else:
-                self._dynamic.setdefault(child, (parent, []))[1].append((codec.stamp_to_ns(tr.header.stamp), T))
-
-    @property
-    def frames(self) -> List[str]:
-        names = set(self._static) | set(self._dynamic)
-        names |= {p for p, _ in self._static.values()} | {p for p, _ in self._dynamic.values()}
-        return sorted(names)
-
-    def chain(self, target: str, source: str) -> List[str]:
-        """Frames from ``source`` up to ``target``; BagError when TF does not connect them."""
-        path, frame = [source], source
-        while frame != target:
-            edge = self._static.get(frame) or self._dynamic.get(frame)
-            if edge is None or len(path) > 64:
-                raise BagError(f"TF has no path from {source} up to {target} (stuck at {frame}); frames in "
-                               f"/tf and /tf_static: {self.frames}")
-            frame = edge[0]
-            path.append(frame)
-        return path
-
-    def buffers(self) -> Dict[str, PoseBuffer]:
-        out = {}
-        for child, (_, samples) in self._dynamic.items():
-            buf = PoseBuffer(self.tolerance_ns, capacity=max(len(samples), 2))
-            for stamp, T in samples:
-                buf.add(stamp, T)
-            out[child] = buf
-        return out
-
-    def lookup(self, chain: List[str], buffers: Dict[str, PoseBuffer], stamp_ns: int) -> Optional[np.ndarray]:
-        """target <- source at ``stamp_ns`` along ``chain`` (from :meth:`chain`); None if a link has no pose."""
-        T = np.eye(4)
-        for child in chain[:-1]:
-            if child in self._static:
-                link = self._static[child][1]
-            else:
-                found = buffers[child].lookup(stamp_ns)
-                if found.status != POSE_OK:
-                    return None
-                link = found.cam_to_map
-            T = link @ T
-        return T
-
-
 # ---------------------------------------------------------------- export
 
-def _decode_color(msg, msgtype: str) -> np.ndarray:
-    return codec.decode_compressed_color_rgb(msg) if msgtype == COMPRESSED else codec.decode_color_rgb(msg)
+def _frames(frames: BagFrames, cfg: ExportConfig, summary: ExportSummary) -> Iterator[Frame]:
+    """The assembled frames, every ``cfg.every``-th of them, as SensReader frames (the rest counted not used)."""
+    kept = seen = 0
+    for f in frames:
+        seen += 1
+        if (seen - 1) % cfg.every or (cfg.max_frames is not None and kept >= cfg.max_frames):
+            frames.assembler.drop(f, NOT_USED)
+            summary.pairs_skipped_every += int((seen - 1) % cfg.every != 0)
+            continue
+        frames.used(f)
+        summary.image_size = (f.width, f.height)
+        kept += 1
+        yield Frame(color=np.ascontiguousarray(f.color_rgb), depth_m=np.ascontiguousarray(f.depth_m), K_color=f.K,
+                    K_depth=f.K, cam_to_world=f.cam_to_map, frame_id=str(f.stamp_ns))
 
 
-def _decode_depth_m(msg, msgtype: str) -> np.ndarray:
-    depth = codec.decode_compressed_depth_m(msg) if msgtype == COMPRESSED else codec.decode_depth_m(msg)
-    return np.nan_to_num(np.asarray(depth, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _poses(bag: BagReader, topics: Dict[str, str], cfg: ExportConfig):
-    """A function stamp_ns, frame_id -> camera-to-map [4, 4] or None, from the pose topic or TF."""
-    tol = int(cfg.pose_tolerance_s * 1e9)
-    if topics["pose"] != TF:
-        buf: Optional[PoseBuffer] = None
-        samples = []
-        for topic, msgtype, _, raw in bag.messages([topics["pose"]]):
-            msg = bag.deserialize(raw, msgtype, topic)
-            samples.append((codec.stamp_to_ns(msg.header.stamp),
-                            codec.pose_to_matrix(msg.pose.position, msg.pose.orientation)))
-        if not samples:
-            raise BagError(f"bag {bag.path}: pose topic {topics['pose']} holds no messages")
-        buf = PoseBuffer(tol, capacity=max(len(samples), 2))
-        for stamp, T in samples:
-            with _content_errors(bag.path, f"pose at stamp {stamp} on {topics['pose']}"):
-                buf.add(stamp, T)
-
-        def from_topic(stamp_ns: int, frame_id: str) -> Optional[np.ndarray]:
-            found = buf.lookup(stamp_ns)
-            return found.cam_to_map if found.status == POSE_OK else None
-        return from_topic
-
-    tree = TfTree(tol)
-    tf_topics = [t for t in (TF, TF_STATIC) if t in bag.topics]
-    for topic, msgtype, _, raw in bag.messages(tf_topics):
-        tree.add(bag.deserialize(raw, msgtype, topic), static=topic == TF_STATIC)
-    buffers = tree.buffers()
-    chains: Dict[str, List[str]] = {}
-
-    def from_tf(stamp_ns: int, frame_id: str) -> Optional[np.ndarray]:
-        frame_id = frame_id.lstrip("/")
-        if not frame_id:
-            raise BagError(f"bag {bag.path}: colour images carry no header.frame_id, so TF cannot place them; "
-                           "pass --pose-topic")
-        if frame_id not in chains:
-            chains[frame_id] = tree.chain(cfg.map_frame, frame_id)
-        return tree.lookup(chains[frame_id], buffers, stamp_ns)
-    return from_tf
-
-
-def _frames(bag: BagReader, topics: Dict[str, str], cfg: ExportConfig, summary: ExportSummary) -> Iterator[Frame]:
-    pose_at = _poses(bag, topics, cfg)
-    K = None
-    for topic, msgtype, _, raw in bag.messages([topics["camera_info"]]):
-        with _content_errors(bag.path, f"camera_info on {topic}"):
-            K, w_info, h_info = codec.camera_info_to_K(bag.deserialize(raw, msgtype, topic))
-        break
-    if K is None:
-        raise BagError(f"bag {bag.path}: camera_info topic {topics['camera_info']} holds no messages")
-    sync = ApproximateTimeSync(2, int(cfg.slop_s * 1e9), queue_size=30)
-    streams = {topics["color"]: 0, topics["depth"]: 1}
-    pairs = emitted = 0
-    for topic, msgtype, _, raw in bag.messages(list(streams)):
-        msg = bag.deserialize(raw, msgtype, topic)
-        result = sync.add(streams[topic], codec.stamp_to_ns(msg.header.stamp), (msg, msgtype))
-        summary.messages_unmatched += len(result.dropped)
-        for (cmsg, ctype), (dmsg, dtype) in result.matched:
-            pairs += 1
-            if (pairs - 1) % cfg.every:
-                summary.pairs_skipped_every += 1
-                continue
-            stamp = codec.stamp_to_ns(cmsg.header.stamp)
-            pose = pose_at(stamp, cmsg.header.frame_id)
-            if pose is None:
-                summary.frames_without_pose += 1
-                continue
-            with _content_errors(bag.path, f"the frame at stamp {stamp}"):
-                color, depth_m = _decode_color(cmsg, ctype), _decode_depth_m(dmsg, dtype)
-                if depth_m.shape != color.shape[:2]:
-                    raise InputError(f"depth image {depth_m.shape[1]}x{depth_m.shape[0]} on {topics['depth']} "
-                                     f"does not match colour {color.shape[1]}x{color.shape[0]} on {topics['color']}"
-                                     " (depth must be registered to colour: e.g. RealSense align_depth)")
-                if (w_info, h_info) != (color.shape[1], color.shape[0]):
-                    raise InputError(f"camera_info is for {w_info}x{h_info}, the colour images are "
-                                     f"{color.shape[1]}x{color.shape[0]}")
-                frame = Frame(color=np.ascontiguousarray(color), depth_m=np.ascontiguousarray(depth_m),
-                              K_color=K, K_depth=K, cam_to_world=pose, frame_id=str(stamp))
-            summary.image_size = (color.shape[1], color.shape[0])
-            yield frame
-            emitted += 1
-            if cfg.max_frames is not None and emitted >= cfg.max_frames:
-                return
-    summary.messages_unmatched += sum(sync.pending(s) for s in range(2))
+def _dropped_text(acc: dict) -> str:
+    reasons = {k[len("dropped."):]: v for k, v in acc.items() if k.startswith("dropped.") and k != f"dropped.{NOT_USED}"}
+    return (f"{acc['frames_in']} colour images, frames dropped: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"))
 
 
 def export_bag(bag_path, out, cfg: ExportConfig = ExportConfig()) -> ExportSummary:
@@ -314,19 +185,28 @@ def export_bag(bag_path, out, cfg: ExportConfig = ExportConfig()) -> ExportSumma
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out} exists and is not empty; choose a new scene folder")
     with BagReader(bag_path) as bag:
-        topics = resolve_topics(bag.topics, cfg, bag.path)
+        custom = bag.custom_data
+        topics = resolve_topics(bag.topics, cfg, bag.path,
+                                registered=any(k in custom for k in (RECORDER_KEY, CLASS_NAMES_KEY, SCENE_NAME_KEY)))
         log.info("exporting %s: %s", bag.path, ", ".join(f"{k} {v}" for k, v in topics.items()))
         summary = ExportSummary(out=out, topics=topics)
-        written = write_frames(out / "frames", _frames(bag, topics, cfg, summary), color_format=cfg.color_format)
+        assembly = AssemblyConfig(sync_slop_s=cfg.slop_s, pose_tolerance_s=cfg.pose_tolerance_s,
+                                  max_depth_m=MAX_EXPORT_DEPTH_M)
+        frames = BagFrames(bag, topics, assembly, map_frame=cfg.map_frame)
+        written = write_frames(out / "frames", _frames(frames, cfg, summary), color_format=cfg.color_format)
+        summary.account = frames.summary()
     summary.frames_written = written
+    acc = summary.account
+    summary.frames_without_pose = acc.get("dropped.no_pose", 0)
+    summary.messages_unmatched = sum(v for k, v in acc.items() if k.startswith("unmatched.")) + sum(
+        acc.get(f"dropped.{r}", 0) for r in ("no_depth", "no_camera_info", "unmatched"))
+    summary.messages_skipped = acc["messages_skipped"]
     if written == 0:
-        raise BagError(f"bag {bag_path}: no frame had colour, depth and a pose ({summary.messages_unmatched} images "
-                       f"without a partner within {cfg.slop_s} s, {summary.frames_without_pose} pairs without a "
-                       f"pose within {cfg.pose_tolerance_s} s)")
-    if summary.frames_without_pose or summary.messages_unmatched:
-        log.warning("%s: %d colour+depth pairs had no pose within %.3f s, %d images no partner within %.3f s",
-                    bag_path, summary.frames_without_pose, cfg.pose_tolerance_s, summary.messages_unmatched,
-                    cfg.slop_s)
+        raise BagError(f"bag {bag_path}: no frame had colour, depth, camera_info and a pose ({_dropped_text(acc)}; "
+                       f"{summary.messages_skipped} messages could not be decoded)")
+    if acc["frames_dropped"] - acc.get(f"dropped.{NOT_USED}", 0) or summary.messages_skipped:
+        log.warning("%s: %s; %d messages could not be decoded and were skipped", bag_path, _dropped_text(acc),
+                    summary.messages_skipped)
     if cfg.fusion is not None:
         t0 = time.perf_counter()
         fused = fused_points(SensReaderFrames(out / "frames"), cfg.fusion, default_cache_dir(out))

@@ -30,6 +30,9 @@ import numpy as np
 DEFAULT_START_TIME_NS = 1_700_000_000 * 10**9
 CLASS_NAMES_KEY = "gcross/class_names"
 SCENE_NAME_KEY = "gcross/scene"
+# Written into every bag gcross records: its depth images are registered to colour (gcross-bag export
+# then takes the depth topic without asking, whatever its name).
+RECORDER_KEY = "gcross/recorder"
 
 
 @dataclass(frozen=True)

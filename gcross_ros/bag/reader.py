@@ -161,58 +161,34 @@ def read_ground_truth(path, topics: BagTopics = BagTopics()) -> Optional[GroundT
     return None
 
 
-def iter_frames(path, topics: BagTopics = BagTopics()) -> Iterator[BagFrame]:
-    """RGB-D frames of a bag in stamp order: color, depth, camera info and pose with equal header stamps.
+def gcross_topic_roles(bag: BagReader, topics: BagTopics = BagTopics()) -> Dict[str, str]:
+    """role -> topic of a gcross bag: the pose topic, or /tf (map -> camera frame) when it has none."""
+    avail = bag.topics
+    roles = {"color": topics.color, "depth": topics.depth, "camera_info": topics.camera_info,
+             "pose": topics.pose if topics.pose in avail else topics.tf}
+    missing = [t for t in roles.values() if t not in avail]
+    if missing:
+        raise BagError(f"bag {bag.path} lacks topics {missing} (has {sorted(avail)})")
+    return roles
 
-    The pose comes from the pose topic, or from /tf (map -> camera frame) when the bag has no pose
-    topic. Incomplete frames (a message missing for a stamp) are dropped with a warning.
-    """
+
+def iter_frames(path, topics: BagTopics = BagTopics(), config=None) -> Iterator[BagFrame]:
+    """RGB-D frames of a bag in stamp order, assembled as the node assembles them
+    (:class:`gcross_ros.bag.frames.BagFrames`; ``config``: an AssemblyConfig, default the node's defaults).
+    Frames the assembly drops are counted and logged, never guessed."""
+    from gcross_core.mapping.assembly import AssemblyConfig
+    from gcross_ros.bag.frames import BagFrames
+
     with BagReader(path) as bag:
-        avail = bag.topics
-        use_tf = topics.pose not in avail
-        need = [topics.color, topics.depth, topics.camera_info, topics.tf if use_tf else topics.pose]
-        missing = [t for t in need if t not in avail]
-        if missing:
-            raise BagError(f"bag {bag.path} lacks topics {missing} (has {sorted(avail)})")
-        pending: Dict[int, dict] = {}
-        dropped = 0
-        for topic, msgtype, _, raw in bag.messages(need):
-            msg = bag.deserialize(raw, msgtype, topic)
-            if topic == topics.tf:
-                items = [(tr.header, tr.transform) for tr in msg.transforms]
-            else:
-                items = [(msg.header, msg)]
-            for header, payload in items:
-                stamp = codec.stamp_to_ns(header.stamp)
-                slot = pending.setdefault(stamp, {})
-                slot[topic] = payload
-                if len(slot) == len(need):
-                    del pending[stamp]
-                    # frames arrive in stamp order; anything older that is still incomplete never will be
-                    for old in [s for s in pending if s < stamp]:
-                        del pending[old]
-                        dropped += 1
-                    with _content_errors(bag.path, f"the frame at stamp {stamp}"):
-                        frame = _frame_from_msgs(stamp, slot, topics, use_tf)
-                    yield frame
-        dropped += len(pending)
-        if dropped:
-            log.warning("bag %s: dropped %d incomplete frames", bag.path, dropped)
-
-
-def _frame_from_msgs(stamp: int, slot: dict, topics: BagTopics, use_tf: bool) -> BagFrame:
-    color_msg = slot[topics.color]
-    color = codec.decode_color_rgb(color_msg)
-    # inside the library 0 is the only "no measurement"; 32FC1 may also say it with NaN or inf
-    depth_m = np.nan_to_num(codec.decode_depth_m(slot[topics.depth]), nan=0.0, posinf=0.0, neginf=0.0)
-    if depth_m.shape != color.shape[:2]:
-        raise InputError(f"depth image {depth_m.shape[1]}x{depth_m.shape[0]} does not match color "
-                         f"{color.shape[1]}x{color.shape[0]} (depth must be registered to color)")
-    K, _, _ = codec.camera_info_to_K(slot[topics.camera_info])
-    pose = slot[topics.tf if use_tf else topics.pose]
-    cam_to_map = (codec.pose_to_matrix(pose.translation, pose.rotation) if use_tf
-                  else codec.pose_to_matrix(pose.pose.position, pose.pose.orientation))
-    return BagFrame(stamp, color, depth_m, K, cam_to_map, color_msg.header.frame_id)
+        frames = BagFrames(bag, gcross_topic_roles(bag, topics), config or AssemblyConfig())
+        for f in frames:
+            frames.used(f)
+            yield BagFrame(f.stamp_ns, f.color_rgb, f.depth_m, f.K, f.cam_to_map, f.frame_id)
+        acc = frames.assembler.account()
+        if acc.frames_dropped or frames.skipped:
+            log.warning("bag %s: %d of %d frames dropped (%s), %d messages skipped", bag.path, acc.frames_dropped,
+                        acc.frames_in, ", ".join(f"{k} {v}" for k, v in sorted(acc.dropped.items())) or "-",
+                        len(frames.skipped))
 
 
 def read_bag(path, topics: BagTopics = BagTopics()) -> BagContents:

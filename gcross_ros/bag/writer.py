@@ -19,7 +19,7 @@ import numpy as np
 from gcross_core.errors import BagError, InputError
 from gcross_core.geometry import is_valid_pose
 from gcross_core.image import depth_m_to_mm, register_color_to_depth
-from gcross_ros.bag.format import (CLASS_NAMES_KEY, SCENE_NAME_KEY, GroundTruthCloud, RecordConfig,
+from gcross_ros.bag.format import (CLASS_NAMES_KEY, RECORDER_KEY, SCENE_NAME_KEY, GroundTruthCloud, RecordConfig,
                                    RecordSummary)
 from gcross_ros.msgs import codec
 from gcross_ros.msgs import rosbags_msgs as rb
@@ -96,6 +96,7 @@ def record_frames(out,
                                (tp.camera_info, "sensor_msgs/msg/CameraInfo"),
                                (tp.pose, "geometry_msgs/msg/PoseStamped"), (tp.tf, "tf2_msgs/msg/TFMessage")):
             bag.add_topic(topic, msgtype)
+        bag.set_custom_data(RECORDER_KEY, "gcross-bag record")
         if gt is not None and gt.class_names:
             bag.set_custom_data(CLASS_NAMES_KEY, json.dumps(list(gt.class_names)))
         if scene_name:

@@ -173,3 +173,20 @@ def test_two_cameras_need_a_choice(tmp_path):
                    "/front/color/camera_info": "sensor_msgs/msg/CameraInfo", "/tf": "tf2_msgs/msg/TFMessage"})
     got = resolve_topics(topics, ExportConfig(color_topic="/front/color/image_raw"), tmp_path)
     assert got["camera_info"] == "/front/color/camera_info"
+
+
+def test_export_skips_garbled_messages_and_writes_the_rest(room, tmp_path, caplog):
+    from garble import garble_bag
+
+    bag = tmp_path / "bag"
+    record_scene(room, bag, RecordConfig(), progress=False)
+    garble_bag(bag, tmp_path / "garbled", lambda topic, k: (topic, k) in {("/camera/color/camera_info", 0),
+                                                                          ("/camera/color/image_raw", 3)})
+    caplog.set_level("WARNING")
+    s = export_bag(tmp_path / "garbled", tmp_path / "scene", ExportConfig(fusion=None))
+    assert s.messages_skipped == 2 and s.frames_written == 3
+    assert s.account["dropped.no_camera_info"] == 1 and s.account["frames_in"] == 4
+    frames = SensReaderFrames(tmp_path / "scene" / "frames")
+    np.testing.assert_allclose(frames.cam_to_world(2), room.frames.frame(4).cam_to_world, atol=1e-6)
+    # a bag gcross recorded: its depth topic is registered to colour, whatever its name
+    assert "is not one a driver registers to colour" not in caplog.text

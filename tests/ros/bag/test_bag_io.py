@@ -477,3 +477,29 @@ def test_object_boxes_of_map_ids_and_ground_truth_ids():
     boxes, classes = object_boxes(coord, label, np.array([0, 0, -1, -1, -1]), none=-1)  # ground truth: 0 is an id
     assert boxes.shape == (1, 2, 3) and classes.tolist() == [1]
     assert object_boxes(coord, label, np.zeros(5, int), none=0)[0].shape == (0, 2, 3)
+
+
+def test_eval_skips_garbled_messages_and_scores_the_rest(plane_bag, tmp_path):
+    from garble import garble_bag
+
+    bag, _ = plane_bag
+    bad = tmp_path / "garbled"
+    garbled = garble_bag(bag, bad, lambda topic, k: (topic, k) in {("/camera/color/image_raw", 1),
+                                                                   ("/camera/depth/image_raw", 2)})
+    res = evaluate_bag(bad, HeightOracle(), tmp_path / "report", PipelineConfig(segment_period_s=0.15))
+    acc = res["performance"]["assembly"]
+    assert acc["messages_skipped"] == 2
+    assert {(s["topic"], s["log_time_ns"]) for s in acc["skipped"]} == {
+        (topic, t) for topic, times in garbled.items() for t in times}
+    # four frames: one colour image unreadable (never in), one left without its depth image
+    assert (acc["frames_in"], acc["frames_fused"], acc["dropped.no_depth"], acc["frames_waiting"]) == (3, 2, 1, 0)
+    assert res["performance"]["frames"] == 2 and res["miou"] > 0.5
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert saved["performance"]["assembly"]["messages_skipped"] == 2
+
+    everything = tmp_path / "all_garbled"
+    garble_bag(bag, everything, lambda topic, k: topic == "/camera/color/image_raw")
+    assert main(["-q", "eval", str(everything), "--checkpoint", "unused.safetensors", "--out",
+                 str(tmp_path / "r2")]) == 2  # nothing usable remains (the checkpoint is checked first)
+    with pytest.raises(BagError, match="no usable RGB-D frames: 0 colour images.*4 messages could not be decoded"):
+        evaluate_bag(everything, HeightOracle(), tmp_path / "r3", PipelineConfig())
