@@ -25,6 +25,7 @@ eviction renumbered the voxels meanwhile.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, fields, replace
@@ -120,16 +121,43 @@ class SegmentationPipeline:
         self._tracker_lock = threading.Lock()
         self.frames_processed = 0
         self.segmentations = 0
+        self._versions = itertools.count(1)  # next() is atomic: fusion, segmentation and resets bump it
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """Changes whenever what the map shows changes (a frame fused, labels fused, a reset or a restore):
+        a renderer skips views it has already rendered of an unchanged map."""
+        return self._version
+
+    def _bump(self) -> None:
+        self._version = next(self._versions)
+
+    @property
+    def voxel_size_m(self) -> float:
+        return self.map.voxel_size_m
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+    def reset(self) -> int:
+        """Empty the map and forget its objects; returns the voxels cleared."""
+        voxels = len(self.map)
+        self.map.clear()
+        self.reset_instances()  # object ids start again with the new map
+        self._bump()
+        return voxels
 
     def process_frame(self,
                       color: np.ndarray,  # [H, W, 3] uint8 RGB, registered to depth
-                      depth: np.ndarray,  # [H, W] float32 metres or uint16 millimetres
+                      depth_m: np.ndarray,  # [H, W] float32 metres, 0 = no reading
                       K: np.ndarray,  # [3, 3] intrinsics of the registered camera
                       cam_to_map: np.ndarray,  # [4, 4]
                       stamp_s: float,  # image stamp, seconds
                       ) -> FrameStats:
         """Fuse one frame into the map (never segments; call :meth:`maybe_segment` for that)."""
-        stats = self.map.integrate(color, depth, K, cam_to_map)
+        stats = self.map.integrate(color, depth_m, K, cam_to_map)
+        self._bump()
         if self._first_stamp_s is None:
             self._first_stamp_s = float(stamp_s)
         self.frames_processed += 1
@@ -170,6 +198,8 @@ class SegmentationPipeline:
             else:
                 updated = 0  # nothing observed since the last segmentation
             seconds = time.perf_counter() - t0
+            if updated:
+                self._bump()
             self._segmented_upto = snap.frame_index
             if now_s is not None:
                 self._last_segment_s = float(now_s)
@@ -228,6 +258,7 @@ class SegmentationPipeline:
         ids when it has them and this segmenter tracks objects (InputError when voxel size or classes
         differ)."""
         restore_map(self.map, saved, self.class_names, source)
+        self._bump()
         if self.tracker is not None:
             with self._tracker_lock:
                 if saved.instance is None:

@@ -50,11 +50,9 @@ no checkpoint at all it loads the bundled demo segmenter and warns.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, Optional, Tuple
@@ -94,6 +92,7 @@ from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
 from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
 from gcross_ros.node.params import SegmentNodeParams, declare_parameters
 from gcross_ros.node.services import create_services
+from gcross_ros.node.workers import Workers
 
 NODE_NAME = "gcross_segment"
 POSE_QUEUE_DEPTH = 1000  # poses kept by the middleware for the pose callback (a pose is ~100 bytes)
@@ -118,8 +117,7 @@ class SegmentNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
         # first, so that destroying a node whose construction failed finds what it stops
-        self._stop = threading.Event()
-        self._workers = []
+        self.workers = Workers(NODE_NAME)
         declare_parameters(self)
         p = SegmentNodeParams.from_node(self).validate()
         _check_available(p)
@@ -145,11 +143,10 @@ class SegmentNode(Node):
         # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
         self.pipeline = SegmentationPipeline(self.segmenter,
                                              PipelineConfig.from_values({**asdict(p), "segment_period_s": 0.0}))
-        self.map = self.pipeline.map
         if p.initial_map:
             self.pipeline.restore(load_map(p.initial_map), f"initial_map {p.initial_map!r}")
             objects = f", {len(self.pipeline.tracker)} objects" if self.pipeline.tracker is not None else ""
-            self.get_logger().info(f"started from the map in {p.initial_map} ({len(self.map)} voxels{objects})")
+            self.get_logger().info(f"started from the map in {p.initial_map} ({len(self.pipeline)} voxels{objects})")
         self.model_renderer = None  # render_source gaussians: the GaussianCross model's view of the map
         if p.render_source == "gaussians":
             model = GaussianCrossModel.from_checkpoint(p.model_checkpoint_path, p.device)
@@ -170,16 +167,13 @@ class SegmentNode(Node):
                                         pose_source=self._lookup_tf if self._tf_buffer is not None else None)
         self._latest_view: Optional[_View] = None
         self._integration_paused = False
-        # Bumped whenever what a render shows changes (a frame fused, labels fused, the map reset or
-        # loaded): the render worker skips views it has already rendered of an unchanged map.
-        self._map_versions = itertools.count(1)  # next() is atomic: fusion, workers and services bump it
-        self._map_version = 0
+        # The render worker skips views it has already rendered of an unchanged map (pipeline.version).
         self._rendered = (None, 0)  # (view, map version) of the last published render
 
         # The camera callbacks and timers share the node's default (mutually exclusive) callback group, so
         # the assembler needs no lock under any executor. Poses have a group of their own: behind a busy
         # image stream they would otherwise fall behind the images that need them (the pose buffer locks).
-        # Segmentation and rendering run on worker threads of their own (_start_workers).
+        # Segmentation and rendering run on worker threads of their own (gcross_ros.node.workers).
         #
         # Sensor-data QoS (best effort, keep last 5) by default. Deployments whose transport loses large
         # best-effort samples can switch an input to reliable with the standard parameter
@@ -216,8 +210,10 @@ class SegmentNode(Node):
         create_services(self)
         # Workers stop as soon as the context shuts down (SIGINT/SIGTERM), before the publishers they use
         # become invalid.
-        self.context.on_shutdown(self._stop.set)
-        self._start_workers()
+        self.context.on_shutdown(self.workers.stopping.set)
+        self.workers.start("segment", self._segment, p.segment_period_s)
+        if p.publish_rendered:
+            self.workers.start("render", self._render, p.render_period_s)
         self._publish_legend()
         self.get_logger().info(
             f"segmenting with {p.checkpoint_path} ({len(self.class_names)} classes) on {p.device}; "
@@ -301,7 +297,7 @@ class SegmentNode(Node):
             self._clear_map()
             kept = "map cleared (reset_map_on_time_jump)"
         else:
-            kept = f"map kept ({len(self.map)} voxels; reset_map_on_time_jump:=true clears it)"
+            kept = f"map kept ({len(self.pipeline)} voxels; reset_map_on_time_jump:=true clears it)"
         self.get_logger().warning(
             f"time jumped back by {jump.jump_ns * 1e-9:.1f} s on {jump.stream} (now {jump.stamp_ns * 1e-9:.3f} s; a "
             f"restarted bag or simulator?): synchronizer, {jump.frames_cleared} frames waiting for a pose and "
@@ -323,42 +319,23 @@ class SegmentNode(Node):
             return
         self.assembler.fused(frame)
         self.stats.fusion_time((time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
-        self._map_version = next(self._map_versions)
         self._latest_view = view
         if self.model_renderer is not None:
             self.model_renderer.observe_camera(frame.cam_to_map)
 
     # ------------------------------------------------------------------ workers
 
-    def _start_workers(self) -> None:
-        """Segmentation (and rendering) threads; they run whatever executor spins the node, and end with it."""
-        jobs = [("segment", self._segment, self.params.segment_period_s)]
-        if self.params.publish_rendered:
-            jobs.append(("render", self._render, self.params.render_period_s))
-        for name, work, pause_s in jobs:
-            thread = threading.Thread(target=self._work_loop, args=(work, pause_s), name=f"{NODE_NAME}_{name}",
-                                      daemon=True)
-            thread.start()
-            self._workers.append(thread)
-
     def stop_workers(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        for thread in self._workers:
-            thread.join(timeout_s)  # a segmentation in flight may take seconds; the threads are daemons
+        self.workers.stop(timeout_s)
 
     def destroy_node(self) -> None:
-        if hasattr(self, "_stop"):  # a node whose construction failed early has no workers
+        if hasattr(self, "workers"):  # a node whose construction failed early has no workers
             self.stop_workers()
         super().destroy_node()
 
-    def _work_loop(self, work, pause_s: float) -> None:
-        # A pause after each run, not a rate: a segmentation slower than its period must not starve fusion.
-        while not self._stop.wait(pause_s):
-            work()
-
     def _failed(self, kind: str, e: Exception) -> None:
         """A worker's error: counted and logged, unless the node is shutting down (its publishers are gone)."""
-        if self._stop.is_set() or not self.context.ok():
+        if self.workers.stopping.is_set() or not self.context.ok():
             return
         self.stats.inc(f"{kind}_errors")
         verb = "segmentation" if kind == "segmentation" else "rendering"
@@ -374,8 +351,6 @@ class SegmentNode(Node):
             seg = self.pipeline.segment()
             if seg is None or (seg.updated == 0 and not force):  # empty map, or nothing new observed
                 return None
-            if seg.updated:
-                self._map_version = next(self._map_versions)
             pts = self.pipeline.labelled_points()
             keep = pts.label >= 0  # voxels added since the segmentation's snapshot have no label yet
             stamp_ns = view.stamp_ns if view is not None else self.get_clock().now().nanoseconds
@@ -403,7 +378,7 @@ class SegmentNode(Node):
                                                   self.params.map_frame))
 
     def _render(self) -> None:
-        view, version = self._latest_view, self._map_version
+        view, version = self._latest_view, self.pipeline.version
         last_view, last_version = self._rendered
         if view is None or (view is last_view and version == last_version):  # nothing new: no work while idle
             return
@@ -434,18 +409,16 @@ class SegmentNode(Node):
         self.get_logger().info(f"map of {len(saved)} voxels saved to {out}")
         return True, f"saved {len(saved)} voxels to {out}"
 
-    def _clear_map(self) -> None:
+    def _clear_map(self) -> int:
         """Empty the map, forget its objects and the feature colour basis of its renders."""
-        self.map.clear()
-        self.pipeline.reset_instances()  # object ids start again with the new map
+        voxels = self.pipeline.reset()
         if self.model_renderer is not None:
             self.model_renderer.reset()
-        self._map_version = next(self._map_versions)
+        return voxels
 
     def reset_map(self) -> Tuple[bool, str]:
         """~/reset_map: clear the map and publish an empty labelled_cloud."""
-        voxels = len(self.map)
-        self._clear_map()
+        voxels = self._clear_map()
         empty = np.zeros((0, 3), np.float32)
         self.cloud_pub.publish(labelled_cloud(empty, np.zeros((0, 3), np.uint8), np.zeros(0, np.int64),
                                               np.zeros(0, np.float32), stamp_ns=self.get_clock().now().nanoseconds,
@@ -459,7 +432,7 @@ class SegmentNode(Node):
         self._integration_paused = bool(pause)
         state = "paused" if pause else "resumed"
         self.get_logger().info(f"integration {state}")
-        return True, f"integration {state} ({len(self.map)} voxels in the map)"
+        return True, f"integration {state} ({len(self.pipeline)} voxels in the map)"
 
     def segment_now(self) -> Tuple[bool, str]:
         """~/segment_now: segment the map now (whatever segment_period_s) and publish labelled_cloud."""
@@ -471,9 +444,9 @@ class SegmentNode(Node):
         render_height."""
         p = self.params
         w, h = p.render_width, p.render_height
-        snap = self.map.snapshot()
+        snap = self.pipeline.map.snapshot()
         K = scale_intrinsics(view.K, w / view.width, h / view.height)
-        out = render_view(snap, view.cam_to_map, K, w, h, self.palette, voxel_size_m=p.voxel_size_m,
+        out = render_view(snap, view.cam_to_map, K, w, h, self.palette, voxel_size_m=self.pipeline.voxel_size_m,
                           max_gaussians=p.max_render_gaussians, device=p.device, backend=p.render_backend,
                           model_renderer=self.model_renderer)
         self.stats.timing("render_voxels_in_view", out.voxels_in_view)
@@ -499,8 +472,8 @@ class SegmentNode(Node):
     def _publish_diagnostics(self) -> None:
         report = self.stats.report()
         report.update(self.assembler.account().as_dict())
-        report["map_voxels"] = len(self.map)
-        report["evicted_voxels"] = self.map.evicted_total
+        report["map_voxels"] = len(self.pipeline)
+        report["evicted_voxels"] = self.pipeline.map.evicted_total
         report["integration_paused"] = int(self._integration_paused)
         # Publication sequence numbers (DDS) count exactly the color frames that never reached the callback;
         # without them, the larger of the stamp-gap estimate and the middleware's own count.

@@ -283,3 +283,17 @@ def test_a_restarted_publisher_is_not_a_loss():
         c.add(seq * S, sequence=seq, publisher="p")
     r = c.report()
     assert r.lost == 1 and r.unseen_before_first == 2  # 3 is its first: 1 and 2 were never seen
+
+
+def test_a_frame_newer_than_every_pose_waits_for_the_next_one_to_interpolate():
+    run = Run(AssemblyConfig(pose_tolerance_s=0.2, pose_wait_s=1.0))
+    run.asm.add_pose(0, pose(0.0))
+    run.frame(0.1, with_pose=False)  # the previous pose is within tolerance, but a newer one may come
+    assert run.fused == [] and run.asm.waiting_for_pose == 1
+    run.asm.add_pose(int(0.2 * S), pose(2.0))
+    out = run.asm.poll(0.15)
+    np.testing.assert_allclose(out.frames[0].cam_to_map[0, 3], 1.0)  # halfway between 0 and 2
+    run._take(out)
+    run.frame(0.3, with_pose=False)
+    run._take(run.asm.poll(1.5))  # no newer pose within pose_wait_s: the nearest within tolerance
+    assert run.fused == [int(0.1 * S), int(0.3 * S)]

@@ -503,3 +503,17 @@ def test_eval_skips_garbled_messages_and_scores_the_rest(plane_bag, tmp_path):
                  str(tmp_path / "r2")]) == 2  # nothing usable remains (the checkpoint is checked first)
     with pytest.raises(BagError, match="no usable RGB-D frames: 0 colour images.*4 messages could not be decoded"):
         evaluate_bag(everything, HeightOracle(), tmp_path / "r3", PipelineConfig())
+
+
+def test_the_pipeline_owns_its_map_version_and_reset():
+    f = plane_scene(n_frames=1).frames.frame(0)
+    pipe = SegmentationPipeline(HeightOracle(), PipelineConfig())
+    v0 = pipe.version
+    pipe.process_frame(f.color, f.depth_m, f.K_depth, f.cam_to_world, 0.0)
+    v1 = pipe.version
+    assert v1 != v0 and len(pipe) > 0 and pipe.voxel_size_m == pipe.map.voxel_size_m
+    assert pipe.segment(0.0).updated > 0 and pipe.version != v1
+    v2 = pipe.version
+    assert pipe.segment(1.0).updated == 0 and pipe.version == v2  # nothing new: what a render shows is unchanged
+    voxels = len(pipe)
+    assert pipe.reset() == voxels and len(pipe) == 0 and pipe.version != v2

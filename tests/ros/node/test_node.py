@@ -517,7 +517,7 @@ def test_initial_map_starts_from_a_saved_map(running, ros_context, tmp_path):
 
     loaded = node()
     try:
-        snap = loaded.map.snapshot()
+        snap = loaded.pipeline.map.snapshot()
         assert len(snap) == len(saved)
         order = np.lexsort(saved.voxel_index.T)
         mine = np.lexsort(unpack_keys(snap.keys).T)
@@ -728,9 +728,9 @@ def test_tf_pose_source_with_a_stand_in_tf2_ros(tmp_path, ros_context, monkeypat
         tf.transform.rotation.y, tf.transform.rotation.w = math.sin(0.25), math.cos(0.25)  # 0.5 rad about y
         node._tf_buffer.transforms[("map", "camera_optical", 5 * 10**9)] = tf
         node._poll_assembler()
-        assert len(node.map) > 0
+        assert len(node.pipeline) > 0
         R = np.array([[math.cos(0.5), 0, math.sin(0.5)], [0, 1, 0], [-math.sin(0.5), 0, math.cos(0.5)]])
-        in_cam = (node.map.coords() - [3.0, 0.0, 0.0]) @ R  # back into the camera frame with the TF pose
+        in_cam = (node.pipeline.map.coords() - [3.0, 0.0, 0.0]) @ R  # back into the camera frame with the TF pose
         assert np.all((in_cam[:, 2] > 1.4) & (in_cam[:, 2] < 2.1))  # the wall (2 m) and the box (1.5 m)
         assert abs(np.median(in_cam[:, 2]) - 2.0) < 0.06
 
@@ -756,7 +756,7 @@ def test_node_without_checkpoint_uses_the_demo_segmenter(ros_context):
         assert node.class_names == list(SYNTHETIC_CLASSES)
         # voxel_size_m 0 (the default): the grid recorded in the checkpoint (5 cm for the demo segmenter)
         assert SegmentNodeParams().voxel_size_m == 0
-        assert node.map.voxel_size_m == pytest.approx(node.segmenter.grid_size_m) == node.params.voxel_size_m
+        assert node.pipeline.voxel_size_m == pytest.approx(node.segmenter.grid_size_m) == node.params.voxel_size_m
         cfg = node.pipeline.config  # the node's parameters, but paced in wall time by its worker
         assert (cfg.segment_scope, cfg.segment_context_m, cfg.max_voxels, cfg.segment_period_s) == (
             node.params.segment_scope, node.params.segment_context_m, node.params.max_voxels, 0.0)
@@ -787,12 +787,12 @@ def test_time_jump_can_reset_the_map(tmp_path, ros_context):
         t0 = 100 * 10**9
         offer(t0, 0.0)
         offer(t0 + 10**8, 0.0)
-        assert node.assembler.account().frames_fused == 2 and (node.map.coords()[:, 0] < 10).all()
+        assert node.assembler.account().frames_fused == 2 and (node.pipeline.map.coords()[:, 0] < 10).all()
         node.assembler.add_pose(t0 + 40 * 10**9, np.eye(4))  # a pose of the old run, far ahead of the new time
         offer(t0 - 30 * 10**9, 20.0)
         acc = node.assembler.account()
         assert acc.time_jumps == 1 and acc.frames_fused == 3
-        coords = node.map.coords()
+        coords = node.pipeline.map.coords()
         assert len(coords) > 0 and (coords[:, 0] > 10).all()  # only the new run's frame is in the map
         assert node.assembler.poses.newest_stamp_ns == t0 - 30 * 10**9
     finally:
