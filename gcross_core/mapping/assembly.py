@@ -33,8 +33,8 @@ handed as fused (:meth:`~FrameAssembler.fused`) or dropped with a reason of its 
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Protocol, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -64,19 +64,31 @@ NOT_USED = "not_used"  # reported by the caller (a bag tool that stops early or 
 EXPECTED_DROPS = (INTEGRATION_PAUSED, NOT_USED)  # asked for: not a sign of trouble
 
 
+def _p(default: Any, description: str):
+    """A config field whose description is also the node parameter's (gcross_ros/node/params.py)."""
+    return field(default=default, metadata={"description": description})
+
+
 @dataclass(frozen=True)
 class AssemblyConfig:
-    """Mirrors the node parameters of the same names (gcross_ros/node/params.py holds the reasons)."""
+    """How frames are assembled; the node declares each field as a parameter of the same name."""
 
-    sync_slop_s: float = 0.02
-    queue_size: int = 10  # messages kept per stream while waiting for partners
-    pose_tolerance_s: float = 0.05
-    pose_wait_s: float = 1.0
-    max_waiting_frames: int = 30  # frames waiting for their pose (each holds its images)
-    pose_buffer_size: int = 2000  # poses kept (at 100 Hz: 20 s)
-    max_depth_m: float = 5.0
-    time_jump_reset_s: float = 1.0  # stamps this far behind their predecessor mean time restarted
-    camera_frame: str = ""  # empty: the colour images' frame_id
+    sync_slop_s: float = _p(0.02, "Largest stamp spread of a synchronized color/depth/camera_info set.")
+    queue_size: int = _p(10, "Messages kept per input stream while waiting for partners.")
+    pose_tolerance_s: float = _p(0.05, "pose_source topic: largest gap between an image stamp and a pose stamp "
+                                       "used for it (bracketing poses are interpolated).")
+    pose_wait_s: float = _p(1.0, "How long a synchronized frame waits for its pose before it is dropped "
+                                 "('no_pose'); generous because a busy node may handle the pose late. A frame newer "
+                                 "than every pose waits for the next one (to interpolate) within this time.")
+    max_waiting_frames: int = _p(30, "At most this many frames wait for their pose (each holds its images); "
+                                     "the oldest is dropped ('no_pose') beyond it.")
+    pose_buffer_size: int = _p(2000, "Poses kept for lookups (at 100 Hz: 20 s).")
+    max_depth_m: float = _p(5.0, "Depth readings beyond this are ignored (structured-light noise grows with the "
+                                 "square of the range); a frame with none within it is dropped (no_valid_depth).")
+    time_jump_reset_s: float = _p(1.0, "Stamps this far behind their predecessor mean time restarted (a bag played "
+                                       "again): the synchronizer, the waiting frames and later poses are cleared.")
+    camera_frame: str = _p("", "Camera optical frame; empty: the frame_id of the color images. Used for TF "
+                               "lookups and as the frame of the rendered images.")
 
     def __post_init__(self):
         for name in ("sync_slop_s", "pose_tolerance_s"):
@@ -90,11 +102,6 @@ class AssemblyConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pose_buffer_size < 2:
             raise InputError(f"pose_buffer_size must be >= 2, got {self.pose_buffer_size}")
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> "AssemblyConfig":
-        """The fields of this config found in ``values`` (e.g. all node parameters); other keys are ignored."""
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 class FrameDecoder(Protocol):

@@ -28,8 +28,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -45,34 +45,49 @@ if TYPE_CHECKING:  # the segmenter pulls in torch and spconv; the pipeline is ha
 SEGMENT_SCOPES = ("map", "recent")
 
 
+def _p(default: Any, description: str):
+    """A config field whose description is also the node parameter's (gcross_ros/node/params.py)."""
+    return field(default=default, metadata={"description": description})
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Mirrors the node parameters of the same names (gcross_ros/node/params.py holds the defaults' reasons)."""
+    """How the map is built and segmented; the node declares each field as a parameter of the same name."""
 
-    voxel_size_m: float = 0.0  # 0: the segmenter's grid (grid_size_m, recorded in its checkpoint)
-    max_voxels: int = 400_000
-    max_depth_m: float = 5.0
-    segment_period_s: float = 2.0  # in stream time (image stamps), not wall time
-    segment_scope: str = "recent"  # "map" or "recent" (module docstring)
-    segment_context_m: float = 0.5  # with "recent": context around the observed voxels
-    min_voxels_to_segment: int = 1  # below this the map is not worth a forward pass
+    voxel_size_m: float = _p(0.0, "Edge of a map voxel; 0: the segmenter's grid, read from the checkpoint (the point "
+                                  "density its encoder was trained on; a different size is allowed and warned "
+                                  "about). Coarser maps segment faster on a CPU but leave the encoder's first "
+                                  "layers without neighbours.")
+    max_voxels: int = _p(400_000, "Upper bound on map voxels; beyond it the map evicts (see fusion.py).")
+    max_depth_m: float = _p(5.0, "Depth readings beyond this are ignored (structured-light noise grows with the "
+                                 "square of the range); a frame with none within it is dropped (no_valid_depth).")
+    segment_period_s: float = _p(2.0, "Pause between the end of one map segmentation and the start of the next: "
+                                      "the node's worker thread waits this long in wall time (a pause, not a rate, "
+                                      "so that a segmentation slower than the period cannot starve fusion); "
+                                      "gcross-bag eval counts it in image-stamp time, so a bag replays alike at "
+                                      "any speed.")
+    segment_scope: str = _p("recent", "What each segmentation covers: 'map', the whole map (cost grows with the "
+                                      "map); 'recent', the voxels observed since the previous segmentation plus "
+                                      "segment_context_m of context (cost follows the camera, not the map).")
+    segment_context_m: float = _p(0.5, "With segment_scope 'recent': already segmented map within this distance "
+                                       "of the observed voxels is given to the encoder as context.")
+    min_voxels_to_segment: int = _p(1, "Below this many voxels the map is not worth a forward pass.")
 
     def __post_init__(self):
         if not self.voxel_size_m >= 0:
-            raise ValueError(f"voxel_size_m must be >= 0 (0: the segmenter's grid), got {self.voxel_size_m}")
+            raise InputError(f"voxel_size_m must be >= 0 (0: the segmenter's grid), got {self.voxel_size_m}")
         if not self.segment_period_s >= 0:
-            raise ValueError(f"segment_period_s must be >= 0, got {self.segment_period_s}")
+            raise InputError(f"segment_period_s must be >= 0, got {self.segment_period_s}")
         if self.segment_scope not in SEGMENT_SCOPES:
-            raise ValueError(f"segment_scope {self.segment_scope!r} is not one of {SEGMENT_SCOPES}")
+            raise InputError(f"segment_scope {self.segment_scope!r} is not one of {SEGMENT_SCOPES}")
         if not self.segment_context_m >= 0:
-            raise ValueError(f"segment_context_m must be >= 0, got {self.segment_context_m}")
+            raise InputError(f"segment_context_m must be >= 0, got {self.segment_context_m}")
+        if not self.max_depth_m > 0:
+            raise InputError(f"max_depth_m must be > 0, got {self.max_depth_m}")
+        if self.max_voxels < 1:
+            raise InputError(f"max_voxels must be >= 1, got {self.max_voxels}")
         if self.min_voxels_to_segment < 1:
-            raise ValueError(f"min_voxels_to_segment must be >= 1, got {self.min_voxels_to_segment}")
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> "PipelineConfig":
-        """The fields of this config found in ``values`` (e.g. all node parameters); other keys are ignored."""
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+            raise InputError(f"min_voxels_to_segment must be >= 1, got {self.min_voxels_to_segment}")
 
     def with_segmenter_grid(self, segmenter) -> "PipelineConfig":
         """This config with voxel_size_m 0 replaced by ``segmenter.grid_size_m`` (the point density its

@@ -49,17 +49,17 @@ def _param_values(params_file: Optional[str], overrides: Optional[dict]) -> dict
 
 def pipeline_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
     """A PipelineConfig from the node's parameter defaults, a node parameter YAML and explicit overrides."""
-    from gcross_core.mapping.pipeline import PipelineConfig
+    from gcross_ros.node.params import SegmentNodeParams
 
-    return PipelineConfig.from_values(_param_values(params_file, overrides))
+    return SegmentNodeParams.from_dict(_param_values(params_file, overrides)).pipeline
 
 
 def assembly_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
     """The node's frame-assembly settings (AssemblyConfig) from its parameter defaults, a node parameter YAML
     and explicit overrides: a bag is assembled as the node would assemble its messages."""
-    from gcross_core.mapping.assembly import AssemblyConfig
+    from gcross_ros.node.params import SegmentNodeParams
 
-    return AssemblyConfig.from_values(_param_values(params_file, overrides))
+    return SegmentNodeParams.from_dict(_param_values(params_file, overrides)).assembly
 
 
 def node_params_from_file(params_file: Optional[str] = None, overrides: Optional[dict] = None):
@@ -324,7 +324,8 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
         from gcross_ros.bag.render_panel import PANEL_FILE, write_render_panel
 
         # the panel renders the map at the voxel size it was fused at (voxel_size_m 0: the segmenter's grid)
-        panel_params = replace(render_panel, voxel_size_m=pipeline_config.voxel_size_m)
+        panel_params = replace(render_panel, pipeline=replace(render_panel.pipeline,
+                                                              voxel_size_m=pipeline_config.voxel_size_m))
         panel = write_render_panel(bag_path, pipe.map.snapshot(), names, panel_params, Path(out_dir) / PANEL_FILE,
                                    num_frames=perf["frames"], topics=topics)
         if gt is None:

@@ -83,7 +83,7 @@ def write_render_panel(bag_path, snap, class_names: Sequence[str], node_params, 
     rows, figures = [], []
     for i, f in sorted(frames.items()):
         K = scale_intrinsics(f.K, w / f.color.shape[1], h / f.color.shape[0])
-        kw = dict(voxel_size_m=p.voxel_size_m, max_gaussians=p.max_render_gaussians, device=p.device,
+        kw = dict(voxel_size_m=p.pipeline.voxel_size_m, max_gaussians=p.max_render_gaussians, device=p.device,
                   backend=p.render_backend)
         out = render_view(snap, f.cam_to_map, K, w, h, palette, model_renderer=model_renderer, **kw)
         splat = out if model_renderer is None else render_view(snap, f.cam_to_map, K, w, h, palette, **kw)

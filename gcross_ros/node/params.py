@@ -1,7 +1,10 @@
 """Parameters of the segmentation node, declared in one place.
 
-``SegmentNodeParams`` mirrors the ROS parameters one to one: its field names are the parameter names,
-its defaults the parameter defaults and its ``description`` metadata the ParameterDescriptor text.
+``SegmentNodeParams`` mirrors the ROS parameters: the node's own fields, plus the frame assembly's
+config (:class:`gcross_core.mapping.assembly.AssemblyConfig`) and the pipeline's
+(:class:`gcross_core.mapping.pipeline.PipelineConfig`), whose fields are parameters of the same names in
+one flat namespace (``voxel_size_m``, not ``pipeline.voxel_size_m``). Field names are parameter names,
+defaults the parameter defaults and each field's ``description`` metadata the ParameterDescriptor text.
 ``declare_parameters(node)`` declares them all, ``SegmentNodeParams.from_node(node)`` reads them back
 and ``validate()`` rejects unusable values with a message naming the parameter.
 """
@@ -9,15 +12,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Dict, List
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Tuple
 
 from gcross_core.errors import InputError
+from gcross_core.mapping.assembly import AssemblyConfig
+from gcross_core.mapping.pipeline import PipelineConfig
 
 POSE_SOURCES = ("topic", "tf")
 RENDER_BACKENDS = ("auto", "reference", "gsplat")
 RENDER_SOURCES = ("voxels", "gaussians")
-SEGMENT_SCOPES = ("map", "recent")  # gcross_core.mapping.pipeline.SEGMENT_SCOPES (no torch import here)
+NESTED = ("assembly", "pipeline")
 
 
 def _p(default: Any, description: str):
@@ -31,20 +36,8 @@ class SegmentNodeParams:
                              "for real scans).")
     device: str = _p("cpu", "Torch device for segmentation and rendering: 'cpu', 'cuda' or 'cuda:N'.")
     map_frame: str = _p("map", "Frame of the fused map, of labelled_cloud and of the camera poses.")
-    camera_frame: str = _p("", "Camera optical frame; empty: the frame_id of the color images. Used for "
-                               "TF lookups and as the frame of the rendered images.")
     pose_source: str = _p("topic", "Where camera poses come from: 'topic' (geometry_msgs/PoseStamped on "
                                    "'pose', camera-to-map) or 'tf' (map_frame <- camera frame at the image stamp).")
-    pose_tolerance_s: float = _p(0.05, "pose_source topic: largest gap between an image stamp and a pose "
-                                       "stamp used for it (bracketing poses are interpolated).")
-    pose_wait_s: float = _p(1.0, "How long a synchronized frame waits for its pose before it is dropped "
-                                 "('no pose'); generous because a busy node may handle the pose late.")
-    sync_slop_s: float = _p(0.02, "Largest stamp spread of a synchronized color/depth/camera_info set.")
-    queue_size: int = _p(10, "Messages kept per input stream while waiting for partners.")
-    voxel_size_m: float = _p(0.0, "Edge of a map voxel; 0: the segmenter's grid, read from the checkpoint (the point "
-                                  "density its encoder was trained on; a different size is allowed and warned "
-                                  "about). Coarser maps segment faster on a CPU but leave the encoder's first "
-                                  "layers without neighbours.")
     initial_map: str = _p("", "A map folder written by the save_map service to start from (its voxel size "
                               "must equal the node's and its classes the segmenter's; its objects keep their "
                               "ids); empty: an empty map.")
@@ -53,17 +46,6 @@ class SegmentNodeParams:
     reset_map_on_time_jump: bool = _p(False, "When image stamps jump back (a bag played again), also clear the "
                                              "map; the synchronizer, the waiting frames and the pose buffer are "
                                              "always cleared.")
-    max_voxels: int = _p(400_000, "Upper bound on map voxels; beyond it the map evicts (see fusion.py).")
-    max_depth_m: float = _p(5.0, "Depth readings beyond this are ignored (structured-light noise grows "
-                                 "with the square of the range).")
-    segment_period_s: float = _p(2.0, "Pause between the end of one map segmentation and the start of the "
-                                      "next (a worker thread); a pause, not a rate, so that a segmentation "
-                                      "slower than the period cannot starve fusion.")
-    segment_scope: str = _p("recent", "What each segmentation covers: 'map', the whole map (cost grows with the "
-                                      "map); 'recent', the voxels observed since the previous segmentation plus "
-                                      "segment_context_m of context (cost follows the camera, not the map).")
-    segment_context_m: float = _p(0.5, "With segment_scope 'recent': already segmented map within this "
-                                        "distance of the observed voxels is given to the encoder as context.")
     render_period_s: float = _p(2.0, "Pause between two renderings of the map at the latest camera pose "
                                      "(the CPU reference renderer needs about 1 s for 20k voxels at 320x240).")
     publish_rendered: bool = _p(True, "Publish rendered/color, rendered/depth and rendered/semantic (and "
@@ -91,31 +73,55 @@ class SegmentNodeParams:
     torch_threads: int = _p(0, "Threads torch may use for segmentation and rendering; 0: all cores but one, "
                                "which stays free for fusion and the DDS callbacks (torch's default of all "
                                "cores oversubscribes the machine: on 2 cores segmentation took twice as long).")
+    # The frame assembly's and the pipeline's own configs: their fields are parameters of the same names
+    # (one flat namespace; max_depth_m feeds both), described where they are defined.
+    assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    @classmethod
+    def _specs(cls) -> Dict[str, Tuple[Any, str]]:
+        """parameter name -> (default, description): the node's own fields, then the assembly's and the
+        pipeline's (a name both configs have is one parameter)."""
+        specs: Dict[str, Tuple[Any, str]] = {}
+        for owner in (cls, AssemblyConfig, PipelineConfig):
+            for f in fields(owner):
+                if f.name not in NESTED and f.name not in specs:
+                    specs[f.name] = (f.default, f.metadata["description"])
+        return specs
 
     @classmethod
     def parameter_names(cls) -> List[str]:
-        return [f.name for f in fields(cls)]
+        return list(cls._specs())
 
     @classmethod
     def defaults(cls) -> Dict[str, Any]:
-        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        return {name: default for name, (default, _) in cls._specs().items()}
 
     @classmethod
     def descriptions(cls) -> Dict[str, str]:
-        return {f.name: f.metadata["description"] for f in fields(cls)}
+        return {name: text for name, (_, text) in cls._specs().items()}
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "SegmentNodeParams":
-        """Typed parameters from plain values (ints accepted for floats); unknown keys are an error."""
-        unknown = sorted(set(values) - set(cls.parameter_names()))
+        """Typed parameters from plain flat values (ints accepted for floats); unknown keys are an error."""
+        specs = cls._specs()
+        unknown = sorted(set(values) - set(specs))
         if unknown:
-            raise InputError(f"unknown parameters {unknown}; known: {cls.parameter_names()}")
-        typed = {}
-        for f in fields(cls):
-            if f.name not in values:
-                continue
-            typed[f.name] = _coerce(f.name, values[f.name], type(f.default))
-        return cls(**typed)
+            raise InputError(f"unknown parameters {unknown}; known: {list(specs)}")
+        typed = {name: _coerce(name, values[name], type(specs[name][0])) for name in values}
+
+        def pick(owner):
+            return {f.name: typed[f.name] for f in fields(owner) if f.name in typed and f.name not in NESTED}
+
+        return cls(**pick(cls), assembly=AssemblyConfig(**pick(AssemblyConfig)),
+                   pipeline=PipelineConfig(**pick(PipelineConfig)))
+
+    def flat(self) -> Dict[str, Any]:
+        """Every parameter by name (what a parameter file or ``ros2 param dump`` lists)."""
+        out = {f.name: getattr(self.assembly, f.name) for f in fields(AssemblyConfig)}
+        out.update({f.name: getattr(self.pipeline, f.name) for f in fields(PipelineConfig)})
+        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in NESTED})
+        return out
 
     @classmethod
     def from_node(cls, node) -> "SegmentNodeParams":
@@ -152,10 +158,6 @@ class SegmentNodeParams:
             errors.append("map_frame is empty")
         if self.pose_source not in POSE_SOURCES:
             errors.append(f"pose_source {self.pose_source!r} is not one of {POSE_SOURCES}")
-        if self.segment_scope not in SEGMENT_SCOPES:
-            errors.append(f"segment_scope {self.segment_scope!r} is not one of {SEGMENT_SCOPES}")
-        if not self.segment_context_m >= 0:
-            errors.append(f"segment_context_m must be >= 0, got {self.segment_context_m}")
         if self.render_source not in RENDER_SOURCES:
             errors.append(f"render_source {self.render_source!r} is not one of {RENDER_SOURCES}")
         elif self.render_source == "gaussians" and not os.path.isfile(self.model_checkpoint_path):
@@ -168,14 +170,12 @@ class SegmentNodeParams:
             errors.append(f"initial_map {self.initial_map!r} is not a folder (a map written by save_map)")
         if not self.save_map_path:
             errors.append("save_map_path is empty")
-        for name in ("pose_tolerance_s", "sync_slop_s", "voxel_size_m"):
-            if not getattr(self, name) >= 0:
-                errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("pose_wait_s", "max_depth_m", "segment_period_s", "render_period_s",
-                     "diagnostics_period_s", "warn_throttle_s"):
+        if not self.pipeline.segment_period_s > 0:  # the node's worker would segment without a pause
+            errors.append(f"segment_period_s must be > 0, got {self.pipeline.segment_period_s}")
+        for name in ("render_period_s", "diagnostics_period_s", "warn_throttle_s"):
             if not getattr(self, name) > 0:
                 errors.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("queue_size", "max_voxels", "render_width", "render_height", "max_render_gaussians"):
+        for name in ("render_width", "render_height", "max_render_gaussians"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.torch_threads < 0:
@@ -212,7 +212,7 @@ def declare_parameters(node) -> None:
     """
     from rcl_interfaces.msg import ParameterDescriptor
 
-    for f in fields(SegmentNodeParams):
-        descriptor = ParameterDescriptor(description=f.metadata["description"], read_only=True,
-                                         dynamic_typing=isinstance(f.default, float))
-        node.declare_parameter(f.name, f.default, descriptor)
+    for name, (default, description) in SegmentNodeParams._specs().items():
+        descriptor = ParameterDescriptor(description=description, read_only=True,
+                                         dynamic_typing=isinstance(default, float))
+        node.declare_parameter(name, default, descriptor)

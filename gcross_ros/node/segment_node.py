@@ -54,7 +54,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -77,13 +77,12 @@ from gcross_core.cli import cli_main, exit_code_for
 from gcross_core.errors import GcrossError, InputError, UnavailableError
 from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
-from gcross_core.mapping.assembly import (FUSION_ERROR, INTEGRATION_PAUSED, AssembledFrame, Assembled,
-                                          AssemblyConfig, FrameAssembler)
+from gcross_core.mapping.assembly import FUSION_ERROR, INTEGRATION_PAUSED, AssembledFrame, Assembled, FrameAssembler
 from gcross_core.mapping.map_io import load_map, save_map
 from gcross_core.mapping.sync import POSE_MISSING, POSE_OK, POSE_WAIT, PoseLookup
 from gcross_core.mapping.model_view import ModelMapRenderer, render_view
 from gcross_core.model.api import GaussianCrossModel
-from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline
+from gcross_core.mapping.pipeline import SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_ros.msgs.camera import CameraDecoder
 from gcross_ros.msgs.codec import pose_to_matrix, stamp_to_ns
@@ -128,21 +127,21 @@ class SegmentNode(Node):
                 "rooms only; pass checkpoint:=/path/segmenter.safetensors for real scans")
         self.segmenter = Segmenter.from_checkpoint(p.checkpoint_path, p.device)
         grid = self.segmenter.grid_size_m
-        if p.voxel_size_m == 0:  # the point density the encoder was trained on, as its checkpoint records
-            p = replace(p, voxel_size_m=grid)
-        elif not np.isclose(p.voxel_size_m, grid, rtol=0.01):
-            effect = ("its first layers see isolated points" if p.voxel_size_m > grid
+        voxel = p.pipeline.voxel_size_m
+        if voxel == 0:  # the point density the encoder was trained on, as its checkpoint records
+            p = replace(p, pipeline=replace(p.pipeline, voxel_size_m=grid))
+        elif not np.isclose(voxel, grid, rtol=0.01):
+            effect = ("its first layers see isolated points" if voxel > grid
                       else "it sees a denser cloud than it was trained on, and segmentation costs more")
             self.get_logger().warning(
-                f"voxel_size_m={p.voxel_size_m:g} differs from the segmenter's grid ({grid:g} m, from the "
+                f"voxel_size_m={voxel:g} differs from the segmenter's grid ({grid:g} m, from the "
                 f"checkpoint): {effect}, unlike in training; expect lower accuracy (voxel_size_m: 0 uses the grid)")
         self.params = p
         self.class_names = list(self.segmenter.class_names)
         self.palette = class_palette(len(self.class_names))
         # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
         # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
-        self.pipeline = SegmentationPipeline(self.segmenter,
-                                             PipelineConfig.from_values({**asdict(p), "segment_period_s": 0.0}))
+        self.pipeline = SegmentationPipeline(self.segmenter, replace(p.pipeline, segment_period_s=0.0))
         if p.initial_map:
             self.pipeline.restore(load_map(p.initial_map), f"initial_map {p.initial_map!r}")
             objects = f", {len(self.pipeline.tracker)} objects" if self.pipeline.tracker is not None else ""
@@ -163,7 +162,7 @@ class SegmentNode(Node):
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
             self._tf_errors = (tf2_ros.TransformException,)
         # The one frame assembly (gcross_core.mapping.assembly), shared with gcross-bag eval and export.
-        self.assembler = FrameAssembler(CameraDecoder(), AssemblyConfig.from_values(asdict(p)),
+        self.assembler = FrameAssembler(CameraDecoder(), p.assembly,
                                         pose_source=self._lookup_tf if self._tf_buffer is not None else None)
         self._latest_view: Optional[_View] = None
         self._integration_paused = False
@@ -211,13 +210,13 @@ class SegmentNode(Node):
         # Workers stop as soon as the context shuts down (SIGINT/SIGTERM), before the publishers they use
         # become invalid.
         self.context.on_shutdown(self.workers.stopping.set)
-        self.workers.start("segment", self._segment, p.segment_period_s)
+        self.workers.start("segment", self._segment, p.pipeline.segment_period_s)
         if p.publish_rendered:
             self.workers.start("render", self._render, p.render_period_s)
         self._publish_legend()
         self.get_logger().info(
             f"segmenting with {p.checkpoint_path} ({len(self.class_names)} classes) on {p.device}; "
-            f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={p.voxel_size_m}, "
+            f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={self.pipeline.voxel_size_m}, "
             f"render_source={p.render_source}" + (f" ({p.model_checkpoint_path})" if self.model_renderer else ""))
 
     # ------------------------------------------------------------------ inputs
@@ -271,7 +270,7 @@ class SegmentNode(Node):
         # frames waiting for this pose are picked up by _poll_assembler on the camera callbacks' thread
 
     def _lookup_tf(self, stamp_ns: int, frame_id: str) -> PoseLookup:
-        frame_id = self.params.camera_frame or frame_id
+        frame_id = self.params.assembly.camera_frame or frame_id
         try:
             tf = self._tf_buffer.lookup_transform(self.params.map_frame, frame_id, Time(nanoseconds=stamp_ns))
         except self._tf_errors:
@@ -464,7 +463,7 @@ class SegmentNode(Node):
         legend = {"classes": [{"id": i, "name": n, "color": self.palette[i].tolist()}
                               for i, n in enumerate(self.class_names)],
                   "label_field": "label", "checkpoint": self.params.checkpoint_path,
-                  "voxel_size_m": self.params.voxel_size_m}
+                  "voxel_size_m": self.pipeline.voxel_size_m}
         if self.segmenter.has_instance_head:
             legend.update(instance_field="instance", stuff_classes=list(self.segmenter.instance_config.stuff_classes))
         self.legend_pub.publish(String(data=json.dumps(legend)))

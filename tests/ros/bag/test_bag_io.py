@@ -347,20 +347,21 @@ def test_record_cli_on_a_scene_folder(tmp_path):
     assert main(["-q", "record", "--scene", str(tmp_path / "room"), "--out", str(tmp_path / "bag")]) == 2
 
 
-def test_pipeline_defaults_match_the_node_parameters():
-    """gcross-bag eval and the node must fuse and segment alike unless told otherwise."""
+def test_the_node_parameters_contain_the_pipeline_and_assembly_configs():
+    """gcross-bag eval and the node fuse, segment and assemble alike: one config each, read from parameters."""
     from dataclasses import fields
 
+    from gcross_core.mapping.assembly import AssemblyConfig
+    from gcross_ros.bag.evaluate import assembly_config_from_params, pipeline_config_from_params
     from gcross_ros.node.params import SegmentNodeParams
 
-    from gcross_core.mapping.pipeline import SEGMENT_SCOPES
-    from gcross_ros.node.params import SEGMENT_SCOPES as NODE_SEGMENT_SCOPES
-
-    assert NODE_SEGMENT_SCOPES == SEGMENT_SCOPES  # params.py keeps its own copy to stay torch-free
-    node = SegmentNodeParams.defaults()
-    shared = [f.name for f in fields(PipelineConfig) if f.name in node]
-    assert {"voxel_size_m", "max_voxels", "max_depth_m", "segment_period_s"} <= set(shared)
-    assert {n: getattr(PipelineConfig(), n) for n in shared} == {n: node[n] for n in shared}
+    names = set(SegmentNodeParams.parameter_names())
+    for config in (PipelineConfig, AssemblyConfig):
+        assert {f.name for f in fields(config)} <= names
+        assert all(len(f.metadata["description"]) > 10 for f in fields(config))
+    assert pipeline_config_from_params() == PipelineConfig()
+    assert assembly_config_from_params() == AssemblyConfig()
+    assert pipeline_config_from_params(overrides={"voxel_size_m": 0.03}).voxel_size_m == 0.03
 
 
 class _CountingOracle(HeightOracle):

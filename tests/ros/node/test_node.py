@@ -587,7 +587,8 @@ def test_params_coerce_and_validate(tmp_path):
     ckpt = tmp_path / "m.safetensors"
     ckpt.write_bytes(b"x")
     p = SegmentNodeParams.from_dict({"checkpoint": str(ckpt), "segment_period_s": 1, "queue_size": 3}).validate()
-    assert p.segment_period_s == 1.0 and isinstance(p.segment_period_s, float) and p.queue_size == 3
+    assert p.pipeline.segment_period_s == 1.0 and isinstance(p.pipeline.segment_period_s, float)
+    assert p.assembly.queue_size == 3 and p.flat()["queue_size"] == 3
     with pytest.raises(ValueError, match="queue_size must be an integer"):
         SegmentNodeParams.from_dict({"queue_size": 2.5})
     with pytest.raises(ValueError, match="unknown parameters \\['voxel_size'\\]"):
@@ -596,11 +597,17 @@ def test_params_coerce_and_validate(tmp_path):
     assert Path(demo.checkpoint_path).is_file() and demo.checkpoint_path.endswith(".safetensors")
     with pytest.raises(ValueError, match="does not exist"):
         SegmentNodeParams(checkpoint=str(tmp_path / "nope")).validate()
-    bad = dict(checkpoint=str(ckpt), pose_source="odom", device="gpu", sync_slop_s=-1.0, render_width=0)
+    bad = dict(checkpoint=str(ckpt), pose_source="odom", device="gpu", render_width=0)
     with pytest.raises(ValueError) as err:
         SegmentNodeParams(**bad).validate()
-    for name in ("pose_source 'odom'", "device 'gpu'", "sync_slop_s", "render_width"):
+    for name in ("pose_source 'odom'", "device 'gpu'", "render_width"):
         assert name in str(err.value)
+    for name, value in (("sync_slop_s", -1.0), ("max_voxels", 0), ("segment_scope", "room")):
+        with pytest.raises(ValueError, match=name):  # the assembly's and the pipeline's own checks
+            SegmentNodeParams.from_dict({name: value})
+    # max_depth_m is one parameter for both the assembly and the pipeline
+    both = SegmentNodeParams.from_dict({"max_depth_m": 3})
+    assert both.assembly.max_depth_m == both.pipeline.max_depth_m == 3.0
 
 
 def test_params_declared_on_a_node_with_descriptions(ros_context):
@@ -609,7 +616,7 @@ def test_params_declared_on_a_node_with_descriptions(ros_context):
     try:
         declare_parameters(node)
         p = SegmentNodeParams.from_node(node)
-        assert p.voxel_size_m == 0.07 and p.segment_period_s == 3.0 and p.map_frame == "map"
+        assert p.pipeline.voxel_size_m == 0.07 and p.pipeline.segment_period_s == 3.0 and p.map_frame == "map"
         for name, text in SegmentNodeParams.descriptions().items():
             desc = node.describe_parameter(name)
             assert desc.description == text and len(text) > 10 and desc.read_only
@@ -755,11 +762,12 @@ def test_node_without_checkpoint_uses_the_demo_segmenter(ros_context):
         assert node.params.checkpoint == "" and node.params.checkpoint_path == str(DEMO_CHECKPOINT)
         assert node.class_names == list(SYNTHETIC_CLASSES)
         # voxel_size_m 0 (the default): the grid recorded in the checkpoint (5 cm for the demo segmenter)
-        assert SegmentNodeParams().voxel_size_m == 0
-        assert node.pipeline.voxel_size_m == pytest.approx(node.segmenter.grid_size_m) == node.params.voxel_size_m
+        assert SegmentNodeParams().pipeline.voxel_size_m == 0
+        assert node.pipeline.voxel_size_m == pytest.approx(node.segmenter.grid_size_m)
         cfg = node.pipeline.config  # the node's parameters, but paced in wall time by its worker
         assert (cfg.segment_scope, cfg.segment_context_m, cfg.max_voxels, cfg.segment_period_s) == (
-            node.params.segment_scope, node.params.segment_context_m, node.params.max_voxels, 0.0)
+            node.params.pipeline.segment_scope, node.params.pipeline.segment_context_m,
+            node.params.pipeline.max_voxels, 0.0)
     finally:
         node.destroy_node()
 
