@@ -68,16 +68,19 @@ def write_render_panel(bag_path, snap, class_names: Sequence[str], node_params, 
     wanted = set(panel_frame_indices(num_frames, views))
     frames: Dict[int, BagFrame] = {}
     first_stamp_ns = None
-    for i, f in enumerate(iter_frames(bag_path, topics)):  # one frame in memory at a time, bar the chosen
-        first_stamp_ns = f.stamp_ns if first_stamp_ns is None else first_stamp_ns
-        if i in wanted:
-            frames[i] = f
-        if i >= max(wanted):
-            break
     model_renderer = None
     if p.render_source == "gaussians":
         model = GaussianCrossModel.from_checkpoint(p.model_checkpoint_path, p.device)
-        model_renderer = ModelMapRenderer(model, p.max_render_gaussians, backend=p.render_backend)
+        model_renderer = ModelMapRenderer(model, p.max_render_gaussians, backend=p.render_backend,
+                                          up=p.render_up_vector)
+    for i, f in enumerate(iter_frames(bag_path, topics)):  # one frame in memory at a time, bar the chosen
+        if i >= num_frames:
+            break
+        first_stamp_ns = f.stamp_ns if first_stamp_ns is None else first_stamp_ns
+        if i in wanted:
+            frames[i] = f
+        if model_renderer is not None:  # the cameras the map was fused from give its up direction, as in the node
+            model_renderer.observe_camera(f.cam_to_map)
     palette = class_palette(len(class_names))
     w, h = p.render_width, p.render_height
     rows, figures = [], []

@@ -65,6 +65,10 @@ class SegmentNodeParams:
     model_checkpoint: str = _p("", "render_source gaussians: GaussianCross pretraining checkpoint "
                                    "(.safetensors, kind 'pretrain'); empty: the bundled demo model (synthetic "
                                    "rooms only). The segmenter checkpoint stays separate.")
+    render_up: str = _p("cameras", "render_source gaussians: the map's up direction, which is turned to +z before "
+                                   "the model sees it (it was trained on z-up scenes): 'cameras', a running "
+                                   "estimate from the fused cameras (a hand-held or mounted camera's image down "
+                                   "averages to gravity), or x,y,z in map_frame (0,0,1 for a z-up map frame).")
     diagnostics_period_s: float = _p(1.0, "Period of the diagnostics message.")
     lost_warn_ratio: float = _p(0.05, "Diagnostics turn WARN when more than this share of the color frames sent "
                                       "in a diagnostics period never reached the node (lost by the middleware "
@@ -138,6 +142,15 @@ class SegmentNodeParams:
         return str(DEMO_CHECKPOINT)
 
     @property
+    def render_up_vector(self):
+        """The given up vector (3 floats), or None: estimated from the cameras."""
+        if self.render_up.strip().lower() == "cameras":
+            return None
+        from gcross_core.data.gravity import parse_up
+
+        return parse_up(self.render_up)[1]
+
+    @property
     def model_checkpoint_path(self) -> str:
         """The GaussianCross model rendered with render_source gaussians: ``model_checkpoint`` or the
         bundled demo model when it is empty."""
@@ -162,6 +175,15 @@ class SegmentNodeParams:
             errors.append(f"render_source {self.render_source!r} is not one of {RENDER_SOURCES}")
         elif self.render_source == "gaussians" and not os.path.isfile(self.model_checkpoint_path):
             errors.append(f"model_checkpoint {self.model_checkpoint_path!r} does not exist or is not a file")
+        if self.render_up.strip().lower() != "cameras":
+            from gcross_core.data.gravity import parse_up
+
+            try:
+                method, _ = parse_up(self.render_up)
+                if method != "given":
+                    raise InputError("'plane' is not available in the node")
+            except InputError as e:
+                errors.append(f"render_up {self.render_up!r}: {e}; expected 'cameras' or x,y,z")
         if self.render_backend not in RENDER_BACKENDS:
             errors.append(f"render_backend {self.render_backend!r} is not one of {RENDER_BACKENDS}")
         if not 0 <= self.lost_warn_ratio <= 1:

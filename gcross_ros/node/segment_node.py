@@ -149,7 +149,8 @@ class SegmentNode(Node):
         self.model_renderer = None  # render_source gaussians: the GaussianCross model's view of the map
         if p.render_source == "gaussians":
             model = GaussianCrossModel.from_checkpoint(p.model_checkpoint_path, p.device)
-            self.model_renderer = ModelMapRenderer(model, p.max_render_gaussians, backend=p.render_backend)
+            self.model_renderer = ModelMapRenderer(model, p.max_render_gaussians, backend=p.render_backend,
+                                                   up=p.render_up_vector)
 
         self.stats = Stats()
         self._last_report: Dict[str, float] = {}

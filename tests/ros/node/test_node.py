@@ -605,6 +605,11 @@ def test_params_coerce_and_validate(tmp_path):
     for name, value in (("sync_slop_s", -1.0), ("max_voxels", 0), ("segment_scope", "room")):
         with pytest.raises(ValueError, match=name):  # the assembly's and the pipeline's own checks
             SegmentNodeParams.from_dict({name: value})
+    assert SegmentNodeParams(checkpoint=str(ckpt), render_up="0, 0, 2").validate().render_up_vector == (0, 0, 1)
+    assert SegmentNodeParams().render_up_vector is None  # cameras
+    for up in ("plane", "1,2", "0,0,0"):
+        with pytest.raises(ValueError, match="render_up"):
+            SegmentNodeParams(checkpoint=str(ckpt), render_up=up).validate()
     # max_depth_m is one parameter for both the assembly and the pipeline
     both = SegmentNodeParams.from_dict({"max_depth_m": 3})
     assert both.assembly.max_depth_m == both.pipeline.max_depth_m == 3.0
