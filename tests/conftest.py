@@ -1,5 +1,6 @@
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,22 @@ def _write_pointcept_pth(path, layout, encoder_config, num_classes=0, seed=0, mo
 def pointcept_pth():
     """Factory of Pointcept-layout .pth files (see _write_pointcept_pth)."""
     return _write_pointcept_pth
+
+
+def tree_listing(root: Path):
+    """Every path under ``root``, relative and sorted: what a failed write must leave as it was."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))
+
+
+def failing_renames(monkeypatch, matches, times=1):
+    """os.replace and os.rename raise PermissionError for the first ``times`` (src, dst) pairs that ``matches``."""
+    real, failed = os.replace, []
+
+    def rename(src, dst, *args, **kwargs):
+        if len(failed) < times and matches(Path(src), Path(dst)):
+            failed.append(src)
+            raise PermissionError(13, "Permission denied (test)", str(src))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", rename)
+    monkeypatch.setattr(os, "rename", rename)

@@ -1,7 +1,6 @@
 """Scene folders: Pointcept-layout points, SensReader frames, writing, and clear errors on bad input."""
 import errno
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from PIL import Image
 from gcross_core.data import (SCANNET20_CLASSES, SCANNET200_CLASSES, Frame, FrameList, Scene, SensReaderFrames,
                               load_scene, write_scene)
 from gcross_core.geometry import pose_from_quat
+from conftest import failing_renames, tree_listing
 
 
 def write_pointcept(d, n=50, seed=0, **extra):
@@ -194,31 +194,13 @@ def _points(n, seed, instance=True):
                  instance=rng.integers(-1, 4, n) if instance else None)
 
 
-def _listing(root: Path):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def _failing_renames(monkeypatch, matches, times=1):
-    """os.replace and os.rename raise PermissionError for the first ``times`` (src, dst) pairs that ``matches``."""
-    real, failed = os.replace, []
-
-    def rename(src, dst, *args, **kwargs):
-        if len(failed) < times and matches(Path(src), Path(dst)):
-            failed.append(src)
-            raise PermissionError(13, "Permission denied (test)", str(src))
-        return real(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", rename)
-    monkeypatch.setattr(os, "rename", rename)
-
-
 # the steps of write_scene(..., tmp_path / "x", overwrite=True) that can fail, made to fail
 def _moving_the_previous_scene_aside(monkeypatch):
-    _failing_renames(monkeypatch, lambda src, dst: src.name == "x")
+    failing_renames(monkeypatch, lambda src, dst: src.name == "x")
 
 
 def _moving_the_new_scene_into_place(monkeypatch):
-    _failing_renames(monkeypatch, lambda src, dst: dst.name == "x")
+    failing_renames(monkeypatch, lambda src, dst: dst.name == "x")
 
 
 def _writing_an_array(monkeypatch):
@@ -237,7 +219,7 @@ def test_write_scene_overwrite_replaces_the_whole_folder_and_leaves_nothing_else
     write_scene(_points(20, seed=0), tmp_path / "x")
     out = write_scene(_points(7, seed=1, instance=False), tmp_path / "x", overwrite=True)
     np.testing.assert_array_equal(load_scene(out).coord, _points(7, seed=1).coord)
-    assert _listing(tmp_path) == ["x", "x/color.npy", "x/coord.npy", "x/normal.npy"]  # no instance.npy of before
+    assert tree_listing(tmp_path) == ["x", "x/color.npy", "x/coord.npy", "x/normal.npy"]  # no instance.npy of before
 
 
 @pytest.mark.parametrize("previous, fail", [
@@ -249,19 +231,19 @@ def test_write_scene_overwrite_replaces_the_whole_folder_and_leaves_nothing_else
 def test_a_failed_write_scene_leaves_the_previous_scene_and_nothing_else(tmp_path, monkeypatch, previous, fail):
     if previous:
         write_scene(_points(20, seed=0), tmp_path / "x")
-    listing = _listing(tmp_path)
+    listing = tree_listing(tmp_path)
     fail(monkeypatch)
     with pytest.raises(OSError, match="test"):
         write_scene(_points(7, seed=1), tmp_path / "x", overwrite=True)
     monkeypatch.undo()
-    assert _listing(tmp_path) == listing
+    assert tree_listing(tmp_path) == listing
     if previous:
         np.testing.assert_array_equal(load_scene(tmp_path / "x").coord, _points(20, seed=0).coord)
 
 
 def test_a_previous_scene_that_cannot_be_put_back_is_kept_and_named(tmp_path, monkeypatch):
     out = write_scene(_points(20, seed=0), tmp_path / "x")
-    _failing_renames(monkeypatch, lambda src, dst: dst.name == "x", times=2)  # the new scene in, the old one back
+    failing_renames(monkeypatch, lambda src, dst: dst.name == "x", times=2)  # the new scene in, the old one back
     with pytest.raises(OSError, match="could not be put back") as raised:
         write_scene(_points(7, seed=1), out, overwrite=True)
     monkeypatch.undo()
@@ -275,7 +257,7 @@ def test_write_scene_overwrite_refuses_a_file_and_keeps_it(tmp_path):
     with pytest.raises(NotADirectoryError) as raised:
         write_scene(_points(7, seed=1), tmp_path / "x", overwrite=True)
     assert raised.value.filename == str(tmp_path / "x")
-    assert _listing(tmp_path) == ["x"] and (tmp_path / "x").read_text() == "not a scene"
+    assert tree_listing(tmp_path) == ["x"] and (tmp_path / "x").read_text() == "not a scene"
 
 
 def test_scene_checks_shapes():

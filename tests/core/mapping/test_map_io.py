@@ -13,6 +13,7 @@ from gcross_core.data.scene import load_scene
 from gcross_core.errors import InputError
 from gcross_core.mapping.fusion import VoxelMap
 from gcross_core.mapping.map_io import SavedMap, load_map, restore_map, save_map
+from conftest import failing_renames, tree_listing
 
 CLASSES = ("floor", "wall", "chair")
 H, W = 24, 32
@@ -106,24 +107,6 @@ def test_save_replaces_atomically_and_failures_leave_the_old_map(tmp_path):
     assert load_map(first).coord.shape == (0, 3)
 
 
-def _listing(root: Path):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def _failing_renames(monkeypatch, matches, times=1):
-    """os.replace and os.rename raise PermissionError for the first ``times`` (src, dst) pairs that ``matches``."""
-    real, failed = os.replace, []
-
-    def rename(src, dst, *args, **kwargs):
-        if len(failed) < times and matches(Path(src), Path(dst)):
-            failed.append(src)
-            raise PermissionError(13, "Permission denied (test)", str(src))
-        return real(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", rename)
-    monkeypatch.setattr(os, "rename", rename)
-
-
 # which rename fails, for a map saved at tmp_path / "m"
 def _aside(src, dst):
     return src.name == "m"
@@ -148,12 +131,12 @@ def test_a_failed_rename_leaves_the_previous_map_and_nothing_else(tmp_path, monk
     if previous:
         save_map(out, SavedMap.from_voxel_map(_labelled_map(), CLASSES))
         before = load_map(out)
-    listing = _listing(tmp_path)
-    _failing_renames(monkeypatch, fails)
+    listing = tree_listing(tmp_path)
+    failing_renames(monkeypatch, fails)
     with pytest.raises(PermissionError, match="test"):
         save_map(out, SavedMap.from_voxel_map(VoxelMap(0.1, 100, len(CLASSES)), CLASSES))
     monkeypatch.undo()
-    assert _listing(tmp_path) == listing
+    assert tree_listing(tmp_path) == listing
     if previous:
         np.testing.assert_array_equal(load_map(out).voxel_index, before.voxel_index)
 
@@ -161,7 +144,7 @@ def test_a_failed_rename_leaves_the_previous_map_and_nothing_else(tmp_path, monk
 def test_a_previous_map_that_cannot_be_put_back_is_kept_and_named(tmp_path, monkeypatch):
     out = save_map(tmp_path / "m", SavedMap.from_voxel_map(_labelled_map(), CLASSES))
     before = load_map(out)
-    _failing_renames(monkeypatch, _onto_m, times=2)
+    failing_renames(monkeypatch, _onto_m, times=2)
     with pytest.raises(OSError, match="could not be put back") as raised:
         save_map(out, SavedMap.from_voxel_map(VoxelMap(0.1, 100, len(CLASSES)), CLASSES))
     monkeypatch.undo()
@@ -175,7 +158,7 @@ def test_saving_onto_a_file_raises_and_keeps_the_file(tmp_path):
     with pytest.raises(NotADirectoryError) as raised:
         save_map(tmp_path / "m", SavedMap.from_voxel_map(_labelled_map(), CLASSES))
     assert raised.value.filename == str(tmp_path / "m")
-    assert _listing(tmp_path) == ["m"] and (tmp_path / "m").read_text() == "not a map"
+    assert tree_listing(tmp_path) == ["m"] and (tmp_path / "m").read_text() == "not a map"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root renames and writes regardless of permissions")
@@ -183,7 +166,7 @@ def test_saving_onto_a_file_raises_and_keeps_the_file(tmp_path):
 def test_a_read_only_folder_leaves_the_previous_map(tmp_path, read_only):
     parent = tmp_path / "maps"
     out = save_map(parent / "m", SavedMap.from_voxel_map(_labelled_map(), CLASSES))
-    before, listing = load_map(out), _listing(tmp_path)
+    before, listing = load_map(out), tree_listing(tmp_path)
     locked = parent if read_only == "parent" else out  # a folder moves elsewhere only if it is writable (..)
     locked.chmod(0o555)
     try:
@@ -191,7 +174,7 @@ def test_a_read_only_folder_leaves_the_previous_map(tmp_path, read_only):
             save_map(out, SavedMap.from_voxel_map(VoxelMap(0.1, 100, len(CLASSES)), CLASSES))
     finally:
         locked.chmod(0o755)
-    assert _listing(tmp_path) == listing
+    assert tree_listing(tmp_path) == listing
     np.testing.assert_array_equal(load_map(out).voxel_index, before.voxel_index)
 
 
@@ -209,7 +192,7 @@ def saved_with_instances(tmp_path_factory):
 
 
 def test_the_damaged_file_lists_cover_a_saved_map(saved_with_instances):
-    files = [p for p in _listing(saved_with_instances) if (saved_with_instances / p).is_file()]
+    files = [p for p in tree_listing(saved_with_instances) if (saved_with_instances / p).is_file()]
     assert sorted(files) == sorted(_READ + _NOT_READ)
 
 
