@@ -231,7 +231,8 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             out.update(render_coverage_median=float(np.median(coverage)), render_coverage_min=float(np.min(coverage)),
                        render_coverage_last=coverage[-1], renders=len(coverage))
         out.update(frames_sent=max(rss_at), frames_in=diag.get("frames_in", 0),
-                   frames_lost=diag.get("frames_lost", 0), lost_stamp_gaps=diag.get("lost.stamp_gaps", 0),
+                   frames_lost=diag.get("frames_lost", 0), lost_stamp_gaps=diag.get("arrivals.lost_by_stamps", 0),
+                   lost_exact=bool(diag.get("arrivals.exact", 0)),
                    lost_middleware={k[len("lost.middleware."):]: v for k, v in diag.items()
                                     if k.startswith("lost.middleware.")},
                    frames_fused=diag.get("frames_fused", 0),
@@ -343,7 +344,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"node (config/segment.yaml{changed}, {qos} inputs, {dds}, {w}x{h} {pace}): "
               f"{fig['frames_sent']} frames sent, "
               f"{fig['frames_in']:.0f} received, {fig['frames_lost']:.0f} lost before the node's callback "
-              f"(stamp gaps {fig['lost_stamp_gaps']:.0f}, middleware-reported {fig['lost_middleware'] or 'none'}), "
+              f"({'exact, from sequence numbers' if fig['lost_exact'] else 'estimated'}; stamp-gap estimate {fig['lost_stamp_gaps']:.0f}, middleware-reported "
+              f"{fig['lost_middleware'] or 'none'}), "
               f"{fig['frames_fused']:.0f} fused, {fig['frames_dropped']:.0f} "
               f"dropped {fig['dropped']}; fusion in the node {fig['node_fusion_ms']:.1f} ms/frame wall, "
               f"{fig['node_fusion_cpu_ms']:.1f} ms CPU (wall > CPU: the thread waited for a core or the GIL)")

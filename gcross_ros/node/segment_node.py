@@ -50,6 +50,7 @@ no checkpoint at all it loads the bundled demo segmenter and warns.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -162,9 +163,6 @@ class SegmentNode(Node):
             self._tf_buffer = tf2_ros.Buffer()
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
             self._tf_errors = (tf2_ros.TransformException,)
-        # The one frame assembly (gcross_core.mapping.assembly), shared with gcross-bag eval and export.
-        self.assembler = FrameAssembler(CameraDecoder(), p.assembly,
-                                        pose_source=self._lookup_tf if self._tf_buffer is not None else None)
         self._latest_view: Optional[_View] = None
         self._integration_paused = False
         # The render worker skips views it has already rendered of an unchanged map (pipeline.version).
@@ -179,11 +177,25 @@ class SegmentNode(Node):
         # best-effort samples can switch an input to reliable with the standard parameter
         # qos_overrides./<topic>.subscription.reliability (the pose topic too).
         overridable = QoSOverridingOptions.with_default_policies()
+        depths = []
         for name, msg_type, topic, callback in (("color", Image, "color/image_raw", self._on_color),
                                                 ("depth", Image, "depth/image_raw", self._on_depth),
                                                 ("camera_info", CameraInfo, "color/camera_info",
                                                  self._on_camera_info)):
-            self._subscribe_counting_lost(name, msg_type, topic, callback, qos_profile_sensor_data, overridable)
+            # a copy: rclpy writes the overrides into the profile it is given
+            sub = self._subscribe_counting_lost(name, msg_type, topic, callback, copy.copy(qos_profile_sensor_data),
+                                                overridable)
+            depths.append(int(sub.qos_profile.depth))
+        # The synchronizer holds at least what the input queues hold: a stream that lags behind a deeper
+        # one (large colour images behind small camera_info under reliable QoS) must not push out partners
+        # it will still be matched with.
+        assembly = p.assembly
+        if max(depths) > assembly.queue_size:
+            assembly = replace(assembly, queue_size=max(depths))
+            self.get_logger().info(f"queue_size raised to {assembly.queue_size}, the deepest input queue")
+        # The one frame assembly (gcross_core.mapping.assembly), shared with gcross-bag eval and export.
+        self.assembler = FrameAssembler(CameraDecoder(), assembly,
+                                        pose_source=self._lookup_tf if self._tf_buffer is not None else None)
         if p.pose_source == "topic":
             # Poses are small: the queue holds as many as the frames that can wait for one, and more, so a
             # burst of images does not outrun its poses.
@@ -222,18 +234,21 @@ class SegmentNode(Node):
 
     # ------------------------------------------------------------------ inputs
 
-    def _subscribe_counting_lost(self, name, msg_type, topic, callback, qos, overridable, **kwargs) -> None:
-        """Subscribe; messages the middleware reports lost count as lost.middleware.<name>."""
+    def _subscribe_counting_lost(self, name, msg_type, topic, callback, qos, overridable, **kwargs):
+        """Subscribe (the subscription's qos_profile holds the overrides); messages the middleware reports
+        lost count as lost.middleware.<name>."""
         def on_lost(info, key=f"lost.middleware.{name}"):
             self.stats.inc(key, int(info.total_count_change))
 
         try:
-            self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=overridable,
-                                     event_callbacks=SubscriptionEventCallbacks(message_lost=on_lost), **kwargs)
+            return self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=overridable,
+                                            event_callbacks=SubscriptionEventCallbacks(message_lost=on_lost),
+                                            **kwargs)
         except Exception as e:  # an rmw without the message-lost event: sequence numbers and stamps still count
             self.get_logger().info(f"{topic}: the middleware does not report lost messages ({e}); lost frames "
                                    "are counted from sequence numbers or stamp gaps only")
-            self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=overridable, **kwargs)
+            return self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=overridable,
+                                            **kwargs)
 
     def _on_color(self, msg: Image, info) -> None:
         gid = info.get("publisher_gid") or {}
