@@ -810,3 +810,21 @@ def test_time_jump_can_reset_the_map(tmp_path, ros_context):
         assert node.assembler.poses.newest_stamp_ns == t0 - 30 * 10**9
     finally:
         node.destroy_node()
+
+
+def test_the_synchronizer_holds_the_deepest_input_queue(tmp_path, ros_context):
+    """Reliable inputs with a deep queue: a lagging colour stream must not push its partners out."""
+    from gcross_ros.node import segment_node as sn
+
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    node = sn.SegmentNode(context=ros_context, parameter_overrides=[
+        Parameter("checkpoint", value=str(ckpt)), Parameter("publish_rendered", value=False),
+        Parameter("qos_overrides./color/image_raw.subscription.depth", value=60),
+        Parameter("qos_overrides./color/image_raw.subscription.reliability", value="reliable")])
+    try:
+        assert node.assembler.config.queue_size == 60
+        depths = {s.topic_name: s.qos_profile.depth for s in node.subscriptions}
+        # the override of one topic stays with it (rclpy writes overrides into the profile it is given)
+        assert depths["/color/image_raw"] == 60 and depths["/depth/image_raw"] == depths["/color/camera_info"] == 5
+    finally:
+        node.destroy_node()
