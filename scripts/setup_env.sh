@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-# Pythons with wheels for every pin (torch, spconv, the ROS 2 wheels of both distributions) and tried here.
+# Pythons with wheels for every pin (torch, spconv, the ROS 2 wheels of both distributions); CI uses 3.11.
 PYTHONS="3.11 3.12"
 # One pin file each, requirements/ros-<distro>.txt; tests/scripts/test_ros_pins.py checks them against PyPI.
 DISTROS="kilted jazzy"
