@@ -13,7 +13,7 @@ mean confidence as score, and is scored with ScanNet-style AP
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -97,9 +97,12 @@ def map_objects(map_label: np.ndarray,  # [M] int, -1 = unlabelled
                 map_confidence: Optional[np.ndarray],  # [M] float, or None (score 1)
                 map_instance: np.ndarray,  # [M] int object id, ``none`` = no object
                 none: int = 0,  # the id meaning no object: 0 in a map, -1 in ground truth
+                object_scores: Optional[Mapping[int, float]] = None,  # object id -> score
                 ) -> Tuple[np.ndarray, List[np.ndarray], np.ndarray, np.ndarray]:
     """(object ids [P], map point indices per object, class per object [P] (majority label of its
-    points, -1 if none is labelled), score per object [P] (mean confidence of its points))."""
+    points, -1 if none is labelled), score per object [P]: ``object_scores`` where it names the object
+    (the tracker's score, the grouping score of its latest instance, as offline evaluation ranks objects),
+    else the mean confidence of its points)."""
     map_instance = np.asarray(map_instance).astype(np.int64)
     map_label = np.asarray(map_label).astype(np.int64)
     ids = np.unique(map_instance[map_instance != none])
@@ -110,7 +113,10 @@ def map_objects(map_label: np.ndarray,  # [M] int, -1 = unlabelled
         lab = lab[lab >= 0]
         indices.append(idx)
         classes.append(int(np.bincount(lab).argmax()) if len(lab) else -1)
-        scores.append(float(np.mean(map_confidence[idx])) if map_confidence is not None else 1.0)
+        if object_scores is not None and int(oid) in object_scores:
+            scores.append(float(object_scores[int(oid)]))
+        else:
+            scores.append(float(np.mean(map_confidence[idx])) if map_confidence is not None else 1.0)
     return ids, indices, np.asarray(classes, np.int64), np.asarray(scores, np.float64)
 
 
@@ -125,10 +131,11 @@ def score_map_instances(map_coord: np.ndarray,  # [M, 3] metres
                         thing: np.ndarray,  # [K] bool: instanced classes
                         radius_m: float,
                         min_gt_points: int = 100,
+                        object_scores: Optional[Mapping[int, float]] = None,  # object id -> score (map_objects)
                         ) -> Dict[str, object]:
     """Instance AP of a map's objects on the ground-truth points (rule in the module docstring)."""
     transferred, _ = transfer_labels(map_coord, np.asarray(map_instance).astype(np.int64), gt_coord, radius_m)
-    ids, _, classes, scores = map_objects(map_label, map_confidence, map_instance)
+    ids, _, classes, scores = map_objects(map_label, map_confidence, map_instance, object_scores=object_scores)
     keep = classes >= 0
     preds = [np.flatnonzero(transferred == oid) for oid in ids[keep]]
     acc = InstanceAccumulator(class_names, thing, min_gt_points)

@@ -178,11 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True, help="report folder")
     e.add_argument("--params-file", default=None, help="node parameter YAML (config/segment.yaml)")
-    e.add_argument("--voxel-size-m", type=float, default=None)
+    e.add_argument("--voxel-size-m", type=float, default=None,
+                   help="the map's voxel (default: the params file's voxel_size_m; 0: half the segmenter's grid)")
     e.add_argument("--segment-period-s", type=float, default=None)
     e.add_argument("--segment-scope", choices=("map", "recent"), default=None,
                    help="what each segmentation covers (node parameter segment_scope)")
-    e.add_argument("--radius-m", type=float, default=None, help="label transfer radius (default 2 voxels)")
+    e.add_argument("--radius-m", type=float, default=None, help="label transfer radius (default: twice the segmenter's grid)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--max-frames", type=int, default=None)
     e.add_argument("--no-final-segment", action="store_true",
@@ -207,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--settle-s", type=float, default=20.0,
                     help="how long to wait after playback for a cloud that covers the last frame")
     lv.add_argument("--params-file", default=None, help="the node's parameter YAML (for voxel_size_m)")
-    lv.add_argument("--voxel-size-m", type=float, default=None)
-    lv.add_argument("--radius-m", type=float, default=None)
+    lv.add_argument("--voxel-size-m", type=float, default=None,
+                    help="the node's map voxel (default: from its class legend)")
+    lv.add_argument("--radius-m", type=float, default=None,
+                    help="label transfer radius (default: twice the segmenter's grid, from the class legend)")
     lv.set_defaults(func=cmd_eval_live)
 
     x = sub.add_parser("export", help="write a bag's RGB-D frames as a frames-only scene folder (SensReader "

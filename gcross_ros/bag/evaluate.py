@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    radius_m: Optional[float] = None  # label-transfer radius; None = 2 * voxel_size_m (a voxel's mean
-    # position sits within one voxel diagonal ~1.7 voxels of any point it absorbed)
+    radius_m: Optional[float] = None  # label-transfer radius; None: default_radius_m (2 x the segmenter's grid)
     final_segment: bool = True  # segment once more after the last frame so every voxel is labelled
     device: str = "cpu"
     max_frames: Optional[int] = None
@@ -80,6 +79,13 @@ def _read_params_file(path) -> dict:
         if isinstance(value, dict) and "ros__parameters" in value:
             return dict(value["ros__parameters"])
     return data
+
+
+def default_radius_m(grid_size_m: Optional[float], voxel_size_m: float) -> float:
+    """The label-transfer radius of map scoring: twice the segmenter's grid (a cell's mean position lies
+    within a cell diagonal, ~1.7 cells, of any point it absorbed), so that mapping finer does not change the
+    scoring rule; twice the map's voxel where the grid is not known."""
+    return 2.0 * float(grid_size_m or voxel_size_m)
 
 
 def _align_classes(gt_names: Optional[List[str]], model_names: List[str], bag) -> Optional[np.ndarray]:
@@ -206,14 +212,15 @@ def object_boxes(coord: np.ndarray, label: np.ndarray, instance: np.ndarray, non
 def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_names: Sequence[str],
                      radius_m: float, title: str, cell_m: float = 0.02, perf: Optional[dict] = None,
                      settings: Optional[dict] = None, render_panel: Optional[dict] = None, map_instance=None,
-                     map_confidence=None, gt_instance=None, stuff_classes: Optional[Sequence[str]] = None) -> dict:
+                     map_confidence=None, gt_instance=None, stuff_classes: Optional[Sequence[str]] = None,
+                     object_scores=None) -> dict:
     """Score a labelled map (offline pipeline or a cloud the live node published) and write the report.
 
     map_coord [M, 3], map_label [M] (-1 = unlabelled), gt_coord [N, 3], gt_label [N] (-1 = ignore), all
     in the map frame. Writes results.json, report.md, confusion.csv/png and topdown.png. With
     ``map_instance`` [M] (0 = none), ``gt_instance`` [N] (-1 = none) and ``stuff_classes`` (the classes
-    not instanced) the map's objects are scored too (AP; ``map_confidence`` [M] ranks them) and their
-    boxes drawn.
+    not instanced) the map's objects are scored too (AP; ranked by ``object_scores``, id -> score, where
+    it names an object, else by the mean ``map_confidence`` [M] of its points) and their boxes drawn.
     """
     from gcross_core.evaluation.map_score import score_labelled_map, score_map_instances
     from gcross_core.evaluation.report import save_topdown_png, write_metrics_report
@@ -227,7 +234,7 @@ def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_na
     if map_instance is not None and gt_instance is not None and stuff_classes is not None:
         thing = thing_mask(names, stuff_classes)
         instance = score_map_instances(map_coord, map_label, map_confidence, map_instance, gt_coord, gt_label,
-                                       gt_instance, names, thing, radius_m)
+                                       gt_instance, names, thing, radius_m, object_scores=object_scores)
         boxes, classes = object_boxes(map_coord, map_label, map_instance, none=0)
         keep = (classes >= 0) & thing[np.clip(classes, 0, None)]
         map_panel = ("labelled map, objects", map_coord, map_label, (boxes[keep], classes[keep]))
@@ -334,7 +341,8 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
             write_json(Path(out_dir) / "results.json", {"render_panel": panel, "performance": perf})
             return {"miou": None, "macc": None, "coverage": None, "performance": perf, "render_panel": panel,
                     "report_dir": str(out_dir), "files": {"render_panel": panel["png"]}}
-    radius = config.radius_m if config.radius_m is not None else 2.0 * pipeline_config.voxel_size_m
+    radius = config.radius_m if config.radius_m is not None else default_radius_m(
+        getattr(segmenter, "grid_size_m", None), pipeline_config.voxel_size_m)
     settings = {"bag": str(bag_path), "checkpoint": str(checkpoint), "final_segment": config.final_segment,
                 **asdict(pipeline_config)}
     instance_config = getattr(segmenter, "instance_config", None)
@@ -342,7 +350,8 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
                            title=f"Bag evaluation: {Path(bag_path).name}", cell_m=pipeline_config.voxel_size_m,
                            perf=perf, settings=settings, render_panel=panel, map_instance=pts.instance,
                            map_confidence=pts.confidence, gt_instance=gt.instance,
-                           stuff_classes=instance_config.stuff_classes if instance_config is not None else None)
+                           stuff_classes=instance_config.stuff_classes if instance_config is not None else None,
+                           object_scores={o.object_id: o.score for o in pipe.objects()})
     log.info("mIoU %.1f %% (mAcc %.1f %%, coverage %.1f %%) on %d frames at %.1f frames/s; report in %s",
              100 * res["miou"], 100 * res["macc"], 100 * res["coverage"]["covered_fraction"], perf["frames"],
              perf["frames_per_s"], out_dir)

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from gcross_core.errors import InputError, LiveEvalError
-from gcross_ros.bag.evaluate import labels_for_classes, load_ground_truth, score_and_report
+from gcross_ros.bag.evaluate import default_radius_m, labels_for_classes, load_ground_truth, score_and_report
 from gcross_ros.bag.format import BagTopics
 from gcross_ros.bag.player import BagPlayer, rclpy_node
 from gcross_ros.bag.reader import BagReader
@@ -34,7 +34,8 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
     are replayed at ``rate``; afterwards the first cloud on ``cloud_topic`` stamped at or after the last
     frame (the node's map then holds every frame) is scored exactly like ``evaluate_bag`` does, with
     class names from the node's transient-local ``class_legend`` (else the bag's). ``voxel_size_m`` (None
-    or 0: the node's, from its legend) sets the default label-transfer radius (2 voxels).
+    or 0: the node's, from its legend) is the map's cell size in the report; the default label-transfer
+    radius is twice the segmenter's grid from the legend (:func:`~gcross_ros.bag.evaluate.default_radius_m`).
     """
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -97,7 +98,7 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
                     "the bag's ground truth has no instance ids" if gt.instance is None
                     else "no class legend naming the stuff classes arrived")
     gt_label = labels_for_classes(gt, names, bag_path)
-    radius = radius_m if radius_m is not None else 2.0 * voxel_size_m
+    radius = radius_m if radius_m is not None else default_radius_m(legend.get("grid_size_m"), voxel_size_m)
     live = {"messages_published": player.published,
             "clouds_received": len(clouds), "playback_s": t_played - t_start,
             "cloud_after_playback_s": chosen[0] - t_played, "rate": rate}

@@ -33,8 +33,8 @@ diagnostics status are gcross_ros.node.health.
 Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
 which is the convention of the images and of the renderer.
 
-The map's voxel size is the segmenter's grid, read from the checkpoint, unless voxel_size_m says
-otherwise (then it warns).
+The map's voxel size is half the segmenter's grid, read from the checkpoint, unless voxel_size_m says
+otherwise (a voxel coarser than the grid is warned about).
 
 Bad input never stops the node: the frame is dropped, the reason counted (``diagnostics``) and a
 throttled warning logged. Every color frame received is fused, dropped with a reason or still waiting
@@ -127,22 +127,19 @@ class SegmentNode(Node):
                 f"no checkpoint given: using the bundled demo segmenter {p.checkpoint_path}, trained on synthetic "
                 "rooms only; pass checkpoint:=/path/segmenter.safetensors for real scans")
         self.segmenter = Segmenter.from_checkpoint(p.checkpoint_path, p.device)
-        grid = self.segmenter.grid_size_m
-        voxel = p.pipeline.voxel_size_m
-        if voxel == 0:  # the point density the encoder was trained on, as its checkpoint records
-            p = replace(p, pipeline=replace(p.pipeline, voxel_size_m=grid))
-        elif not np.isclose(voxel, grid, rtol=0.01):
-            effect = ("its first layers see isolated points" if voxel > grid
-                      else "it sees a denser cloud than it was trained on, and segmentation costs more")
+        # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
+        # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
+        # voxel_size_m 0: half the segmenter's grid (PipelineConfig.with_segmenter_grid says why).
+        self.pipeline = SegmentationPipeline(self.segmenter, replace(p.pipeline, segment_period_s=0.0))
+        grid, voxel = self.segmenter.grid_size_m, self.pipeline.voxel_size_m
+        if voxel > grid * 1.01:
             self.get_logger().warning(
-                f"voxel_size_m={voxel:g} differs from the segmenter's grid ({grid:g} m, from the "
-                f"checkpoint): {effect}, unlike in training; expect lower accuracy (voxel_size_m: 0 uses the grid)")
+                f"voxel_size_m={voxel:g} is coarser than the segmenter's grid ({grid:g} m, from the checkpoint): "
+                "its first layers see isolated points, unlike in training; expect lower accuracy (voxel_size_m: 0 "
+                "maps at half the grid)")
         self.params = p
         self.class_names = list(self.segmenter.class_names)
         self.palette = class_palette(len(self.class_names))
-        # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
-        # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
-        self.pipeline = SegmentationPipeline(self.segmenter, replace(p.pipeline, segment_period_s=0.0))
         if p.initial_map:
             self.pipeline.restore(load_map(p.initial_map), f"initial_map {p.initial_map!r}")
             objects = f", {len(self.pipeline.tracker)} objects" if self.pipeline.tracker is not None else ""
@@ -479,7 +476,7 @@ class SegmentNode(Node):
         legend = {"classes": [{"id": i, "name": n, "color": self.palette[i].tolist()}
                               for i, n in enumerate(self.class_names)],
                   "label_field": "label", "checkpoint": self.params.checkpoint_path,
-                  "voxel_size_m": self.pipeline.voxel_size_m}
+                  "voxel_size_m": self.pipeline.voxel_size_m, "grid_size_m": self.segmenter.grid_size_m}
         if self.segmenter.has_instance_head:
             legend.update(instance_field="instance", stuff_classes=list(self.segmenter.instance_config.stuff_classes))
         self.legend_pub.publish(String(data=json.dumps(legend)))

@@ -26,3 +26,25 @@ def test_latency_summary_in_milliseconds():
     assert s["count"] == 4 and s["max_ms"] == pytest.approx(10.0) and s["p50_ms"] == pytest.approx(2.5)
     assert s["mean_ms"] == pytest.approx(4.0)
     assert latency_summary([]) == {"count": 0}
+
+
+def test_objects_are_ranked_by_the_trackers_score_where_given():
+    from gcross_core.evaluation.map_score import map_objects, score_map_instances
+
+    # ground truth: two objects of class 1 on a line; the map finds the first whole and a fragment of the
+    # second (a false positive at AP50), and is more confident of the fragment
+    coord = np.array([[x, 0.0, 0.0] for x in np.arange(0, 2.0, 0.01)], np.float32)
+    label = np.ones(len(coord), np.int64)
+    instance = np.where(coord[:, 0] < 1.0, 1, np.where(coord[:, 0] < 1.2, 2, 0))
+    confidence = np.where(instance == 1, 0.4, 0.9).astype(np.float32)
+    gt_instance = np.where(coord[:, 0] < 1.0, 0, 1)
+    gt_label = np.ones(len(coord), np.int64)
+    thing = np.array([False, True])
+    _, _, _, by_confidence = map_objects(label, confidence, instance)
+    np.testing.assert_allclose(by_confidence, [0.4, 0.9], rtol=1e-6)
+    _, _, _, by_tracker = map_objects(label, confidence, instance, object_scores={1: 0.8, 2: 0.1})
+    np.testing.assert_allclose(by_tracker, [0.8, 0.1])
+    args = (coord, label, confidence, instance, coord, gt_label, gt_instance, ["table", "object"], thing, 0.02)
+    worse = score_map_instances(*args, min_gt_points=10)
+    better = score_map_instances(*args, min_gt_points=10, object_scores={1: 0.8, 2: 0.1})
+    assert better["ap50"] > worse["ap50"]  # the right object first: precision 1 at recall 1/2

@@ -766,9 +766,9 @@ def test_node_without_checkpoint_uses_the_demo_segmenter(ros_context):
     try:
         assert node.params.checkpoint == "" and node.params.checkpoint_path == str(DEMO_CHECKPOINT)
         assert node.class_names == list(SYNTHETIC_CLASSES)
-        # voxel_size_m 0 (the default): the grid recorded in the checkpoint (5 cm for the demo segmenter)
+        # voxel_size_m 0 (the default): half the grid recorded in the checkpoint (5 cm for the demo segmenter)
         assert SegmentNodeParams().pipeline.voxel_size_m == 0
-        assert node.pipeline.voxel_size_m == pytest.approx(node.segmenter.grid_size_m)
+        assert node.pipeline.voxel_size_m == pytest.approx(node.segmenter.grid_size_m / 2)
         cfg = node.pipeline.config  # the node's parameters, but paced in wall time by its worker
         assert (cfg.segment_scope, cfg.segment_context_m, cfg.max_voxels, cfg.segment_period_s) == (
             node.params.pipeline.segment_scope, node.params.pipeline.segment_context_m,
