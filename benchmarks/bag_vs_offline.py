@@ -14,12 +14,13 @@ Steps, each reused when its output exists:
 3. each selected test scene recorded as a bag (``gcross-bag record``: its frame, and its points with
    segment / instance as ground truth) in ``<out>/bags``;
 4. offline: ``training/evaluate.py``'s evaluation (``evaluate_scenes``) of the segmenter on the scene folders,
-   and its instances ranked by mean class confidence as the map ranks its objects (isolates the score rule);
-5. bag: for each variant ``VOXEL[@RADIUS]`` (VOXEL 0: the segmenter's grid, the node's default; RADIUS: the
-   label-transfer radius, default ``gcross-bag eval``'s 2 x voxel) every bag goes through what
+   and its instances ranked by mean class confidence (the map's rule for objects the tracker has no score of,
+   e.g. a live node's cloud; isolates the score rule);
+5. bag: for each variant ``VOXEL[@RADIUS]`` (VOXEL 0: half the segmenter's grid, the node's default; RADIUS: the
+   label-transfer radius, default ``gcross-bag eval``'s: twice the segmenter's grid) every bag goes through what
    ``gcross-bag eval BAG --checkpoint CKPT --voxel-size-m VOXEL [--radius-m RADIUS]`` runs (the node's frame
    assembly and SegmentationPipeline with the node's default parameters, a final segmentation, the map scored
-   on the ground-truth points by nearest map point within RADIUS). ``--check-cli N`` also runs the real
+   on the ground-truth points by nearest map point within RADIUS, objects ranked by the tracker's score). ``--check-cli N`` also runs the real
    command on the first N bags of every variant and prints its mIoU / AP50 next to this script's.
 
 Aggregation, the same on both sides: mIoU over all points of the selected scenes (one confusion matrix),
@@ -63,7 +64,7 @@ log = logging.getLogger("bag_vs_offline")
 
 @dataclass(frozen=True)
 class Variant:
-    voxel_size_m: float  # 0: the segmenter's grid (the node's default)
+    voxel_size_m: float  # 0: half the segmenter's grid (the node's default)
     radius_m: Optional[float]  # label transfer; None: gcross-bag eval's default, 2 * the map's voxel
 
     @classmethod
@@ -72,7 +73,7 @@ class Variant:
         return cls(float(voxel), float(radius) if radius else None)
 
     def label(self, grid_m: float) -> str:
-        voxel = f"{100 * self.voxel_size_m:g} cm" if self.voxel_size_m else f"0 (grid {100 * grid_m:g} cm)"
+        voxel = f"{100 * self.voxel_size_m:g} cm" if self.voxel_size_m else f"0 (half the grid: {50 * grid_m:g} cm)"
         radius = 2 * (self.voxel_size_m or grid_m) if self.radius_m is None else self.radius_m
         return f"{voxel}, r {100 * radius:g} cm" + ("" if self.radius_m is None else " (set)")
 
@@ -237,7 +238,8 @@ def bag_eval(segmenter, bags: Sequence[Path], variant: Variant, params_file: Opt
     from gcross_core.evaluation.map_score import map_objects, score_labelled_map, transfer_labels
     from gcross_core.mapping.pipeline import SegmentationPipeline
     from gcross_ros.bag.evaluate import (EvalConfig, assembly_config_from_params, labels_for_classes,
-                                        load_ground_truth, pipeline_config_from_params, run_pipeline_on_bag)
+                                        default_radius_m, load_ground_truth, pipeline_config_from_params,
+                                        run_pipeline_on_bag)
 
     params = str(params_file) if params_file else None
     pool = Pooled(segmenter)
@@ -250,13 +252,15 @@ def bag_eval(segmenter, bags: Sequence[Path], variant: Variant, params_file: Opt
         pipe = SegmentationPipeline(segmenter, cfg)
         pts, perf = run_pipeline_on_bag(bag, segmenter, cfg, EvalConfig(), pipeline=pipe,
                                         assembly_config=assembly_config_from_params(params))
-        radius = variant.radius_m if variant.radius_m is not None else 2.0 * cfg.voxel_size_m
+        radius = variant.radius_m if variant.radius_m is not None else default_radius_m(segmenter.grid_size_m,
+                                                                                         cfg.voxel_size_m)
         conf = score_labelled_map(pts.coord, pts.label, gt.coord, gt_label, segmenter.num_classes, radius).conf
         instances = None
         if pool.acc is not None and pts.instance is not None and gt.instance is not None:
             # score_map_instances, also into one accumulator for all bags
             transferred, _ = transfer_labels(pts.coord, pts.instance.astype(np.int64), gt.coord, radius)
-            ids, _, classes, scores = map_objects(pts.label, pts.confidence, pts.instance)
+            ids, _, classes, scores = map_objects(pts.label, pts.confidence, pts.instance,
+                                                  object_scores={o.object_id: o.score for o in pipe.objects()})
             keep = classes >= 0
             instances = ([np.flatnonzero(transferred == i) for i in ids[keep]], classes[keep], scores[keep], gt_label,
                          gt.instance)
@@ -392,7 +396,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", type=Path, default=None, help="a segmenter to use instead of training one")
     ap.add_argument("--scenes", nargs="+", default=["all"], help="'all' or test indices / ranges: 16-30 0 5")
     ap.add_argument("--variants", nargs="+", default=["0", "0.02", "0.01", "0.01@0.04", "0.005", "0.005@0.04"],
-                    help="map voxel in metres (0: the segmenter's grid) [@ label-transfer radius in metres]")
+                    help="map voxel in metres (0: half the segmenter's grid) [@ label-transfer radius in metres]")
     ap.add_argument("--per-scene", action="store_true", help="also a per-scene table (first seed)")
     ap.add_argument("--demo", action="store_true", help="also the synthetic demo room")
     ap.add_argument("--demo-variants", nargs="+", default=["0", "0.025", "0.025@0.1"])
