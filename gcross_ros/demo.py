@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -56,6 +58,11 @@ def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxe
 
     from gcross_ros.node.process import start_node_process, stop_node_process
 
+    # The demo's node and player talk on a DDS domain of their own (unless ROS_DOMAIN_ID is set), so that a
+    # camera, a bag playing or a second demo on this machine cannot feed into its map.
+    if "ROS_DOMAIN_ID" not in os.environ:
+        os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(1, 100))
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     proc, node_log = start_node_process(params_file, out_dir.parent / "segment_node.log", _node_ros_args(checkpoint))
     rclpy.init()
     node = rclpy.create_node("gcross_demo_player")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud", legend_topic: str = "/class_legend",
                   rate: float = 1.0, settle_s: float = 20.0, discovery_s: float = 30.0,
                   radius_m: Optional[float] = None, voxel_size_m: Optional[float] = None,
-                  topics: BagTopics = BagTopics()) -> dict:
+                  topics: BagTopics = BagTopics(), instances_topic: str = "/instances") -> dict:
     """Replay a bag into a running segmentation node and score the cloud it publishes.
 
     ``node`` is an rclpy node of the caller's (the caller owns rclpy.init/shutdown). The camera topics
@@ -36,15 +36,25 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
     class names from the node's transient-local ``class_legend`` (else the bag's). ``voxel_size_m`` (None
     or 0: the node's, from its legend) is the map's cell size in the report; the default label-transfer
     radius is twice the segmenter's grid from the legend (:func:`~gcross_ros.bag.evaluate.default_radius_m`).
+    With an instance head the objects are ranked by the scores the node published with that cloud on
+    ``instances_topic`` (its tracker's, as ``evaluate_bag`` ranks them), else by mean point confidence.
     """
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
     from std_msgs.msg import String
+    from visualization_msgs.msg import MarkerArray
+
+    from gcross_ros.msgs.markers import object_scores
 
     gt = load_ground_truth(bag_path, topics)
     clouds, legends = [], []
     node.create_subscription(PointCloud2, cloud_topic, lambda m: clouds.append((time.monotonic(), m)),
+                             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    instances = {}  # header stamp -> MarkerArray: the objects published with the cloud of that stamp
+    node.create_subscription(MarkerArray, instances_topic,
+                             lambda m: instances.__setitem__(codec.stamp_to_ns(m.markers[0].header.stamp), m)
+                             if m.markers else None,
                              QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
     node.create_subscription(String, legend_topic, legends.append,
                              QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -79,6 +89,12 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
     if chosen is None:
         raise LiveEvalError(f"no cloud on {cloud_topic} covering the last frame arrived within {settle_s} s "
                             f"after playback ({len(clouds)} earlier clouds)")
+    stamp = codec.stamp_to_ns(chosen[1].header.stamp)
+    if codec.instance_ids(codec.decode_cloud(chosen[1])) is not None:
+        wait_until = time.monotonic() + 2.0  # the objects follow their cloud
+        while stamp not in instances and time.monotonic() < wait_until:
+            rclpy.spin_once(node, timeout_sec=0.05)
+    scores = object_scores(instances[stamp]) if stamp in instances else None
     names = gt.class_names
     legend = json.loads(legends[-1].data) if legends else {}
     if legend:
@@ -106,7 +122,7 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
                             title=f"Live evaluation: {Path(bag_path).name}", cell_m=voxel_size_m,
                             settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live},
                             map_instance=codec.instance_ids(points), map_confidence=confidence,
-                            gt_instance=gt.instance, stuff_classes=stuff)
+                            gt_instance=gt.instance, stuff_classes=stuff, object_scores=scores)
 
 
 def run_live_evaluation(bag_path, out_dir, cloud_topic: str = "/labelled_cloud",

@@ -6,7 +6,8 @@ object's box in place; every array starts with a DELETEALL marker so objects tha
 """
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Dict, Sequence
 
 import numpy as np
 from visualization_msgs.msg import Marker, MarkerArray
@@ -48,6 +49,20 @@ def object_markers(objects: Sequence[MapObject],
         label.pose.position.x, label.pose.position.y = float(centre[0]), float(centre[1])
         label.pose.position.z = float(hi[2] + LABEL_HEIGHT_M)
         label.scale.z = LABEL_HEIGHT_M
-        label.text = f"{name} #{obj.object_id} ({obj.score:.2f})"
+        label.text = f"{name} #{obj.object_id} ({obj.score:.3f})"  # object_scores reads it back
         out += [box, label]
     return MarkerArray(markers=out)
+
+
+_SCORE = re.compile(r"#(\d+) \(([0-9.]+)\)$")
+
+
+def object_scores(msg: MarkerArray) -> Dict[int, float]:
+    """object id -> score, read back from the labels of an ``instances`` array (what live evaluation ranks
+    the objects of a published cloud by, as the node's tracker does)."""
+    out = {}
+    for m in msg.markers:
+        found = _SCORE.search(m.text) if m.ns == LABEL_NS else None
+        if found:
+            out[int(found.group(1))] = float(found.group(2))
+    return out

@@ -6,7 +6,7 @@ pytest.importorskip("visualization_msgs")
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from gcross_core.mapping.instances import MapObject  # noqa: E402
-from gcross_ros.msgs.markers import BOX_NS, LABEL_NS, object_markers  # noqa: E402
+from gcross_ros.msgs.markers import BOX_NS, LABEL_NS, object_markers, object_scores  # noqa: E402
 
 NAMES = ["wall", "chair", "table"]
 PALETTE = np.array([[10, 20, 30], [255, 0, 0], [0, 255, 0]], np.uint8)
@@ -28,6 +28,7 @@ def test_boxes_and_labels_per_object():
     assert boxes[9].scale.y > 0 and boxes[9].scale.z > 0  # flat or thin objects still have a visible box
     assert labels[9].type == Marker.TEXT_VIEW_FACING and labels[9].text.startswith("table #9")
     assert labels[9].pose.position.z > 0.7
+    assert object_scores(msg) == {4: 0.8, 9: 0.6}  # live evaluation ranks the objects by them
 
 
 def test_no_objects_clears_the_display():
