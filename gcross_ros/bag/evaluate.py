@@ -130,8 +130,8 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
     from gcross_core.evaluation.map_score import latency_summary
     from gcross_core.mapping.assembly import FUSION_ERROR, NOT_USED, AssemblyConfig
     from gcross_core.mapping.pipeline import SegmentationPipeline
-    from gcross_ros.bag.frames import BagFrames
-    from gcross_ros.bag.reader import BagReader, gcross_topic_roles
+    from gcross_ros.bag.frames import BagFrames, gcross_topic_roles
+    from gcross_ros.bag.reader import BagReader
 
     pipe = pipeline if pipeline is not None else SegmentationPipeline(segmenter, pipeline_config)
     frame_s, fusion_s, seg_s = [], [], []

@@ -22,7 +22,8 @@ import numpy as np
 from gcross_core.errors import BagError, InputError
 from gcross_core.mapping.assembly import AssembledFrame, AssemblyConfig, FrameAssembler
 from gcross_core.mapping.sync import POSE_MISSING, POSE_OK, PoseBuffer, PoseLookup
-from gcross_ros.bag.reader import BagReader
+from gcross_ros.bag.format import SCENE_NAME_KEY, BagContents, BagFrame, BagTopics
+from gcross_ros.bag.reader import BagReader, read_ground_truth
 from gcross_ros.msgs import codec
 from gcross_ros.msgs.camera import CameraDecoder
 
@@ -187,3 +188,50 @@ class BagFrames:
         out["skipped"] = [{"topic": s.topic, "log_time_ns": s.log_time_ns, "error": s.error}
                           for s in self.skipped]
         return out
+
+
+def gcross_topic_roles(bag: BagReader, topics: BagTopics = BagTopics()) -> Dict[str, str]:
+    """role -> topic of a gcross bag: the pose topic, or /tf (map -> camera frame) when it has none."""
+    avail = bag.topics
+    roles = {"color": topics.color, "depth": topics.depth, "camera_info": topics.camera_info,
+             "pose": topics.pose if topics.pose in avail else topics.tf}
+    missing = [t for t in roles.values() if t not in avail]
+    if missing:
+        raise BagError(f"bag {bag.path} lacks topics {missing} (has {sorted(avail)})")
+    return roles
+
+
+def iter_frames(path, topics: BagTopics = BagTopics(), config=None) -> Iterator[BagFrame]:
+    """RGB-D frames of a bag in stamp order, assembled as the node assembles them
+    (:class:`gcross_ros.bag.frames.BagFrames`; ``config``: an AssemblyConfig, default the node's defaults).
+    Frames the assembly drops are counted and logged, never guessed."""
+    with BagReader(path) as bag:
+        frames = BagFrames(bag, gcross_topic_roles(bag, topics), config or AssemblyConfig())
+        for f in frames:
+            frames.used(f)
+            yield BagFrame(f.stamp_ns, f.color_rgb, f.depth_m, f.K, f.cam_to_map, f.frame_id)
+        acc = frames.assembler.account()
+        if acc.frames_dropped or frames.skipped:
+            log.warning("bag %s: %d of %d frames dropped (%s), %d messages skipped", bag.path, acc.frames_dropped,
+                        acc.frames_in, ", ".join(f"{k} {v}" for k, v in sorted(acc.dropped.items())) or "-",
+                        len(frames.skipped))
+
+
+def read_bag(path, topics: BagTopics = BagTopics()) -> BagContents:
+    """Everything in a gcross bag as stacked arrays (for tests and small bags; use iter_frames otherwise)."""
+    frames = list(iter_frames(path, topics))
+    gt = read_ground_truth(path, topics)
+    with BagReader(path) as bag:
+        class_names = bag.class_names
+        scene_name = bag.custom_data.get(SCENE_NAME_KEY)
+    if frames:
+        shapes = {f.depth_m.shape for f in frames}
+        if len(shapes) > 1:
+            raise BagError(f"bag {path}: frames have different sizes {sorted(shapes)}; use iter_frames")
+        stack = dict(stamps_ns=np.array([f.stamp_ns for f in frames], np.int64),
+                     color=np.stack([f.color for f in frames]), depth_m=np.stack([f.depth_m for f in frames]),
+                     K=np.stack([f.K for f in frames]), cam_to_map=np.stack([f.cam_to_map for f in frames]))
+    else:
+        stack = dict(stamps_ns=np.zeros(0, np.int64), color=np.zeros((0, 0, 0, 3), np.uint8),
+                     depth_m=np.zeros((0, 0, 0), np.float32), K=np.zeros((0, 3, 3)), cam_to_map=np.zeros((0, 4, 4)))
+    return BagContents(**stack, gt=gt, class_names=class_names, scene_name=scene_name)

@@ -23,7 +23,7 @@ import numpy as np
 
 from gcross_core.errors import BagError
 from gcross_ros.bag.format import BagFrame, BagTopics
-from gcross_ros.bag.reader import iter_frames
+from gcross_ros.bag.frames import iter_frames
 
 log = logging.getLogger(__name__)
 

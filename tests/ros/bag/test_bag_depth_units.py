@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("rosbags")
 
 from gcross_core.data.frames import Frame, FrameList, SensReaderFrames, write_frames  # noqa: E402
-from gcross_ros.bag.reader import iter_frames  # noqa: E402
+from gcross_ros.bag.frames import iter_frames  # noqa: E402
 from gcross_ros.bag.writer import record_scene  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from gcross_core.image import register_color_to_depth  # noqa: E402
 from gcross_ros.bag.cli import main  # noqa: E402
 from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, object_boxes  # noqa: E402
 from gcross_ros.bag.format import RecordConfig  # noqa: E402
-from gcross_ros.bag.reader import read_bag  # noqa: E402
+from gcross_ros.bag.frames import read_bag  # noqa: E402
 from gcross_ros.bag.writer import record_scene  # noqa: E402
 
 CLASSES = ["floor", "cabinet", "lamp"]  # lamp never occurs: an absent class
