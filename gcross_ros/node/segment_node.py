@@ -188,8 +188,9 @@ class SegmentNode(Node):
         # it will still be matched with.
         assembly = p.assembly
         if max(depths) > assembly.queue_size:
+            self.get_logger().info(f"queue_size raised from {assembly.queue_size} to {max(depths)}, the deepest "
+                                   "input queue")
             assembly = replace(assembly, queue_size=max(depths))
-            self.get_logger().info(f"queue_size raised to {assembly.queue_size}, the deepest input queue")
         # The one frame assembly (gcross_core.mapping.assembly), shared with gcross-bag eval and export.
         self.assembler = FrameAssembler(CameraDecoder(), assembly,
                                         pose_source=self._lookup_tf if self._tf_buffer is not None else None)

@@ -175,7 +175,8 @@ class Fixture:
         return stamp
 
     def close(self):
-        self.executor.shutdown()
+        self.executor.shutdown(timeout_sec=10.0)  # bounded: a spin that missed the shutdown must not hang the run
+        self.thread.join(timeout=10.0)
         self.node.destroy_node()
 
 
