@@ -43,6 +43,7 @@ W, H = 32, 24
 K = np.array([[20.0, 0, 15.5], [0, 20.0, 11.5], [0, 0, 1]])
 RENDER_W, RENDER_H = 40, 30
 QUEUE = 4
+SYNC_QUEUE = max(QUEUE, 5)  # the node raises queue_size to its deepest input queue (sensor-data QoS keeps 5)
 RED = np.array([200, 30, 30], np.uint8)
 NODE_PARAMS = dict(map_frame="map", pose_source="topic", sync_slop_s=0.01, queue_size=QUEUE, voxel_size_m=0.1,
                    max_voxels=50_000, segment_period_s=0.5, render_period_s=0.5, render_width=RENDER_W,
@@ -343,7 +344,7 @@ def test_all_invalid_depth(running):
 
 def test_missing_camera_info(running):
     def bad(fx):
-        for _ in range(QUEUE + 2):
+        for _ in range(SYNC_QUEUE + 2):  # overflows the synchronizer's colour queue
             fx.send(info=False)
     _check_drop_then_recovery(running, "no_camera_info", bad)
 
