@@ -1,5 +1,7 @@
 import os
 import random
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +172,16 @@ def failing_renames(monkeypatch, matches, times=1):
 
     monkeypatch.setattr(os, "replace", rename)
     monkeypatch.setattr(os, "rename", rename)
+
+
+def pypi_get(url: str):
+    """The body at a PyPI url, None on 404; skips the test without network access."""
+    try:
+        with urllib.request.urlopen(url, timeout=15) as answer:
+            return answer.read()
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return None
+        pytest.skip(f"PyPI answered {err.code} for {url}")
+    except (urllib.error.URLError, OSError) as err:
+        pytest.skip(f"no network access to PyPI ({err})")

@@ -6,13 +6,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from conftest import pypi_get
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((REPO / "scripts").glob("*.sh"))
@@ -60,16 +60,10 @@ def test_unsupported_cuda_is_one_clear_line(cuda):
 def _release(name: str, version: str):
     """(files of one release, PyPI's info of the project's latest release) from PyPI's JSON API, or None
     when the release does not exist; skips the test without network access."""
-    url = f"https://pypi.org/pypi/{name}/json"
-    try:
-        with urllib.request.urlopen(url, timeout=15) as answer:
-            project = json.load(answer)
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            return None
-        pytest.skip(f"PyPI answered {err.code} for {url}")
-    except (urllib.error.URLError, OSError) as err:
-        pytest.skip(f"no network access to PyPI ({err})")
+    body = pypi_get(f"https://pypi.org/pypi/{name}/json")
+    if body is None:
+        return None
+    project = json.loads(body)
     files = project["releases"].get(version)
     return {"urls": files, "info": project["info"]} if files else None
 

@@ -6,13 +6,13 @@ import io
 import json
 import re
 import subprocess
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+from conftest import pypi_get
 
 REPO = Path(__file__).resolve().parents[2]
 RCLPY_SERIES = {"kilted": "9.", "jazzy": "7.1."}  # the ros-rclpy version prefix each distribution must pin
@@ -35,22 +35,9 @@ def _pins(distro: str) -> list:
     return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
 
 
-def _get(url: str):
-    """The body at url, None on 404; skips the test without network access."""
-    try:
-        with urllib.request.urlopen(url, timeout=15) as answer:
-            return answer.read()
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            return None
-        pytest.skip(f"PyPI answered {err.code} for {url}")
-    except (urllib.error.URLError, OSError) as err:
-        pytest.skip(f"no network access to PyPI ({err})")
-
-
 def _release_files(name: str, version: str):
     """The files of one release from PyPI's JSON API, None when the release does not exist."""
-    project = _get(f"https://pypi.org/pypi/{name}/json")
+    project = pypi_get(f"https://pypi.org/pypi/{name}/json")
     return (json.loads(project)["releases"].get(version) or None) if project else None
 
 
@@ -58,7 +45,7 @@ def _wheel_requires(wheel: dict) -> list:
     """Requires-Dist of a (small, pure-Python) wheel, read from its METADATA: PyPI's JSON API gives the
     requirements of a project's latest release only."""
     assert wheel["size"] < 1_000_000, f"{wheel['filename']} is not a small pure-Python wheel"
-    with zipfile.ZipFile(io.BytesIO(_get(wheel["url"]))) as whl:
+    with zipfile.ZipFile(io.BytesIO(pypi_get(wheel["url"]))) as whl:
         meta = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
         headers = email.parser.Parser().parsestr(whl.read(meta).decode())
     return [Requirement(r) for r in headers.get_all("Requires-Dist") or []]
