@@ -94,6 +94,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
 
 def shutdown_distributed(info: DistInfo) -> None:
     if info.is_distributed and dist.is_initialized():
+        # every rank reaches the teardown before any tears down: a rank that destroys its gloo pairs while
+        # another still talks to them aborts the process ("terminate called without an active exception")
+        barrier(info)
         dist.destroy_process_group()
 
 
