@@ -25,6 +25,12 @@ T = TypeVar("T")
 # dict <-> dataclass
 
 
+def described(default: Any, description: str):
+    """A dataclass field with a ``description`` in its metadata: the text a tool shows for it (the node
+    declares its parameters with it, gcross_ros/node/params.py)."""
+    return dataclasses.field(default=default, metadata={"description": description})
+
+
 def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 

@@ -2,7 +2,7 @@
 
 The node, ``gcross-bag eval``, ``gcross-bag export`` and the tests all assemble frames here, so a bag
 evaluation runs what the robot runs. ROS-free: messages are opaque payloads read through a
-:class:`FrameDecoder` (``gcross_ros.msgs.frames`` decodes rclpy and rosbags messages alike).
+:class:`FrameDecoder` (``gcross_ros.msgs.camera`` decodes rclpy and rosbags messages alike).
 
 For every colour image (the frame is counted by its colour image):
 
@@ -33,12 +33,14 @@ handed as fused (:meth:`~FrameAssembler.fused`) or dropped with a reason of its 
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
+from gcross_core.config import described
 from gcross_core.errors import InputError, MalformedMessageError
+from gcross_core.image import has_valid_depth
 from gcross_core.mapping.arrivals import ArrivalCounter
 from gcross_core.mapping.sync import (OUT_OF_ORDER, POSE_MISSING, POSE_OK, TIME_JUMP, ApproximateTimeSync,
                                       PoseBuffer, PoseLookup)
@@ -64,31 +66,33 @@ NOT_USED = "not_used"  # reported by the caller (a bag tool that stops early or 
 EXPECTED_DROPS = (INTEGRATION_PAUSED, NOT_USED)  # asked for: not a sign of trouble
 
 
-def _p(default: Any, description: str):
-    """A config field whose description is also the node parameter's (gcross_ros/node/params.py)."""
-    return field(default=default, metadata={"description": description})
+# max_depth_m is one node parameter that both this config and the pipeline's (PipelineConfig) take
+MAX_DEPTH_M = 5.0
+MAX_DEPTH_M_DESCRIPTION = ("Depth readings beyond this are ignored (structured-light noise grows with the square of "
+                           "the range); a frame with none within it is dropped (no_valid_depth).")
 
 
 @dataclass(frozen=True)
 class AssemblyConfig:
     """How frames are assembled; the node declares each field as a parameter of the same name."""
 
-    sync_slop_s: float = _p(0.02, "Largest stamp spread of a synchronized color/depth/camera_info set.")
-    queue_size: int = _p(10, "Messages kept per input stream while waiting for partners.")
-    pose_tolerance_s: float = _p(0.05, "pose_source topic: largest gap between an image stamp and a pose stamp "
-                                       "used for it (bracketing poses are interpolated).")
-    pose_wait_s: float = _p(1.0, "How long a synchronized frame waits for its pose before it is dropped "
-                                 "('no_pose'); generous because a busy node may handle the pose late. A frame newer "
-                                 "than every pose waits for the next one (to interpolate) within this time.")
-    max_waiting_frames: int = _p(30, "At most this many frames wait for their pose (each holds its images); "
-                                     "the oldest is dropped ('no_pose') beyond it.")
-    pose_buffer_size: int = _p(2000, "Poses kept for lookups (at 100 Hz: 20 s).")
-    max_depth_m: float = _p(5.0, "Depth readings beyond this are ignored (structured-light noise grows with the "
-                                 "square of the range); a frame with none within it is dropped (no_valid_depth).")
-    time_jump_reset_s: float = _p(1.0, "Stamps this far behind their predecessor mean time restarted (a bag played "
-                                       "again): the synchronizer, the waiting frames and later poses are cleared.")
-    camera_frame: str = _p("", "Camera optical frame; empty: the frame_id of the color images. Used for TF "
-                               "lookups and as the frame of the rendered images.")
+    sync_slop_s: float = described(0.02, "Largest stamp spread of a synchronized color/depth/camera_info set.")
+    queue_size: int = described(10, "Messages kept per input stream while waiting for partners.")
+    pose_tolerance_s: float = described(0.05, "pose_source topic: largest gap between an image stamp and a pose stamp "
+                                              "used for it (bracketing poses are interpolated).")
+    pose_wait_s: float = described(1.0, "How long a synchronized frame waits for its pose before it is dropped "
+                                        "('no_pose'); generous because a busy node may handle the pose late. A frame "
+                                        "newer than every pose waits for the next one (to interpolate) within this "
+                                        "time.")
+    max_waiting_frames: int = described(30, "At most this many frames wait for their pose (each holds its images); the "
+                                            "oldest is dropped ('no_pose') beyond it.")
+    pose_buffer_size: int = described(2000, "Poses kept for lookups (at 100 Hz: 20 s).")
+    max_depth_m: float = described(MAX_DEPTH_M, MAX_DEPTH_M_DESCRIPTION)
+    time_jump_reset_s: float = described(1.0, "Stamps this far behind their predecessor mean time restarted (a bag "
+                                              "played again): the synchronizer, the waiting frames and later poses "
+                                              "are cleared.")
+    camera_frame: str = described("", "Camera optical frame; empty: the frame_id of the color images. Used for TF "
+                                      "lookups and as the frame of the rendered images.")
 
     def __post_init__(self):
         for name in ("sync_slop_s", "pose_tolerance_s"):
@@ -216,7 +220,6 @@ class FrameAssembler:
         self.arrivals = ArrivalCounter()
         self._in = 0
         self._fused = 0
-        self._handed_out = 0
         self._dropped: Counter = Counter()
         self._unmatched: Counter = Counter()
         self._poses_in = 0
@@ -259,7 +262,7 @@ class FrameAssembler:
         out = Assembled()
         waiting, self._waiting = self._waiting, deque()
         for frame in waiting:
-            self._resolve(frame, now_s, out, waited=True)
+            self._resolve(frame, now_s, out)
         return out
 
     def flush(self) -> Assembled:
@@ -275,12 +278,10 @@ class FrameAssembler:
     # ------------------------------------------------------------------ outcome of handed-out frames
 
     def fused(self, frame: AssembledFrame) -> None:
-        self._handed_out -= 1
         self._fused += 1
 
     def drop(self, frame: AssembledFrame, reason: str, message: str = "") -> Drop:
         """A handed-out frame the caller did not fuse (``fusion_error``, ``integration_paused``, ...)."""
-        self._handed_out -= 1
         self._dropped[reason] += 1
         return Drop(reason, frame.stamp_ns, message or f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: {reason}")
 
@@ -319,7 +320,7 @@ class FrameAssembler:
         for (color, depth, info), stamps in zip(result.matched, result.matched_stamps):
             frame = self._decode(stamps[COLOR], color, depth, info, now_s, out)
             if frame is not None:
-                self._resolve(frame, now_s, out, waited=False)
+                self._resolve(frame, now_s, out)
         return out
 
     def _drop_unmatched(self, out: Assembled, stamp_ns: int, missing) -> None:
@@ -376,22 +377,20 @@ class FrameAssembler:
                                   f"{info_w}x{info_h} does not match color {w}x{h}")
         depth_m = to_metres(depth_m)
         max_d = self.config.max_depth_m
-        if not np.any((depth_m > 0) & (depth_m <= max_d)):
+        if not has_valid_depth(depth_m, max_d):
             return self._add_drop(out, NO_VALID_DEPTH, stamp, f"frame at {t:.3f} s dropped: no depth pixel is "
                                   f"valid (all zero, NaN, inf or beyond max_depth_m={max_d:g})")
         frame_id = self.config.camera_frame or d.frame_id(color)
         return AssembledFrame(stamp, frame_id, rgb, depth_m, np.asarray(K, np.float64), None, float(now_s))
 
-    def _resolve(self, frame: AssembledFrame, now_s: float, out: Assembled, waited: bool) -> None:
+    def _resolve(self, frame: AssembledFrame, now_s: float, out: Assembled) -> None:
         expired = now_s - frame.received_s > self.config.pose_wait_s
         if self._pose_source is not None:
             lookup = self._pose_source(frame.stamp_ns, frame.frame_id)
         else:  # a frame newer than every pose waits for the next one, to interpolate; at the end, the nearest
             lookup = self.poses.lookup(frame.stamp_ns, wait_for_newer=not expired)
         if lookup.status == POSE_OK:
-            self._handed_out += 1
-            out.frames.append(AssembledFrame(frame.stamp_ns, frame.frame_id, frame.color_rgb, frame.depth_m,
-                                             frame.K, np.asarray(lookup.cam_to_map, np.float64), frame.received_s))
+            out.frames.append(replace(frame, cam_to_map=np.asarray(lookup.cam_to_map, np.float64)))
             return
         if lookup.status == POSE_MISSING or expired:
             self._drop_no_pose(frame, out)

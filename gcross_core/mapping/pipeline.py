@@ -28,12 +28,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
+from gcross_core.config import described
 from gcross_core.errors import InputError
+from gcross_core.mapping.assembly import MAX_DEPTH_M, MAX_DEPTH_M_DESCRIPTION
 from gcross_core.mapping.fusion import FrameStats, MapSnapshot, VoxelMap, pack_keys
 from gcross_core.mapping.instances import InstanceTracker, MapObject
 from gcross_core.mapping.map_io import SavedMap, restore_map
@@ -45,40 +47,36 @@ if TYPE_CHECKING:  # the segmenter pulls in torch and spconv; the pipeline is ha
 SEGMENT_SCOPES = ("map", "recent")
 
 
-def _p(default: Any, description: str):
-    """A config field whose description is also the node parameter's (gcross_ros/node/params.py)."""
-    return field(default=default, metadata={"description": description})
-
-
 @dataclass(frozen=True)
 class PipelineConfig:
     """How the map is built and segmented; the node declares each field as a parameter of the same name."""
 
-    voxel_size_m: float = _p(0.0, "Edge of a map voxel; 0: half the segmenter's grid (read from the checkpoint), "
-                                  "so that the segmenter, which grid-samples its input to its own grid, sees the "
-                                  "cells it would see of the scene's own points. A voxel coarser than the grid "
-                                  "is allowed and warned about: the encoder's first layers lose neighbours.")
-    max_voxels: int = _p(1_000_000, "Upper bound on map voxels; beyond it the map evicts the least seen (see "
-                                    "fusion.py). A voxel holds 84 + 4 x classes bytes (164 MB for a million "
-                                    "voxels of 20 classes); at 1 cm a million voxels cover about 100 m2 of "
-                                    "surface.")
-    max_depth_m: float = _p(5.0, "Depth readings beyond this are ignored (structured-light noise grows with the "
-                                 "square of the range); a frame with none within it is dropped (no_valid_depth).")
-    segment_period_s: float = _p(2.0, "Pause between the end of one map segmentation and the start of the next: "
-                                      "the node's worker thread waits this long in wall time (a pause, not a rate, "
-                                      "so that a segmentation slower than the period cannot starve fusion); "
-                                      "gcross-bag eval counts it in image-stamp time, so a bag replays alike at "
-                                      "any speed.")
-    segment_scope: str = _p("recent", "What each segmentation covers: 'map', the whole map (cost grows with the "
-                                      "map); 'recent', the voxels observed since the previous segmentation plus "
-                                      "segment_context_m of context (cost follows the camera, not the map).")
-    segment_context_m: float = _p(0.5, "With segment_scope 'recent': already segmented map within this distance "
-                                       "of the observed voxels is given to the encoder as context.")
-    min_voxels_to_segment: int = _p(1, "Below this many voxels the map is not worth a forward pass.")
+    voxel_size_m: float = described(0.0, "Edge of a map voxel; 0: half the segmenter's grid (read from the "
+                                         "checkpoint), so that the segmenter, which grid-samples its input to its own "
+                                         "grid, sees the cells it would see of the scene's own points. A voxel "
+                                         "coarser than the grid is allowed and warned about: the encoder's first "
+                                         "layers lose neighbours.")
+    max_voxels: int = described(1_000_000, "Upper bound on map voxels; beyond it the map evicts the least seen (see "
+                                           "fusion.py). A voxel holds 84 + 4 x classes bytes (164 MB for a million "
+                                           "voxels of 20 classes); at 1 cm a million voxels cover about 100 m2 of "
+                                           "surface.")
+    max_depth_m: float = described(MAX_DEPTH_M, MAX_DEPTH_M_DESCRIPTION)  # one parameter with the assembly's
+    segment_period_s: float = described(2.0, "Pause between the end of one map segmentation and the start of the next: "
+                                             "the node's worker thread waits this long in wall time (a pause, not a "
+                                             "rate, so that a segmentation slower than the period cannot starve "
+                                             "fusion); gcross-bag eval counts it in image-stamp time, so a bag "
+                                             "replays alike at any speed.")
+    segment_scope: str = described("recent", "What each segmentation covers: 'map', the whole map (cost grows with the "
+                                             "map); 'recent', the voxels observed since the previous segmentation "
+                                             "plus segment_context_m of context (cost follows the camera, not the "
+                                             "map).")
+    segment_context_m: float = described(0.5, "With segment_scope 'recent': already segmented map within this distance "
+                                              "of the observed voxels is given to the encoder as context.")
+    min_voxels_to_segment: int = described(1, "Below this many voxels the map is not worth a forward pass.")
 
     def __post_init__(self):
         if not self.voxel_size_m >= 0:
-            raise InputError(f"voxel_size_m must be >= 0 (0: the segmenter's grid), got {self.voxel_size_m}")
+            raise InputError(f"voxel_size_m must be >= 0 (0: half the segmenter's grid), got {self.voxel_size_m}")
         if not self.segment_period_s >= 0:
             raise InputError(f"segment_period_s must be >= 0, got {self.segment_period_s}")
         if self.segment_scope not in SEGMENT_SCOPES:

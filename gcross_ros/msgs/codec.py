@@ -141,13 +141,6 @@ def decode_color_rgb(msg) -> np.ndarray:  # -> [H, W, 3] uint8 RGB
     return pixels[:, :, ::-1] if msg.encoding == "bgr8" else pixels
 
 
-def decode_depth(msg) -> np.ndarray:  # -> [H, W] uint16 mm or float32 m
-    """Raw depth of a 16UC1 (mm) or 32FC1 (m) image, as a view (what the fusion takes directly)."""
-    if msg.encoding not in DEPTH_ENCODINGS:
-        raise _unsupported(msg.encoding, DEPTH_ENCODINGS)
-    return decode_image(msg)
-
-
 def decode_depth_m(msg) -> np.ndarray:  # -> [H, W] float32 metres
     """Metres of a 16UC1/mono16 (mm) or 32FC1 (m) depth image; 0 or NaN mark missing readings.
 

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Tuple
 
+from gcross_core.config import described
 from gcross_core.errors import InputError
 from gcross_core.mapping.assembly import AssemblyConfig
 from gcross_core.mapping.pipeline import PipelineConfig
@@ -25,58 +26,55 @@ RENDER_SOURCES = ("voxels", "gaussians")
 NESTED = ("assembly", "pipeline")
 
 
-def _p(default: Any, description: str):
-    return field(default=default, metadata={"description": description})
-
-
 @dataclass(frozen=True)
 class SegmentNodeParams:
-    checkpoint: str = _p("", "Segmenter checkpoint (.safetensors) to load at start; empty: the bundled demo "
-                             "segmenter (12 classes, trained on synthetic rooms only: a smoke test, not a model "
-                             "for real scans).")
-    device: str = _p("cpu", "Torch device for segmentation and rendering: 'cpu', 'cuda' or 'cuda:N'.")
-    map_frame: str = _p("map", "Frame of the fused map, of labelled_cloud and of the camera poses.")
-    pose_source: str = _p("topic", "Where camera poses come from: 'topic' (geometry_msgs/PoseStamped on "
-                                   "'pose', camera-to-map) or 'tf' (map_frame <- camera frame at the image stamp).")
-    initial_map: str = _p("", "A map folder written by the save_map service to start from (its voxel size "
-                              "must equal the node's and its classes the segmenter's; its objects keep their "
-                              "ids); empty: an empty map.")
-    save_map_path: str = _p("~/.ros/gcross_map", "Folder the save_map service writes the map to (replaced "
-                                                 "atomically if it exists): map.ply, map.json and scene/.")
-    reset_map_on_time_jump: bool = _p(False, "When image stamps jump back (a bag played again), also clear the "
-                                             "map; the synchronizer, the waiting frames and the pose buffer are "
-                                             "always cleared.")
-    render_period_s: float = _p(2.0, "Pause between two renderings of the map at the latest camera pose "
-                                     "(the CPU reference renderer needs about 1 s for 20k voxels at 320x240).")
-    publish_rendered: bool = _p(True, "Publish rendered/color, rendered/depth and rendered/semantic (and "
-                                      "rendered/features with render_source gaussians).")
-    render_width: int = _p(320, "Width of the rendered images in pixels.")
-    render_height: int = _p(240, "Height of the rendered images in pixels.")
-    render_backend: str = _p("auto", "Renderer: 'auto' (gsplat on CUDA, else the PyTorch reference), "
-                                     "'reference' or 'gsplat'.")
-    max_render_gaussians: int = _p(50_000, "At most this many Gaussians are rendered. render_source voxels: beyond "
-                                           "it the distant voxels in view are merged into coarser ones (level of "
-                                           "detail), so the whole view stays covered; gaussians: at most this many "
-                                           "cells of the model's grid are given to the model.")
-    render_source: str = _p("voxels", "What the rendered views show: 'voxels', one isotropic Gaussian per map "
-                                      "voxel (a point splat, fast); 'gaussians', the feed-forward Gaussians of the "
-                                      "GaussianCross model (model_checkpoint) for the visible map, which also "
-                                      "publishes rendered/features.")
-    model_checkpoint: str = _p("", "render_source gaussians: GaussianCross pretraining checkpoint "
-                                   "(.safetensors, kind 'pretrain'); empty: the bundled demo model (synthetic "
-                                   "rooms only). The segmenter checkpoint stays separate.")
-    render_up: str = _p("cameras", "render_source gaussians: the map's up direction, which is turned to +z before "
-                                   "the model sees it (it was trained on z-up scenes): 'cameras', a running "
-                                   "estimate from the fused cameras (a hand-held or mounted camera's image down "
-                                   "averages to gravity), or x,y,z in map_frame (0,0,1 for a z-up map frame).")
-    diagnostics_period_s: float = _p(1.0, "Period of the diagnostics message.")
-    lost_warn_ratio: float = _p(0.05, "Diagnostics turn WARN when more than this share of the color frames sent "
-                                      "in a diagnostics period never reached the node (lost by the middleware "
-                                      "or overwritten in the input queue).")
-    warn_throttle_s: float = _p(5.0, "Repeated warnings of one kind are logged at most once per this time.")
-    torch_threads: int = _p(0, "Threads torch may use for segmentation and rendering; 0: all cores but one, "
-                               "which stays free for fusion and the DDS callbacks (torch's default of all "
-                               "cores oversubscribes the machine: on 2 cores segmentation took twice as long).")
+    checkpoint: str = described("", "Segmenter checkpoint (.safetensors) to load at start; empty: the bundled demo "
+                                    "segmenter (12 classes, trained on synthetic rooms only: a smoke test, not a "
+                                    "model for real scans).")
+    device: str = described("cpu", "Torch device for segmentation and rendering: 'cpu', 'cuda' or 'cuda:N'.")
+    map_frame: str = described("map", "Frame of the fused map, of labelled_cloud and of the camera poses.")
+    pose_source: str = described("topic", "Where camera poses come from: 'topic' (geometry_msgs/PoseStamped on 'pose', "
+                                          "camera-to-map) or 'tf' (map_frame <- camera frame at the image stamp).")
+    initial_map: str = described("", "A map folder written by the save_map service to start from (its voxel size must "
+                                     "equal the node's and its classes the segmenter's; its objects keep their ids); "
+                                     "empty: an empty map.")
+    save_map_path: str = described("~/.ros/gcross_map", "Folder the save_map service writes the map to (replaced "
+                                                        "atomically if it exists): map.ply, map.json and scene/.")
+    reset_map_on_time_jump: bool = described(False, "When image stamps jump back (a bag played again), also clear the "
+                                                    "map; the synchronizer, the waiting frames and the pose buffer "
+                                                    "are always cleared.")
+    render_period_s: float = described(2.0, "Pause between two renderings of the map at the latest camera pose (the "
+                                            "CPU reference renderer needs about 1 s for 20k voxels at 320x240).")
+    publish_rendered: bool = described(True, "Publish rendered/color, rendered/depth and rendered/semantic (and "
+                                             "rendered/features with render_source gaussians).")
+    render_width: int = described(320, "Width of the rendered images in pixels.")
+    render_height: int = described(240, "Height of the rendered images in pixels.")
+    render_backend: str = described("auto", "Renderer: 'auto' (gsplat on CUDA, else the PyTorch reference), "
+                                            "'reference' or 'gsplat'.")
+    max_render_gaussians: int = described(50_000, "At most this many Gaussians are rendered. render_source voxels: "
+                                                  "beyond it the distant voxels in view are merged into coarser ones "
+                                                  "(level of detail), so the whole view stays covered; gaussians: at "
+                                                  "most this many cells of the model's grid are given to the model.")
+    render_source: str = described("voxels", "What the rendered views show: 'voxels', one isotropic Gaussian per map "
+                                             "voxel (a point splat, fast); 'gaussians', the feed-forward Gaussians of "
+                                             "the GaussianCross model (model_checkpoint) for the visible map, which "
+                                             "also publishes rendered/features.")
+    model_checkpoint: str = described("", "render_source gaussians: GaussianCross pretraining checkpoint "
+                                          "(.safetensors, kind 'pretrain'); empty: the bundled demo model (synthetic "
+                                          "rooms only). The segmenter checkpoint stays separate.")
+    render_up: str = described("cameras", "render_source gaussians: the map's up direction, which is turned to +z "
+                                          "before the model sees it (it was trained on z-up scenes): 'cameras', a "
+                                          "running estimate from the fused cameras (a hand-held or mounted camera's "
+                                          "image down averages to gravity), or x,y,z in map_frame (0,0,1 for a z-up "
+                                          "map frame).")
+    diagnostics_period_s: float = described(1.0, "Period of the diagnostics message.")
+    lost_warn_ratio: float = described(0.05, "Diagnostics turn WARN when more than this share of the color frames sent "
+                                             "in a diagnostics period never reached the node (lost by the middleware "
+                                             "or overwritten in the input queue).")
+    warn_throttle_s: float = described(5.0, "Repeated warnings of one kind are logged at most once per this time.")
+    torch_threads: int = described(0, "Threads torch may use for segmentation and rendering; 0: all cores but one, "
+                                      "which stays free for fusion and the DDS callbacks (torch's default of all "
+                                      "cores oversubscribes the machine: on 2 cores segmentation took twice as long).")
     # The frame assembly's and the pipeline's own configs: their fields are parameters of the same names
     # (one flat namespace; max_depth_m feeds both), described where they are defined.
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
