@@ -146,7 +146,7 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
         for f in frames:
             if config.max_frames is not None and len(frame_s) >= config.max_frames:
                 source.assembler.drop(f, NOT_USED)
-                continue
+                break
             t0 = time.perf_counter()
             try:
                 pipe.process_frame(f.color_rgb, f.depth_m, f.K, f.cam_to_map, f.stamp_ns / 1e9)
@@ -164,9 +164,7 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
                 seg_s.append(stats.seconds)
         account = source.summary()
     if not frame_s:
-        raise BagError(f"bag {bag_path} has no usable RGB-D frames: {account['frames_in']} colour images, "
-                       f"{account['frames_dropped']} dropped ({_reasons(account)}), {account['messages_skipped']} "
-                       "messages could not be decoded")
+        raise BagError(f"bag {bag_path} has no usable RGB-D frames: {source.describe()}")
     if account["messages_skipped"]:
         log.warning("bag %s: %d messages could not be decoded and were skipped (listed in results.json)", bag_path,
                     account["messages_skipped"])
@@ -191,11 +189,6 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
         "assembly": account,
     }
     return pipe.labelled_points(), perf
-
-
-def _reasons(account: dict) -> str:
-    return ", ".join(f"{k[len('dropped.'):]} {v}" for k, v in sorted(account.items())
-                     if k.startswith("dropped.")) or "none"
 
 
 def object_boxes(coord: np.ndarray, label: np.ndarray, instance: np.ndarray, none: int):

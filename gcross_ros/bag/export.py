@@ -158,25 +158,23 @@ def resolve_topics(topics: Dict[str, str], cfg: ExportConfig, bag: Path, registe
 # ---------------------------------------------------------------- export
 
 def _frames(frames: BagFrames, cfg: ExportConfig, summary: ExportSummary) -> Iterator[Frame]:
-    """The assembled frames, every ``cfg.every``-th of them, as SensReader frames (the rest counted not used)."""
+    """The assembled frames, every ``cfg.every``-th of them, as SensReader frames (the rest counted not used);
+    reading stops after ``cfg.max_frames``."""
     kept = seen = 0
     for f in frames:
         seen += 1
-        if (seen - 1) % cfg.every or (cfg.max_frames is not None and kept >= cfg.max_frames):
+        if cfg.max_frames is not None and kept >= cfg.max_frames:
             frames.assembler.drop(f, NOT_USED)
-            summary.pairs_skipped_every += int((seen - 1) % cfg.every != 0)
+            return
+        if (seen - 1) % cfg.every:
+            frames.assembler.drop(f, NOT_USED)
+            summary.pairs_skipped_every += 1
             continue
         frames.used(f)
         summary.image_size = (f.width, f.height)
         kept += 1
         yield Frame(color=np.ascontiguousarray(f.color_rgb), depth_m=np.ascontiguousarray(f.depth_m), K_color=f.K,
                     K_depth=f.K, cam_to_world=f.cam_to_map, frame_id=str(f.stamp_ns))
-
-
-def _dropped_text(acc: dict) -> str:
-    reasons = {k[len("dropped."):]: v for k, v in acc.items() if k.startswith("dropped.") and k != f"dropped.{NOT_USED}"}
-    return (f"{acc['frames_in']} colour images, frames dropped: "
-            + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"))
 
 
 def export_bag(bag_path, out, cfg: ExportConfig = ExportConfig()) -> ExportSummary:
@@ -195,6 +193,7 @@ def export_bag(bag_path, out, cfg: ExportConfig = ExportConfig()) -> ExportSumma
         frames = BagFrames(bag, topics, assembly, map_frame=cfg.map_frame)
         written = write_frames(out / "frames", _frames(frames, cfg, summary), color_format=cfg.color_format)
         summary.account = frames.summary()
+        described = frames.describe()
     summary.frames_written = written
     acc = summary.account
     summary.frames_without_pose = acc.get("dropped.no_pose", 0)
@@ -202,11 +201,9 @@ def export_bag(bag_path, out, cfg: ExportConfig = ExportConfig()) -> ExportSumma
         acc.get(f"dropped.{r}", 0) for r in ("no_depth", "no_camera_info", "unmatched"))
     summary.messages_skipped = acc["messages_skipped"]
     if written == 0:
-        raise BagError(f"bag {bag_path}: no frame had colour, depth, camera_info and a pose ({_dropped_text(acc)}; "
-                       f"{summary.messages_skipped} messages could not be decoded)")
+        raise BagError(f"bag {bag_path}: no frame had colour, depth, camera_info and a pose ({described})")
     if acc["frames_dropped"] - acc.get(f"dropped.{NOT_USED}", 0) or summary.messages_skipped:
-        log.warning("%s: %s; %d messages could not be decoded and were skipped", bag_path, _dropped_text(acc),
-                    summary.messages_skipped)
+        log.warning("%s: %s", bag_path, described)
     if cfg.fusion is not None:
         t0 = time.perf_counter()
         fused = fused_points(SensReaderFrames(out / "frames"), cfg.fusion, default_cache_dir(out))

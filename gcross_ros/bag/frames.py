@@ -20,12 +20,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from gcross_core.errors import BagError, InputError
-from gcross_core.mapping.assembly import AssembledFrame, AssemblyConfig, FrameAssembler
+from gcross_core.mapping.assembly import EXPECTED_DROPS, AssembledFrame, AssemblyConfig, FrameAssembler
 from gcross_core.mapping.sync import POSE_MISSING, POSE_OK, PoseBuffer, PoseLookup
 from gcross_ros.bag.format import SCENE_NAME_KEY, BagContents, BagFrame, BagTopics
 from gcross_ros.bag.reader import BagReader, read_ground_truth
 from gcross_ros.msgs import codec
-from gcross_ros.msgs.camera import CameraDecoder
+from gcross_ros.msgs.camera import CameraDecoder, add_pose_message
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,9 @@ class BagFrames:
                 continue
             if topic == t["pose"]:
                 try:
-                    asm.add_pose(stamp, codec.pose_to_matrix(msg.pose.position, msg.pose.orientation))
-                except (InputError, ValueError) as e:
-                    if not isinstance(e, InputError):
-                        asm.ignore_pose()
-                    log.warning("bag %s: pose at %.3f s ignored: %s", self.bag.path, stamp * 1e-9, e)
+                    add_pose_message(asm, msg)
+                except InputError as e:
+                    log.warning("bag %s: %s", self.bag.path, e)
                 out = asm.poll(t_ns * 1e-9)
             elif topic == t["color"]:
                 out = asm.add_color(msg, stamp, t_ns * 1e-9, sent_ns=t_ns)
@@ -180,6 +178,14 @@ class BagFrames:
         for d in out.drops:
             if d.message:
                 log.debug("bag %s: %s", self.bag.path, d.message)
+
+    def describe(self) -> str:
+        """One line for logs and errors: colour images in, frames dropped by reason (those asked for, like
+        frames a tool leaves out, not named), and messages that could not be decoded."""
+        acc = self.assembler.account()
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(acc.dropped.items()) if k not in EXPECTED_DROPS)
+        return (f"{acc.frames_in} colour images, frames dropped: {reasons or 'none'}; {len(self.skipped)} messages "
+                "could not be decoded")
 
     def summary(self) -> dict:
         """The assembler's account plus the skipped messages (for reports)."""
@@ -210,11 +216,8 @@ def iter_frames(path, topics: BagTopics = BagTopics(), config=None) -> Iterator[
         for f in frames:
             frames.used(f)
             yield BagFrame(f.stamp_ns, f.color_rgb, f.depth_m, f.K, f.cam_to_map, f.frame_id)
-        acc = frames.assembler.account()
-        if acc.frames_dropped or frames.skipped:
-            log.warning("bag %s: %d of %d frames dropped (%s), %d messages skipped", bag.path, acc.frames_dropped,
-                        acc.frames_in, ", ".join(f"{k} {v}" for k, v in sorted(acc.dropped.items())) or "-",
-                        len(frames.skipped))
+        if frames.assembler.account().frames_dropped or frames.skipped:
+            log.warning("bag %s: %s", bag.path, frames.describe())
 
 
 def read_bag(path, topics: BagTopics = BagTopics()) -> BagContents:

@@ -6,10 +6,11 @@ Works on rclpy messages and rosbags messages alike (through :mod:`gcross_ros.msg
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
+from gcross_core.errors import InputError
 from gcross_ros.msgs import codec
 
 
@@ -31,3 +32,16 @@ class CameraDecoder:
 
     def frame_id(self, msg) -> str:
         return str(msg.header.frame_id)
+
+
+def add_pose_message(assembler, msg) -> Optional[int]:
+    """A geometry_msgs/PoseStamped (camera-to-map) into a FrameAssembler's pose buffer; returns how far
+    pose stamps jumped back when it cleared the buffer. InputError, counted as an ignored pose, for a pose
+    that is not a finite rigid transform."""
+    stamp_ns = codec.stamp_to_ns(msg.header.stamp)
+    try:
+        cam_to_map = codec.pose_to_matrix(msg.pose.position, msg.pose.orientation)
+    except ValueError as e:
+        assembler.ignore_pose()
+        raise InputError(f"pose at {stamp_ns * 1e-9:.3f} s ignored: {e}") from None
+    return assembler.add_pose(stamp_ns, cam_to_map)

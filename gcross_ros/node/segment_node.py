@@ -55,7 +55,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -85,7 +85,7 @@ from gcross_core.mapping.model_view import ModelMapRenderer, render_view
 from gcross_core.model.api import GaussianCrossModel
 from gcross_core.mapping.pipeline import SegmentationPipeline
 from gcross_core.segmentation.segmenter import Segmenter
-from gcross_ros.msgs.camera import CameraDecoder
+from gcross_ros.msgs.camera import CameraDecoder, add_pose_message
 from gcross_ros.msgs.codec import pose_to_matrix, stamp_to_ns
 from gcross_ros.msgs.markers import object_markers
 from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
@@ -96,19 +96,6 @@ from gcross_ros.node.workers import Workers
 
 NODE_NAME = "gcross_segment"
 POSE_QUEUE_DEPTH = 1000  # poses kept by the middleware for the pose callback (a pose is ~100 bytes)
-
-
-@dataclass(frozen=True)
-class _View:
-    """The latest fused camera: where the renderer looks from."""
-
-    stamp_ns: int
-    frame_id: str
-    cam_to_map: np.ndarray  # [4, 4]
-    K: np.ndarray  # [3, 3] for width x height
-    width: int
-    height: int
-    received: float
 
 
 class SegmentNode(Node):
@@ -160,7 +147,7 @@ class SegmentNode(Node):
             self._tf_buffer = tf2_ros.Buffer()
             self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
             self._tf_errors = (tf2_ros.TransformException,)
-        self._latest_view: Optional[_View] = None
+        self._latest_view: Optional[AssembledFrame] = None  # the latest camera: where the renderer looks from
         self._integration_paused = False
         # The render worker skips views it has already rendered of an unchanged map (pipeline.version).
         self._rendered = (None, 0)  # (view, map version) of the last published render
@@ -272,12 +259,9 @@ class SegmentNode(Node):
                                           f"map_frame '{self.params.map_frame}'")
             return
         try:
-            jump = self.assembler.add_pose(stamp_to_ns(msg.header.stamp),
-                                           pose_to_matrix(msg.pose.position, msg.pose.orientation))
-        except (InputError, ValueError) as e:
-            if not isinstance(e, InputError):
-                self.assembler.ignore_pose()
-            self._warn.warn("pose_invalid", f"pose ignored: {e}")
+            jump = add_pose_message(self.assembler, msg)
+        except InputError as e:
+            self._warn.warn("pose_invalid", str(e))
             return
         if jump is not None:
             self.get_logger().info(f"pose stamps jumped back by {jump * 1e-9:.1f} s: pose buffer cleared")
@@ -317,11 +301,9 @@ class SegmentNode(Node):
             f"{jump.poses_cleared} poses cleared; {kept}")
 
     def _fuse(self, frame: AssembledFrame) -> None:
-        view = _View(frame.stamp_ns, frame.frame_id, frame.cam_to_map, frame.K, frame.width, frame.height,
-                     frame.received_s)
         if self._integration_paused:  # ~/pause_integration: the view still follows the camera
             self.assembler.drop(frame, INTEGRATION_PAUSED)
-            self._latest_view = view
+            self._latest_view = frame
             return
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
@@ -332,7 +314,7 @@ class SegmentNode(Node):
             return
         self.assembler.fused(frame)
         self.stats.fusion_time((time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
-        self._latest_view = view
+        self._latest_view = frame
         if self.model_renderer is not None:
             self.model_renderer.observe_camera(frame.cam_to_map)
 
@@ -382,7 +364,7 @@ class SegmentNode(Node):
         self.stats.timing("segmentation_ms", seg.seconds * 1e3)
         self.stats.timing("segmented_voxels", seg.voxels)
         if view is not None:
-            self.stats.timing("latency_ms", (time.monotonic() - view.received) * 1e3)
+            self.stats.timing("latency_ms", (time.monotonic() - view.received_s) * 1e3)
         return (f"segmented {seg.voxels} voxels in {seg.seconds:.2f} s, {seg.updated} labels updated; "
                 f"labelled_cloud of {int(keep.sum())} points published")
 
@@ -452,7 +434,7 @@ class SegmentNode(Node):
         done = self._segment(force=True)
         return (True, done) if done else (False, "the map is empty: nothing to segment")
 
-    def render_view(self, view: _View) -> Dict[str, Image]:
+    def render_view(self, view: AssembledFrame) -> Dict[str, Image]:
         """rendered/{color, depth, semantic[, features]} of the map seen from ``view``, at render_width x
         render_height."""
         p = self.params

@@ -190,3 +190,11 @@ def test_export_skips_garbled_messages_and_writes_the_rest(room, tmp_path, caplo
     np.testing.assert_allclose(frames.cam_to_world(2), room.frames.frame(4).cam_to_world, atol=1e-6)
     # a bag gcross recorded: its depth topic is registered to colour, whatever its name
     assert "is not one a driver registers to colour" not in caplog.text
+
+
+def test_max_frames_stops_reading(room, tmp_path):
+    bag = tmp_path / "bag"
+    record_scene(room, bag, RecordConfig(), progress=False)
+    s = export_bag(bag, tmp_path / "scene", ExportConfig(max_frames=2, fusion=None))
+    assert s.frames_written == 2 and s.account["dropped.not_used"] == 1
+    assert s.account["frames_in"] < 5  # the rest of the bag is not read
