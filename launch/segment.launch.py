@@ -1,7 +1,8 @@
 """Launch the gcross segmentation node, optionally with RViz.
 
     ros2 launch gcross_ros segment.launch.py checkpoint:=/path/model.safetensors camera:=/camera \
-        use_rviz:=true params_file:=/path/segment.yaml device:=cuda
+        use_rviz:=true params_file:=/path/segment.yaml device:=cuda \
+        color_transport:=compressed depth_transport:=compressedDepth
 
 The node runs in the root namespace; its camera inputs are remapped under ``camera`` (for example
 ``color/image_raw`` -> ``/camera/color/image_raw``), its outputs keep their relative names
@@ -27,8 +28,10 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = "gcross_ros"
-CAMERA_TOPICS = ("color/image_raw", "depth/image_raw", "color/camera_info")
-PARAMETER_ARGS = ("checkpoint", "device", "pose_source")  # launch arguments that override parameters
+# the raw inputs and their image_transport compressed forms (color_transport, depth_transport)
+CAMERA_TOPICS = ("color/image_raw", "depth/image_raw", "color/camera_info", "color/image_raw/compressed",
+                 "depth/image_raw/compressedDepth")
+PARAMETER_ARGS = ("checkpoint", "device", "pose_source", "color_transport", "depth_transport")  # launch arguments that override parameters
 
 
 def _share(*parts):
@@ -90,6 +93,12 @@ def generate_launch_description():
                               description="Torch device (cpu, cuda, cuda:N); empty: the params file's."),
         DeclareLaunchArgument("pose_source", default_value="",
                               description="topic or tf; empty: the params file's."),
+        DeclareLaunchArgument("color_transport", default_value="",
+                              description="raw or compressed (color/image_raw/compressed); empty: the params "
+                                          "file's."),
+        DeclareLaunchArgument("depth_transport", default_value="",
+                              description="raw or compressedDepth (depth/image_raw/compressedDepth); empty: the "
+                                          "params file's."),
         DeclareLaunchArgument("pose_topic", default_value="",
                               description="Remap the PoseStamped input `pose` to this topic; empty: `pose`."),
         OpaqueFunction(function=_actions),

@@ -163,6 +163,18 @@ class SegmentationPipeline:
     def __len__(self) -> int:
         return len(self.map)
 
+    def reconfigure(self, config: PipelineConfig) -> None:
+        """Take ``config`` from the next frame and the next segmentation on (parameters set while the
+        node runs). The map's voxel and capacity are fixed when it is built: a config that changes them
+        is an InputError and nothing changes."""
+        config = config.with_segmenter_grid(self.segmenter)
+        fixed = [f"{name} ({getattr(self.config, name)} -> {getattr(config, name)})"
+                 for name in ("voxel_size_m", "max_voxels") if getattr(config, name) != getattr(self.config, name)]
+        if fixed:
+            raise InputError(f"cannot change {', '.join(fixed)} of a built map; restart with the new value")
+        self.map.max_depth_m = config.max_depth_m
+        self.config = config
+
     def reset(self) -> int:
         """Empty the map and forget its objects; returns the voxels cleared."""
         voxels = len(self.map)

@@ -1,8 +1,9 @@
 """``gcross-bag``: record scenes as ROS 2 bags, replay bags with rclpy, evaluate segmentation offline or live.
 
-    gcross-bag record --scene DIR --out BAG [--storage sqlite3|mcap] [--every K] [--rate-hz HZ]
+    gcross-bag record --scene DIR --out BAG [--storage sqlite3|mcap] [--every K] [--rate-hz HZ] [--compressed jpeg|png]
     gcross-bag play BAG [--rate R] [--loop] [--topics T ...] [--clock] [--wait-for-subscribers S]
     gcross-bag eval BAG --checkpoint CKPT --out DIR [--params-file YAML] [--radius-m R] [--render-panel]
+                    [--color-topic T] [--depth-topic T] [--camera-info-topic T] [--pose-topic T]
     gcross-bag eval-live BAG --out DIR [--cloud-topic T] [--rate R]   (with the node running)
     gcross-bag export BAG --out SCENE [--every N] [--color-topic T ...]   (bag -> frames-only scene folder)
     gcross-bag info BAG
@@ -16,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -23,7 +25,7 @@ from gcross_core.cli import cli_main
 from gcross_core.errors import InputError
 from gcross_ros.bag.evaluate import (EvalConfig, assembly_config_from_params, evaluate_bag, node_params_from_file,
                                     pipeline_config_from_params)
-from gcross_ros.bag.format import RecordConfig
+from gcross_ros.bag.format import BagTopics, RecordConfig
 from gcross_ros.bag.live_eval import run_live_evaluation
 from gcross_ros.bag.player import play_bag
 from gcross_ros.bag.reader import BagReader
@@ -54,7 +56,7 @@ def cmd_record(args) -> int:
     from gcross_core.data import load_scene  # torch comes with it: imported for this command only
 
     scene = load_scene(args.scene, segment=args.segment)
-    cfg = RecordConfig(rate_hz=args.rate_hz, every=args.every, storage=args.storage)
+    cfg = RecordConfig(rate_hz=args.rate_hz, every=args.every, storage=args.storage, compressed=args.compressed or "")
     summary = record_scene(scene, args.out, cfg, class_names=_class_names_for(scene, args.classes),
                            max_frames=args.max_frames, progress=not args.quiet)
     log.info("wrote %s: %d frames (%dx%d), %d ground-truth points%s", summary.path, summary.frames_written,
@@ -116,7 +118,9 @@ def cmd_eval(args) -> int:
         panel = node_params_from_file(args.params_file, {
             "voxel_size_m": args.voxel_size_m, "device": args.device, "render_source": args.render_source,
             "model_checkpoint": args.model_checkpoint, "checkpoint": args.checkpoint})
-    res = evaluate_bag(args.bag, args.checkpoint, args.out, pipe_cfg, cfg, progress=not args.quiet,
+    given = {role: getattr(args, f"{role}_topic") for role in ("color", "depth", "camera_info", "pose")}
+    topics = replace(BagTopics(), **{role: t for role, t in given.items() if t})
+    res = evaluate_bag(args.bag, args.checkpoint, args.out, pipe_cfg, cfg, topics=topics, progress=not args.quiet,
                        render_panel=panel, assembly_config=assembly_config_from_params(args.params_file))
     frames = res["performance"]["assembly"]
     summary = {"miou": res["miou"], "macc": res["macc"], "frames_per_s": res["performance"]["frames_per_s"],
@@ -154,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--every", type=int, default=1, help="keep every K-th frame")
     r.add_argument("--rate-hz", type=float, default=10.0, help="stamp rate of the recorded frames")
     r.add_argument("--max-frames", type=int, default=None)
+    r.add_argument("--compressed", choices=("jpeg", "png"), default=None,
+                   help="record the images as image_transport publishes them compressed: colour as JPEG or PNG on "
+                        "<colour topic>/compressed, depth as compressedDepth (16-bit PNG of mm) on "
+                        "<depth topic>/compressedDepth (default: raw sensor_msgs/Image)")
     r.add_argument("--segment", default=None, choices=("segment20", "segment200", "segment", "none"),
                    help="label file of the ground-truth cloud (default: segment20.npy, else segment.npy)")
     r.add_argument("--classes", default="auto",
@@ -188,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-frames", type=int, default=None)
     e.add_argument("--no-final-segment", action="store_true",
                    help="score the map as last segmented during the stream (the node's last cloud)")
+    e.add_argument("--color-topic", default=None,
+                   help="colour images, raw (sensor_msgs/Image) or compressed (CompressedImage, JPEG/PNG), told by "
+                        "the message type (default: /camera/color/image_raw, else that topic + /compressed)")
+    e.add_argument("--depth-topic", default=None,
+                   help="depth images registered to colour, raw (16UC1 mm, 32FC1 m) or compressedDepth (default: "
+                        "/camera/depth/image_raw, else that topic + /compressedDepth)")
+    e.add_argument("--camera-info-topic", default=None, help="default: /camera/color/camera_info")
+    e.add_argument("--pose-topic", default=None,
+                   help="geometry_msgs/PoseStamped camera-to-map (default: /camera/pose, else /tf)")
     e.add_argument("--render-panel", action="store_true",
                    help="also write render_panel.png: the node's rendered views (colour, depth, semantic, "
                         "features) of the final map at three recorded poses next to the recorded frames; a bag "

@@ -36,7 +36,7 @@ from gcross_core.data.frames import Frame, SensReaderFrames, write_frames
 from gcross_core.errors import BagError, InputError
 from gcross_core.mapping.assembly import NOT_USED, AssemblyConfig
 from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
-from gcross_ros.bag.format import CLASS_NAMES_KEY, RECORDER_KEY, SCENE_NAME_KEY
+from gcross_ros.bag.format import CLASS_NAMES_KEY, COMPRESSED_SUFFIXES, RECORDER_KEY, SCENE_NAME_KEY
 from gcross_ros.bag.frames import TF, BagFrames
 from gcross_ros.bag.reader import BagReader
 
@@ -55,7 +55,6 @@ REGISTERED_DEPTH_NAMES = ("aligned_depth_to_color/image_raw", "depth_to_rgb/imag
                           "depth_registered/image_raw", "depth_registered/image_rect",
                           "depth_registered/sw_registered/image_rect_raw")
 DEPTH_NAMES = REGISTERED_DEPTH_NAMES + ("depth/image_raw", "depth/image_rect_raw", "depth/image_rect")
-COMPRESSED_SUFFIXES = {"color": "/compressed", "depth": "/compressedDepth"}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ A recorded bag holds, for every frame (same header stamp on all of them):
 - ``/camera/pose``              geometry_msgs/PoseStamped, camera-to-map, frame ``map``
 - ``/tf``                       ``map -> camera_color_optical_frame`` at the frame's stamp
 
+With ``--compressed jpeg|png`` the images travel as image_transport records them instead:
+``/camera/color/image_raw/compressed`` (sensor_msgs/CompressedImage, JPEG or PNG) and
+``/camera/depth/image_raw/compressedDepth`` (compressedDepth: a 12-byte header, then a 16-bit PNG of
+millimetres).
+
 and once, at the start time: ``/tf_static`` (``camera_color_optical_frame -> camera_depth_optical_frame``,
 identity, because depth is registered to color) and ``/gt/labelled_cloud`` (sensor_msgs/PointCloud2 in
 ``map`` with fields x, y, z float32, rgb float32 packed as RViz expects, label uint32 where the ignore
@@ -56,6 +61,12 @@ class RecordConfig:
     camera_frame: str = "camera_color_optical_frame"
     depth_frame: str = "camera_depth_optical_frame"  # only named in /tf_static; images carry camera_frame
     topics: BagTopics = field(default_factory=BagTopics)
+    # "": raw images; "jpeg" or "png": colour on <color>/compressed, depth on <depth>/compressedDepth
+    compressed: str = ""
+
+
+# image_transport's topic suffixes of compressed colour and compressed depth
+COMPRESSED_SUFFIXES = {"color": "/compressed", "depth": "/compressedDepth"}
 
 
 @dataclass

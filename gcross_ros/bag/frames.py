@@ -22,7 +22,7 @@ import numpy as np
 from gcross_core.errors import BagError, InputError
 from gcross_core.mapping.assembly import EXPECTED_DROPS, AssembledFrame, AssemblyConfig, FrameAssembler
 from gcross_core.mapping.sync import POSE_MISSING, POSE_OK, PoseBuffer, PoseLookup
-from gcross_ros.bag.format import SCENE_NAME_KEY, BagContents, BagFrame, BagTopics
+from gcross_ros.bag.format import COMPRESSED_SUFFIXES, SCENE_NAME_KEY, BagContents, BagFrame, BagTopics
 from gcross_ros.bag.reader import BagReader, read_ground_truth
 from gcross_ros.msgs import codec
 from gcross_ros.msgs.camera import CameraDecoder, add_pose_message
@@ -197,10 +197,17 @@ class BagFrames:
 
 
 def gcross_topic_roles(bag: BagReader, topics: BagTopics = BagTopics()) -> Dict[str, str]:
-    """role -> topic of a gcross bag: the pose topic, or /tf (map -> camera frame) when it has none."""
+    """role -> topic of a gcross bag: the pose topic, or /tf (map -> camera frame) when it has none; colour
+    and depth as raw images, or, where the bag has no raw topic of that name, as image_transport's
+    compressed ones (``<topic>/compressed``, ``<topic>/compressedDepth``), which the decoder tells apart by
+    their message."""
     avail = bag.topics
     roles = {"color": topics.color, "depth": topics.depth, "camera_info": topics.camera_info,
              "pose": topics.pose if topics.pose in avail else topics.tf}
+    for role in ("color", "depth"):
+        compressed = roles[role] + COMPRESSED_SUFFIXES[role]
+        if roles[role] not in avail and compressed in avail:
+            roles[role] = compressed
     missing = [t for t in roles.values() if t not in avail]
     if missing:
         raise BagError(f"bag {bag.path} lacks topics {missing} (has {sorted(avail)})")

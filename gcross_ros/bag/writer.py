@@ -19,8 +19,8 @@ import numpy as np
 from gcross_core.errors import BagError, InputError
 from gcross_core.geometry import is_valid_pose
 from gcross_core.image import depth_m_to_mm, register_color_to_depth
-from gcross_ros.bag.format import (CLASS_NAMES_KEY, RECORDER_KEY, SCENE_NAME_KEY, GroundTruthCloud, RecordConfig,
-                                   RecordSummary)
+from gcross_ros.bag.format import (CLASS_NAMES_KEY, COMPRESSED_SUFFIXES, RECORDER_KEY, SCENE_NAME_KEY,
+                                   GroundTruthCloud, RecordConfig, RecordSummary)
 from gcross_ros.msgs import codec
 from gcross_ros.msgs import rosbags_msgs as rb
 
@@ -92,7 +92,12 @@ def record_frames(out,
         bag.add_topic(tp.tf_static, "tf2_msgs/msg/TFMessage", latched=True)
         if gt is not None:
             bag.add_topic(tp.gt_cloud, "sensor_msgs/msg/PointCloud2", latched=True)
-        for topic, msgtype in ((tp.color, "sensor_msgs/msg/Image"), (tp.depth, "sensor_msgs/msg/Image"),
+        if config.compressed not in ("", "jpeg", "png"):
+            raise InputError(f"compressed must be '', 'jpeg' or 'png', got {config.compressed!r}")
+        image_type = "sensor_msgs/msg/CompressedImage" if config.compressed else "sensor_msgs/msg/Image"
+        color_topic = tp.color + (COMPRESSED_SUFFIXES["color"] if config.compressed else "")
+        depth_topic = tp.depth + (COMPRESSED_SUFFIXES["depth"] if config.compressed else "")
+        for topic, msgtype in ((color_topic, image_type), (depth_topic, image_type),
                                (tp.camera_info, "sensor_msgs/msg/CameraInfo"),
                                (tp.pose, "geometry_msgs/msg/PoseStamped"), (tp.tf, "tf2_msgs/msg/TFMessage")):
             bag.add_topic(topic, msgtype)
@@ -123,8 +128,14 @@ def record_frames(out,
             t = t0 + written * period_ns
             h, w = depth_m.shape
             size = (w, h)
-            bag.write(tp.color, rb.image_msg(rgb, "rgb8", t, config.camera_frame), t)
-            bag.write(tp.depth, rb.image_msg(depth_m_to_mm(depth_m), "16UC1", t, config.camera_frame), t)
+            if config.compressed:
+                bag.write(color_topic, rb.compressed_image_msg(codec.encode_compressed_color(rgb, config.compressed),
+                                                               t, config.camera_frame), t)
+                bag.write(depth_topic, rb.compressed_image_msg(codec.encode_compressed_depth(depth_m), t,
+                                                               config.camera_frame), t)
+            else:
+                bag.write(color_topic, rb.image_msg(rgb, "rgb8", t, config.camera_frame), t)
+                bag.write(depth_topic, rb.image_msg(depth_m_to_mm(depth_m), "16UC1", t, config.camera_frame), t)
             bag.write(tp.camera_info, rb.camera_info_msg(K_depth, w, h, t, config.camera_frame), t)
             bag.write(tp.pose, rb.pose_stamped_msg(cam_to_map, t, config.map_frame), t)
             tf = rb.transform_stamped_msg(cam_to_map, t, config.map_frame, config.camera_frame)

@@ -155,7 +155,11 @@ def decode_depth_m(msg) -> np.ndarray:  # -> [H, W] float32 metres
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_COMPRESSED_DEPTH_HEADER = 12  # compressed_depth_image_transport: int32 format + 2 float32 quantisation terms
+# compressed_depth_image_transport's ConfigHeader before the PNG: int32 format (0: inverse depth) and two
+# float32 quantisation terms A, B; a 32FC1 image is stored as uint16 inv = A / depth + B (0: no reading)
+_COMPRESSED_DEPTH_HEADER = np.dtype([("format", "<i4"), ("quant_a", "<f4"), ("quant_b", "<f4")])
+COMPRESSED_COLOR_FORMATS = ("jpeg", "png")
+COMPRESSED_DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
 
 def _decode_compressed(data: np.ndarray, fmt: str, what: str) -> np.ndarray:
@@ -166,8 +170,9 @@ def _decode_compressed(data: np.ndarray, fmt: str, what: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data.tobytes())) as im:
             return np.asarray(im.convert("RGB") if what == "color" else im)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"compressed {what} image (format {fmt!r}) cannot be decoded: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:  # a corrupt or truncated payload
+        raise MalformedMessageError(f"compressed {what} image (format {fmt!r}, {data.size} bytes) cannot be "
+                                    f"decoded: {e}") from e
 
 
 def decode_compressed_color_rgb(msg) -> np.ndarray:  # -> [H, W, 3] uint8 RGB
@@ -175,23 +180,92 @@ def decode_compressed_color_rgb(msg) -> np.ndarray:  # -> [H, W, 3] uint8 RGB
     return _decode_compressed(_byte_view(msg.data), str(msg.format), "color")
 
 
-def decode_compressed_depth_m(msg) -> np.ndarray:  # -> [H, W] float32 metres
-    """Metres of a 16-bit depth CompressedImage: ``compressedDepth`` PNG (12-byte header first) or a plain
-    16-bit PNG of millimetres. 32FC1 ``compressedDepth`` (quantised inverse depth) is not supported."""
+def decode_compressed_depth_m(msg) -> np.ndarray:  # -> [H, W] float32 metres, NaN or 0 = no reading
+    """Metres of a depth CompressedImage: image_transport ``compressedDepth`` (a 12-byte header, then a
+    16-bit PNG: millimetres for 16UC1, quantised inverse depth for 32FC1), or a plain 16-bit PNG of
+    millimetres. The ``rvl`` variant of compressedDepth is not supported."""
     data, fmt = _byte_view(msg.data), str(msg.format)
-    if "32FC1" in fmt:
-        raise InputError(f"compressed depth format {fmt!r} (quantised 32FC1) is not supported; record 16UC1 "
-                         "depth (millimetres) or raw depth images")
+    if "rvl" in fmt.lower():
+        raise InputError(f"compressed depth format {fmt!r} (RVL) is not supported; publish compressedDepth "
+                         "with png (the default of compressed_depth_image_transport) or raw depth images")
     raw = data.tobytes()
+    header = None
     if raw[:8] != _PNG_SIGNATURE:
-        if raw[_COMPRESSED_DEPTH_HEADER:_COMPRESSED_DEPTH_HEADER + 8] != _PNG_SIGNATURE:
-            raise InputError(f"compressed depth image (format {fmt!r}) is not a 16-bit PNG")
-        data = data[_COMPRESSED_DEPTH_HEADER:]
-    depth = _decode_compressed(data, fmt, "depth")
-    if depth.ndim != 2 or depth.dtype not in (np.uint16, np.int32, np.uint32, np.int64):
-        raise InputError(f"compressed depth image (format {fmt!r}) decodes to {depth.dtype} {depth.shape}, "
-                         "expected a one-channel 16-bit PNG of millimetres")
-    return depth_mm_to_m(depth.astype(np.uint16))
+        size = _COMPRESSED_DEPTH_HEADER.itemsize
+        if len(raw) < size + 8 or raw[size:size + 8] != _PNG_SIGNATURE:
+            raise MalformedMessageError(f"compressed depth image (format {fmt!r}, {len(raw)} bytes) is neither a "
+                                        "compressedDepth PNG (12-byte header, then PNG) nor a 16-bit PNG")
+        header = np.frombuffer(raw[:size], _COMPRESSED_DEPTH_HEADER)[0]
+        data = data[size:]
+    pixels = _decode_compressed(data, fmt, "depth")
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint16, np.int32, np.uint32, np.int64):
+        raise InputError(f"compressed depth image (format {fmt!r}) decodes to {pixels.dtype} {pixels.shape}, "
+                         "expected a one-channel 16-bit PNG")
+    pixels = pixels.astype(np.uint16)
+    if not fmt.split(";")[0].strip().upper().startswith("32FC1"):
+        return depth_mm_to_m(pixels)
+    if header is None:
+        raise InputError(f"compressed depth format {fmt!r}: a 32FC1 image needs compressedDepth's quantisation "
+                         "header, and this payload has none")
+    a, b = float(header["quant_a"]), float(header["quant_b"])
+    if header["format"] != 0 or not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
+        raise InputError(f"compressed depth format {fmt!r}: unusable inverse-depth header (format "
+                         f"{int(header['format'])}, A={a:g}, B={b:g})")
+    inv = pixels.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.float32(a) / (inv - np.float32(b))
+    depth[(pixels == 0) | ~(depth > 0)] = np.nan
+    return depth
+
+
+def encode_compressed_color(rgb: np.ndarray,  # [H, W, 3] uint8 RGB
+                            fmt: str = "jpeg", quality: int = 95) -> dict:
+    """CompressedImage fields (format, data) as image_transport's ``compressed`` publisher writes them."""
+    import io
+
+    from PIL import Image
+
+    if fmt not in COMPRESSED_COLOR_FORMATS:
+        raise _unsupported(fmt, COMPRESSED_COLOR_FORMATS)
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InputError(f"colour for a compressed image has {rgb.dtype} {rgb.shape}, expected uint8 [H, W, 3]")
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG" if fmt == "jpeg" else "PNG",
+                              **({"quality": int(quality)} if fmt == "jpeg" else {}))
+    return dict(format=f"rgb8; {fmt} compressed bgr8", data=np.frombuffer(buf.getvalue(), np.uint8))
+
+
+def encode_compressed_depth(depth_m: np.ndarray,  # [H, W] float32 metres, <= 0 or NaN = no reading
+                            encoding: str = "16UC1", depth_max_m: float = 10.0,
+                            quantization: float = 100.0) -> dict:
+    """CompressedImage fields (format, data) as compressed_depth_image_transport writes them: the 12-byte
+    header, then a 16-bit PNG of millimetres (16UC1) or of quantised inverse depth (32FC1, with the
+    transport's ``depth_max`` and ``depth_quantization``)."""
+    import io
+
+    from PIL import Image
+
+    if encoding not in COMPRESSED_DEPTH_ENCODINGS:
+        raise _unsupported(encoding, COMPRESSED_DEPTH_ENCODINGS)
+    d = np.asarray(depth_m, np.float32)
+    if d.ndim != 2:
+        raise InputError(f"depth for a compressed image has shape {d.shape}, expected [H, W]")
+    header = np.zeros(1, _COMPRESSED_DEPTH_HEADER)
+    valid = np.isfinite(d) & (d > 0)
+    if encoding == "16UC1":
+        pixels = np.where(valid, np.clip(np.round(d * 1000.0), 0, 65534), 0).astype(np.uint16)
+    else:
+        a = quantization * (quantization + 1.0)
+        b = 1.0 - a / depth_max_m
+        header["quant_a"], header["quant_b"] = a, b
+        keep = valid & (d < depth_max_m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pixels = np.where(keep, a / d + b, 0).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    data = np.frombuffer(header.tobytes() + buf.getvalue(), np.uint8)
+    return dict(format=f"{encoding}; compressedDepth png", data=data)
 
 
 def encode_image(pixels: np.ndarray,  # [H, W, C] or [H, W]

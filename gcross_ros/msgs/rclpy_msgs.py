@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from gcross_ros.msgs import codec
@@ -43,6 +43,14 @@ def numpy_to_image(pixels: np.ndarray,  # [H, W, C] or [H, W]
     data = fields.pop("data")
     msg = Image(header=make_header(stamp_ns, frame_id), **fields)
     msg.data = _uint8_array(data)
+    return msg
+
+
+def compressed_image(fields: dict,  # codec.encode_compressed_color / encode_compressed_depth
+                     stamp_ns: int = 0, frame_id: str = "") -> CompressedImage:
+    """A CompressedImage message of the codec's (format, data)."""
+    msg = CompressedImage(header=make_header(stamp_ns, frame_id), format=fields["format"])
+    msg.data = _uint8_array(fields["data"])
     return msg
 
 

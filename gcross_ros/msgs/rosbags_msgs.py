@@ -50,6 +50,12 @@ def image_msg(pixels: np.ndarray,  # [H, W, C] or [H, W]
     return message("sensor_msgs/msg/Image", header=header(stamp_ns, frame_id), **fields)
 
 
+def compressed_image_msg(fields: dict,  # codec.encode_compressed_color / encode_compressed_depth
+                         stamp_ns: int, frame_id: str):
+    return message("sensor_msgs/msg/CompressedImage", header=header(stamp_ns, frame_id), format=fields["format"],
+                   data=np.array(fields["data"], np.uint8))
+
+
 def camera_info_msg(K: np.ndarray,  # [3, 3] pixels
                     width: int, height: int, stamp_ns: int, frame_id: str):
     fields = codec.encode_camera_info(K, width, height)

@@ -60,7 +60,7 @@ class ThrottledWarnings:
     """At most one warning per kind per period, saying how many were held back in between."""
 
     def __init__(self, logger, period_s: float):
-        self._logger, self._period_s = logger, period_s
+        self._logger, self.period_s = logger, period_s
         self._last: Dict[str, float] = {}
         self._held: Counter = Counter()
         self._lock = threading.Lock()
@@ -68,12 +68,12 @@ class ThrottledWarnings:
     def warn(self, kind: str, message: str) -> None:
         now = time.monotonic()
         with self._lock:
-            if now - self._last.get(kind, -np.inf) < self._period_s:
+            if now - self._last.get(kind, -np.inf) < self.period_s:
                 self._held[kind] += 1
                 return
             held, self._held[kind] = self._held[kind], 0
             self._last[kind] = now
-        suffix = f" ({held} more like this in the last {self._period_s:g} s)" if held else ""
+        suffix = f" ({held} more like this in the last {self.period_s:g} s)" if held else ""
         self._logger.warning(message + suffix)
 
 

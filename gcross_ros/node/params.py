@@ -7,6 +7,11 @@ one flat namespace (``voxel_size_m``, not ``pipeline.voxel_size_m``). Field name
 defaults the parameter defaults and each field's ``description`` metadata the ParameterDescriptor text.
 ``declare_parameters(node)`` declares them all, ``SegmentNodeParams.from_node(node)`` reads them back
 and ``validate()`` rejects unusable values with a message naming the parameter.
+
+The parameters in ``RUNTIME_PARAMETERS`` can be set while the node runs (``ros2 param set``): the node
+checks the new set of values with the same ``validate()`` as at start, refuses an invalid one with the
+reason (the old value stays) and applies the rest at once. All others are read-only: they shape what
+the node built at start (the map's voxel, the model, the subscriptions).
 """
 from __future__ import annotations
 
@@ -24,6 +29,15 @@ POSE_SOURCES = ("topic", "tf")
 RENDER_BACKENDS = ("auto", "reference", "gsplat")
 RENDER_SOURCES = ("voxels", "gaussians")
 NESTED = ("assembly", "pipeline")
+COLOR_TRANSPORTS = ("raw", "compressed")
+DEPTH_TRANSPORTS = ("raw", "compressedDepth")
+# Set while the node runs: periods, rendering, the depth range, what segmentation covers, warnings.
+RUNTIME_PARAMETERS = frozenset({
+    "segment_period_s", "segment_scope", "segment_context_m", "min_voxels_to_segment",
+    "render_period_s", "publish_rendered", "render_width", "render_height", "render_backend",
+    "max_render_gaussians", "render_source", "model_checkpoint", "render_up",
+    "max_depth_m", "diagnostics_period_s", "lost_warn_ratio", "warn_throttle_s", "reset_map_on_time_jump",
+    "save_map_path"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,14 @@ class SegmentNodeParams:
                                     "segmenter (12 classes, trained on synthetic rooms only: a smoke test, not a "
                                     "model for real scans).")
     device: str = described("cpu", "Torch device for segmentation and rendering: 'cpu', 'cuda' or 'cuda:N'.")
+    color_transport: str = described("raw", "How colour arrives: 'raw' (sensor_msgs/Image rgb8 or bgr8 on "
+                                            "color/image_raw) or 'compressed' (sensor_msgs/CompressedImage, JPEG or "
+                                            "PNG, on color/image_raw/compressed, as image_transport publishes it).")
+    depth_transport: str = described("raw", "How depth arrives: 'raw' (sensor_msgs/Image 16UC1 mm or 32FC1 m on "
+                                            "depth/image_raw) or 'compressedDepth' (CompressedImage on "
+                                            "depth/image_raw/compressedDepth: a 16-bit PNG of millimetres, or 32FC1 "
+                                            "as quantised inverse depth, as compressed_depth_image_transport "
+                                            "publishes it).")
     map_frame: str = described("map", "Frame of the fused map, of labelled_cloud and of the camera poses.")
     pose_source: str = described("topic", "Where camera poses come from: 'topic' (geometry_msgs/PoseStamped on 'pose', "
                                           "camera-to-map) or 'tf' (map_frame <- camera frame at the image stamp).")
@@ -167,6 +189,10 @@ class SegmentNodeParams:
             errors.append(f"device {self.device!r} is not 'cpu', 'cuda' or 'cuda:N'")
         if not self.map_frame:
             errors.append("map_frame is empty")
+        if self.color_transport not in COLOR_TRANSPORTS:
+            errors.append(f"color_transport {self.color_transport!r} is not one of {COLOR_TRANSPORTS}")
+        if self.depth_transport not in DEPTH_TRANSPORTS:
+            errors.append(f"depth_transport {self.depth_transport!r} is not one of {DEPTH_TRANSPORTS}")
         if self.pose_source not in POSE_SOURCES:
             errors.append(f"pose_source {self.pose_source!r} is not one of {POSE_SOURCES}")
         if self.render_source not in RENDER_SOURCES:
@@ -227,12 +253,15 @@ def declare_parameters(node) -> None:
     """Declare every parameter of :class:`SegmentNodeParams` on ``node`` with its description.
 
     Float parameters accept integers too (``segment_period_s: 1`` in YAML), so they are declared with
-    dynamic typing and checked by :meth:`SegmentNodeParams.from_node`. All are read-only: the node reads
-    them once at start.
+    dynamic typing and checked by :meth:`SegmentNodeParams.from_node`. Those in ``RUNTIME_PARAMETERS``
+    can be set at run time (the node checks them in its set-parameters callback); the others are
+    read-only, and their descriptions say so.
     """
     from rcl_interfaces.msg import ParameterDescriptor
 
     for name, (default, description) in SegmentNodeParams._specs().items():
-        descriptor = ParameterDescriptor(description=description, read_only=True,
+        runtime = name in RUNTIME_PARAMETERS
+        description += " (Can be set at run time.)" if runtime else " (Read-only: set at start.)"
+        descriptor = ParameterDescriptor(description=description, read_only=not runtime,
                                          dynamic_typing=isinstance(default, float))
         node.declare_parameter(name, default, descriptor)

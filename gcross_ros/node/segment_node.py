@@ -1,8 +1,9 @@
 """ROS 2 node ``gcross_segment``: fuse RGB-D frames into a voxel map, segment it, publish what it sees.
 
 Interface (relative names; the launch file remaps the inputs under the camera namespace):
-  in   color/image_raw (rgb8 | bgr8), depth/image_raw (16UC1 mm | 32FC1 m, registered to color),
-       color/camera_info, and pose (geometry_msgs/PoseStamped, camera-to-map) when pose_source is topic
+  in   color/image_raw (rgb8 | bgr8), depth/image_raw (16UC1 mm | 32FC1 m, registered to color), or their
+       image_transport compressed forms (color_transport:=compressed: color/image_raw/compressed, JPEG or
+       PNG; depth_transport:=compressedDepth: depth/image_raw/compressedDepth), color/camera_info, and pose (geometry_msgs/PoseStamped, camera-to-map) when pose_source is topic
        or TF (map_frame <- camera frame at the image stamp) when it is tf; all with sensor-data QoS.
   out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence, and instance (uint32
        object id, 0 = none) when the checkpoint has an instance head), instances (visualization_msgs/
@@ -32,6 +33,10 @@ diagnostics status are gcross_ros.node.health.
 
 Camera poses are camera-to-map transforms of the camera's *optical* frame (x right, y down, z forward),
 which is the convention of the images and of the renderer.
+
+Parameters (gcross_ros.node.params) are read at start; those in RUNTIME_PARAMETERS (periods, rendering,
+the depth range, segmentation scope, warning thresholds) can also be set while the node runs, checked by
+the same rules as at start: an invalid value is refused with its reason and the old one kept.
 
 The map's voxel size is half the segmenter's grid, read from the checkpoint, unless voxel_size_m says
 otherwise (a voxel coarser than the grid is warned about).
@@ -70,7 +75,8 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from rcl_interfaces.msg import SetParametersResult
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
@@ -90,7 +96,7 @@ from gcross_ros.msgs.codec import pose_to_matrix, stamp_to_ns
 from gcross_ros.msgs.markers import object_markers
 from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
 from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
-from gcross_ros.node.params import SegmentNodeParams, declare_parameters
+from gcross_ros.node.params import RUNTIME_PARAMETERS, SegmentNodeParams, declare_parameters
 from gcross_ros.node.services import create_services
 from gcross_ros.node.workers import Workers
 
@@ -131,11 +137,9 @@ class SegmentNode(Node):
             self.pipeline.restore(load_map(p.initial_map), f"initial_map {p.initial_map!r}")
             objects = f", {len(self.pipeline.tracker)} objects" if self.pipeline.tracker is not None else ""
             self.get_logger().info(f"started from the map in {p.initial_map} ({len(self.pipeline)} voxels{objects})")
-        self.model_renderer = None  # render_source gaussians: the GaussianCross model's view of the map
-        if p.render_source == "gaussians":
-            model = GaussianCrossModel.from_checkpoint(p.model_checkpoint_path, p.device)
-            self.model_renderer = ModelMapRenderer(model, p.max_render_gaussians, backend=p.render_backend,
-                                                   up=p.render_up_vector)
+        self._model: Tuple[str, Optional[GaussianCrossModel]] = ("", None)  # (checkpoint, model) once loaded
+        # render_source gaussians: the GaussianCross model's view of the map
+        self.model_renderer = self._model_renderer_for(p)
 
         self.stats = Stats()
         self._last_report: Dict[str, float] = {}
@@ -162,10 +166,14 @@ class SegmentNode(Node):
         # qos_overrides./<topic>.subscription.reliability (the pose topic too).
         overridable = QoSOverridingOptions.with_default_policies()
         depths = []
-        for name, msg_type, topic, callback in (("color", Image, "color/image_raw", self._on_color),
-                                                ("depth", Image, "depth/image_raw", self._on_depth),
-                                                ("camera_info", CameraInfo, "color/camera_info",
-                                                 self._on_camera_info)):
+        # image_transport's names: the compressed forms of a raw topic are sub-topics of it
+        compressed_color, compressed_depth = p.color_transport == "compressed", p.depth_transport == "compressedDepth"
+        for name, msg_type, topic, callback in (
+                ("color", CompressedImage if compressed_color else Image,
+                 "color/image_raw" + ("/compressed" if compressed_color else ""), self._on_color),
+                ("depth", CompressedImage if compressed_depth else Image,
+                 "depth/image_raw" + ("/compressedDepth" if compressed_depth else ""), self._on_depth),
+                ("camera_info", CameraInfo, "color/camera_info", self._on_camera_info)):
             # a copy: rclpy writes the overrides into the profile it is given
             sub = self._subscribe_counting_lost(name, msg_type, topic, callback, copy.copy(qos_profile_sensor_data),
                                                 overridable)
@@ -197,21 +205,20 @@ class SegmentNode(Node):
         self.instances_pub = None
         if self.segmenter.has_instance_head:
             self.instances_pub = self.create_publisher(MarkerArray, "instances", reliable)
-        if p.publish_rendered:
-            self.render_pubs = {name: self.create_publisher(Image, f"rendered/{name}", reliable)
-                                for name in ("color", "depth", "semantic")
-                                + (("features",) if self.model_renderer is not None else ())}
+        self.render_pubs: Dict[str, object] = {}  # created when rendering is on (publish_rendered), by name
+        self._render_publishers(p, self.model_renderer)
 
         self.create_timer(0.05, self._poll_assembler)
-        self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
+        self._diagnostics_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
         create_services(self)
         # Workers stop as soon as the context shuts down (SIGINT/SIGTERM), before the publishers they use
         # become invalid.
         self.context.on_shutdown(self.workers.stopping.set)
         self.workers.start("segment", self._segment, p.pipeline.segment_period_s)
-        if p.publish_rendered:
-            self.workers.start("render", self._render, p.render_period_s)
+        self.workers.start("render", self._render, p.render_period_s)  # idle while publish_rendered is false
         self._publish_legend()
+        # last: parameters set from now on are checked and applied by _on_set_parameters
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
             f"segmenting with {p.checkpoint_path} ({len(self.class_names)} classes) on {p.device}; "
             f"map_frame={p.map_frame}, pose_source={p.pose_source}, voxel_size_m={self.pipeline.voxel_size_m}, "
@@ -373,6 +380,8 @@ class SegmentNode(Node):
                                                   self.params.map_frame))
 
     def _render(self) -> None:
+        if not self.params.publish_rendered:
+            return
         view, version = self._latest_view, self.pipeline.version
         last_view, last_version = self._rendered
         if view is None or (view is last_view and version == last_version):  # nothing new: no work while idle
@@ -381,7 +390,9 @@ class SegmentNode(Node):
             t0 = time.perf_counter()
             images = self.render_view(view)
             for name, msg in images.items():
-                self.render_pubs[name].publish(msg)
+                pub = self.render_pubs.get(name)
+                if pub is not None:  # rendering was turned off, or its source changed, meanwhile
+                    pub.publish(msg)
         except Exception as e:
             self._failed("render", e)
             return
@@ -437,21 +448,79 @@ class SegmentNode(Node):
     def render_view(self, view: AssembledFrame) -> Dict[str, Image]:
         """rendered/{color, depth, semantic[, features]} of the map seen from ``view``, at render_width x
         render_height."""
-        p = self.params
+        p, model_renderer = self.params, self.model_renderer  # one consistent set while parameters change
         w, h = p.render_width, p.render_height
         snap = self.pipeline.map.snapshot()
         K = scale_intrinsics(view.K, w / view.width, h / view.height)
         out = render_view(snap, view.cam_to_map, K, w, h, self.palette, voxel_size_m=self.pipeline.voxel_size_m,
                           max_gaussians=p.max_render_gaussians, device=p.device, backend=p.render_backend,
-                          model_renderer=self.model_renderer)
+                          model_renderer=model_renderer)
         self.stats.timing("render_voxels_in_view", out.voxels_in_view)
         self.stats.timing("render_gaussians", out.gaussians)
         images = {"color": numpy_to_image(out.color, "rgb8", view.stamp_ns, view.frame_id),
                   "depth": numpy_to_image(out.depth_m, "32FC1", view.stamp_ns, view.frame_id),
                   "semantic": numpy_to_image(out.semantic, "rgb8", view.stamp_ns, view.frame_id)}
-        if self.model_renderer is not None:
+        if model_renderer is not None:
             images["features"] = numpy_to_image(out.features, "rgb8", view.stamp_ns, view.frame_id)
         return images
+
+    # ------------------------------------------------------------------ parameters
+
+    def _model_renderer_for(self, p: SegmentNodeParams) -> Optional[ModelMapRenderer]:
+        """render_source gaussians: a renderer of the GaussianCross model (loaded once per checkpoint)."""
+        if p.render_source != "gaussians":
+            return None
+        path, model = self._model
+        if model is None or path != p.model_checkpoint_path:
+            model = GaussianCrossModel.from_checkpoint(p.model_checkpoint_path, p.device)
+            self._model = (p.model_checkpoint_path, model)
+        return ModelMapRenderer(model, p.max_render_gaussians, backend=p.render_backend, up=p.render_up_vector)
+
+    def _render_publishers(self, p: SegmentNodeParams, model_renderer) -> None:
+        """The rendered/* publishers that ``p`` needs and that do not exist yet."""
+        if not p.publish_rendered:
+            return
+        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        for name in ("color", "depth", "semantic") + (("features",) if model_renderer is not None else ()):
+            if name not in self.render_pubs:
+                self.render_pubs[name] = self.create_publisher(Image, f"rendered/{name}", reliable)
+
+    def _on_set_parameters(self, changed) -> SetParametersResult:
+        """``ros2 param set``: the new values are checked as at start and applied at once, or refused with
+        the reason and nothing changed. Read-only parameters are refused by rclpy before this runs."""
+        values = {param.name: param.value for param in changed}
+        fixed = sorted(set(values) - RUNTIME_PARAMETERS)
+        if fixed:
+            return SetParametersResult(successful=False, reason=f"{fixed} can only be set at start")
+        old = self.params
+        try:
+            new = SegmentNodeParams.from_dict({**old.flat(), **values}).validate()
+            self.pipeline.reconfigure(replace(new.pipeline, segment_period_s=0.0))
+            renderer_args = ("render_source", "model_checkpoint", "render_up", "render_backend",
+                             "max_render_gaussians")
+            model_renderer = self.model_renderer
+            if any(getattr(new, a) != getattr(old, a) for a in renderer_args):
+                model_renderer = self._model_renderer_for(new)  # may load a model, and fail: then refused
+        except (GcrossError, ValueError, OSError) as e:
+            self.pipeline.reconfigure(replace(old.pipeline, segment_period_s=0.0))
+            reason = " ".join(str(e).split())
+            self.get_logger().warning(f"parameters {sorted(values)} refused: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        # accepted: nothing below can fail on a validated set
+        self.assembler.config = replace(self.assembler.config, max_depth_m=new.assembly.max_depth_m)
+        self.workers.set_pause("segment", new.pipeline.segment_period_s)
+        self.workers.set_pause("render", new.render_period_s)
+        self._diagnostics_timer.timer_period_ns = int(new.diagnostics_period_s * 1e9)
+        self._warn.period_s = new.warn_throttle_s
+        self._render_publishers(new, model_renderer)
+        if model_renderer is not self.model_renderer:
+            if model_renderer is not None and self._latest_view is not None:
+                model_renderer.observe_camera(self._latest_view.cam_to_map)
+            self.model_renderer = model_renderer
+        self.params = new
+        self._rendered = (None, 0)  # the next render shows the new settings
+        self.get_logger().info("parameters set: " + ", ".join(f"{k}={v!r}" for k, v in sorted(values.items())))
+        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ reporting
 

@@ -7,6 +7,7 @@ the YAML config, the launch file and the RViz config are checked here too.
 import ast
 import json
 import math
+import re
 import sys
 import threading
 import time
@@ -20,7 +21,8 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from rclpy.parameter import Parameter, parameter_value_to_python  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -33,7 +35,7 @@ from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E
 from gcross_ros.msgs import codec  # noqa: E402
 from gcross_ros.msgs import rclpy_msgs as cv  # noqa: E402
 from gcross_ros.node.process import start_node_process, stop_node_process  # noqa: E402
-from gcross_ros.node.params import SegmentNodeParams, declare_parameters  # noqa: E402
+from gcross_ros.node.params import RUNTIME_PARAMETERS, SegmentNodeParams, declare_parameters  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -89,7 +91,8 @@ class Fixture:
         self.node = rclpy.create_node("gcross_test_fixture", context=context)
         self.services = {name: self.node.create_client(srv, f"/{node_name}/{name}") for name, srv in (
             ("save_map", Trigger), ("reset_map", Trigger), ("segment_now", Trigger),
-            ("pause_integration", SetBool))}
+            ("pause_integration", SetBool), ("set_parameters", SetParameters),
+            ("get_parameters", GetParameters))}
         self.lock = threading.Lock()
         self.clouds, self.diags, self.legends = [], [], []
         self.rendered = {"color": [], "depth": [], "semantic": []}
@@ -134,11 +137,11 @@ class Fixture:
             return [(int.from_bytes(m.status[0].level, "little") if isinstance(m.status[0].level, bytes)
                      else int(m.status[0].level), m.status[0].message) for m in self.diags]
 
-    def call(self, name, data=None, timeout_s=WAIT_S):
+    def call(self, name, data=None, timeout_s=WAIT_S, **fields):
         """Call one of the node's services; returns the response (success, message)."""
         client = self.services[name]
         assert client.wait_for_service(timeout_sec=timeout_s), f"service {name} is not offered"
-        request = client.srv_type.Request()
+        request = client.srv_type.Request(**fields)
         if data is not None:
             request.data = data
         future = client.call_async(request)
@@ -147,6 +150,14 @@ class Fixture:
             assert time.monotonic() < deadline, f"service {name} did not answer in {timeout_s} s"
             time.sleep(0.02)
         return future.result()
+
+    def set_params(self, **values):
+        """``ros2 param set`` over the node's parameter service; one SetParametersResult per value."""
+        request = [Parameter(name, value=value).to_parameter_msg() for name, value in values.items()]
+        return self.call("set_parameters", parameters=request).results
+
+    def get_param(self, name):
+        return parameter_value_to_python(self.call("get_parameters", names=[name]).values[0])
 
     def next_stamp(self):
         self.stamp_ns += 100_000_000
@@ -617,6 +628,70 @@ def test_params_coerce_and_validate(tmp_path):
     assert both.assembly.max_depth_m == both.pipeline.max_depth_m == 3.0
 
 
+def test_parameters_set_at_run_time_apply_at_once_or_are_refused_with_the_reason(running):
+    fx, proc, log_path = running
+    _fused_after(fx, proc, log_path, fx.diag().get("frames_fused", 0))
+    # invalid: refused with the reason, the old value kept; a read-only parameter: refused
+    (bad,) = fx.set_params(segment_period_s=-1.0)
+    assert not bad.successful and re.search(r"segment_period_s must be >=? 0, got -1.0", bad.reason)
+    (zero,) = fx.set_params(segment_period_s=0.0)  # the node's own rule: its worker needs a pause
+    assert not zero.successful and "segment_period_s must be > 0, got 0.0" in zero.reason
+    (bad_scope,) = fx.set_params(segment_scope="room")
+    assert not bad_scope.successful and "segment_scope 'room'" in bad_scope.reason
+    assert fx.get_param("segment_period_s") == NODE_PARAMS["segment_period_s"]
+    (fixed,) = fx.set_params(voxel_size_m=0.2)
+    assert not fixed.successful and fx.get_param("voxel_size_m") == NODE_PARAMS["voxel_size_m"]
+    try:
+        # a long period: no cloud while frames keep being fused, then a short one: clouds again
+        (ok,) = fx.set_params(segment_period_s=1000)  # an integer for a float parameter, as in YAML
+        assert ok.successful and fx.get_param("segment_period_s") == 1000
+        time.sleep(2.0)  # a segmentation under way when the period changed still publishes
+        d0 = fx.diag()
+        for i in range(20):
+            fx.send(0.05 * (i % 4))
+        time.sleep(1.0)
+        d1 = fx.diag()
+        assert d1["frames_fused"] > d0["frames_fused"] + 5, (d0, d1)
+        assert d1.get("clouds_published", 0) == d0.get("clouds_published", 0), (d0, d1)
+        assert fx.set_params(segment_period_s=0.2)[0].successful
+        wait_for(lambda: fx.diag().get("clouds_published", 0) > d1.get("clouds_published", 0), WAIT_S,
+                 "a cloud once the period is short again", proc, log_path)
+        # the depth range applies to the frames' checks: nothing within 1 m, so every frame is dropped
+        assert fx.set_params(max_depth_m=1.0)[0].successful
+        _check_drop_then_recovery_after(fx, proc, log_path, "no_valid_depth",
+                                        lambda: fx.set_params(max_depth_m=NODE_PARAMS.get("max_depth_m", 5.0)))
+    finally:
+        fx.set_params(segment_period_s=NODE_PARAMS["segment_period_s"], max_depth_m=5.0)
+    assert proc.poll() is None
+
+
+def _check_drop_then_recovery_after(fx, proc, log_path, reason, restore):
+    before = fx.diag().get(f"dropped.{reason}", 0)
+    deadline = time.monotonic() + WAIT_S
+    while fx.diag().get(f"dropped.{reason}", 0) <= before and time.monotonic() < deadline:
+        fx.send()
+        time.sleep(0.1)
+    assert fx.diag().get(f"dropped.{reason}", 0) > before, f"no frame dropped as {reason}"
+    assert all(r.successful for r in restore())
+    _fused_after(fx, proc, log_path, fx.diag().get("frames_fused", 0))
+
+
+def test_rendering_turned_off_and_on_at_run_time(running):
+    fx, proc, log_path = running
+    try:
+        assert fx.set_params(publish_rendered=False)[0].successful
+        time.sleep(1.5)  # a render under way finishes
+        before = fx.diag().get("renders_published", 0)
+        for i in range(10):
+            fx.send(0.1 * i)
+        time.sleep(1.5)
+        assert fx.diag().get("renders_published", 0) == before
+    finally:
+        assert fx.set_params(publish_rendered=True)[0].successful
+    fx.send(0.3)
+    wait_for(lambda: fx.diag().get("renders_published", 0) > before, WAIT_S, "renders again", proc, log_path)
+
+
 def test_params_declared_on_a_node_with_descriptions(ros_context):
     node = rclpy.create_node("gcross_param_check", context=ros_context, parameter_overrides=[
         Parameter("voxel_size_m", value=0.07), Parameter("segment_period_s", value=3)])
@@ -626,7 +701,11 @@ def test_params_declared_on_a_node_with_descriptions(ros_context):
         assert p.pipeline.voxel_size_m == 0.07 and p.pipeline.segment_period_s == 3.0 and p.map_frame == "map"
         for name, text in SegmentNodeParams.descriptions().items():
             desc = node.describe_parameter(name)
-            assert desc.description == text and len(text) > 10 and desc.read_only
+            assert desc.description.startswith(text) and len(text) > 10
+            assert desc.read_only == (name not in RUNTIME_PARAMETERS), name
+            assert ("run time" in desc.description) == (name in RUNTIME_PARAMETERS)
+        (refused,) = node.set_parameters([Parameter("voxel_size_m", value=0.2)])
+        assert not refused.successful and node.get_parameter("voxel_size_m").value == 0.07
     finally:
         node.destroy_node()
 

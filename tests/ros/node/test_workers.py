@@ -1,6 +1,8 @@
 """The node's worker threads: a job runs again after a pause, and stop ends the loop."""
 import threading
 
+import pytest
+
 from gcross_ros.node.workers import Workers
 
 
@@ -16,3 +18,30 @@ def test_a_job_runs_after_each_pause_until_stopped():
     while ran.acquire(blocking=False):  # runs already under way when stop was called
         pass
     assert not ran.acquire(timeout=0.1)  # none after the loop ended
+
+
+def test_a_changed_pause_applies_to_the_wait_under_way():
+    ran = threading.Semaphore(0)
+    workers = Workers("test")
+    workers.start("job", ran.release, pause_s=1000.0)
+    assert not ran.acquire(timeout=0.3)  # waiting out the long pause
+    workers.set_pause("job", 0.01)  # shortened: the wait ends at once
+    assert ran.acquire(timeout=5.0) and ran.acquire(timeout=5.0)
+    assert workers.pause_s("job") == 0.01
+    workers.set_pause("job", 1000.0)  # lengthened: after at most the run under way, no more runs
+    ran.acquire(timeout=0.2)
+    while ran.acquire(blocking=False):
+        pass
+    assert not ran.acquire(timeout=0.3)
+    workers.stop(timeout_s=5.0)
+    assert all(not t.is_alive() for t in workers._threads)  # stop ends a long wait too
+
+
+def test_a_worker_name_is_started_once():
+    workers = Workers("test")
+    workers.start("job", lambda: None, pause_s=1000.0)
+    try:
+        with pytest.raises(ValueError, match="already running"):
+            workers.start("job", lambda: None, pause_s=1.0)
+    finally:
+        workers.stop(timeout_s=5.0)
