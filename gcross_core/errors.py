@@ -47,6 +47,10 @@ class LiveEvalError(GcrossError, RuntimeError):
     """A live evaluation could not complete (the node published nothing usable in time)."""
 
 
+class SegmenterProcessError(GcrossError, RuntimeError):
+    """The segmenter's child process (gcross_core.segmentation.process) did not start in time or ended."""
+
+
 class MalformedMessageError(InputError):
     """A message's fields contradict each other (an image buffer shorter than step * height, a step
     smaller than one row): the sender is broken, unlike an encoding the reader merely does not support."""

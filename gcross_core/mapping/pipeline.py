@@ -6,8 +6,12 @@
 identically at any speed) the whole map is segmented and the per-point probabilities are fused into the
 voxels (``maybe_segment``). ``labelled_points`` returns the labelled map.
 
-What is segmented (``segment_scope``): ``map`` runs the encoder on the whole map every time, so its
-cost grows with the map; ``recent`` runs it on the voxels observed since the previous segmentation (and
+What is segmented (``segment_scope``): ``priority`` (the default) gives the encoder at most
+``segment_max_voxels`` voxels per segmentation, chosen by :mod:`gcross_core.mapping.schedule`: never-labelled
+voxels in view first, then other never-labelled ones, then voxels whose colour or normal changed since
+they were labelled, then the rest of the map in the background, one region at a time, plus context around
+them; its cost is bounded whatever the map and the camera do. ``map`` runs the encoder on the whole map
+every time, so its cost grows with the map; ``recent`` runs it on the voxels observed since the previous segmentation (and
 any never labelled), with ``segment_context_m`` of already segmented map around them as context for the
 encoder, and fuses the probabilities of the observed voxels only. Its cost follows what the camera saw
 in a period, not the size of the map; every observed voxel is still segmented at least once after each
@@ -29,7 +33,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -39,12 +43,13 @@ from gcross_core.mapping.assembly import MAX_DEPTH_M, MAX_DEPTH_M_DESCRIPTION
 from gcross_core.mapping.fusion import FrameStats, MapSnapshot, VoxelMap, pack_keys
 from gcross_core.mapping.instances import InstanceTracker, MapObject
 from gcross_core.mapping.map_io import SavedMap, restore_map
+from gcross_core.mapping.schedule import LabelLedger, plan_segmentation
 
 if TYPE_CHECKING:  # the segmenter pulls in torch and spconv; the pipeline is handed one
     from gcross_core.segmentation.segmenter import Segmenter
 
 
-SEGMENT_SCOPES = ("map", "recent")
+SEGMENT_SCOPES = ("priority", "recent", "map")
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,17 @@ class PipelineConfig:
                                              "rate, so that a segmentation slower than the period cannot starve "
                                              "fusion); gcross-bag eval counts it in image-stamp time, so a bag "
                                              "replays alike at any speed.")
-    segment_scope: str = described("recent", "What each segmentation covers: 'map', the whole map (cost grows with the "
-                                             "map); 'recent', the voxels observed since the previous segmentation "
-                                             "plus segment_context_m of context (cost follows the camera, not the "
-                                             "map).")
+    segment_scope: str = described("priority", "What each segmentation covers: 'priority', at most "
+                                               "segment_max_voxels voxels chosen by priority (never-labelled voxels in "
+                                               "view, other never-labelled ones, changed ones, then the rest of the map "
+                                               "region by region) plus context: bounded cost; 'recent', every voxel "
+                                               "observed since the previous segmentation plus segment_context_m of "
+                                               "context (cost follows the camera); 'map', the whole map (cost grows "
+                                               "with the map).")
+    segment_max_voxels: int = described(40_000, "segment_scope 'priority': most voxels given to the encoder per "
+                                                "segmentation, targets and context together; size it so that one "
+                                                "segmentation fits the latency wanted on the machine "
+                                                "(benchmarks/node.py).")
     segment_context_m: float = described(0.5, "With segment_scope 'recent': already segmented map within this distance "
                                               "of the observed voxels is given to the encoder as context.")
     min_voxels_to_segment: int = described(1, "Below this many voxels the map is not worth a forward pass.")
@@ -87,6 +99,8 @@ class PipelineConfig:
             raise InputError(f"max_depth_m must be > 0, got {self.max_depth_m}")
         if self.max_voxels < 1:
             raise InputError(f"max_voxels must be >= 1, got {self.max_voxels}")
+        if self.segment_max_voxels < 1:
+            raise InputError(f"segment_max_voxels must be >= 1, got {self.segment_max_voxels}")
         if self.min_voxels_to_segment < 1:
             raise InputError(f"min_voxels_to_segment must be >= 1, got {self.min_voxels_to_segment}")
 
@@ -115,6 +129,8 @@ class SegmentStats:
     voxels: int  # voxels given to the encoder (with "recent": the observed ones plus their context)
     updated: int  # voxels whose probabilities were fused (fewer if eviction ran meanwhile)
     seconds: float  # wall time of predict + fuse
+    tiers: Optional[Dict[str, int]] = None  # segment_scope priority: targets taken per tier (schedule.TIERS)
+    due: Optional[Dict[str, int]] = None  # segment_scope priority: voxels due per tier before the budget cut
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,8 @@ class SegmentationPipeline:
         self._first_stamp_s: Optional[float] = None
         self._segment_lock = threading.Lock()  # one segmentation at a time
         self._segmented_upto = 0  # frames integrated when the last segmentation took its snapshot
+        self.ledger = LabelLedger()  # segment_scope priority: when each voxel was labelled, and how it looked
+        self._grew_in = 0  # the latest segmentation that labelled new voxels (labels before it get refreshed)
         self.tracker = InstanceTracker() if getattr(segmenter, "has_instance_head", False) else None
         self._tracker_lock = threading.Lock()
         self.frames_processed = 0
@@ -179,6 +197,8 @@ class SegmentationPipeline:
         """Empty the map and forget its objects; returns the voxels cleared."""
         voxels = len(self.map)
         self.map.clear()
+        self.ledger.clear()
+        self._grew_in = 0
         self.reset_instances()  # object ids start again with the new map
         self._bump()
         return voxels
@@ -219,7 +239,14 @@ class SegmentationPipeline:
             if len(snap) < self.config.min_voxels_to_segment:
                 return None
             t0 = time.perf_counter()
-            rows, fuse = self.segment_rows(snap)
+            plan = None
+            if self.config.segment_scope == "priority":
+                self.ledger.forget_missing(snap.keys)
+                plan = plan_segmentation(snap, self.ledger, self._segmented_upto, self.config.segment_max_voxels,
+                                         self.config.segment_context_m, refresh_before=self._grew_in)
+                rows, fuse = plan.rows, plan.fuse
+            else:
+                rows, fuse = self.segment_rows(snap)
             if len(fuse) and self.tracker is not None:
                 out = self.segmenter.predict_instances(snap.coords[rows], snap.colors[rows], snap.normals[rows])
                 updated = self.map.fuse_probabilities(rows[fuse], out.probs[fuse], snapshot=snap)
@@ -239,7 +266,14 @@ class SegmentationPipeline:
             if now_s is not None:
                 self._last_segment_s = float(now_s)
             self.segmentations += 1
-            return SegmentStats(float(now_s) if now_s is not None else float("nan"), len(rows), updated, seconds)
+            if plan is not None and len(fuse):
+                targets = rows[fuse]
+                self.ledger.record(snap.keys[targets], self.segmentations, snap.colors[targets], snap.normals[targets])
+                if plan.tiers["new_in_view"] or plan.tiers["new"]:
+                    self._grew_in = self.segmentations
+            return SegmentStats(float(now_s) if now_s is not None else float("nan"), len(rows), updated, seconds,
+                                tiers=plan.tiers if plan is not None else None,
+                                due=plan.due if plan is not None else None)
 
     def segment_rows(self, snap: MapSnapshot) -> Tuple[np.ndarray, np.ndarray]:
         """(rows of ``snap`` to give the encoder [R], positions within them whose probabilities are fused)."""
@@ -293,6 +327,8 @@ class SegmentationPipeline:
         ids when it has them and this segmenter tracks objects (InputError when voxel size or classes
         differ)."""
         restore_map(self.map, saved, self.class_names, source)
+        self.ledger.clear()  # restored labels count as the oldest: the background refresh visits them once
+        self._grew_in = self.segmentations + 1
         self._bump()
         if self.tracker is not None:
             with self._tracker_lock:

@@ -110,7 +110,8 @@ def cmd_play(args) -> int:
 def cmd_eval(args) -> int:
     pipe_cfg = pipeline_config_from_params(args.params_file, {"voxel_size_m": args.voxel_size_m,
                                                               "segment_period_s": args.segment_period_s,
-                                                              "segment_scope": args.segment_scope})
+                                                              "segment_scope": args.segment_scope,
+                                                              "segment_max_voxels": args.segment_max_voxels})
     cfg = EvalConfig(radius_m=args.radius_m, final_segment=not args.no_final_segment, device=args.device,
                      max_frames=args.max_frames)
     panel = None
@@ -189,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--voxel-size-m", type=float, default=None,
                    help="the map's voxel (default: the params file's voxel_size_m; 0: half the segmenter's grid)")
     e.add_argument("--segment-period-s", type=float, default=None)
-    e.add_argument("--segment-scope", choices=("map", "recent"), default=None,
+    e.add_argument("--segment-scope", choices=("priority", "recent", "map"), default=None,
                    help="what each segmentation covers (node parameter segment_scope)")
+    e.add_argument("--segment-max-voxels", type=int, default=None,
+                   help="segment_scope priority: voxels given to the encoder per segmentation (node parameter)")
     e.add_argument("--radius-m", type=float, default=None, help="label transfer radius (default: twice the segmenter's grid)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--max-frames", type=int, default=None)

@@ -33,7 +33,7 @@ COLOR_TRANSPORTS = ("raw", "compressed")
 DEPTH_TRANSPORTS = ("raw", "compressedDepth")
 # Set while the node runs: periods, rendering, the depth range, what segmentation covers, warnings.
 RUNTIME_PARAMETERS = frozenset({
-    "segment_period_s", "segment_scope", "segment_context_m", "min_voxels_to_segment",
+    "segment_period_s", "segment_scope", "segment_max_voxels", "segment_context_m", "min_voxels_to_segment",
     "render_period_s", "publish_rendered", "render_width", "render_height", "render_backend",
     "max_render_gaussians", "render_source", "model_checkpoint", "render_up",
     "max_depth_m", "diagnostics_period_s", "lost_warn_ratio", "warn_throttle_s", "reset_map_on_time_jump",
@@ -94,9 +94,14 @@ class SegmentNodeParams:
                                              "in a diagnostics period never reached the node (lost by the middleware "
                                              "or overwritten in the input queue).")
     warn_throttle_s: float = described(5.0, "Repeated warnings of one kind are logged at most once per this time.")
-    torch_threads: int = described(0, "Threads torch may use for segmentation and rendering; 0: all cores but one, "
-                                      "which stays free for fusion and the DDS callbacks (torch's default of all "
-                                      "cores oversubscribes the machine: on 2 cores segmentation took twice as long).")
+    segment_in_process: bool = described(True, "Run the segmenter in a child process of its own, so that its "
+                                               "work never holds the core or the interpreter lock that fusion and "
+                                               "the DDS callbacks need; false: on a thread of the node's process.")
+    torch_threads: int = described(0, "Threads the segmenter uses (in its own process with segment_in_process); 0: "
+                                      "all cores but one, which stays free for fusion and the DDS callbacks "
+                                      "(torch's default of all cores oversubscribes the machine: on 2 cores "
+                                      "segmentation took twice as long). Rendering in the node's process uses one "
+                                      "thread when the segmenter has its own process.")
     # The frame assembly's and the pipeline's own configs: their fields are parameters of the same names
     # (one flat namespace; max_depth_m feeds both), described where they are defined.
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)

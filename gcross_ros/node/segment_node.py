@@ -90,6 +90,7 @@ from gcross_core.mapping.sync import POSE_MISSING, POSE_OK, POSE_WAIT, PoseLooku
 from gcross_core.mapping.model_view import ModelMapRenderer, render_view
 from gcross_core.model.api import GaussianCrossModel
 from gcross_core.mapping.pipeline import SegmentationPipeline
+from gcross_core.segmentation.process import SegmenterProcess
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_ros.msgs.camera import CameraDecoder, add_pose_message
 from gcross_ros.msgs.codec import pose_to_matrix, stamp_to_ns
@@ -114,12 +115,17 @@ class SegmentNode(Node):
         declare_parameters(self)
         p = SegmentNodeParams.from_node(self).validate()
         _check_available(p)
-        torch.set_num_threads(p.torch_threads or max(1, (os.cpu_count() or 2) - 1))
+        threads = p.torch_threads or max(1, (os.cpu_count() or 2) - 1)
         if not p.checkpoint:
             self.get_logger().warning(
                 f"no checkpoint given: using the bundled demo segmenter {p.checkpoint_path}, trained on synthetic "
                 "rooms only; pass checkpoint:=/path/segmenter.safetensors for real scans")
-        self.segmenter = Segmenter.from_checkpoint(p.checkpoint_path, p.device)
+        if p.segment_in_process:  # the model's work never holds fusion's core or the interpreter lock
+            torch.set_num_threads(1)  # this process: fusion, DDS and rendering
+            self.segmenter = SegmenterProcess(p.checkpoint_path, p.device, threads)
+        else:
+            torch.set_num_threads(threads)
+            self.segmenter = Segmenter.from_checkpoint(p.checkpoint_path, p.device)
         # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
         # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
         # voxel_size_m 0: half the segmenter's grid (PipelineConfig.with_segmenter_grid says why).
@@ -333,6 +339,8 @@ class SegmentNode(Node):
     def destroy_node(self) -> None:
         if hasattr(self, "workers"):  # a node whose construction failed early has no workers
             self.stop_workers()
+        if isinstance(getattr(self, "segmenter", None), SegmenterProcess):
+            self.segmenter.close()
         super().destroy_node()
 
     def _failed(self, kind: str, e: Exception) -> None:
@@ -370,6 +378,8 @@ class SegmentNode(Node):
         self.stats.inc("clouds_published")
         self.stats.timing("segmentation_ms", seg.seconds * 1e3)
         self.stats.timing("segmented_voxels", seg.voxels)
+        for tier, due in (seg.due or {}).items():  # segment_scope priority: what is left to do, per tier
+            self.stats.timing(f"segment_due.{tier}", due - seg.tiers[tier])
         if view is not None:
             self.stats.timing("latency_ms", (time.monotonic() - view.received_s) * 1e3)
         return (f"segmented {seg.voxels} voxels in {seg.seconds:.2f} s, {seg.updated} labels updated; "

@@ -1,0 +1,184 @@
+"""Which voxels a segmentation covers when its work is bounded (``segment_scope: priority``).
+
+Each segmentation gives the encoder at most ``budget`` voxels: targets, whose class probabilities are
+fused, plus the map around them as context. Targets are taken in tiers, each in full before the next:
+
+1. ``new_in_view``: never-labelled voxels observed since the previous segmentation, the most recently
+   seen first (what the camera looks at now);
+2. ``new``: other never-labelled voxels (seen earlier, left over by an earlier budget), most recent first;
+3. ``changed``: labelled voxels whose content moved since they were labelled: mean colour by more than
+   ``color_tolerance`` (0..255 per channel, largest channel), or normal by more than
+   ``normal_tolerance_deg``;
+4. ``refresh``: labels made before the map last grew (before the latest segmentation that labelled new
+   voxels), in the background: they were computed with less of the map around them. Oldest label first,
+   nearest the oldest one first, so that each refresh is a compact region.
+
+Re-observing a labelled voxel whose colour and normal stay within the tolerances does not make it due:
+only tier 4 visits it again, and only after the map grew: once the camera stops finding new surface,
+every label is refreshed once, within ``map voxels / (0.75 x budget)`` segmentations, and then the
+segmentations stop (nothing is due: an idle node does no work). Context for the targets is the map within
+``context_m`` of them, nearest first, as much as the budget leaves; at least ``min_context_share`` of the
+budget is kept for it when the tiers would fill it all.
+
+:class:`LabelLedger` remembers, per voxel key, when it was labelled and what it looked like then, so it
+survives the map's eviction renumbering its rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+import numpy as np
+
+TIERS = ("new_in_view", "new", "changed", "refresh")
+
+
+class LabelLedger:
+    """Per voxel key: the segmentation round that last labelled it, and its colour and normal then."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._keys = np.empty(0, np.int64)  # sorted
+        self._round = np.empty(0, np.int64)
+        self._color = np.empty((0, 3), np.float32)
+        self._normal = np.empty((0, 3), np.float32)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Row of each key in the ledger, -1 where it was never recorded."""
+        if not len(self._keys):
+            return np.full(len(keys), -1, np.int64)
+        pos = np.searchsorted(self._keys, keys)
+        pos_c = np.minimum(pos, len(self._keys) - 1)
+        return np.where(self._keys[pos_c] == keys, pos_c, -1)
+
+    def record(self, keys: np.ndarray, round_: int, colors: np.ndarray, normals: np.ndarray) -> None:
+        """``keys`` were labelled in round ``round_`` with these colours and normals."""
+        keys = np.asarray(keys, np.int64)
+        rows = self.lookup(keys)
+        known = rows >= 0
+        self._round[rows[known]] = round_
+        self._color[rows[known]] = colors[known]
+        self._normal[rows[known]] = normals[known]
+        if (~known).any():
+            keys_n = keys[~known]
+            keys_all = np.concatenate([self._keys, keys_n])
+            order = np.argsort(keys_all, kind="stable")
+            self._keys = keys_all[order]
+            self._round = np.concatenate([self._round, np.full(len(keys_n), round_, np.int64)])[order]
+            self._color = np.concatenate([self._color, np.asarray(colors, np.float32)[~known]])[order]
+            self._normal = np.concatenate([self._normal, np.asarray(normals, np.float32)[~known]])[order]
+
+    def forget_missing(self, keys_in_map: np.ndarray) -> None:
+        """Drop the keys the map no longer has (evicted or reset), keeping the ledger the map's size."""
+        keep = np.isin(self._keys, keys_in_map)
+        if not keep.all():
+            self._keys, self._round = self._keys[keep], self._round[keep]
+            self._color, self._normal = self._color[keep], self._normal[keep]
+
+    def rounds(self, rows: np.ndarray) -> np.ndarray:
+        return self._round[rows]
+
+    def colors(self, rows: np.ndarray) -> np.ndarray:
+        return self._color[rows]
+
+    def normals(self, rows: np.ndarray) -> np.ndarray:
+        return self._normal[rows]
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: np.ndarray  # [R] rows of the snapshot given to the encoder (targets and context)
+    fuse: np.ndarray  # [T] positions within ``rows`` whose probabilities are fused (the targets)
+    tiers: Dict[str, int]  # targets taken from each tier (TIERS)
+    due: Dict[str, int]  # voxels in each tier before the budget cut
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.rows[self.fuse]
+
+
+def changed_since_labelled(colors: np.ndarray, normals: np.ndarray, then_colors: np.ndarray,
+                           then_normals: np.ndarray, color_tolerance: float, normal_tolerance_deg: float
+                           ) -> np.ndarray:
+    """True where colour or normal moved beyond the tolerances (a normal unknown then or now: colour only)."""
+    moved = np.abs(colors - then_colors).max(axis=1) > color_tolerance
+    both = (np.abs(normals).sum(axis=1) > 0) & (np.abs(then_normals).sum(axis=1) > 0)
+    cos = np.einsum("ij,ij->i", normals, then_normals)
+    return moved | (both & (cos < np.cos(np.deg2rad(normal_tolerance_deg))))
+
+
+def plan_segmentation(snap, ledger: LabelLedger, seen_since: int, budget: int, context_m: float,
+                      refresh_before: int = 0, color_tolerance: float = 12.0, normal_tolerance_deg: float = 30.0,
+                      min_context_share: float = 0.25) -> Plan:
+    """The rows of ``snap`` (a MapSnapshot with labels) to segment now (see the module docstring).
+
+    ``seen_since``: frame index of the previous segmentation's snapshot (voxels seen at or after it are in
+    view). ``budget``: most voxels given to the encoder, targets and context together. ``refresh_before``:
+    labels of an earlier round (the ledger's rounds; voxels the ledger never saw count as round -1) are
+    due for the background refresh."""
+    n = len(snap)
+    empty = np.empty(0, np.int64)
+    if n == 0 or budget < 1:
+        return Plan(empty, empty, {t: 0 for t in TIERS}, {t: 0 for t in TIERS})
+    labelled = snap.labels >= 0
+    in_view = snap.last_seen >= seen_since
+    ledger_rows = ledger.lookup(snap.keys)
+    known = labelled & (ledger_rows >= 0)
+    changed = np.zeros(n, bool)
+    if known.any():
+        idx = np.flatnonzero(known)
+        lr = ledger_rows[idx]
+        changed[idx] = changed_since_labelled(snap.colors[idx], snap.normals[idx], ledger.colors(lr),
+                                              ledger.normals(lr), color_tolerance, normal_tolerance_deg)
+    recent_first = np.argsort(-snap.last_seen, kind="stable")
+    tiers = {
+        "new_in_view": recent_first[(~labelled & in_view)[recent_first]],
+        "new": recent_first[(~labelled & ~in_view)[recent_first]],
+        "changed": recent_first[changed[recent_first]],
+    }
+    due = {name: len(rows) for name, rows in tiers.items()}
+    target_cap = budget if n <= budget else max(1, int(budget * (1.0 - min_context_share)))
+    taken, chosen = {}, []
+    left = target_cap
+    for name in ("new_in_view", "new", "changed"):
+        pick = tiers[name][:left]
+        taken[name] = len(pick)
+        chosen.append(pick)
+        left -= len(pick)
+    target = np.zeros(n, bool)
+    target[np.concatenate(chosen)] = True
+    # tier 4: labels older than the map's last growth, oldest first, while the budget has room
+    rest = np.flatnonzero(labelled & ~target & ~changed)
+    age = np.where(ledger_rows[rest] >= 0, ledger.rounds(np.maximum(ledger_rows[rest], 0)), -1)
+    rest, age = rest[age < refresh_before], age[age < refresh_before]  # -1: never recorded (a restored map)
+    due["refresh"] = len(rest)
+    taken["refresh"] = 0
+    if left > 0 and len(rest):
+        if len(rest) <= left:
+            region = rest
+        else:
+            seed = rest[int(np.argmin(age))]
+            dist = np.linalg.norm(snap.coords[rest] - snap.coords[seed], axis=1)
+            region = rest[np.lexsort((dist, age))[:left]]  # the oldest labels, nearest the seed first
+        target[region] = True
+        taken["refresh"] = len(region)
+    targets = np.flatnonzero(target)
+    context = np.empty(0, np.int64)
+    room = budget - len(targets)
+    if room > 0 and context_m > 0 and len(targets) < n:
+        from scipy.spatial import cKDTree
+
+        others = np.flatnonzero(~target)
+        dist, _ = cKDTree(snap.coords[targets]).query(snap.coords[others], k=1, distance_upper_bound=context_m)
+        near = np.isfinite(dist)
+        order = np.argsort(dist[near], kind="stable")[:room]
+        context = others[near][order]
+    rows = np.sort(np.concatenate([targets, context]))
+    fuse = np.flatnonzero(target[rows])
+    return Plan(rows, fuse, taken, due)
+
