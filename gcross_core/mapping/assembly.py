@@ -63,7 +63,8 @@ TIME_JUMP_RESET = "time_jump"
 FUSION_ERROR = "fusion_error"  # reported by the caller
 INTEGRATION_PAUSED = "integration_paused"  # reported by the caller (the node's ~/pause_integration)
 NOT_USED = "not_used"  # reported by the caller (a bag tool that stops early or keeps every k-th frame)
-EXPECTED_DROPS = (INTEGRATION_PAUSED, NOT_USED)  # asked for: not a sign of trouble
+RATE_LIMITED = "rate_limited"  # closer to the previous frame taken than max_frame_rate_hz allows
+EXPECTED_DROPS = (INTEGRATION_PAUSED, NOT_USED, RATE_LIMITED)  # asked for: not a sign of trouble
 
 
 # max_depth_m is one node parameter that both this config and the pipeline's (PipelineConfig) take
@@ -93,6 +94,10 @@ class AssemblyConfig:
                                               "are cleared.")
     camera_frame: str = described("", "Camera optical frame; empty: the frame_id of the color images. Used for TF "
                                       "lookups and as the frame of the rendered images.")
+    max_frame_rate_hz: float = described(15.0, "Frame-rate policy: a synchronized frame stamped less than 0.9 / "
+                                               "max_frame_rate_hz after the previous frame taken is dropped before "
+                                               "decoding ('rate_limited', an expected drop); a 30 Hz camera is fused "
+                                               "at 15 Hz. 0: every frame.")
 
     def __post_init__(self):
         for name in ("sync_slop_s", "pose_tolerance_s"):
@@ -106,6 +111,8 @@ class AssemblyConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pose_buffer_size < 2:
             raise InputError(f"pose_buffer_size must be >= 2, got {self.pose_buffer_size}")
+        if not self.max_frame_rate_hz >= 0:
+            raise InputError(f"max_frame_rate_hz must be >= 0 (0: every frame), got {self.max_frame_rate_hz}")
 
 
 class FrameDecoder(Protocol):
@@ -225,6 +232,7 @@ class FrameAssembler:
         self._poses_in = 0
         self._poses_ignored = 0
         self._time_jumps = 0
+        self._last_taken_ns: Optional[int] = None  # stamp of the latest frame the rate policy let through
 
     # ------------------------------------------------------------------ inputs
 
@@ -318,10 +326,21 @@ class FrameAssembler:
             else:
                 self._drop_unmatched(out, d.stamp_ns, d.missing)
         for (color, depth, info), stamps in zip(result.matched, result.matched_stamps):
+            if self._rate_limited(stamps[COLOR]):
+                self._add_drop(out, RATE_LIMITED, stamps[COLOR], "")
+                continue
             frame = self._decode(stamps[COLOR], color, depth, info, now_s, out)
             if frame is not None:
                 self._resolve(frame, now_s, out)
         return out
+
+    def _rate_limited(self, stamp_ns: int) -> bool:
+        """The frame-rate policy: too close after the previous frame taken (``max_frame_rate_hz``)."""
+        rate = self.config.max_frame_rate_hz
+        if rate > 0 and self._last_taken_ns is not None and 0 <= stamp_ns - self._last_taken_ns < 0.9e9 / rate:
+            return True
+        self._last_taken_ns = int(stamp_ns)
+        return False
 
     def _drop_unmatched(self, out: Assembled, stamp_ns: int, missing) -> None:
         t, slop = stamp_ns * 1e-9, self.config.sync_slop_s

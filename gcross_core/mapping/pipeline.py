@@ -73,8 +73,8 @@ class PipelineConfig:
                                              "replays alike at any speed.")
     segment_scope: str = described("priority", "What each segmentation covers: 'priority', at most "
                                                "segment_max_voxels voxels chosen by priority (never-labelled voxels in "
-                                               "view, other never-labelled ones, changed ones, then the rest of the map "
-                                               "region by region) plus context: bounded cost; 'recent', every voxel "
+                                               "view, other never-labelled ones, changed ones, then labels made before "
+                                               "the map last grew) plus context: bounded cost; 'recent', every voxel "
                                                "observed since the previous segmentation plus segment_context_m of "
                                                "context (cost follows the camera); 'map', the whole map (cost grows "
                                                "with the map).")

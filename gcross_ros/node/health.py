@@ -9,7 +9,7 @@ from typing import Dict
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from gcross_core.mapping.assembly import INTEGRATION_PAUSED
+from gcross_core.mapping.assembly import EXPECTED_DROPS
 
 
 class Stats:
@@ -98,7 +98,7 @@ def diagnostics_msg(report: Dict[str, float], name: str, hardware_id: str, previ
         level = DiagnosticStatus.WARN
         message = (f"{lost:g} of {lost + received:g} color frames lost before reaching the node since the last "
                    "report (see lost.*; a deeper input queue or reliable QoS helps, see the README)")
-    elif since("frames_dropped") - since(f"dropped.{INTEGRATION_PAUSED}") > 0:  # a pause was asked for
+    elif since("frames_dropped") - sum(since(f"dropped.{r}") for r in EXPECTED_DROPS) > 0:  # pauses, rate policy
         level, message = DiagnosticStatus.WARN, "frames dropped since the last report (see dropped.*)"
     elif not report.get("frames_fused"):
         level, message = DiagnosticStatus.WARN, "no frame fused yet"

@@ -36,8 +36,8 @@ RUNTIME_PARAMETERS = frozenset({
     "segment_period_s", "segment_scope", "segment_max_voxels", "segment_context_m", "min_voxels_to_segment",
     "render_period_s", "publish_rendered", "render_width", "render_height", "render_backend",
     "max_render_gaussians", "render_source", "model_checkpoint", "render_up",
-    "max_depth_m", "diagnostics_period_s", "lost_warn_ratio", "warn_throttle_s", "reset_map_on_time_jump",
-    "save_map_path"})
+    "max_depth_m", "max_frame_rate_hz", "diagnostics_period_s", "lost_warn_ratio", "warn_throttle_s",
+    "reset_map_on_time_jump", "save_map_path"})
 
 
 @dataclass(frozen=True)

@@ -517,7 +517,8 @@ class SegmentNode(Node):
             self.get_logger().warning(f"parameters {sorted(values)} refused: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         # accepted: nothing below can fail on a validated set
-        self.assembler.config = replace(self.assembler.config, max_depth_m=new.assembly.max_depth_m)
+        self.assembler.config = replace(self.assembler.config, max_depth_m=new.assembly.max_depth_m,
+                                        max_frame_rate_hz=new.assembly.max_frame_rate_hz)
         self.workers.set_pause("segment", new.pipeline.segment_period_s)
         self.workers.set_pause("render", new.render_period_s)
         self._diagnostics_timer.timer_period_ns = int(new.diagnostics_period_s * 1e9)

@@ -7,7 +7,7 @@ import pytest
 from gcross_core.errors import InputError, MalformedMessageError
 from gcross_core.mapping.arrivals import ArrivalCounter
 from gcross_core.mapping.assembly import (INTEGRATION_PAUSED, MALFORMED_IMAGE, NO_CAMERA_INFO, NO_DEPTH, NO_POSE,
-                                          NO_VALID_DEPTH, SIZE_MISMATCH, TIME_JUMP_RESET, AssemblyConfig,
+                                          NO_VALID_DEPTH, RATE_LIMITED, SIZE_MISMATCH, TIME_JUMP_RESET, AssemblyConfig,
                                           FrameAssembler)
 
 S = 1_000_000_000
@@ -297,3 +297,23 @@ def test_a_frame_newer_than_every_pose_waits_for_the_next_one_to_interpolate():
     run.frame(0.3, with_pose=False)
     run._take(run.asm.poll(1.5))  # no newer pose within pose_wait_s: the nearest within tolerance
     assert run.fused == [int(0.1 * S), int(0.3 * S)]
+
+
+def test_the_frame_rate_policy_skips_frames_by_stamp_and_counts_them():
+    run = Run(AssemblyConfig(max_frame_rate_hz=15.0))
+    for i in range(90):  # 3 s of a 30 Hz camera
+        run.frame(i / 30.0)
+    acc = run.asm.account()
+    assert acc.frames_in == 90 and acc.frames_fused == 45 and acc.dropped == {RATE_LIMITED: 45}
+    assert all(b - a == pytest.approx(S / 15, abs=2) for a, b in zip(run.fused, run.fused[1:]))
+    assert acc.arrivals.lost == 0  # skipped by policy, not lost
+    slow = Run(AssemblyConfig(max_frame_rate_hz=15.0))
+    for i in range(30):  # a 10 Hz camera is below the cap: every frame
+        slow.frame(i / 10.0)
+    assert slow.asm.account().frames_fused == 30
+    every = Run(AssemblyConfig(max_frame_rate_hz=0.0))
+    for i in range(30):
+        every.frame(i / 30.0)
+    assert every.asm.account().frames_fused == 30
+    with pytest.raises(InputError, match="max_frame_rate_hz"):
+        AssemblyConfig(max_frame_rate_hz=-1.0)
