@@ -24,10 +24,11 @@ Figures printed:
     python benchmarks/node.py --parts node --burst --rss-at 100 [--reliable-inputs --input-depth 100]
                                               # a burst as from a bag played as fast as possible
 
-The latency of a labelled cloud is dominated by the segmentation period (a frame waits for the next
-segmentation tick, up to segment_period_s) plus the segmentation time of what is segmented (the
-voxels observed since the previous segmentation with segment_scope recent, the default; the whole map
-with segment_scope map: --param segment_scope=map).
+The latency of a labelled cloud is the wait for the next segmentation (up to segment_period_s after
+the previous one ended) plus one segmentation, which with segment_scope priority (the default) covers at
+most segment_max_voxels voxels, new voxels in view first (--param segment_scope=recent: everything observed
+since the previous segmentation; map: the whole map). The latency is measured for the newest frame in
+each cloud: the voxels in the current view.
 """
 from __future__ import annotations
 
@@ -103,6 +104,14 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _children(pid: int) -> List[int]:
+    """Child processes of ``pid`` (the node's segmenter process with segment_in_process)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _coverage(valid: np.ndarray,  # [H, W] bool, input resolution
@@ -203,6 +212,7 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
             if k in rss_at:
                 out[f"node_rss_after_{k}_mb"] = _rss_mb(proc.pid)
                 out[f"node_peak_after_{k}_mb"] = _rss_mb(proc.pid, "VmHWM")
+                out[f"segmenter_rss_after_{k}_mb"] = sum(_rss_mb(c) for c in _children(proc.pid))
                 with lock:
                     out[f"node_voxels_after_{k}"] = diags[-1].get("map_voxels", 0)
             t_next += period
@@ -253,6 +263,9 @@ def node_figures(frames, checkpoint: Path, rss_at: Sequence[int], rate_hz: float
         if node_latency:
             out.update(node_latency_s_median=float(np.median(node_latency)) / 1e3)
         out["dropped"] = {k[len("dropped."):]: v for k, v in diag.items() if k.startswith("dropped.")}
+        out["segment_due"] = {k[len("segment_due."):]: v for k, v in diag.items() if k.startswith("segment_due.")}
+        if lat:
+            out.update(e2e_latency_s_p95=float(np.percentile(lat, 95)))
     finally:
         stop_node_process(proc, log, timeout_s=20)
         executor.shutdown()
@@ -363,12 +376,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                   f"{fig['render_coverage_last']:.3f} over {fig['renders']} renders")
         if "e2e_latency_s_median" in fig:
             print(f"latency image publish -> labelled_cloud received: median {fig['e2e_latency_s_median']:.2f} s, "
-                  f"max {fig['e2e_latency_s_max']:.2f} s; node receipt -> publish median "
+                  f"p95 {fig['e2e_latency_s_p95']:.2f} s, max {fig['e2e_latency_s_max']:.2f} s; left to segment at "
+                  f"the end, per tier: {fig['segment_due'] or 'n/a'}; node receipt -> publish median "
                   f"{fig.get('node_latency_s_median', float('nan')):.2f} s")
         rss = []
         for key in (k for k in fig if k.startswith("node_rss_after_")):
             n = key[len("node_rss_after_"):-3]
             rss.append(f"{n} frames {fig[key]:.0f} MB now / {fig[f'node_peak_after_{n}_mb']:.0f} MB peak "
+                       f"+ segmenter process {fig[f'segmenter_rss_after_{n}_mb']:.0f} MB "
                        f"({fig[f'node_voxels_after_{n}']:.0f} voxels)")
         print("node process RSS (a segmentation in flight holds the encoder's activations): " + ", ".join(rss))
 

@@ -66,7 +66,7 @@ class PipelineConfig:
                                            "voxels of 20 classes); at 1 cm a million voxels cover about 100 m2 of "
                                            "surface.")
     max_depth_m: float = described(MAX_DEPTH_M, MAX_DEPTH_M_DESCRIPTION)  # one parameter with the assembly's
-    segment_period_s: float = described(2.0, "Pause between the end of one map segmentation and the start of the next: "
+    segment_period_s: float = described(0.5, "Pause between the end of one map segmentation and the start of the next: "
                                              "the node's worker thread waits this long in wall time (a pause, not a "
                                              "rate, so that a segmentation slower than the period cannot starve "
                                              "fusion); gcross-bag eval counts it in image-stamp time, so a bag "
@@ -158,6 +158,7 @@ class SegmentationPipeline:
         self._segmented_upto = 0  # frames integrated when the last segmentation took its snapshot
         self.ledger = LabelLedger()  # segment_scope priority: when each voxel was labelled, and how it looked
         self._grew_in = 0  # the latest segmentation that labelled new voxels (labels before it get refreshed)
+        self._idle_at: Optional[int] = None  # frames integrated when the last priority plan found nothing due
         self.tracker = InstanceTracker() if getattr(segmenter, "has_instance_head", False) else None
         self._tracker_lock = threading.Lock()
         self.frames_processed = 0
@@ -199,6 +200,7 @@ class SegmentationPipeline:
         self.map.clear()
         self.ledger.clear()
         self._grew_in = 0
+        self._idle_at = None
         self.reset_instances()  # object ids start again with the new map
         self._bump()
         return voxels
@@ -232,9 +234,12 @@ class SegmentationPipeline:
             return None
         return self.segment(now_s)
 
-    def segment(self, now_s: Optional[float] = None) -> Optional[SegmentStats]:
-        """Segment the whole map now and fuse the probabilities; None when the map is empty."""
+    def segment(self, now_s: Optional[float] = None, force: bool = False) -> Optional[SegmentStats]:
+        """Segment what ``segment_scope`` says is due now and fuse the probabilities; None when the map is
+        empty or (priority, unless ``force``) nothing was due at the last call and no frame was fused since."""
         with self._segment_lock:
+            if not force and self.config.segment_scope == "priority" and self._idle_at == self.map.frames_integrated:
+                return None  # nothing was due, and no frame came since: no snapshot, no work
             snap = self.map.snapshot()
             if len(snap) < self.config.min_voxels_to_segment:
                 return None
@@ -245,6 +250,7 @@ class SegmentationPipeline:
                 plan = plan_segmentation(snap, self.ledger, self._segmented_upto, self.config.segment_max_voxels,
                                          self.config.segment_context_m, refresh_before=self._grew_in)
                 rows, fuse = plan.rows, plan.fuse
+                self._idle_at = snap.frame_index if not len(fuse) else None
             else:
                 rows, fuse = self.segment_rows(snap)
             if len(fuse) and self.tracker is not None:
@@ -329,6 +335,7 @@ class SegmentationPipeline:
         restore_map(self.map, saved, self.class_names, source)
         self.ledger.clear()  # restored labels count as the oldest: the background refresh visits them once
         self._grew_in = self.segmentations + 1
+        self._idle_at = None
         self._bump()
         if self.tracker is not None:
             with self._tracker_lock:

@@ -358,7 +358,7 @@ class SegmentNode(Node):
         if view is None and not force:
             return None
         try:
-            seg = self.pipeline.segment()
+            seg = self.pipeline.segment(force=force)
             if seg is None or (seg.updated == 0 and not force):  # empty map, or nothing new observed
                 return None
             pts = self.pipeline.labelled_points()
