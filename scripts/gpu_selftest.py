@@ -1,22 +1,39 @@
 """Build gsplat's CUDA extension and check the GPU path once (run by setup_env.sh and gpu_check.sh).
 
-    python scripts/gpu_selftest.py             # build gsplat's extension, then spconv and gsplat on the GPU
+    python scripts/gpu_selftest.py             # spconv on the GPU, build gsplat's extension, a gsplat render
     python scripts/gpu_selftest.py --dry-run   # what a machine without a GPU can check: imports, toolkit
+    python scripts/gpu_selftest.py --describe FILE [--wheelhouse-manifest M]
+                                               # torch, the visible GPUs and the architecture list to build
+                                               # for, as JSON; with M, check that wheelhouse fits this Python
 
-Prints one line per stage with its seconds. Any failure ends with one line ``gpu_selftest: <cause>; <fix>``
-on stderr and exit status 1. The build uses every core (``MAX_JOBS``, default: all) and compiles for the
-visible GPUs' architectures only (torch's default when ``TORCH_CUDA_ARCH_LIST`` is unset).
+Prints one line per stage with its seconds; each failure is one line ``gpu_selftest: <cause>; <fix>`` on
+stderr. Exit status 1 when there is no usable gsplat extension (or torch, the toolkit or an import
+failed), 3 when the extension is built but the spconv or the render check failed (gpu_check.sh then
+still runs the tests and benchmarks: they would not build anything again). spconv is checked before the
+gsplat build, so a build that fails or is cut off still leaves the encoder's outcome in the log. The
+build uses every core (``MAX_JOBS``, default: all) and compiles for ``TORCH_CUDA_ARCH_LIST`` (torch's
+default when it is unset: the visible GPUs' architectures; gpu_check.sh sets it from the device's
+compute capability, :func:`cuda_arch_list`).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterable, Optional, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+EXIT_FAILED = 1
+EXIT_BUILT_BUT_CHECK_FAILED = 3  # gsplat's extension is built; spconv or the render check failed
 
 
 class Failed(Exception):
@@ -48,8 +65,6 @@ def check_torch(dry_run: bool) -> str:
 
 
 def check_toolkit(dry_run: bool) -> str:
-    import subprocess
-
     import torch
 
     from gcross_core.render.gsplat_backend import prepare_build_environment
@@ -94,7 +109,9 @@ def build_gsplat() -> str:
         raise Failed(str(err)) from err
     from torch.utils.cpp_extension import _get_build_directory
 
-    return f"MAX_JOBS={os.environ['MAX_JOBS']}, built in {_get_build_directory('gsplat_cuda', False)}"
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "unset: the visible GPUs'")
+    return (f"MAX_JOBS={os.environ['MAX_JOBS']}, TORCH_CUDA_ARCH_LIST={arch}, "
+            f"built in {_get_build_directory('gsplat_cuda', False)}")
 
 
 def render_on_gpu() -> str:
@@ -141,27 +158,143 @@ def spconv_on_gpu() -> str:
     return f"tiny SpUNet forward+backward on {len(keep)} points, features {tuple(out.shape)}"
 
 
+def cuda_arch_list(capabilities: Iterable[Tuple[int, int]]) -> Optional[str]:
+    """``TORCH_CUDA_ARCH_LIST`` for exactly these compute capabilities: "9.0" for one H100, "8.6;9.0" for
+    two kinds of GPU, None without a GPU.
+
+    Each listed architecture is one more compile of every gsplat kernel, and nvcc 13 no longer compiles
+    the oldest ones, so a list carried in from the environment can multiply the build or fail it.
+    """
+    found = sorted({(int(major), int(minor)) for major, minor in capabilities})
+    return ";".join(f"{major}.{minor}" for major, minor in found) or None
+
+
+def spconv_series(torch_cuda: str) -> str:
+    """The spconv wheel series for a torch built for CUDA ``torch_cuda``, from the one table of series
+    (``spconv_series`` in scripts/gpu_pins.sh)."""
+    done = subprocess.run(["bash", "-c", '. "$0" && spconv_series "$1"', str(REPO / "scripts" / "gpu_pins.sh"),
+                           torch_cuda], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise Failed(done.stderr.strip() or f"no spconv series for CUDA {torch_cuda}")
+    return done.stdout.strip()
+
+
+def describe_environment() -> dict:
+    """This interpreter, its torch and the visible GPUs, with the architecture list to build for. Imports
+    torch and nothing of the project or the wheelhouse."""
+    import torch
+
+    env = {"python": platform.python_version(), "executable": sys.executable, "torch": torch.__version__,
+           "torch_cuda": torch.version.cuda, "gpus": [], "compute_capabilities": [], "cuda_arch_list": None,
+           "driver": None}
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        devices = range(torch.cuda.device_count())
+        capabilities = [tuple(torch.cuda.get_device_capability(i)) for i in devices]
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in devices]
+        env["compute_capabilities"] = [f"{major}.{minor}" for major, minor in capabilities]
+        env["cuda_arch_list"] = cuda_arch_list(capabilities)
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        env["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env
+
+
+def check_wheelhouse(manifest: dict, env: dict) -> str:
+    """Whether a wheelhouse (its gcross_wheelhouse.json) fits this interpreter: the same Python minor
+    version (its numpy and spconv are compiled for one), the spconv series of this torch's CUDA, and the
+    distributions it leaves to the image (``gpu_wheelhouse.sh --image-has``) installed here.
+    Returns a line saying what was checked; raises Failed naming the mismatch and the rebuild command."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    python, here = manifest["python"], env["python"].rsplit(".", 1)[0]
+    cuda = env["torch_cuda"] or manifest["torch_cuda"]
+    if python != here:
+        raise Failed(f"the wheelhouse is for Python {python} but {env['executable']} is {here}: rebuild it with "
+                     f"scripts/gpu_wheelhouse.sh --python {here} --cuda {cuda}")
+    image_has = manifest.get("image_has", [])
+    found, missing = [], []
+    for name in image_has:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        kept = ",".join(name for name in image_has if name not in missing)
+        raise Failed(f"the wheelhouse leaves {', '.join(missing)} to the image, but {env['executable']} has none: "
+                     f"rebuild it with scripts/gpu_wheelhouse.sh --python {here} --cuda {cuda}"
+                     + (f" --image-has {kept}" if kept else ""))
+    from_image = f"; from the image: {', '.join(found)}" if found else ""
+    if env["torch_cuda"] is None:
+        return (f"Python {python} fits; torch {env['torch']} is a CPU build, so the CUDA series is not "
+                f"checked{from_image}")
+    want = spconv_series(env["torch_cuda"])
+    if manifest["spconv_series"] != want:
+        raise Failed(f"the wheelhouse holds spconv {manifest['spconv_series']} (for torch CUDA "
+                     f"{manifest['torch_cuda']}) but torch {env['torch']} is built for CUDA {env['torch_cuda']}, "
+                     f"which needs {want}: rebuild it with scripts/gpu_wheelhouse.sh --python {here} "
+                     f"--cuda {env['torch_cuda']}")
+    return f"Python {python} and spconv {want} fit torch {env['torch']} (CUDA {env['torch_cuda']}){from_image}"
+
+
+def describe(path: Path, manifest_path: Optional[Path]) -> None:
+    """Write :func:`describe_environment` (and the wheelhouse manifest) to ``path`` as JSON, then check the
+    wheelhouse fits (:func:`check_wheelhouse`)."""
+    env = describe_environment()
+    manifest = json.loads(manifest_path.read_text()) if manifest_path else None
+    path.write_text(json.dumps({**env, "wheelhouse": manifest}, indent=1) + "\n")
+    gpus = ", ".join(f"{name} (compute capability {cap})"
+                     for name, cap in zip(env["gpus"], env["compute_capabilities"])) or "no GPU visible"
+    print(f"gpu_selftest: Python {env['python']} ({env['executable']}), torch {env['torch']} "
+          f"(CUDA {env['torch_cuda']}), {gpus}, driver {env['driver']}")
+    if manifest is not None:
+        print(f"gpu_selftest: wheelhouse: {check_wheelhouse(manifest, env)}; {len(manifest['packages'])} packages")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="check only what needs no GPU")
+    parser.add_argument("--describe", type=Path, default=None, metavar="FILE",
+                        help="write torch, the visible GPUs and the architecture list to build for to FILE (JSON)")
+    parser.add_argument("--wheelhouse-manifest", type=Path, default=None, metavar="FILE",
+                        help="with --describe: check that this gcross_wheelhouse.json fits this interpreter")
     args = parser.parse_args(argv)
+    if args.wheelhouse_manifest and not args.describe:
+        parser.error("--wheelhouse-manifest goes with --describe")
     try:
+        if args.describe:
+            describe(args.describe, args.wheelhouse_manifest)
+            return 0
         _stage("torch", lambda: check_torch(args.dry_run))
         _stage("toolkit", lambda: check_toolkit(args.dry_run))
         _stage("imports", check_imports)
         if args.dry_run:
             print("gpu_selftest: dry run: gsplat build, gsplat render and spconv on CUDA skipped (no GPU)")
             return 0
+        checks_ok = _checked("spconv encoder", spconv_on_gpu)
         _stage("gsplat extension", build_gsplat)
-        _stage("gsplat render", render_on_gpu)
-        _stage("spconv encoder", spconv_on_gpu)
-    except Failed as err:
-        print(f"gpu_selftest: {err}", file=sys.stderr)
-        return 1
+        checks_ok = _checked("gsplat render", render_on_gpu) and checks_ok
     except Exception as err:  # noqa: BLE001 - one line naming what broke
-        print(f"gpu_selftest: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    return 0
+        _report(err)
+        return EXIT_FAILED
+    return 0 if checks_ok else EXIT_BUILT_BUT_CHECK_FAILED
+
+
+def _report(err: Exception) -> None:
+    print(f"gpu_selftest: {err}" if isinstance(err, Failed) else f"gpu_selftest: {type(err).__name__}: {err}",
+          file=sys.stderr, flush=True)
+
+
+def _checked(name: str, fn) -> bool:
+    """Run a check that the later ones do not depend on: a failure is reported and the self-test goes on."""
+    try:
+        _stage(name, fn)
+        return True
+    except Exception as err:  # noqa: BLE001 - one line naming what broke
+        _report(err)
+        return False
 
 
 if __name__ == "__main__":

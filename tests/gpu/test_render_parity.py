@@ -13,6 +13,7 @@ import torch
 
 from gcross_core.render import render
 from gcross_core.render import api as render_api
+from gcross_core.render import gsplat_backend, reference
 from gcross_core.types import Cameras, Gaussians
 
 pytestmark = pytest.mark.gpu
@@ -104,12 +105,32 @@ def test_reference_runs_on_cuda_like_on_cpu():
         torch.testing.assert_close(gpu[k].detach().cpu(), cpu[k].detach(), rtol=1e-4, atol=1e-4)
 
 
-def test_auto_picks_gsplat_on_cuda(caplog):
+def _spy_on_backends(monkeypatch) -> list:
+    """The names of the backends that actually render, in call order (render() looks each backend's
+    function up on its module at call time)."""
+    ran = []
+    for module, name, label in ((gsplat_backend, "render_gsplat", "gsplat"),
+                                (reference, "render_reference", "reference")):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _label=label, **kwargs):
+            ran.append(_label)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    return ran
+
+
+def test_auto_picks_gsplat_on_cuda(caplog, monkeypatch):
     g, cams = _scene(n=50, seed=3, feature_dim=0)
+    ran = _spy_on_backends(monkeypatch)
     render_api._announce_backend.cache_clear()
     with caplog.at_level(logging.INFO, logger="gcross_core.render.api"):
         out = render(_leaves(g, torch.float32, "cuda"), cams.to("cuda"), WIDTH, HEIGHT)
-    assert "gsplat" in caplog.text
+    # The reference's own announcement mentions gsplat too ("gsplat renders CUDA tensors only"): assert on
+    # the backend that ran and on the name the announcement gives as picked.
+    assert ran == ["gsplat"]
+    assert "picked 'gsplat'" in caplog.text and "picked 'reference'" not in caplog.text
     assert out.color.is_cuda and out.features.shape == (3, HEIGHT, WIDTH, 0)
 
 
@@ -123,12 +144,14 @@ def test_gsplat_tile_sizes_give_the_same_image(tile_size):
         torch.testing.assert_close(other[k], default[k], rtol=1e-5, atol=1e-5)
 
 
-def test_gsplat_with_zero_cameras_and_float64_auto(caplog):
+def test_gsplat_with_zero_cameras_and_float64_auto(caplog, monkeypatch):
     g, cams = _scene(n=50, seed=5, feature_dim=3)
     none = Cameras(cams.world_to_cam[:0], cams.K[:0], cams.batch[:0]).to("cuda")
     out = render(_leaves(g, torch.float32, "cuda"), none, WIDTH, HEIGHT, backend="gsplat")
     assert out.color.shape == (0, HEIGHT, WIDTH, 3) and out.color.is_cuda
+    ran = _spy_on_backends(monkeypatch)
     render_api._announce_backend.cache_clear()
     with caplog.at_level(logging.INFO, logger="gcross_core.render.api"):
         out64 = render(_leaves(g, torch.float64, "cuda"), cams.to("cuda"), WIDTH, HEIGHT)  # auto -> reference
-    assert out64.color.dtype == torch.float64 and "float32 only" in caplog.text
+    assert ran == ["reference"]
+    assert out64.color.dtype == torch.float64 and "picked 'reference'" in caplog.text and "float32 only" in caplog.text
