@@ -1,14 +1,19 @@
-"""RGB-D fusion speed and memory: gcross_core.mapping.fusion.VoxelMap beside Open3D's point-cloud pipeline.
+"""RGB-D fusion speed and memory: gcross_core.mapping.fusion.VoxelMap beside Open3D's TSDF integration and
+its point-cloud pipeline.
 
 Frames come from a ScanNet SensReader export folder (``color/<i>.jpg|png``, ``depth/<i>.png`` uint16 mm,
 ``pose/<i>.txt`` camera-to-world, ``intrinsic/intrinsic_depth.txt``) given with ``--frames``, or, without
 it, from a synthetic room rendered here (a box room with a cupboard, seen from a camera circling inside).
 All frames are decoded before timing, so both pipelines are timed on fusion alone.
 
-Open3D side (``open3d-cpu``, imported lazily, skipped with a message if absent), per frame:
-RGBDImage.create_from_color_and_depth -> PointCloud.create_from_rgbd_image -> accumulate (+=) ->
-voxel_down_sample(voxel_size), with the same frames, depth truncation and voxel size. VoxelMap does more
-per frame (normals, counts, last-seen, running means), so the comparison is conservative for it.
+Open3D side (``open3d-cpu``, imported lazily, skipped with a message if absent; it is not a dependency of
+the project), with the same frames, depth truncation and voxel size, per frame:
+- TSDF: ``pipelines.integration.ScalableTSDFVolume`` (RGB8 colour, truncation 3 voxels) ``integrate`` of
+  the RGBDImage, Open3D's fastest CPU volume integration (its tensor VoxelBlockGrid is slower on CPU);
+- points: RGBDImage.create_from_color_and_depth -> PointCloud.create_from_rgbd_image -> accumulate (+=)
+  -> voxel_down_sample(voxel_size).
+VoxelMap keeps more per voxel (mean position and colour, normal, count, last-seen, class probabilities),
+and a TSDF keeps a signed distance, weight and colour for every voxel within the truncation band.
 
     python benchmarks/fusion.py --frames DIR       # real frames, 100 timed, RSS after 100, 500, 1000
     python benchmarks/fusion.py                    # synthetic frames
@@ -166,6 +171,22 @@ def _run_open3d(o3d, frames: Sequence[Frame], voxel_size_m: float, max_depth_m: 
     return time.perf_counter() - t0, time.process_time() - c0, len(cloud.points)
 
 
+def _run_open3d_tsdf(o3d, frames: Sequence[Frame], voxel_size_m: float, max_depth_m: float):
+    h, w = frames[0].depth_m.shape
+    integration = o3d.pipelines.integration
+    volume = integration.ScalableTSDFVolume(voxel_length=voxel_size_m, sdf_trunc=3 * voxel_size_m,
+                                            color_type=integration.TSDFVolumeColorType.RGB8)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for fr in frames:
+        K = fr.K
+        intr = o3d.camera.PinholeCameraIntrinsic(w, h, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+        rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
+            o3d.geometry.Image(fr.color), o3d.geometry.Image(fr.depth_m), depth_scale=1.0,
+            depth_trunc=max_depth_m, convert_rgb_to_intensity=False)
+        volume.integrate(rgbd, intr, np.linalg.inv(fr.cam_to_world))
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def _import_open3d():
     try:
         import open3d  # noqa: F401  (optional: pip install open3d-cpu, needs libusb-1.0-0)
@@ -178,8 +199,8 @@ def _import_open3d():
 
 def time_fusion(frames: Sequence[Frame], voxel_size_m: float = 0.02, max_voxels: int = 1_000_000,
                 max_depth_m: float = 5.0, repeats: int = 3, with_open3d: bool = True) -> Dict[str, float]:
-    """Median wall-clock and CPU ms/frame over ``repeats`` passes of all frames, VoxelMap and Open3D
-    interleaved.
+    """Median wall-clock and CPU ms/frame over ``repeats`` passes of all frames, VoxelMap, Open3D's TSDF and
+    Open3D's point pipeline interleaved.
 
     Interleaving makes both see the same background load on a shared machine; CPU time (all threads of
     the process) is the steadier figure there. Each pass starts from an empty map; one short pass of each
@@ -190,7 +211,8 @@ def time_fusion(frames: Sequence[Frame], voxel_size_m: float = 0.02, max_voxels:
     _run_voxel_map(warm, voxel_size_m, max_voxels, max_depth_m)
     if o3d is not None:
         _run_open3d(o3d, warm, voxel_size_m, max_depth_m)
-    ours, theirs = [], []
+        _run_open3d_tsdf(o3d, warm, voxel_size_m, max_depth_m)
+    ours, theirs, tsdf = [], [], []
     out: Dict[str, float] = {"frames": len(frames), "width": frames[0].depth_m.shape[1],
                              "height": frames[0].depth_m.shape[0], "voxel_size_m": voxel_size_m}
     ms = 1e3 / len(frames)
@@ -198,9 +220,16 @@ def time_fusion(frames: Sequence[Frame], voxel_size_m: float = 0.02, max_voxels:
         wall, cpu, out["voxels"] = _run_voxel_map(frames, voxel_size_m, max_voxels, max_depth_m)
         ours.append((wall * ms, cpu * ms))
         if o3d is not None:
+            wall, cpu = _run_open3d_tsdf(o3d, frames, voxel_size_m, max_depth_m)
+            tsdf.append((wall * ms, cpu * ms))
             wall, cpu, out["open3d_points"] = _run_open3d(o3d, frames, voxel_size_m, max_depth_m)
             theirs.append((wall * ms, cpu * ms))
     out["fusion_ms_per_frame"], out["fusion_cpu_ms_per_frame"] = (float(x) for x in np.median(ours, axis=0))
+    if tsdf:
+        out["tsdf_ms_per_frame"], out["tsdf_cpu_ms_per_frame"] = (float(x) for x in np.median(tsdf, axis=0))
+        # VoxelMap's time in units of the TSDF's: the "within 2x of Open3D's TSDF" figure.
+        out["time_vs_tsdf"] = out["fusion_ms_per_frame"] / out["tsdf_ms_per_frame"]
+        out["cpu_time_vs_tsdf"] = out["fusion_cpu_ms_per_frame"] / out["tsdf_cpu_ms_per_frame"]
     if theirs:
         out["open3d_ms_per_frame"], out["open3d_cpu_ms_per_frame"] = (float(x) for x in np.median(theirs, axis=0))
         out["speedup_vs_open3d"] = out["open3d_ms_per_frame"] / out["fusion_ms_per_frame"]
@@ -251,6 +280,10 @@ def format_figures(fig: Dict[str, float]) -> List[str]:
     lines = [f"fusion {fig['width']}x{fig['height']}, voxel {fig['voxel_size_m'] * 100:.0f} cm, "
              f"{fig['frames']} frames: {fig['fusion_ms_per_frame']:.1f} ms/frame wall, "
              f"{fig['fusion_cpu_ms_per_frame']:.1f} ms CPU ({fig['voxels']} voxels)"]
+    if "tsdf_ms_per_frame" in fig:
+        lines.append(f"open3d ScalableTSDFVolume.integrate: {fig['tsdf_ms_per_frame']:.1f} ms/frame wall, "
+                     f"{fig['tsdf_cpu_ms_per_frame']:.1f} ms CPU; VoxelMap takes {fig['time_vs_tsdf']:.2f}x its "
+                     f"time (wall), {fig['cpu_time_vs_tsdf']:.2f}x (CPU)")
     if "open3d_ms_per_frame" in fig:
         lines.append(f"open3d RGBD->PointCloud->accumulate->voxel_down_sample: {fig['open3d_ms_per_frame']:.1f} "
                      f"ms/frame wall, {fig['open3d_cpu_ms_per_frame']:.1f} ms CPU ({fig['open3d_points']} "

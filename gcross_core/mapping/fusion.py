@@ -1,25 +1,25 @@
 """RGB-D frames -> voxel-hashed coloured point map, with per-voxel class probabilities.
 
 Used by the ROS node (integrate on the image callback, segment on a worker thread) and offline to turn a
-frames-only scene into points. NumPy only: every step is vectorised over the pixels of a frame.
+frames-only scene into points. The per-frame work runs in compiled kernels (``fusion_kernels``, numba), one
+loop over the pixels instead of a dozen vectorised passes, without the GIL.
 
 Per frame (``VoxelMap.integrate``):
   1. depth in float32 metres (millimetres are converted once where the image is read, never here); zero,
      NaN, inf and depth > max_depth_m are invalid and ignored;
-  2. valid pixels back-projected with ``geometry.backproject_depth`` and moved to the map frame by
-     ``cam_to_map``;
-  3. points -> integer voxel coordinates; within the frame they are numbered inside the frame's bounding
-     box, runs of equal numbers along image rows are merged (neighbouring pixels mostly share a voxel),
-     and one ``np.sort`` of the runs groups them; ``np.bincount`` then sums points, positions and colours
-     per frame voxel;
+  2. valid pixels back-projected as ``geometry.backproject_depth`` does and moved to the map frame by
+     ``cam_to_map``, in float32;
+  3. points -> integer voxel coordinates -> packed keys; a run of consecutive pixels in one voxel (the
+     common case: neighbouring pixels mostly share a voxel) looks its voxel up once in a hash table of the
+     frame's voxels; counts, position and colour sums are added up per frame voxel as the pixels pass;
   4. one normal per frame voxel from the depth image at the voxel's central pixel (``pixel_normals``):
      cross product of the image-space gradients (central differences of back-projected points, spanning
      about the voxel's footprint), oriented toward the camera; none where the window crosses an occlusion
      edge or invalid depth. On real Kinect frames these agree with PCA normals of the fused map as well
      as averaging a one-pixel-baseline normal over every pixel of the voxel does, at a fraction of the cost;
-  5. merge into the map: voxels are identified by packed int64 keys (21 bits per axis); a sorted key
-     array and ``np.searchsorted`` find existing voxels, new ones are appended (after eviction if the map
-     would exceed ``max_voxels``) and inserted into the sorted array.
+  5. merge into the map: voxels are identified by packed int64 keys (21 bits per axis); a hash table of
+     rows (``fusion_kernels.VoxelIndex``) finds existing voxels, new ones are appended in key order (after
+     eviction if the map would exceed ``max_voxels``) and entered into the table.
 
 What a voxel holds:
   - position: running mean of the points that fell in it (``coords()``). The mean sits on the observed
@@ -42,8 +42,8 @@ points fused; remaining ties are broken arbitrarily. To avoid evicting on every 
 frees ``evict_fraction * max_voxels`` extra slots. Voxels seen in the current frame are evicted only if the
 frame alone brings more new voxels than fit; then the new voxels with the most points are kept. Each
 eviction logs a warning with the count. Storage grows by doubling up to ``max_voxels`` voxels of
-84 + 4 * num_classes bytes each (164 with 20 classes), plus per-frame temporaries proportional to the
-image size.
+76 to 84 + 4 * num_classes bytes each (156 to 164 with 20 classes; 8 to 16 of them the row hash table, a
+power of two of 4-byte slots at most half full), plus per-frame temporaries proportional to the image size.
 
 Thread safety: every public method takes the map's lock for its reads and writes, so one thread may
 integrate while another calls ``snapshot()`` / ``fuse_probabilities()``. ``integrate`` does the per-frame
@@ -63,15 +63,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from gcross_core.geometry import backproject_depth, is_valid_pose
+from gcross_core.geometry import is_valid_pose
 from gcross_core.data.frames import FrameSet
 from gcross_core.image import check_depth_m, check_intrinsics
+from gcross_core.mapping.fusion_kernels import KEY_BITS as _KEY_BITS, KEY_MASK as _KEY_MASK, \
+    KEY_OFFSET as _KEY_OFFSET, FrameGroups, VoxelIndex, group_frame, merge_observed
 
 log = logging.getLogger(__name__)
-
-_KEY_BITS = 21  # bits per axis in a packed voxel key: 3 * 21 = 63 bits fit a non-negative int64
-_KEY_OFFSET = 1 << (_KEY_BITS - 1)  # voxel coordinates in [-2^20, 2^20): +-21 km at 2 cm voxels
-_KEY_MASK = (1 << _KEY_BITS) - 1
 
 
 @dataclass(frozen=True)
@@ -103,18 +101,6 @@ class MapSnapshot:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-@dataclass(frozen=True)
-class _FrameVoxels:
-    """Per-frame sums over the distinct voxels of one frame, computed outside the lock."""
-
-    keys: np.ndarray  # [U] int64, sorted
-    counts: np.ndarray  # [U] int64 points per voxel
-    sums: np.ndarray  # [U, 9] float64: position sum (map frame), RGB sum, unit normal sum (map frame)
-    valid_pixels: int
-    inverse: Optional[np.ndarray] = None  # [M] row in keys of every fused point (for label votes)
-    pix: Optional[np.ndarray] = None  # [M] flat pixel index of every fused point
 
 
 def _check_pose(cam_to_map: np.ndarray) -> np.ndarray:
@@ -208,13 +194,6 @@ def depth_normals(depth_m: np.ndarray,  # [H, W] float32 metres
     return pixel_normals(depth_m, K, np.arange(h * w), baseline_px, max_jump).reshape(h, w, 3)
 
 
-def _rotate(T: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """R v for rows v [N, 3] with R = T[:3, :3], elementwise: a [N, 3] x [3, 3] BLAS matmul is far slower
-    (and contends for cores) on small inner dimensions."""
-    R = T[:3, :3]
-    return np.stack([v[:, 0] * R[i, 0] + v[:, 1] * R[i, 1] + v[:, 2] * R[i, 2] for i in range(3)], axis=1)
-
-
 def pack_keys(grid: np.ndarray) -> np.ndarray:
     """Integer voxel coordinates [N, 3] (within +-2^20) -> packed int64 keys [N]; order is x, then y, then z."""
     g = grid.astype(np.int64) + _KEY_OFFSET
@@ -263,8 +242,7 @@ class VoxelMap:
         self._frame_index = 0  # index the next integrated frame gets
         self._layout_version = 0
         self._evicted_total = 0
-        self._sorted_keys = np.empty(0, dtype=np.int64)  # [n] all keys, ascending
-        self._sorted_rows = np.empty(0, dtype=np.int64)  # [n] row of each sorted key
+        self._index = VoxelIndex(0)  # key -> row of the voxels in _keys[:_n]
         self._alloc(min(self.max_voxels, 1 << 16))
 
     # ------------------------------------------------------------------ storage
@@ -288,6 +266,7 @@ class VoxelMap:
         grow("_prob", (self.num_classes,), np.float32)  # running mean class probabilities
         grow("_seg_count", (), np.int64)  # segmentation updates fused
         self._cap = capacity
+        self._index.rebuild(self._keys, n, capacity)
 
     def _ensure_capacity(self, needed: int) -> None:
         if needed > self._cap:
@@ -299,7 +278,7 @@ class VoxelMap:
     # ------------------------------------------------------------------ frame processing (no lock)
 
     def _frame_voxels(self, color_rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
-                      cam_to_map: np.ndarray) -> _FrameVoxels:
+                      cam_to_map: np.ndarray) -> FrameGroups:
         if not isinstance(color_rgb, np.ndarray) or color_rgb.dtype != np.uint8 or color_rgb.ndim != 3 \
                 or color_rgb.shape[2] != 3:
             desc = f"{color_rgb.dtype} {color_rgb.shape}" if isinstance(color_rgb, np.ndarray) else type(color_rgb)
@@ -313,139 +292,12 @@ class VoxelMap:
                              " (expected depth registered to color)")
         K = check_intrinsics(K)
         T = _check_pose(cam_to_map)
-
-        # float32 intrinsics keep backproject_depth's arithmetic in float32.
-        pts_cam, pix = backproject_depth(depth_m, K.astype(np.float32), self.max_depth_m)
-        xyz_cam = np.ascontiguousarray(pts_cam.T)  # [3, M]: contiguous rows make every pass below faster
-        del pts_cam
-        keys, inverse, rep_point, xyz_cam, pix = self._voxelize(xyz_cam, pix, T)
-        u = len(keys)
-        counts = np.bincount(inverse, minlength=u)
-        sums = np.zeros((u, 9), dtype=np.float64)
-        # Positions are summed in the camera frame and moved afterwards (sum(R p + t) = R sum(p) + n t):
-        # rotating U voxel sums is cheaper than rotating M points.
-        for i in range(3):
-            sums[:, i] = np.bincount(inverse, xyz_cam[i], u)
-        # Gather whole 3-byte pixels at once: faster than three strided uint8 gathers.
-        rgb = np.take(np.ascontiguousarray(color_rgb).reshape(-1).view("V3"), pix).view(np.uint8).reshape(-1, 3)
-        for i in range(3):
-            sums[:, 3 + i] = np.bincount(inverse, rgb[:, i], u)
-        sums[:, 6:9] = self._voxel_normals(depth_m, K, pix[rep_point])
-        sums[:, 0:3] = _rotate(T, sums[:, 0:3]) + counts[:, None] * T[:3, 3]
-        sums[:, 6:9] = _rotate(T, sums[:, 6:9])
-        return _FrameVoxels(keys, counts, sums, len(pix), inverse, pix)
-
-    def _voxel_normals(self, depth_m: np.ndarray, K: np.ndarray, rep_pixel: np.ndarray) -> np.ndarray:
-        """One camera-frame normal per frame voxel [U, 3], from the depth gradients at its central pixel.
-
-        The central differences span about the voxel's footprint in the image (half of it each side, at
-        least one pixel), so the normal describes the surface at the voxel's scale and pixel noise averages
-        out; voxels near an occlusion edge fall back to one-pixel differences. One normal per voxel and
-        frame, instead of one per pixel, keeps this off the per-pixel path.
-        """
-        z = depth_m.reshape(-1)[rep_pixel]
-        f = 0.5 * (K[0, 0] + K[1, 1])
-        with np.errstate(divide="ignore"):
-            k = np.clip(np.round(0.5 * self.voxel_size_m * f / z), 1, self._MAX_NORMAL_BASELINE_PX).astype(np.int64)
-        n = pixel_normals(depth_m, K, rep_pixel, k, self.normal_max_jump)
-        retry = np.flatnonzero((k > 1) & ~n.any(axis=1))
-        if len(retry):
-            n[retry] = pixel_normals(depth_m, K, rep_pixel[retry], 1, self.normal_max_jump)
-        return n
-
-    def _voxelize(self, xyz_cam: np.ndarray, pix: np.ndarray, T: np.ndarray):
-        """Group camera points xyz_cam [3, M] into voxels of the map frame under cam_to_map T.
-
-        Returns (keys [U] sorted unique packed keys, inverse [M] row in keys of every point, rep_point [U]
-        a central point of each voxel, and xyz_cam, pix without points outside the key range).
-        """
-        # Elementwise rather than R @ p: a [3, 3] x [3, M] BLAS matmul is far slower on this shape (and
-        # contends for cores). R and t are pre-divided by the voxel size so one pass gives voxel units.
-        inv_vs = 1.0 / self.voxel_size_m
-        Rv = (T[:3, :3] * inv_vs).astype(np.float32)
-        tv = (T[:3, 3] * inv_vs).astype(np.float32)
-        tmp = np.empty(len(pix), dtype=np.float32)
-        grid = []
-        for i in range(3):
-            g = xyz_cam[0] * Rv[i, 0]
-            for j in (1, 2):
-                np.multiply(xyz_cam[j], Rv[i, j], out=tmp)
-                g += tmp
-            g += tv[i]
-            np.floor(g, out=g)
-            grid.append(g.astype(np.int32))
-        del tmp
-        lo = np.array([g.min(initial=0) for g in grid], dtype=np.int64)
-        hi = np.array([g.max(initial=0) for g in grid], dtype=np.int64)
-        if lo.min() < -_KEY_OFFSET or hi.max() >= _KEY_OFFSET:
-            inside = np.ones(len(pix), dtype=bool)
-            for g in grid:
-                inside &= (g >= -_KEY_OFFSET) & (g < _KEY_OFFSET)
+        fv = group_frame(color_rgb, depth_m, K, T, self.voxel_size_m, self.max_depth_m,
+                         self._MAX_NORMAL_BASELINE_PX, self.normal_max_jump)
+        if fv.dropped:
             log.warning("fusion: %d points beyond the voxel key range (+-%.0f m) dropped",
-                        int((~inside).sum()), _KEY_OFFSET * self.voxel_size_m)
-            grid = [g[inside] for g in grid]
-            xyz_cam, pix = xyz_cam[:, inside], pix[inside]
-            lo = np.array([g.min(initial=0) for g in grid], dtype=np.int64)
-            hi = np.array([g.max(initial=0) for g in grid], dtype=np.int64)
-        m = len(pix)
-        if m == 0:
-            empty = np.empty(0, np.int64)
-            return empty, empty, empty, xyz_cam, pix
-        span = hi - lo + 1
-        compact = (int(span[0]) * int(span[1]) * int(span[2]) - 1).bit_length() <= 31
-        if compact:
-            # Within one frame the voxels span a small box: number them inside it (int32, no overflow
-            # since every partial result stays below the box volume).
-            for g, low in zip(grid, lo):
-                g -= np.int32(low)
-            pk = grid[0]
-            pk *= np.int32(span[1])
-            pk += grid[1]
-            pk *= np.int32(span[2])
-            pk += grid[2]
-        else:
-            pk = pack_keys(np.stack(grid, axis=1))
-        del grid
-        # Neighbouring pixels mostly share a voxel: group runs of equal keys in image order first, so the
-        # sort below sees ~3x fewer items.
-        run_start = np.empty(m, dtype=bool)
-        run_start[0] = True
-        np.not_equal(pk[1:], pk[:-1], out=run_start[1:])
-        starts = np.flatnonzero(run_start)
-        run_keys = pk[starts]
-        n_runs = len(starts)
-        if compact:
-            # Run index in the low bits: one plain sort (several times faster than argsort) gives both
-            # the grouping and the permutation, runs of one voxel in image order.
-            run_bits = max(int(n_runs - 1).bit_length(), 1)
-            tagged = run_keys.astype(np.int64) << run_bits
-            tagged |= np.arange(n_runs, dtype=np.int64)
-            tagged.sort()
-            order = tagged & ((1 << run_bits) - 1)
-            sorted_keys = tagged >> run_bits
-        else:
-            order = np.argsort(run_keys, kind="stable")
-            sorted_keys = run_keys[order]
-        first = np.empty(n_runs, dtype=bool)
-        first[0] = True
-        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
-        group_start = np.flatnonzero(first)
-        run_inverse = np.empty(n_runs, dtype=np.int64)
-        run_inverse[order] = np.cumsum(first) - 1
-        run_len = np.diff(np.append(starts, m))
-        inverse = np.repeat(run_inverse, run_len)
-        # A central point of each voxel: the middle of its middle run (runs are in image order).
-        group_end = np.append(group_start[1:], n_runs)
-        mid_run = order[(group_start + group_end - 1) // 2]
-        rep_point = starts[mid_run] + run_len[mid_run] // 2
-        ukeys = sorted_keys[group_start]
-        if compact:
-            gz = ukeys % span[2]
-            rest = ukeys // span[2]
-            keys = pack_keys(np.stack([rest // span[1], rest % span[1], gz], axis=1) + lo)
-        else:
-            keys = ukeys
-        return keys, inverse, rep_point, xyz_cam, pix
+                        fv.dropped, _KEY_OFFSET * self.voxel_size_m)
+        return fv
 
     # ------------------------------------------------------------------ public API
 
@@ -484,42 +336,26 @@ class VoxelMap:
                 raise ValueError(f"{name} image has shape {np.asarray(img).shape}, expected the depth image's "
                                  f"{np.asarray(depth).shape[:2]} (registered to depth)")
         fv = self._frame_voxels(color_rgb, depth, K, cam_to_map)
+        inverse = fv.inverse() if images else None
         for name, img in images.items():
-            votes[name].add(fv.keys, fv.inverse, np.asarray(img).reshape(-1)[fv.pix])
+            votes[name].add(fv.keys, inverse, np.asarray(img).reshape(-1)[fv.pix])
         with self._lock:
             return self._merge(fv)
 
     def _lookup(self, keys: np.ndarray) -> np.ndarray:
         """Rows of the given keys [M] (-1 where absent). Caller holds the lock."""
-        if self._n == 0 or len(keys) == 0:
-            return np.full(len(keys), -1, dtype=np.int64)
-        pos = np.searchsorted(self._sorted_keys, keys)
-        pos_c = np.minimum(pos, self._n - 1)
-        found = self._sorted_keys[pos_c] == keys
-        return np.where(found, self._sorted_rows[pos_c], -1)
+        return self._index.lookup(self._keys, keys)
 
-    def _merge(self, fv: _FrameVoxels) -> FrameStats:
+    def _merge(self, fv: FrameGroups) -> FrameStats:
         frame = self._frame_index
         self._frame_index += 1
         rows = self._lookup(fv.keys)
-        hit = rows >= 0
-        r = rows[hit]
-        if len(r):
-            all_hit = len(r) == len(rows)  # the common case once the camera revisits mapped space
-            fc = fv.counts if all_hit else fv.counts[hit]
-            fs = fv.sums if all_hit else fv.sums[hit]
-            old = self._count[r]
-            total = old + fc
-            attr = self._attr[r].astype(np.float64)
-            # Running means as (mean * old count + frame sum) / new count; normals are plain sums.
-            attr[:, :6] *= old[:, None]
-            attr += fs
-            attr[:, :6] /= total[:, None]
-            self._attr[r] = attr
-            self._count[r] = total
-            self._last_seen[r] = frame
+        # Running means as (mean * old count + frame sum) / new count; normals are plain sums.
+        merge_observed(rows, fv.counts, fv.sums, self._attr, self._count, self._last_seen, frame)
 
-        new = ~hit
+        # New voxels in key order, so rows (and ties in eviction) do not depend on the image's layout.
+        new = np.flatnonzero(rows < 0)
+        new = new[np.argsort(fv.keys[new])]
         new_keys = fv.keys[new]
         new_counts = fv.counts[new]
         new_sums = fv.sums[new]
@@ -551,11 +387,9 @@ class VoxelMap:
             self._last_seen[s] = frame
             self._prob[s] = 0
             self._seg_count[s] = 0
-            at = np.searchsorted(self._sorted_keys, new_keys)
-            self._sorted_keys = np.insert(self._sorted_keys, at, new_keys)
-            self._sorted_rows = np.insert(self._sorted_rows, at, np.arange(self._n, self._n + m, dtype=np.int64))
+            self._index.insert(self._keys, self._n, self._n + m)
             self._n += m
-        return FrameStats(frame_index=frame, valid_pixels=fv.valid_pixels, frame_voxels=len(fv.keys),
+        return FrameStats(frame_index=frame, valid_pixels=len(fv.pix), frame_voxels=len(fv.keys),
                           new_voxels=m, evicted=evicted, map_voxels=self._n)
 
     def _evict(self, k: int) -> None:
@@ -575,10 +409,7 @@ class VoxelMap:
         for name in self._ARRAYS:
             buf = getattr(self, name)
             buf[:n_keep] = buf[:n][keep]
-        new_row = np.cumsum(keep) - 1
-        keep_sorted = keep[self._sorted_rows]
-        self._sorted_keys = self._sorted_keys[keep_sorted]
-        self._sorted_rows = new_row[self._sorted_rows[keep_sorted]]
+        self._index.rebuild(self._keys, n_keep, self._cap)
         self._n = n_keep
         self._layout_version += 1
 
@@ -724,8 +555,7 @@ class VoxelMap:
         """Remove every voxel; frame indices keep counting, so snapshots taken before stay distinguishable."""
         with self._lock:
             self._n = 0
-            self._sorted_keys = np.empty(0, dtype=np.int64)
-            self._sorted_rows = np.empty(0, dtype=np.int64)
+            self._index.rebuild(self._keys, 0, self._cap)
             self._layout_version += 1
 
     def export(self) -> Tuple[MapSnapshot, np.ndarray]:
@@ -778,9 +608,7 @@ class VoxelMap:
             self._last_seen[:n] = -1
             self._prob[:n] = probabilities
             self._seg_count[:n] = (np.asarray(probabilities).sum(axis=1) > 0).astype(np.int64)
-            order = np.argsort(keys, kind="stable")
-            self._sorted_keys = keys[order]
-            self._sorted_rows = order.astype(np.int64)
+            self._index.rebuild(self._keys, n, self._cap)
             self._n = n
 
 
