@@ -199,41 +199,54 @@ def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _normal_at(flat, w, h, p, k, fx, fy, cx, cy, max_jump, out):
-    """fusion.pixel_normals for one pixel, same float32 arithmetic; False (out untouched) where it has none."""
-    v = p // w
-    u = p - v * w
-    if not (u >= k and u < w - k and v >= k and v < h - k):
-        return False
-    kw = k * w
-    zc, zl, zr, zu, zd = flat[p], flat[p - k], flat[p + k], flat[p - kw], flat[p + kw]
-    if not (min(min(zc, zl), min(min(zr, zu), zd)) > 0 and np.isfinite(zc + zl + zr + zu + zd)):
-        return False
-    lim = max_jump * zc
+def _pixel_normals(flat, w, h, pixels, ks, fx, fy, cx, cy, max_jump, out, ok):
+    """fusion.pixel_normals at the given pixels with half-widths ks, same float32 arithmetic: normals into
+    out [N, 3] float32 where ok [N] is True.
+
+    Two loops: the five depth samples of every pixel are gathered first, with addresses known up front so
+    that the loads overlap, then the arithmetic runs without branches.
+    """
+    n = len(pixels)
+    z = np.empty((5, n), np.float32)  # centre, left, right, up, down
+    uvk = np.empty((3, n), np.float32)
+    inside = np.empty(n, np.bool_)
+    for i in range(n):
+        p = pixels[i]
+        k = ks[i]
+        v = p // w
+        u = p - v * w
+        inside[i] = (u >= k) & (u < w - k) & (v >= k) & (v < h - k)
+        k = k if inside[i] else 0  # rejected below; k = 0 keeps the reads inside the image
+        z[0, i], z[1, i], z[2, i] = flat[p], flat[p - k], flat[p + k]
+        z[3, i], z[4, i] = flat[p - k * w], flat[p + k * w]
+        uvk[0, i], uvk[1, i], uvk[2, i] = np.float32(u), np.float32(v), np.float32(k)
     two = np.float32(2)
-    if not (abs(zr - two * zc + zl) <= lim and abs(zd - two * zc + zu) <= lim):
-        return False
-    xc = (np.float32(u) - cx) / fx
-    yc = (np.float32(v) - cy) / fy
-    kx = np.float32(k) / fx
-    ky = np.float32(k) / fy
-    az = zr - zl
-    ax = (xc + kx) * zr - (xc - kx) * zl
-    ay = yc * az
-    bz = zd - zu
-    bx = xc * bz
-    by = (yc + ky) * zd - (yc - ky) * zu
-    nx = by * az - bz * ay
-    ny = bz * ax - bx * az
-    nz = bx * ay - by * ax
-    norm = np.sqrt(nx * nx + ny * ny + nz * nz)
-    if not norm > 0:
-        return False
-    scale = np.float32(np.copysign(np.float32(1), -(nx * xc + ny * yc + nz))) / norm
-    out[0] = nx * scale
-    out[1] = ny * scale
-    out[2] = nz * scale
-    return True
+    for i in range(n):
+        zc, zl, zr, zu, zd = z[0, i], z[1, i], z[2, i], z[3, i], z[4, i]
+        # All five samples valid: the smallest is > 0 and their sum is finite (NaN, inf fail either test).
+        good = inside[i] & (min(min(zc, zl), min(min(zr, zu), zd)) > 0) & np.isfinite(zc + zl + zr + zu + zd)
+        lim = max_jump * zc
+        good &= (abs(zr - two * zc + zl) <= lim) & (abs(zd - two * zc + zu) <= lim)
+        xc = (uvk[0, i] - cx) / fx
+        yc = (uvk[1, i] - cy) / fy
+        kx = uvk[2, i] / fx
+        ky = uvk[2, i] / fy
+        az = zr - zl
+        ax = (xc + kx) * zr - (xc - kx) * zl
+        ay = yc * az
+        bz = zd - zu
+        bx = xc * bz
+        by = (yc + ky) * zd - (yc - ky) * zu
+        nx = by * az - bz * ay
+        ny = bz * ax - bx * az
+        nz = bx * ay - by * ax
+        norm = np.sqrt(nx * nx + ny * ny + nz * nz)
+        good &= norm > 0
+        scale = np.float32(np.copysign(np.float32(1), -(nx * xc + ny * yc + nz))) / norm  # toward the camera
+        ok[i] = good
+        out[i, 0] = nx * scale
+        out[i, 1] = ny * scale
+        out[i, 2] = nz * scale
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -247,13 +260,25 @@ def _finish_voxels(depth, rep, counts, sums, fx, fy, cx, cy, baseline_scale, max
     """
     h, w = depth.shape
     flat = depth.reshape(-1)
-    n = np.empty(3, np.float32)
-    for i in range(len(rep)):
-        p = rep[i]
-        k = np.int64(min(max(np.rint(baseline_scale / np.float64(flat[p])), 1.0), max_baseline))
-        if _normal_at(flat, w, h, p, k, fx, fy, cx, cy, max_jump, n) or \
-                (k > 1 and _normal_at(flat, w, h, p, 1, fx, fy, cx, cy, max_jump, n)):
-            n0, n1, n2 = np.float64(n[0]), np.float64(n[1]), np.float64(n[2])
+    nv = len(rep)
+    ks = np.empty(nv, np.int64)
+    for i in range(nv):
+        ks[i] = np.int64(min(max(np.rint(baseline_scale / np.float64(flat[rep[i]])), 1.0), max_baseline))
+    normal = np.empty((nv, 3), np.float32)
+    ok = np.empty(nv, np.bool_)
+    _pixel_normals(flat, w, h, rep, ks, fx, fy, cx, cy, max_jump, normal, ok)
+    retry = np.flatnonzero(~ok & (ks > 1))
+    if len(retry):
+        normal1 = np.empty((len(retry), 3), np.float32)
+        ok1 = np.empty(len(retry), np.bool_)
+        _pixel_normals(flat, w, h, rep[retry], np.ones(len(retry), np.int64), fx, fy, cx, cy, max_jump,
+                       normal1, ok1)
+        for j in range(len(retry)):
+            normal[retry[j]] = normal1[j]
+            ok[retry[j]] = ok1[j]
+    for i in range(nv):
+        if ok[i]:
+            n0, n1, n2 = np.float64(normal[i, 0]), np.float64(normal[i, 1]), np.float64(normal[i, 2])
             for j in range(3):
                 sums[i, 6 + j] = n0 * R[j, 0] + n1 * R[j, 1] + n2 * R[j, 2]
         # Sums of R p + t over c points = R (sum of p) + c t.
