@@ -59,15 +59,26 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from gcross_core.geometry import is_valid_pose
 from gcross_core.data.frames import FrameSet
 from gcross_core.image import check_depth_m, check_intrinsics
-from gcross_core.mapping.fusion_kernels import KEY_BITS as _KEY_BITS, KEY_MASK as _KEY_MASK, \
-    KEY_OFFSET as _KEY_OFFSET, FrameGroups, VoxelIndex, group_frame, merge_observed
+from gcross_core.mapping.voxel_keys import KEY_BITS as _KEY_BITS, KEY_MASK as _KEY_MASK, \
+    KEY_OFFSET as _KEY_OFFSET
+
+if TYPE_CHECKING:
+    from gcross_core.mapping.fusion_kernels import FrameGroups
+
+
+def _kernels():
+    """The compiled kernels (numba), imported when the first VoxelMap is built: importing this module, and
+    what imports it (the data and model code), needs no numba."""
+    from gcross_core.mapping import fusion_kernels
+
+    return fusion_kernels
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +253,7 @@ class VoxelMap:
         self._frame_index = 0  # index the next integrated frame gets
         self._layout_version = 0
         self._evicted_total = 0
-        self._index = VoxelIndex(0)  # key -> row of the voxels in _keys[:_n]
+        self._index = _kernels().VoxelIndex(0)  # key -> row of the voxels in _keys[:_n]
         self._alloc(min(self.max_voxels, 1 << 16))
 
     # ------------------------------------------------------------------ storage
@@ -292,7 +303,7 @@ class VoxelMap:
                              " (expected depth registered to color)")
         K = check_intrinsics(K)
         T = _check_pose(cam_to_map)
-        fv = group_frame(color_rgb, depth_m, K, T, self.voxel_size_m, self.max_depth_m,
+        fv = _kernels().group_frame(color_rgb, depth_m, K, T, self.voxel_size_m, self.max_depth_m,
                          self._MAX_NORMAL_BASELINE_PX, self.normal_max_jump)
         if fv.dropped:
             log.warning("fusion: %d points beyond the voxel key range (+-%.0f m) dropped",
@@ -351,7 +362,7 @@ class VoxelMap:
         self._frame_index += 1
         rows = self._lookup(fv.keys)
         # Running means as (mean * old count + frame sum) / new count; normals are plain sums.
-        merge_observed(rows, fv.counts, fv.sums, self._attr, self._count, self._last_seen, frame)
+        _kernels().merge_observed(rows, fv.counts, fv.sums, self._attr, self._count, self._last_seen, frame)
 
         # New voxels in key order, so rows (and ties in eviction) do not depend on the image's layout.
         new = np.flatnonzero(rows < 0)

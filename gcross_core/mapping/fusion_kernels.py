@@ -17,9 +17,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-KEY_BITS = 21  # bits per axis in a packed voxel key: 3 * 21 = 63 bits fit a non-negative int64
-KEY_OFFSET = 1 << (KEY_BITS - 1)  # voxel coordinates in [-2^20, 2^20): +-21 km at 2 cm voxels
-KEY_MASK = (1 << KEY_BITS) - 1
+from gcross_core.mapping.voxel_keys import KEY_BITS, KEY_OFFSET
+
 
 _FIB = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio
 _EMPTY = -1  # a free slot of a hash table
