@@ -280,8 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes: 20 timed frames, RSS after 20/100")
     ap.add_argument("--rate", type=float, default=10.0, help="frames per second sent to the node")
     ap.add_argument("--voxel-size", type=float, default=None,
-                    help="fusion benchmark voxel size in metres (default: the benchmark checkpoint's grid, "
-                         "2 cm, which is the node's voxel_size_m: 0 means the checkpoint's grid)")
+                    help="fusion benchmark voxel size in metres (default: the benchmark checkpoint's grid, 2 cm; "
+                         "the node itself maps at half the grid, voxel_size_m: 0)")
     ap.add_argument("--no-open3d", action="store_true")
     ap.add_argument("--parts", default="fusion,segmentation,node",
                     help="comma-separated subset of fusion, segmentation, node")
@@ -306,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
     from gcross_ros.node.params import SegmentNodeParams
 
-    voxel = args.voxel_size or SegmentNodeParams().voxel_size_m or BENCH_GRID_M
+    voxel = args.voxel_size or BENCH_GRID_M
     timed, repeats, rss_at, sizes = 100, 3, (100, 400, 1000), (50_000, 100_000)
     if args.quick:
         timed, repeats, rss_at, sizes = 20, 1, (20, 100), (5_000, 10_000)

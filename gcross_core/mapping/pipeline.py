@@ -246,7 +246,8 @@ class SegmentationPipeline:
             t0 = time.perf_counter()
             plan = None
             if self.config.segment_scope == "priority":
-                self.ledger.forget_missing(snap.keys)
+                if len(self.ledger) > 1.5 * len(snap):  # evicted voxels linger harmlessly until then
+                    self.ledger.forget_missing(snap.keys)
                 plan = plan_segmentation(snap, self.ledger, self._segmented_upto, self.config.segment_max_voxels,
                                          self.config.segment_context_m, refresh_before=self._grew_in)
                 rows, fuse = plan.rows, plan.fuse

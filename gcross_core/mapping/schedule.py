@@ -102,6 +102,24 @@ class Plan:
         return self.rows[self.fuse]
 
 
+# packed offsets of the 27 cells around a cell (itself included), for keys made by _cells
+_NEIGHBOURS = np.array([(dx << 42) + (dy << 21) + dz for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)],
+                       np.int64)
+
+
+def _cells(coords: np.ndarray, size: float) -> np.ndarray:
+    """Packed integer cell of each point on a grid of ``size`` (21 bits per axis, offset to stay >= 0)."""
+    g = np.floor(coords / size).astype(np.int64) + (1 << 20)
+    return (g[:, 0] << 42) + (g[:, 1] << 21) + g[:, 2]
+
+
+def _newest(rows: np.ndarray, last_seen: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` most recently seen of ``rows``, newest first."""
+    if len(rows) > k:
+        rows = rows[np.argpartition(-last_seen[rows], k - 1)[:k]]
+    return rows[np.argsort(-last_seen[rows], kind="stable")]
+
+
 def changed_since_labelled(colors: np.ndarray, normals: np.ndarray, then_colors: np.ndarray,
                            then_normals: np.ndarray, color_tolerance: float, normal_tolerance_deg: float
                            ) -> np.ndarray:
@@ -135,18 +153,13 @@ def plan_segmentation(snap, ledger: LabelLedger, seen_since: int, budget: int, c
         lr = ledger_rows[idx]
         changed[idx] = changed_since_labelled(snap.colors[idx], snap.normals[idx], ledger.colors(lr),
                                               ledger.normals(lr), color_tolerance, normal_tolerance_deg)
-    recent_first = np.argsort(-snap.last_seen, kind="stable")
-    tiers = {
-        "new_in_view": recent_first[(~labelled & in_view)[recent_first]],
-        "new": recent_first[(~labelled & ~in_view)[recent_first]],
-        "changed": recent_first[changed[recent_first]],
-    }
-    due = {name: len(rows) for name, rows in tiers.items()}
+    masks = {"new_in_view": ~labelled & in_view, "new": ~labelled & ~in_view, "changed": changed}
+    due = {name: int(mask.sum()) for name, mask in masks.items()}
     target_cap = budget if n <= budget else max(1, int(budget * (1.0 - min_context_share)))
     taken, chosen = {}, []
     left = target_cap
     for name in ("new_in_view", "new", "changed"):
-        pick = tiers[name][:left]
+        pick = _newest(np.flatnonzero(masks[name]), snap.last_seen, left) if left > 0 else np.empty(0, np.int64)
         taken[name] = len(pick)
         chosen.append(pick)
         left -= len(pick)
@@ -164,20 +177,29 @@ def plan_segmentation(snap, ledger: LabelLedger, seen_since: int, budget: int, c
         else:
             seed = rest[int(np.argmin(age))]
             dist = np.linalg.norm(snap.coords[rest] - snap.coords[seed], axis=1)
-            region = rest[np.lexsort((dist, age))[:left]]  # the oldest labels, nearest the seed first
+            # the oldest labels, nearest the seed first: age dominates, distance breaks ties
+            order_key = (age - age.min()).astype(np.float64) * (float(dist.max()) + 1.0) + dist
+            region = rest[np.argpartition(order_key, left - 1)[:left]]
         target[region] = True
         taken["refresh"] = len(region)
     targets = np.flatnonzero(target)
     context = np.empty(0, np.int64)
     room = budget - len(targets)
-    if room > 0 and context_m > 0 and len(targets) < n:
+    if room > 0 and context_m > 0 and 0 < len(targets) < n:
         from scipy.spatial import cKDTree
 
-        others = np.flatnonzero(~target)
-        dist, _ = cKDTree(snap.coords[targets]).query(snap.coords[others], k=1, distance_upper_bound=context_m)
-        near = np.isfinite(dist)
-        order = np.argsort(dist[near], kind="stable")[:room]
-        context = others[near][order]
+        # only voxels in the context_m cells next to a target's cell can be near one: query those
+        cells = _cells(snap.coords, context_m)
+        near_cells = np.unique((_cells(snap.coords[targets], context_m)[:, None] + _NEIGHBOURS[None, :]).ravel())
+        others = np.flatnonzero(~target & np.isin(cells, near_cells))
+        if len(others):
+            dist, _ = cKDTree(snap.coords[targets]).query(snap.coords[others], k=1, distance_upper_bound=context_m)
+            near = np.isfinite(dist)
+            if near.sum() > room:
+                keep = np.argpartition(dist[near], room - 1)[:room]
+                context = others[near][keep]
+            else:
+                context = others[near]
     rows = np.sort(np.concatenate([targets, context]))
     fuse = np.flatnonzero(target[rows])
     return Plan(rows, fuse, taken, due)
