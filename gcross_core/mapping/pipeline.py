@@ -78,7 +78,7 @@ class PipelineConfig:
                                                "observed since the previous segmentation plus segment_context_m of "
                                                "context (cost follows the camera); 'map', the whole map (cost grows "
                                                "with the map).")
-    segment_max_voxels: int = described(40_000, "segment_scope 'priority': most voxels given to the encoder per "
+    segment_max_voxels: int = described(15_000, "segment_scope 'priority': most voxels given to the encoder per "
                                                 "segmentation, targets and context together; size it so that one "
                                                 "segmentation fits the latency wanted on the machine "
                                                 "(benchmarks/node.py).")
