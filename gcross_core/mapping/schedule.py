@@ -17,7 +17,8 @@ Re-observing a labelled voxel whose colour and normal stay within the tolerances
 only tier 4 visits it again, and only after the map grew: once the camera stops finding new surface,
 every label is refreshed once, within ``map voxels / (0.75 x budget)`` segmentations, and then the
 segmentations stop (nothing is due: an idle node does no work). Context for the targets is the map within
-``context_m`` of them, nearest first, as much as the budget leaves; at least ``min_context_share`` of the
+``context_m`` of them, nearest first among an even sample of at most 8 candidates per context voxel
+wanted (planning stays cheap on a map of a million voxels), as much as the budget leaves; at least ``min_context_share`` of the
 budget is kept for it when the tiers would fill it all.
 
 :class:`LabelLedger` remembers, per voxel key, when it was labelled and what it looked like then, so it
@@ -101,6 +102,8 @@ class Plan:
     def targets(self) -> np.ndarray:
         return self.rows[self.fuse]
 
+
+_CONTEXT_SAMPLE = 8  # context candidates measured per context voxel wanted, at most
 
 # packed offsets of the 27 cells around a cell (itself included), for keys made by _cells
 _NEIGHBOURS = np.array([(dx << 42) + (dy << 21) + dz for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)],
@@ -192,6 +195,8 @@ def plan_segmentation(snap, ledger: LabelLedger, seen_since: int, budget: int, c
         cells = _cells(snap.coords, context_m)
         near_cells = np.unique((_cells(snap.coords[targets], context_m)[:, None] + _NEIGHBOURS[None, :]).ravel())
         others = np.flatnonzero(~target & np.isin(cells, near_cells))
+        if len(others) > _CONTEXT_SAMPLE * room:  # bounded work: an even sample of the candidates, in map order
+            others = others[np.linspace(0, len(others) - 1, _CONTEXT_SAMPLE * room).astype(np.int64)]
         if len(others):
             dist, _ = cKDTree(snap.coords[targets]).query(snap.coords[others], k=1, distance_upper_bound=context_m)
             near = np.isfinite(dist)
