@@ -43,8 +43,13 @@ def build_scene(out_dir: Path, seed: int, views: int, width: int, height: int):
     return scene
 
 
+# segment_max_voxels sized for the shipped small segmenter (a segmentation of 200k voxels takes about a second
+# on 2 CPU cores), as the README says to size it per model; the default (15000) is sized for a full-size SpUNet
+DEMO_SEGMENT_MAX_VOXELS = 200_000
+
+
 def _node_ros_args(checkpoint: Path) -> list:
-    args = ["-p", f"checkpoint:={checkpoint}"]
+    args = ["-p", f"checkpoint:={checkpoint}", "-p", f"segment_max_voxels:={DEMO_SEGMENT_MAX_VOXELS}"]
     for topic in CAMERA_REMAPS:
         args += ["-r", f"{topic}:=/camera/{topic}"]
     return args
@@ -124,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     params_file = Path(__file__).resolve().parent.parent / "config" / "segment.yaml"
     if not params_file.is_file():  # installed package: config lives in share/
         params_file = Path(sys.prefix) / "share" / "gcross_ros" / "config" / "segment.yaml"
-    pipe_cfg = pipeline_config_from_params(str(params_file))
+    pipe_cfg = pipeline_config_from_params(str(params_file), {"segment_max_voxels": DEMO_SEGMENT_MAX_VOXELS})
 
     log.info("3/4 offline evaluation (the node's pipeline, frame by frame) and its rendered views")
     # the panel renders as the node does with render_source gaussians and the shipped GaussianCross model

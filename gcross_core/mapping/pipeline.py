@@ -234,18 +234,23 @@ class SegmentationPipeline:
             return None
         return self.segment(now_s)
 
-    def segment(self, now_s: Optional[float] = None, force: bool = False) -> Optional[SegmentStats]:
-        """Segment what ``segment_scope`` says is due now and fuse the probabilities; None when the map is
-        empty or (priority, unless ``force``) nothing was due at the last call and no frame was fused since."""
+    def segment(self, now_s: Optional[float] = None, force: bool = False,
+                scope: Optional[str] = None) -> Optional[SegmentStats]:
+        """Segment what ``segment_scope`` (or ``scope``, e.g. "map" for a last pass over everything) says is
+        due now and fuse the probabilities; None when the map is empty or (priority, unless ``force``)
+        nothing was due at the last call and no frame was fused since."""
+        scope = scope or self.config.segment_scope
+        if scope not in SEGMENT_SCOPES:
+            raise InputError(f"segment scope {scope!r} is not one of {SEGMENT_SCOPES}")
         with self._segment_lock:
-            if not force and self.config.segment_scope == "priority" and self._idle_at == self.map.frames_integrated:
+            if not force and scope == "priority" and self._idle_at == self.map.frames_integrated:
                 return None  # nothing was due, and no frame came since: no snapshot, no work
             snap = self.map.snapshot()
             if len(snap) < self.config.min_voxels_to_segment:
                 return None
             t0 = time.perf_counter()
             plan = None
-            if self.config.segment_scope == "priority":
+            if scope == "priority":
                 if len(self.ledger) > 1.5 * len(snap):  # evicted voxels linger harmlessly until then
                     self.ledger.forget_missing(snap.keys)
                 plan = plan_segmentation(snap, self.ledger, self._segmented_upto, self.config.segment_max_voxels,
@@ -253,7 +258,7 @@ class SegmentationPipeline:
                 rows, fuse = plan.rows, plan.fuse
                 self._idle_at = snap.frame_index if not len(fuse) else None
             else:
-                rows, fuse = self.segment_rows(snap)
+                rows, fuse = self.segment_rows(snap, scope)
             if len(fuse) and self.tracker is not None:
                 out = self.segmenter.predict_instances(snap.coords[rows], snap.colors[rows], snap.normals[rows])
                 updated = self.map.fuse_probabilities(rows[fuse], out.probs[fuse], snapshot=snap)
@@ -282,10 +287,11 @@ class SegmentationPipeline:
                                 tiers=plan.tiers if plan is not None else None,
                                 due=plan.due if plan is not None else None)
 
-    def segment_rows(self, snap: MapSnapshot) -> Tuple[np.ndarray, np.ndarray]:
-        """(rows of ``snap`` to give the encoder [R], positions within them whose probabilities are fused)."""
+    def segment_rows(self, snap: MapSnapshot, scope: str = "recent") -> Tuple[np.ndarray, np.ndarray]:
+        """(rows of ``snap`` to give the encoder [R], positions within them whose probabilities are fused)
+        for scope "map" or "recent"."""
         n = len(snap)
-        if self.config.segment_scope == "map":
+        if scope == "map":
             return np.arange(n), np.arange(n)
         target = (snap.last_seen >= self._segmented_upto) | (snap.labels < 0)
         if not target.any():

@@ -27,12 +27,16 @@ log = logging.getLogger(__name__)
 def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud", legend_topic: str = "/class_legend",
                   rate: float = 1.0, settle_s: float = 20.0, discovery_s: float = 30.0,
                   radius_m: Optional[float] = None, voxel_size_m: Optional[float] = None,
-                  topics: BagTopics = BagTopics(), instances_topic: str = "/instances") -> dict:
+                  topics: BagTopics = BagTopics(), instances_topic: str = "/instances",
+                  diagnostics_topic: str = "/diagnostics") -> dict:
     """Replay a bag into a running segmentation node and score the cloud it publishes.
 
     ``node`` is an rclpy node of the caller's (the caller owns rclpy.init/shutdown). The camera topics
-    are replayed at ``rate``; afterwards the first cloud on ``cloud_topic`` stamped at or after the last
-    frame (the node's map then holds every frame) is scored exactly like ``evaluate_bag`` does, with
+    are replayed at ``rate``; afterwards the clouds on ``cloud_topic`` stamped at or after the last frame
+    (the node's map then holds every frame) are followed until the node reports nothing left to segment
+    (``segment_due.*`` all 0 on ``diagnostics_topic``, segment_scope priority; a node that does not report
+    them: the first such cloud) or ``settle_s`` runs out, and the latest is scored exactly like
+    ``evaluate_bag`` does, with
     class names from the node's transient-local ``class_legend`` (else the bag's). ``voxel_size_m`` (None
     or 0: the node's, from its legend) is the map's cell size in the report; the default label-transfer
     radius is twice the segmenter's grid from the legend (:func:`~gcross_ros.bag.evaluate.default_radius_m`).
@@ -41,6 +45,7 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
     """
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import PointCloud2
     from std_msgs.msg import String
     from visualization_msgs.msg import MarkerArray
@@ -56,6 +61,14 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
                              lambda m: instances.__setitem__(codec.stamp_to_ns(m.markers[0].header.stamp), m)
                              if m.markers else None,
                              QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    diags = []  # (receive time, {segment_due.<tier>: voxels left}) of the node's diagnostics
+
+    def on_diag(msg):
+        if msg.status:
+            diags.append((time.monotonic(), {kv.key: float(kv.value) for kv in msg.status[0].values
+                                             if kv.key.startswith("segment_due.")}))
+
+    node.create_subscription(DiagnosticArray, diagnostics_topic, on_diag, 10)
     node.create_subscription(String, legend_topic, legends.append,
                              QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                         durability=DurabilityPolicy.TRANSIENT_LOCAL))
@@ -78,14 +91,17 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
     while not done.is_set():
         rclpy.spin_once(node, timeout_sec=0.05)
     t_played = time.monotonic()
-    chosen = None
-    while chosen is None and time.monotonic() < t_played + settle_s:
+    chosen, converged = None, False
+    while time.monotonic() < t_played + settle_s:
         rclpy.spin_once(node, timeout_sec=0.05)
-        for t_recv, msg in clouds:
-            stamp = codec.stamp_to_ns(msg.header.stamp)
-            if stamp >= last_stamp_ns:
-                chosen = (t_recv, msg)
-                break
+        covering = [(t_recv, msg) for t_recv, msg in clouds if codec.stamp_to_ns(msg.header.stamp) >= last_stamp_ns]
+        if not covering:
+            continue
+        chosen = covering[-1]
+        t_diag, due = diags[-1] if diags else (0.0, {})
+        if not due or (t_diag > chosen[0] and not any(due.values())):
+            converged = bool(due)
+            break
     if chosen is None:
         raise LiveEvalError(f"no cloud on {cloud_topic} covering the last frame arrived within {settle_s} s "
                             f"after playback ({len(clouds)} earlier clouds)")
@@ -117,7 +133,8 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
     radius = radius_m if radius_m is not None else default_radius_m(legend.get("grid_size_m"), voxel_size_m)
     live = {"messages_published": player.published,
             "clouds_received": len(clouds), "playback_s": t_played - t_start,
-            "cloud_after_playback_s": chosen[0] - t_played, "rate": rate}
+            "cloud_after_playback_s": chosen[0] - t_played, "rate": rate,
+            "segmentation_converged": converged}
     return score_and_report(out_dir, coord, label, gt.coord, gt_label, names, radius,
                             title=f"Live evaluation: {Path(bag_path).name}", cell_m=voxel_size_m,
                             settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live},

@@ -358,7 +358,8 @@ class SegmentNode(Node):
         if view is None and not force:
             return None
         try:
-            seg = self.pipeline.segment(force=force)
+            # segment_now: the whole map, every voxel labelled (its cost grows with the map)
+            seg = self.pipeline.segment(force=True, scope="map") if force else self.pipeline.segment()
             if seg is None or (seg.updated == 0 and not force):  # empty map, or nothing new observed
                 return None
             pts = self.pipeline.labelled_points()
