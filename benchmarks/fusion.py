@@ -156,16 +156,22 @@ def _run_voxel_map(frames: Sequence[Frame], voxel_size_m: float, max_voxels: int
     return time.perf_counter() - t0, time.process_time() - c0, len(vmap)
 
 
+def _open3d_rgbd(o3d, fr: Frame, w: int, h: int, max_depth_m: float):
+    """Open3D's intrinsics and RGBD image of one frame (inside the timed loops, as a pipeline would)."""
+    K = fr.K
+    intr = o3d.camera.PinholeCameraIntrinsic(w, h, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+    rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
+        o3d.geometry.Image(fr.color), o3d.geometry.Image(fr.depth_m), depth_scale=1.0,
+        depth_trunc=max_depth_m, convert_rgb_to_intensity=False)
+    return intr, rgbd
+
+
 def _run_open3d(o3d, frames: Sequence[Frame], voxel_size_m: float, max_depth_m: float):
     h, w = frames[0].depth_m.shape
     cloud = o3d.geometry.PointCloud()
     t0, c0 = time.perf_counter(), time.process_time()
     for fr in frames:
-        K = fr.K
-        intr = o3d.camera.PinholeCameraIntrinsic(w, h, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-        rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-            o3d.geometry.Image(fr.color), o3d.geometry.Image(fr.depth_m), depth_scale=1.0,
-            depth_trunc=max_depth_m, convert_rgb_to_intensity=False)
+        intr, rgbd = _open3d_rgbd(o3d, fr, w, h, max_depth_m)
         cloud += o3d.geometry.PointCloud.create_from_rgbd_image(rgbd, intr, np.linalg.inv(fr.cam_to_world))
         cloud = cloud.voxel_down_sample(voxel_size_m)
     return time.perf_counter() - t0, time.process_time() - c0, len(cloud.points)
@@ -178,11 +184,7 @@ def _run_open3d_tsdf(o3d, frames: Sequence[Frame], voxel_size_m: float, max_dept
                                             color_type=integration.TSDFVolumeColorType.RGB8)
     t0, c0 = time.perf_counter(), time.process_time()
     for fr in frames:
-        K = fr.K
-        intr = o3d.camera.PinholeCameraIntrinsic(w, h, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-        rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-            o3d.geometry.Image(fr.color), o3d.geometry.Image(fr.depth_m), depth_scale=1.0,
-            depth_trunc=max_depth_m, convert_rgb_to_intensity=False)
+        intr, rgbd = _open3d_rgbd(o3d, fr, w, h, max_depth_m)
         volume.integrate(rgbd, intr, np.linalg.inv(fr.cam_to_world))
     return time.perf_counter() - t0, time.process_time() - c0
 

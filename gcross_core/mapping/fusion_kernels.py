@@ -199,8 +199,14 @@ def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _pixel_normals(flat, w, h, pixels, ks, fx, fy, cx, cy, max_jump, out, ok):
-    """fusion.pixel_normals at the given pixels with half-widths ks, same float32 arithmetic: normals into
-    out [N, 3] float32 where ok [N] is True.
+    """Camera-frame unit normals at the given pixels with half-widths ks, float32: into out [N, 3] where
+    ok [N] is True, oriented toward the camera.
+
+    n = (P(v+k, u) - P(v-k, u)) x (P(v, u+k) - P(v, u-k)) with P the back-projected point: the cross
+    product of the image-space gradients (the sign is checked against the viewing ray). No normal where a
+    sample falls outside the image or is invalid, or where a second difference z(+k) - 2 z(0) + z(-k)
+    exceeds ``max_jump`` times the depth: an occlusion edge in the window. The tests check it against a
+    plain NumPy version (tests/core/mapping/reference_normals.py).
 
     Two loops: the five depth samples of every pixel are gathered first, with addresses known up front so
     that the loads overlap, then the arithmetic runs without branches.

@@ -7,7 +7,8 @@ import pytest
 
 from gcross_core.errors import InputError
 from gcross_core.image import depth_mm_to_m
-from gcross_core.mapping.fusion import LabelVotes, VoxelMap, depth_normals, unpack_keys
+from gcross_core.mapping.fusion import LabelVotes, VoxelMap, unpack_keys
+from reference_normals import depth_normals
 
 W, H = 80, 60
 K = np.array([[60.0, 0, W / 2 - 0.5], [0, 60.0, H / 2 - 0.5], [0, 0, 1]])

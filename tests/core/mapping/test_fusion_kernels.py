@@ -1,7 +1,7 @@
 """VoxelMap's compiled per-frame path against a plain NumPy reference of the same rules.
 
 The reference groups points with np.unique, sums with np.bincount, finds each voxel's central pixel by
-walking its runs, takes normals from fusion.pixel_normals and keeps the map in a dict; eviction follows
+walking its runs, takes normals from reference_normals.pixel_normals and keeps the map in a dict; eviction follows
 the documented order. Frames: a room corner with a box seen from several poses, with invalid pixels,
 several voxel sizes, a map bound small enough to evict, label votes, and points beyond the key range.
 """
@@ -10,7 +10,8 @@ import logging
 import numpy as np
 import pytest
 
-from gcross_core.mapping.fusion import LabelVotes, VoxelMap, pack_keys, pixel_normals
+from gcross_core.mapping.fusion import LabelVotes, VoxelMap, pack_keys
+from reference_normals import pixel_normals
 
 W, H = 80, 60
 K = np.array([[60.0, 0, W / 2 - 0.5], [0, 60.0, H / 2 - 0.5], [0, 0, 1]])
