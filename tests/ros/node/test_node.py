@@ -422,7 +422,11 @@ def test_time_jump_back_resets_inputs_once_and_keeps_the_map(running):
     start = fx.diag()
     log_before = Path(log_path).read_text().count("time jumped back by")
     fx.stamp_ns -= 30 * 10**9  # the bag starts again
-    _fused_after(fx, proc, log_path, start["frames_fused"], x_offset_m=0.0)
+    fx.send(0.0)
+    # diagnostics come every 0.2 s: wait for the jump itself, not for a count a frame before it may have raised
+    wait_for(lambda: fx.diag().get("time_jumps", 0) > start.get("time_jumps", 0), WAIT_S, "the time jump",
+             proc, log_path)
+    _fused_after(fx, proc, log_path, fx.diag()["frames_fused"], x_offset_m=0.0)
     d = fx.diag()
     assert d["time_jumps"] == start.get("time_jumps", 0) + 1
     assert d["map_voxels"] >= start["map_voxels"]  # reset_map_on_time_jump is false: the map is kept
