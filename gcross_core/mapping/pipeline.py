@@ -9,9 +9,10 @@ voxels (``maybe_segment``). ``labelled_points`` returns the labelled map.
 What is segmented (``segment_scope``): ``priority`` (the default) gives the encoder at most
 ``segment_max_voxels`` voxels per segmentation, chosen by :mod:`gcross_core.mapping.schedule`: never-labelled
 voxels in view first, then other never-labelled ones, then voxels whose colour or normal changed since
-they were labelled, then the rest of the map in the background, one region at a time, plus context around
+they were labelled, then, in the background, labels made before the map last grew, plus context around
 them; its cost is bounded whatever the map and the camera do. ``map`` runs the encoder on the whole map
-every time, so its cost grows with the map; ``recent`` runs it on the voxels observed since the previous segmentation (and
+every time, so its cost grows with the map; ``recent`` runs it on the voxels observed since the previous
+segmentation (and
 any never labelled), with ``segment_context_m`` of already segmented map around them as context for the
 encoder, and fuses the probabilities of the observed voxels only. Its cost follows what the camera saw
 in a period, not the size of the map; every observed voxel is still segmented at least once after each
@@ -82,8 +83,9 @@ class PipelineConfig:
                                                 "segmentation, targets and context together; size it so that one "
                                                 "segmentation fits the latency wanted on the machine "
                                                 "(benchmarks/node.py).")
-    segment_context_m: float = described(0.5, "With segment_scope 'recent': already segmented map within this distance "
-                                              "of the observed voxels is given to the encoder as context.")
+    segment_context_m: float = described(0.5, "With segment_scope 'priority' or 'recent': map within this "
+                                              "distance of the voxels segmented is given to the encoder as "
+                                              "context.")
     min_voxels_to_segment: int = described(1, "Below this many voxels the map is not worth a forward pass.")
 
     def __post_init__(self):
@@ -157,8 +159,7 @@ class SegmentationPipeline:
         self._segment_lock = threading.Lock()  # one segmentation at a time
         self._segmented_upto = 0  # frames integrated when the last segmentation took its snapshot
         self.ledger = LabelLedger()  # segment_scope priority: when each voxel was labelled, and how it looked
-        self._grew_in = 0  # the latest segmentation that labelled new voxels (labels before it get refreshed)
-        self._idle_at: Optional[int] = None  # frames integrated when the last priority plan found nothing due
+        self._reset_schedule(grew_in=0)
         self.tracker = InstanceTracker() if getattr(segmenter, "has_instance_head", False) else None
         self._tracker_lock = threading.Lock()
         self.frames_processed = 0
@@ -182,6 +183,13 @@ class SegmentationPipeline:
     def __len__(self) -> int:
         return len(self.map)
 
+    def _reset_schedule(self, grew_in: int) -> None:
+        """Forget when voxels were labelled (a new or restored map); labels of rounds before ``grew_in`` are
+        due for the background refresh."""
+        self.ledger.clear()
+        self._grew_in = grew_in  # the latest segmentation that labelled new voxels
+        self._idle_at: Optional[int] = None  # frames integrated when the last priority plan found nothing due
+
     def reconfigure(self, config: PipelineConfig) -> None:
         """Take ``config`` from the next frame and the next segmentation on (parameters set while the
         node runs). The map's voxel and capacity are fixed when it is built: a config that changes them
@@ -198,9 +206,7 @@ class SegmentationPipeline:
         """Empty the map and forget its objects; returns the voxels cleared."""
         voxels = len(self.map)
         self.map.clear()
-        self.ledger.clear()
-        self._grew_in = 0
-        self._idle_at = None
+        self._reset_schedule(grew_in=0)
         self.reset_instances()  # object ids start again with the new map
         self._bump()
         return voxels
@@ -340,9 +346,8 @@ class SegmentationPipeline:
         ids when it has them and this segmenter tracks objects (InputError when voxel size or classes
         differ)."""
         restore_map(self.map, saved, self.class_names, source)
-        self.ledger.clear()  # restored labels count as the oldest: the background refresh visits them once
-        self._grew_in = self.segmentations + 1
-        self._idle_at = None
+        # restored labels count as the oldest: the background refresh visits them once
+        self._reset_schedule(grew_in=self.segmentations + 1)
         self._bump()
         if self.tracker is not None:
             with self._tracker_lock:

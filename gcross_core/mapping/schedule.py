@@ -18,8 +18,8 @@ only tier 4 visits it again, and only after the map grew: once the camera stops 
 every label is refreshed once, within ``map voxels / (0.75 x budget)`` segmentations, and then the
 segmentations stop (nothing is due: an idle node does no work). Context for the targets is the map within
 ``context_m`` of them, nearest first among an even sample of at most 8 candidates per context voxel
-wanted (planning stays cheap on a map of a million voxels), as much as the budget leaves; at least ``min_context_share`` of the
-budget is kept for it when the tiers would fill it all.
+wanted (planning stays cheap on a map of a million voxels), as much as the budget leaves; at least
+``min_context_share`` of the budget is kept for it when the tiers would fill it all.
 
 :class:`LabelLedger` remembers, per voxel key, when it was labelled and what it looked like then, so it
 survives the map's eviction renumbering its rows.
@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from typing import Dict
 
 import numpy as np
+
+from gcross_core.mapping.fusion import pack_keys
+from gcross_core.mapping.voxel_keys import KEY_BITS
 
 TIERS = ("new_in_view", "new", "changed", "refresh")
 
@@ -105,15 +108,14 @@ class Plan:
 
 _CONTEXT_SAMPLE = 8  # context candidates measured per context voxel wanted, at most
 
-# packed offsets of the 27 cells around a cell (itself included), for keys made by _cells
-_NEIGHBOURS = np.array([(dx << 42) + (dy << 21) + dz for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)],
-                       np.int64)
+# what adding a neighbour's offset to a packed key (fusion.pack_keys) gives: the 27 cells around a cell
+_NEIGHBOURS = np.array([(dx << 2 * KEY_BITS) + (dy << KEY_BITS) + dz
+                        for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)], np.int64)
 
 
 def _cells(coords: np.ndarray, size: float) -> np.ndarray:
-    """Packed integer cell of each point on a grid of ``size`` (21 bits per axis, offset to stay >= 0)."""
-    g = np.floor(coords / size).astype(np.int64) + (1 << 20)
-    return (g[:, 0] << 42) + (g[:, 1] << 21) + g[:, 2]
+    """Packed key (fusion.pack_keys) of each point's cell on a grid of ``size``."""
+    return pack_keys(np.floor(coords / size))
 
 
 def _newest(rows: np.ndarray, last_seen: np.ndarray, k: int) -> np.ndarray:

@@ -133,14 +133,15 @@ class SegmenterProcess:
         self._conn.close()
 
 
+_BUILTIN_ERRORS = {e.__name__: e for e in (ValueError, FileNotFoundError, RuntimeError)}
+
+
 def _rebuild(type_name: str, text: str) -> Exception:
-    """The child's error as the parent's exception type where the project defines it."""
+    """The child's error as the parent's exception type: the project's (gcross_core.errors) or a few builtins
+    the segmenter raises; anything else as a SegmenterProcessError naming it."""
     from gcross_core import errors
 
-    cls = getattr(errors, type_name, None)
+    cls = getattr(errors, type_name, None) or _BUILTIN_ERRORS.get(type_name)
     if isinstance(cls, type) and issubclass(cls, Exception):
         return cls(text)
-    if type_name in ("ValueError", "FileNotFoundError", "RuntimeError"):
-        return {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "RuntimeError": RuntimeError}[
-            type_name](text)
     return SegmenterProcessError(f"{type_name}: {text}")

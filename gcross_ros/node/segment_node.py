@@ -3,8 +3,8 @@
 Interface (relative names; the launch file remaps the inputs under the camera namespace):
   in   color/image_raw (rgb8 | bgr8), depth/image_raw (16UC1 mm | 32FC1 m, registered to color), or their
        image_transport compressed forms (color_transport:=compressed: color/image_raw/compressed, JPEG or
-       PNG; depth_transport:=compressedDepth: depth/image_raw/compressedDepth), color/camera_info, and pose (geometry_msgs/PoseStamped, camera-to-map) when pose_source is topic
-       or TF (map_frame <- camera frame at the image stamp) when it is tf; all with sensor-data QoS.
+       PNG; depth_transport:=compressedDepth: depth/image_raw/compressedDepth), color/camera_info, and
+       pose (geometry_msgs/PoseStamped, camera-to-map) when pose_source is topic or TF (map_frame <- camera frame at the image stamp) when it is tf; all with sensor-data QoS.
   out  labelled_cloud (PointCloud2 in map_frame: x, y, z, rgb, label, confidence, and instance (uint32
        object id, 0 = none) when the checkpoint has an instance head), instances (visualization_msgs/
        MarkerArray: a box and a label per object, ids stable while an object persists; instance head
@@ -126,10 +126,9 @@ class SegmentNode(Node):
         else:
             torch.set_num_threads(threads)
             self.segmenter = Segmenter.from_checkpoint(p.checkpoint_path, p.device)
-        # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval); the node paces
-        # segmentation in wall time on its worker thread, so the pipeline's stream-time period is unused.
+        # The same fusion + segmentation steps as the offline evaluator (gcross-bag eval).
         # voxel_size_m 0: half the segmenter's grid (PipelineConfig.with_segmenter_grid says why).
-        self.pipeline = SegmentationPipeline(self.segmenter, replace(p.pipeline, segment_period_s=0.0))
+        self.pipeline = SegmentationPipeline(self.segmenter, _wall_paced(p))
         grid, voxel = self.segmenter.grid_size_m, self.pipeline.voxel_size_m
         if voxel > grid * 1.01:
             self.get_logger().warning(
@@ -498,22 +497,23 @@ class SegmentNode(Node):
 
     def _on_set_parameters(self, changed) -> SetParametersResult:
         """``ros2 param set``: the new values are checked as at start and applied at once, or refused with
-        the reason and nothing changed. Read-only parameters are refused by rclpy before this runs."""
-        values = {param.name: param.value for param in changed}
-        fixed = sorted(set(values) - RUNTIME_PARAMETERS)
-        if fixed:
-            return SetParametersResult(successful=False, reason=f"{fixed} can only be set at start")
+        the reason and nothing changed. rclpy refuses the read-only ones (those not in RUNTIME_PARAMETERS)
+        before this runs; parameters that are not the node's own (use_sim_time, qos_overrides.*) are
+        rclpy's to handle."""
+        values = {param.name: param.value for param in changed if param.name in RUNTIME_PARAMETERS}
+        if not values:
+            return SetParametersResult(successful=True)
         old = self.params
         try:
             new = SegmentNodeParams.from_dict({**old.flat(), **values}).validate()
-            self.pipeline.reconfigure(replace(new.pipeline, segment_period_s=0.0))
+            self.pipeline.reconfigure(_wall_paced(new))
             renderer_args = ("render_source", "model_checkpoint", "render_up", "render_backend",
                              "max_render_gaussians")
             model_renderer = self.model_renderer
             if any(getattr(new, a) != getattr(old, a) for a in renderer_args):
                 model_renderer = self._model_renderer_for(new)  # may load a model, and fail: then refused
         except (GcrossError, ValueError, OSError) as e:
-            self.pipeline.reconfigure(replace(old.pipeline, segment_period_s=0.0))
+            self.pipeline.reconfigure(_wall_paced(old))
             reason = " ".join(str(e).split())
             self.get_logger().warning(f"parameters {sorted(values)} refused: {reason}")
             return SetParametersResult(successful=False, reason=reason)
@@ -559,6 +559,12 @@ class SegmentNode(Node):
                                               self._last_report, self.get_clock().now().to_msg(),
                                               self.params.lost_warn_ratio))
         self._last_report = report
+
+
+def _wall_paced(p: SegmentNodeParams):
+    """The pipeline's config for the node: it paces segmentation in wall time on its worker thread
+    (segment_period_s is the worker's pause), so the pipeline's stream-time period is unused."""
+    return replace(p.pipeline, segment_period_s=0.0)
 
 
 def _check_available(p: SegmentNodeParams) -> None:

@@ -645,6 +645,8 @@ def test_parameters_set_at_run_time_apply_at_once_or_are_refused_with_the_reason
     assert fx.get_param("segment_period_s") == NODE_PARAMS["segment_period_s"]
     (fixed,) = fx.set_params(voxel_size_m=0.2)
     assert not fixed.successful and fx.get_param("voxel_size_m") == NODE_PARAMS["voxel_size_m"]
+    (rclpys,) = fx.set_params(use_sim_time=False)  # rclpy's own parameters stay rclpy's to set
+    assert rclpys.successful
     try:
         # a long period: no cloud while frames keep being fused, then a short one: clouds again
         (ok,) = fx.set_params(segment_period_s=1000)  # an integer for a float parameter, as in YAML
