@@ -1,7 +1,7 @@
 """The node's frame account over real DDS (issue #24): losses, pauses and stamp jumps as it reports them.
 
-Each scenario starts a fresh node (config/segment.yaml, the bundled demo segmenter, publish_rendered false)
-as a subprocess, publishes 640x480 RGB-D frames to it from this process (color/image_raw rgb8,
+Each scenario starts a fresh node (config/segment.yaml, the bundled demo segmenter, publish_rendered false,
+max_frame_rate_hz 0) as a subprocess, publishes 640x480 RGB-D frames to it from this process (color/image_raw rgb8,
 depth/image_raw 16UC1 mm, color/camera_info, and a camera-to-map pose per frame on pose), waits until
 the node is quiescent (frames_waiting 0 and frames_in unchanged for a few diagnostics periods) and reads
 its last diagnostics:
@@ -113,7 +113,10 @@ def scenarios(burst_hz: float = 200.0) -> List[Scenario]:
 
 def node_params(tmp: Path, scenario: Scenario, reliable_depth: int, overrides: Dict) -> Path:
     params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())["/**"]["ros__parameters"]
-    params.update(publish_rendered=False, **overrides)
+    # the account, not the frame-rate policy: the bursts are stamped 5 ms apart (--param max_frame_rate_hz=15
+    # shows the policy's rate_limited drops instead)
+    params.update(publish_rendered=False, max_frame_rate_hz=0.0)
+    params.update(overrides)
     if scenario.reliable:  # the standard ROS 2 parameters, as the README's QoS section gives them
         qos = {f"/{t}": {"subscription": {"reliability": "reliable", "depth": reliable_depth}} for t in CAMERA_TOPICS}
         qos["/pose"] = {"subscription": {"reliability": "reliable"}}  # keeps the node's 1000-deep pose queue
@@ -348,7 +351,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     source = f"{len(frames)} frames from {args.frames}" if args.frames else f"{len(frames)} synthetic frames (looped)"
     print(f"{source}, {w}x{h}; {os.cpu_count()} CPU cores shared by this process and the node; "
           f"DDS profile {Path(args.dds_profile).name if args.dds_profile else 'Fast DDS defaults'}; node: "
-          f"config/segment.yaml, demo segmenter, publish_rendered false"
+          f"config/segment.yaml, demo segmenter, publish_rendered false, max_frame_rate_hz 0"
           + "".join(f", {k}={v}" for k, v in overrides.items()) + f"; e: camera depth {args.reliable_depth}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -405,9 +405,14 @@ def test_trailing_padding_shorter_than_a_row_is_accepted(running):
 def test_frames_never_sent_are_not_losses_and_a_skipped_sequence_number_is(running):
     """Stamps that skip ahead while every message arrives are not losses: DDS sequence numbers say so."""
     fx, proc, log_path = running
+    start = fx.diag()
     for _ in range(4):  # a steady 10 Hz stream
         fx.send()
-    before = fx.diag()
+    # diagnostics come every 0.2 s: count from a report that has seen the stream's last frame (a frame the
+    # transport lost on the way counts as lost there, not after the gap)
+    seen = start.get("frames_in", 0) + start.get("frames_lost", 0) + 4
+    before = wait_for(lambda: (lambda d: d if d.get("frames_in", 0) + d.get("frames_lost", 0) >= seen else None)(
+        fx.diag()), WAIT_S, "the steady stream in diagnostics", proc, log_path)
     fx.stamp_ns += 5 * 100_000_000  # five stamps skipped, but every message published arrives
     fx.send()
     d = wait_for(lambda: (lambda d: d if d.get("frames_in", 0) >= before["frames_in"] + 1 else None)(fx.diag()),
