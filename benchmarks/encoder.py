@@ -3,9 +3,9 @@
 Synthetic input: points on the walls, floor and ceiling of a 6 x 5 x 3 m room plus two boxes, with colours
 and normals, grid-sampled at 0.02 m (the default grid) and cut to the requested number of rows.
 
-    python benchmarks/encoder.py            # 20k, 50k, 100k points, 3 timed runs each
-    python benchmarks/encoder.py --quick    # 20k points, 1 timed run
-    python benchmarks/encoder.py --with-head  # also the full GaussianCross model (default 128x128x32 grid)
+    python -m benchmarks.encoder            # 20k, 50k, 100k points, 3 timed runs each
+    python -m benchmarks.encoder --quick    # 20k points, 1 timed run
+    python -m benchmarks.encoder --with-head  # also the full GaussianCross model (default 128x128x32 grid)
 """
 from __future__ import annotations
 
@@ -15,16 +15,13 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from gcross_core.data.grid import collate_points, grid_sample  # noqa: E402
-from gcross_core.model.encoder import SpUNet, SpUNetConfig  # noqa: E402
-from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig  # noqa: E402
+from gcross_core.data.grid import collate_points, grid_sample
+from gcross_core.model.encoder import SpUNet, SpUNetConfig
+from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig
 
 
 def room_points(num_points: int, grid_size_m: float, seed: int = 0):
@@ -126,8 +123,9 @@ def main() -> None:
         for part in parts:
             cells = []
             for mode in ("fwd", "fwd+bwd"):
-                cmd = [sys.executable, __file__, "--worker", str(n), part, mode, "--repeats", str(repeats),
-                       "--grid-size-m", str(args.grid_size_m)] + (["--quick"] if args.quick else [])
+                cmd = [sys.executable, "-m", "benchmarks.encoder", "--worker", str(n), part, mode,
+                       "--repeats", str(repeats), "--grid-size-m", str(args.grid_size_m)]
+                cmd += ["--quick"] if args.quick else []
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
                 if out.returncode != 0 or not line:

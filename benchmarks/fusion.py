@@ -15,14 +15,13 @@ the project), with the same frames, depth truncation and voxel size, per frame:
 VoxelMap keeps more per voxel (mean position and colour, normal, count, last-seen, class probabilities),
 and a TSDF keeps a signed distance, weight and colour for every voxel within the truncation band.
 
-    python benchmarks/fusion.py --frames DIR       # real frames, 100 timed, RSS after 100, 500, 1000
-    python benchmarks/fusion.py                    # synthetic frames
-    python benchmarks/fusion.py --quick            # 20 frames, one repeat, RSS after 20 and 100
+    python -m benchmarks.fusion --frames DIR       # real frames, 100 timed, RSS after 100, 500, 1000
+    python -m benchmarks.fusion                    # synthetic frames
+    python -m benchmarks.fusion --quick            # 20 frames, one repeat, RSS after 20 and 100
 
-``fusion_figures`` returns the same figures as a dict for other benchmarks; benchmarks/node.py can put
-this folder on sys.path and ``from fusion import fusion_figures, format_figures, load_frames,
-synthetic_frames``. Wall-clock and CPU time are both reported: on a shared, loaded machine the CPU time
-(all threads of the process) is the steadier comparison.
+``fusion_figures`` returns the same figures as a dict for other benchmarks (``from benchmarks.fusion import
+fusion_figures, format_figures, load_frames, synthetic_frames``). Wall-clock and CPU time are both
+reported: on a shared, loaded machine the CPU time (all threads of the process) is the steadier comparison.
 """
 from __future__ import annotations
 
@@ -30,17 +29,14 @@ import argparse
 import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from gcross_core.image import depth_m_to_mm, depth_mm_to_m  # noqa: E402
-from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
+from gcross_core.image import depth_m_to_mm, depth_mm_to_m
+from gcross_core.mapping.fusion import VoxelMap
 
 
 class Frame(NamedTuple):

@@ -2,10 +2,10 @@
 setting, Segmenter.predict and one segmentation of the node's pipeline. Prints figures; never asserts.
 Without CUDA it prints one line saying so.
 
-    python benchmarks/gpu.py                  # every case, median of 5 after a warm-up
-    python benchmarks/gpu.py --quick          # what scripts/gpu_check.sh runs: every case, without the
+    python -m benchmarks.gpu                  # every case, median of 5 after a warm-up
+    python -m benchmarks.gpu --quick          # what scripts/gpu_check.sh runs: every case, without the
                                               # sizes marked "full only", median of 3
-    python benchmarks/gpu.py --only render,encoder --json figures.json
+    python -m benchmarks.gpu --only render,encoder --json figures.json
 
 Cases (time: median of the repeats after a warm-up, with torch.cuda.synchronize; memory: peak allocated by
 torch's CUDA allocator during the case, torch.cuda.max_memory_allocated):
@@ -31,6 +31,7 @@ status 1 when a case raised (its error is a figure line; the other cases still r
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import statistics
@@ -39,10 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CASES = ("pretrain_step", "render", "encoder", "segment", "node_chunk")  # the paper's comparison first
 PAPER_STEP_S, PAPER_STEP_GB = 0.255, 5.3  # Table 6, one RTX 4090
@@ -54,10 +54,7 @@ CAMERA_HZ = 10.0  # frame rate the node chunk's map is fused at (benchmarks/node
 
 def _sibling(name: str):
     """A benchmark script next to this one, imported as a module (its scene builders are reused)."""
-    spec = importlib.util.spec_from_file_location(f"gcross_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def timed(fn, repeats: int):

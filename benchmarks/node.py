@@ -18,10 +18,10 @@ Figures printed:
      process RSS after 100, 400 and 1000 frames of the same room (looped). This process and the node share the machine, and the
      DDS transport uses config/fastdds.xml unless --dds-profile says otherwise.
 
-    python benchmarks/node.py --frames DIR    # a ScanNet SensReader export (color/, depth/, pose/, intrinsic/)
-    python benchmarks/node.py                 # synthetic room frames (benchmarks/fusion.py)
-    python benchmarks/node.py --quick         # small sizes, RSS after 20 and 100 frames
-    python benchmarks/node.py --parts node --burst --rss-at 100 [--reliable-inputs --input-depth 100]
+    python -m benchmarks.node --frames DIR    # a ScanNet SensReader export (color/, depth/, pose/, intrinsic/)
+    python -m benchmarks.node                 # synthetic room frames (benchmarks/fusion.py)
+    python -m benchmarks.node --quick         # small sizes, RSS after 20 and 100 frames
+    python -m benchmarks.node --parts node --burst --rss-at 100 [--reliable-inputs --input-depth 100]
                                               # a burst as from a bag played as fast as possible
 
 The latency of a labelled cloud is the wait for the next segmentation (up to segment_period_s after
@@ -33,36 +33,24 @@ each cloud: the voxels in the current view.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+import yaml
+
+from benchmarks import fusion as FB
+from gcross_core.image import depth_m_to_mm
+from gcross_core.mapping.fusion import VoxelMap
+from gcross_core.segmentation.model import build_segmenter_checkpoint
+from gcross_core.segmentation.segmenter import Segmenter
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from gcross_core.image import depth_m_to_mm  # noqa: E402
-from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
-from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
-from gcross_core.segmentation.segmenter import Segmenter  # noqa: E402
-
-
-def _fusion_benchmark():
-    spec = importlib.util.spec_from_file_location("fusion_benchmark", REPO / "benchmarks" / "fusion.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-FB = _fusion_benchmark()
 NUM_CLASSES = 20  # ScanNet-20 sized head
 BENCH_GRID_M = 0.02  # grid of the random benchmark checkpoint (the node maps at it: voxel_size_m 0)
 

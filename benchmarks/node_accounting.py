@@ -24,9 +24,9 @@ lost after the last one received); fused, dropped by reason and waiting. Then is
 criteria evaluated on these figures. No asserts: it prints figures, and writes them (each scenario's last
 diagnostics included) as JSON to --out.
 
-    python benchmarks/node_accounting.py                      # synthetic room frames (benchmarks/fusion.py)
-    python benchmarks/node_accounting.py --frames DIR         # a SensReader export (color/ depth/ pose/ intrinsic/)
-    python benchmarks/node_accounting.py --scenarios d,e      # a subset
+    python -m benchmarks.node_accounting                      # synthetic room frames (benchmarks/fusion.py)
+    python -m benchmarks.node_accounting --frames DIR         # a SensReader export (color/ depth/ pose/ intrinsic/)
+    python -m benchmarks.node_accounting --scenarios d,e      # a subset
 
 This process and the node share the machine; the DDS transport is config/fastdds.xml for both unless
 --dds-profile says otherwise.
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -44,14 +43,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
+from benchmarks.fusion import load_frames, synthetic_frames
+from gcross_core.image import depth_m_to_mm
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import yaml  # noqa: E402
-
-from fusion import load_frames, synthetic_frames  # noqa: E402
-from gcross_core.image import depth_m_to_mm  # noqa: E402
 
 CAMERA_TOPICS = ("color/image_raw", "depth/image_raw", "color/camera_info")
 STAMP0_NS = 1_000 * 10**9

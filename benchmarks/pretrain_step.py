@@ -8,9 +8,9 @@ Cases:
   mask ratio 0.5, one scene of 100k grid-sampled points (2 cm), 5 views at 480x640; the teacher is the
   offline EfficientNet-Lite0 at 480x640 (RADIOv2.5, the paper's, is not available offline).
 
-    python benchmarks/pretrain_step.py            # both cases, median of 3 steps after a warm-up step
-    python benchmarks/pretrain_step.py --quick    # both cases, 1 step after the warm-up
-    python benchmarks/pretrain_step.py --case tiny --threads 1
+    python -m benchmarks.pretrain_step            # both cases, median of 3 steps after a warm-up step
+    python -m benchmarks.pretrain_step --quick    # both cases, 1 step after the warm-up
+    python -m benchmarks.pretrain_step --case tiny --threads 1
 
 Each case runs in its own process, so the reported peak resident memory (ru_maxrss) is that case's
 alone; "delta" is the peak minus the resident size after building the model, teacher and batch.
@@ -32,10 +32,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("encoder", "head", "render", "teacher", "projection+loss", "optimizer")
@@ -203,8 +201,8 @@ def main() -> None:
     print(f"pretraining step on CPU, {args.threads or torch.get_num_threads()} thread(s), median of {repeats} "
           f"step(s) after one warm-up step; paper (Table 6, one RTX 4090): 0.255 s/scene, 5.3 GB")
     for case in cases:
-        cmd = [sys.executable, __file__, "--worker", case, "--repeats", str(repeats), "--threads",
-               str(args.threads), "--cache-dir", str(cache_dir)]
+        cmd = [sys.executable, "-m", "benchmarks.pretrain_step", "--worker", case, "--repeats", str(repeats),
+               "--threads", str(args.threads), "--cache-dir", str(cache_dir)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if res.returncode != 0 or line is None:

@@ -5,8 +5,8 @@ Renders color + depth + 16 feature channels of Gaussians scattered on the surfac
 lies in the view frustum, scales 1-3 cm, random orientations, opacities 0.3-1 (what survives the
 opacity threshold tau = 0.3), Kinect-like intrinsics scaled to the image size.
 
-    python benchmarks/render.py            # 10k and 50k Gaussians at 120x160 and 240x320
-    python benchmarks/render.py --quick    # 10k at 120x160 only, fewer repeats
+    python -m benchmarks.render            # 10k and 50k Gaussians at 120x160 and 240x320
+    python -m benchmarks.render --quick    # 10k at 120x160 only, fewer repeats
 
 Peak memory is the largest resident set size seen by a sampling thread during the measured calls, and
 the increase over the resident size before them.
@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from gcross_core.geometry import scale_intrinsics  # noqa: E402
-from gcross_core.render import render  # noqa: E402
-from gcross_core.types import Cameras, Gaussians  # noqa: E402
+from gcross_core.geometry import scale_intrinsics
+from gcross_core.render import render
+from gcross_core.types import Cameras, Gaussians
 
 ROOM_M = (5.0, 4.0, 2.6)
 # (min corner, max corner) of furniture boxes standing on the floor

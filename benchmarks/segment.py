@@ -2,7 +2,7 @@
 (PointGroup's dual-set clustering, ``gcross_core.segmentation.instance.group_instances``) at 50k and
 100k points.
 
-    python benchmarks/segment.py [--quick] [--threads N] [--models spunet34c,synthetic_tiny] [--rotations 1] \
+    python -m benchmarks.segment [--quick] [--threads N] [--models spunet34c,synthetic_tiny] [--rotations 1] \
         [--grouping-sizes 50000,100000] [--grouping-only]
 
 Grouping input: the room's true classes as probabilities (0.9 on the true class) and its true offsets to
@@ -27,20 +27,18 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from gcross_core.data.classes import SCANNET20_CLASSES  # noqa: E402
-from gcross_core.data.grid import grid_sample  # noqa: E402
-from gcross_core.data.synthetic import make_room  # noqa: E402
-from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.data.classes import SYNTHETIC_CLASSES  # noqa: E402
-from gcross_core.segmentation.instance import (InstanceConfig, group_instances, instance_centres,  # noqa: E402
+from gcross_core.data.classes import SCANNET20_CLASSES
+from gcross_core.data.grid import grid_sample
+from gcross_core.data.synthetic import make_room
+from gcross_core.model.encoder import SpUNetConfig
+from gcross_core.data.classes import SYNTHETIC_CLASSES
+from gcross_core.segmentation.instance import (InstanceConfig, group_instances, instance_centres,
                                                thing_mask)
-from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
-from gcross_core.segmentation.segmenter import Segmenter  # noqa: E402
+from gcross_core.segmentation.model import build_segmenter_checkpoint
+from gcross_core.segmentation.segmenter import Segmenter
 
 MODELS = {
     "spunet34c": SpUNetConfig(),  # the paper's backbone (ScanNet checkpoints)

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 EXIT_FAILED = 1

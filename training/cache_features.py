@@ -18,15 +18,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.errors import InputError  # noqa: E402
-from gcross_core.pretraining.teachers import TEACHER_NAMES, build_teacher  # noqa: E402
-from gcross_core.pretraining.teachers.cache_run import cache_scenes  # noqa: E402
+from gcross_core.cli import cli_main
+from gcross_core.errors import InputError
+from gcross_core.pretraining.teachers import TEACHER_NAMES, build_teacher
+from gcross_core.pretraining.teachers.cache_run import cache_scenes
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -26,17 +26,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.errors import InputError  # noqa: E402
-from gcross_core.evaluation.report import write_metrics_report  # noqa: E402
-from gcross_core.segmentation.dataset import list_scenes  # noqa: E402
-from gcross_core.segmentation.evaluate import evaluate_scenes  # noqa: E402
-from gcross_core.segmentation.segmenter import Segmenter  # noqa: E402
+from gcross_core.cli import cli_main
+from gcross_core.errors import InputError
+from gcross_core.evaluation.report import write_metrics_report
+from gcross_core.segmentation.dataset import list_scenes
+from gcross_core.segmentation.evaluate import evaluate_scenes
+from gcross_core.segmentation.segmenter import Segmenter
 
 log = logging.getLogger("evaluate")
 

@@ -27,15 +27,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.config import load_config  # noqa: E402
-from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa: E402
+from gcross_core.cli import cli_main
+from gcross_core.config import load_config
+from gcross_core.segmentation.run import FinetuneConfig, run_finetuning
 
 log = logging.getLogger("finetune")
 

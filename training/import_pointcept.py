@@ -23,16 +23,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.data.classes import read_class_names  # noqa: E402
-from gcross_core.data.grid import CENTER_SHIFT, GRID_LATTICES  # noqa: E402
-from gcross_core.errors import ConfigError  # noqa: E402
-from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.model.features import COLOR_RANGES, RGB_MINUS1_1_NORMAL, InputConvention  # noqa: E402
-from gcross_core.model.pointcept import import_pointcept_checkpoint  # noqa: E402
+from gcross_core.cli import cli_main
+from gcross_core.data.classes import read_class_names
+from gcross_core.data.grid import CENTER_SHIFT, GRID_LATTICES
+from gcross_core.errors import ConfigError
+from gcross_core.model.encoder import SpUNetConfig
+from gcross_core.model.features import COLOR_RANGES, RGB_MINUS1_1_NORMAL, InputConvention
+from gcross_core.model.pointcept import import_pointcept_checkpoint
 
 logger = logging.getLogger("import_pointcept")
 

@@ -15,12 +15,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.data.synthetic import RoomConfig, write_rooms  # noqa: E402
-from gcross_core.errors import InputError  # noqa: E402
+from gcross_core.cli import cli_main
+from gcross_core.data.synthetic import RoomConfig, write_rooms
+from gcross_core.errors import InputError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

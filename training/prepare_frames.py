@@ -22,12 +22,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.data.gravity import parse_up  # noqa: E402
-from gcross_core.mapping.labelled_frames import (LabelledFramesConfig, parse_class_map,  # noqa: E402
+from gcross_core.cli import cli_main
+from gcross_core.data.gravity import parse_up
+from gcross_core.mapping.labelled_frames import (LabelledFramesConfig, parse_class_map,
                                               prepare_labelled_scenes)
 
 

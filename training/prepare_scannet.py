@@ -23,11 +23,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.data.scannet import ScanNetPrepConfig, prepare_scannet  # noqa: E402
+from gcross_core.cli import cli_main
+from gcross_core.data.scannet import ScanNetPrepConfig, prepare_scannet
 
 
 def parse_size(text: str) -> Tuple[int, int]:

@@ -23,13 +23,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.config import load_config  # noqa: E402
-from gcross_core.pretraining.config import PretrainConfig  # noqa: E402
-from gcross_core.pretraining.run import run_pretraining  # noqa: E402
+from gcross_core.cli import cli_main
+from gcross_core.config import load_config
+from gcross_core.pretraining.config import PretrainConfig
+from gcross_core.pretraining.run import run_pretraining
 
 log = logging.getLogger("pretrain")
 

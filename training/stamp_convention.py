@@ -15,14 +15,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gcross_core.checkpoint import load_metadata, stamp_metadata  # noqa: E402
-from gcross_core.cli import cli_main  # noqa: E402
-from gcross_core.data.grid import GRID_LATTICES, MIN_CORNER  # noqa: E402
-from gcross_core.errors import CheckpointError  # noqa: E402
-from gcross_core.model.features import COLOR_RANGES, RGB01_NORMAL, InputConvention  # noqa: E402
+from gcross_core.checkpoint import load_metadata, stamp_metadata
+from gcross_core.cli import cli_main
+from gcross_core.data.grid import GRID_LATTICES, MIN_CORNER
+from gcross_core.errors import CheckpointError
+from gcross_core.model.features import COLOR_RANGES, RGB01_NORMAL, InputConvention
 
 logger = logging.getLogger("stamp_convention")
 

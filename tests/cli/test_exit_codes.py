@@ -19,7 +19,7 @@ from gcross_core.errors import CheckpointError, ConfigError, GcrossError, InputE
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-TRAINING_SCRIPTS = sorted(p.name for p in (REPO / "training").glob("*.py"))
+TRAINING_SCRIPTS = sorted(p.name for p in (REPO / "training").glob("*.py") if p.name != "__init__.py")
 CONSOLE_MODULES = {"segment_node": "gcross_ros/node/segment_node.py", "gcross-bag": "gcross_ros/bag/cli.py",
                    "gcross_ros.demo": "gcross_ros/demo.py"}
 MISSING = "/nonexistent/gcross-input"

@@ -11,13 +11,12 @@ sees the room tilted). Prints PSNR (whole image) and depth L1 (pixels with senso
 depth) against the recorded frames, averaged over the held-out frames of all rooms, and the angle between
 the cameras' up estimate and the true up:
 
-    python benchmarks/zup_render.py                  # 4 rooms, 8 fused + 4 held-out frames, 80x60
-    python benchmarks/zup_render.py --rooms 8 --width 160 --height 120
+    python -m experiments.zup_render                  # 4 rooms, 8 fused + 4 held-out frames, 80x60
+    python -m experiments.zup_render --rooms 8 --width 160 --height 120
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
@@ -25,13 +24,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from gcross_core.data.synthetic import make_room  # noqa: E402
-from gcross_core.evaluation.report import class_palette  # noqa: E402
-from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
-from gcross_core.mapping.model_view import ModelMapRenderer  # noqa: E402
-from gcross_core.model.api import DEMO_MODEL, GaussianCrossModel  # noqa: E402
+from gcross_core.data.synthetic import make_room
+from gcross_core.evaluation.report import class_palette
+from gcross_core.mapping.fusion import VoxelMap
+from gcross_core.mapping.model_view import ModelMapRenderer
+from gcross_core.model.api import DEMO_MODEL, GaussianCrossModel
 
 FIRST_UNSEEN_ROOM = 1000  # the shipped model was trained on rooms 0-7
 # (name, map: z-up / moved = the z-up map's voxels moved rigidly / refused = fused in the tilted frame, up)

@@ -1,13 +1,13 @@
 """Bag evaluation against offline evaluation of the same scenes (issue #24): at which voxel size should the node
 map so that ``gcross-bag eval`` does not lose to ``training/evaluate.py``? CPU, minutes.
 
-    python benchmarks/bag_vs_offline.py --mosd DIR [--out /tmp/bvo] [--steps 300] [--seeds 0 1 2]
+    python -m experiments.bag_vs_offline --mosd DIR [--out /tmp/bvo] [--steps 300] [--seeds 0 1 2]
         [--scenes all | 16-30 0 5 ...] [--variants 0 0.02 0.01 0.01@0.04 0.005 0.005@0.04] [--checkpoint CKPT]
         [--per-scene] [--demo] [--demo-variants 0 0.025 0.025@0.1] [--check-cli 2] [--threads 1]
 
 Steps, each reused when its output exists:
 
-1. scene folders from the mOSD frames as ``benchmarks/real_tabletop.py`` makes them (``training/prepare_frames.py
+1. scene folders from the mOSD frames as ``experiments/real_tabletop.py`` makes them (``training/prepare_frames.py
    --classes table,object --up plane``, 1 cm fusion) in ``<out>/data/mosd``;
 2. the scratch one-stage instance segmenter (``finetune_tabletop_insseg.yaml``, ``--steps``) per ``--seeds``
    (default 0) in ``<out>/train/scratch_insseg_<steps>[_seed<k>]`` (or ``--checkpoint``);
@@ -49,11 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FINETUNE_INSTANCE = ROOT / "training" / "configs" / "finetune_tabletop_insseg.yaml"
 NODE_PARAMS = ROOT / "config" / "segment.yaml"
@@ -429,7 +428,7 @@ def main() -> int:
         report["demo"] = {"offline": doff, "bag": drows}
         lines += table(f"synthetic demo room (seed 1000, 30 views, shipped segmenter, grid "
                        f"{100 * dseg.grid_size_m:g} cm, config/segment.yaml)", doff, drows)
-    lines.append(f"`python benchmarks/bag_vs_offline.py {' '.join(sys.argv[1:])}`, torch threads {args.threads}.")
+    lines.append(f"`python -m experiments.bag_vs_offline {' '.join(sys.argv[1:])}`, torch threads {args.threads}.")
     text = "\n".join(lines)
     print(text)
     stem = "report" if args.scenes == ["all"] else "report_scenes_" + "_".join(args.scenes)

@@ -22,7 +22,7 @@ The point splat is rendered as the node did (its voxel_size_m 0.02 and max_rende
 visible voxels) and, as a second row, with every voxel.
 A PNG (held-out frame | point splat as the node | adapted model; colour and depth rows, 3 views) goes to --out.
 
-    python benchmarks/adapt.py --frames DIR [--steps 200] [--out runs/bench_adapt] [--pretrained CKPT]
+    python -m experiments.adapt --frames DIR [--steps 200] [--out runs/bench_adapt] [--pretrained CKPT]
 
 Finished adaptation runs under --out are reused (delete <out>/adapt to rerun).
 """
@@ -37,26 +37,25 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
+import torch
+from PIL import Image
+
+from gcross_core.config import load_config, to_dict
+from gcross_core.data.frames import SensReaderFrames, find_frames_dir
+from gcross_core.data.scene import Scene
+from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
+from gcross_core.mapping.map_view import render_map_view
+from gcross_core.model.api import DEMO_MODEL, EvalInput, GaussianCrossModel, pinhole_cameras, save_model
+from gcross_core.model.gaussiancross import GaussianCross
+from gcross_core.pretraining.config import PretrainConfig
+from gcross_core.pretraining.dataset import transform_scene, up_transform
+from gcross_core.pretraining.init import config_for_init, load_init_weights
+from gcross_core.pretraining.module import build_pretrain_module
+from gcross_core.pretraining.run import run_pretraining
+from gcross_core.train.logging import depth_to_rgb, image_grid, to_uint8
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from gcross_core.config import load_config, to_dict  # noqa: E402
-from gcross_core.data.frames import SensReaderFrames, find_frames_dir  # noqa: E402
-from gcross_core.data.scene import Scene  # noqa: E402
-from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points  # noqa: E402
-from gcross_core.mapping.map_view import render_map_view  # noqa: E402
-from gcross_core.model.api import DEMO_MODEL, EvalInput, GaussianCrossModel, pinhole_cameras, save_model  # noqa: E402
-from gcross_core.model.gaussiancross import GaussianCross  # noqa: E402
-from gcross_core.pretraining.config import PretrainConfig  # noqa: E402
-from gcross_core.pretraining.dataset import transform_scene, up_transform  # noqa: E402
-from gcross_core.pretraining.init import config_for_init, load_init_weights  # noqa: E402
-from gcross_core.pretraining.module import build_pretrain_module  # noqa: E402
-from gcross_core.pretraining.run import run_pretraining  # noqa: E402
-from gcross_core.train.logging import depth_to_rgb, image_grid, to_uint8  # noqa: E402
 
 log = logging.getLogger("bench_adapt")
 HOLDOUT_EVERY = 5

@@ -1,6 +1,6 @@
 """Does GaussianCross pretraining help downstream segmentation? Synthetic rooms, CPU.
 
-    python benchmarks/linear_probe.py [--out runs/linear_probe] [--pretrained CKPT] [--seeds 0 1 2] \
+    python -m experiments.linear_probe [--out runs/linear_probe] [--pretrained CKPT] [--seeds 0 1 2] \
         [--probe-steps 300] [--finetune-steps 300] [--threads 1] [--quick] [--task instance]
 
 ``--task instance`` asks the same of instance segmentation (paper Sec. 4.2.4): fine-tuning only, with
@@ -38,15 +38,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from gcross_core.config import load_config
+from gcross_core.pretraining.config import PretrainConfig
+from gcross_core.pretraining.run import run_pretraining
+from gcross_core.segmentation.run import FinetuneConfig, run_finetuning
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from gcross_core.config import load_config  # noqa: E402
-from gcross_core.pretraining.config import PretrainConfig  # noqa: E402
-from gcross_core.pretraining.run import run_pretraining  # noqa: E402
-from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa: E402
 
 CONFIG = ROOT / "training" / "configs" / "finetune_synthetic.yaml"
 INSTANCE_CONFIG = ROOT / "training" / "configs" / "finetune_synthetic_insseg.yaml"

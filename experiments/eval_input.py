@@ -5,7 +5,7 @@ statistics of each training batch. This renders every frame of every given scene
 Gaussians of the whole scene under each ``EvalInput`` variant and prints PSNR (whole image) and depth L1
 (pixels with sensor depth and rendered opacity >= 0.5) against the recorded frames, averaged over frames:
 
-    python benchmarks/eval_input.py --checkpoint gcross_core/assets/gaussiancross_synthetic.safetensors \
+    python -m experiments.eval_input --checkpoint gcross_core/assets/gaussiancross_synthetic.safetensors \
         --scenes runs/demo_checkpoint/data/val/*      # held-out synthetic rooms (make_demo_checkpoint.sh)
 
 Scenes need points (coord.npy, ...) and frames/; frames are resized to --width x --height.
@@ -13,17 +13,14 @@ Scenes need points (coord.npy, ...) and frames/; frames are resized to --width x
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from gcross_core.data.scene import load_scene  # noqa: E402
-from gcross_core.model.api import EvalInput, GaussianCrossModel, pinhole_cameras  # noqa: E402
+from gcross_core.data.scene import load_scene
+from gcross_core.model.api import EvalInput, GaussianCrossModel, pinhole_cameras
 
 VARIANTS = [
     ("full density, running BN (default)", EvalInput()),

@@ -1,6 +1,6 @@
 """Real tabletop frames (mOSD): does GaussianCross pretraining help on real sensor data? CPU, minutes.
 
-    python benchmarks/real_tabletop.py --mosd DIR --frames7 DIR [--out runs/real_tabletop] [--seeds 0 1 2]
+    python -m experiments.real_tabletop --mosd DIR --frames7 DIR [--out runs/real_tabletop] [--seeds 0 1 2]
         [--steps 150] [--few-steps 100] [--probe-steps 100] [--probe-seeds 0 1 2] [--pretrain-steps 160]
         [--chorus-steps 160] [--instance-steps 300] [--instance-start encoder|semantic]
         [--instance-seeds 0 1 2] [--knob-seeds 0] [--phases full few probe chorus instance knobs] [--threads 1]
@@ -54,22 +54,21 @@ from typing import Optional
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from gcross_core.config import load_config  # noqa: E402
-from gcross_core.mapping.labelled_frames import (LabelledFramesConfig, apply_class_map,  # noqa: E402
+from gcross_core.config import load_config
+from gcross_core.mapping.labelled_frames import (LabelledFramesConfig, apply_class_map,
                                               prepare_labelled_scenes)
-from gcross_core.data.scene import load_scene  # noqa: E402
-from gcross_core.evaluation.map_score import transfer_labels  # noqa: E402
-from gcross_core.evaluation.report import class_palette  # noqa: E402
-from gcross_core.pretraining.config import PretrainConfig, TeacherConfig  # noqa: E402
-from gcross_core.pretraining.run import run_pretraining  # noqa: E402
-from gcross_core.segmentation.run import FinetuneConfig, run_finetuning  # noqa: E402
+from gcross_core.data.scene import load_scene
+from gcross_core.evaluation.map_score import transfer_labels
+from gcross_core.evaluation.report import class_palette
+from gcross_core.pretraining.config import PretrainConfig, TeacherConfig
+from gcross_core.pretraining.run import run_pretraining
+from gcross_core.segmentation.run import FinetuneConfig, run_finetuning
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = ROOT / "training" / "configs"
 FINETUNE = CONFIGS / "finetune_tabletop.yaml"

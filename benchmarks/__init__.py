@@ -1,0 +1,1 @@
+"""Speed and memory figures (run as ``python -m benchmarks.<name>`` from the repository root)."""
