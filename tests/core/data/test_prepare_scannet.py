@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gcross_core.cli import EXIT_BAD_INPUT, exit_code_for
 from gcross_core.data import SCANNET20_CLASSES, SCANNET200_CLASSES, load_scene
 from gcross_core.data.classes import SCANNET200_IDS
-from gcross_core.data.scannet import ScanNetPrepConfig, SensFile, prepare_scannet, read_ply, vertex_normals
+from gcross_core.data.mesh import read_mesh, vertex_normals
+from gcross_core.data.ply import read_ply
+from gcross_core.data.scannet import ScanNetPrepConfig, prepare_scannet
+from gcross_core.data.sens import SensFile
 from gcross_core.errors import InputError
 from gcross_core.geometry import pose_from_quat
 
@@ -147,12 +151,30 @@ def test_sens_reader_header_frames_and_truncation(tmp_path):
     assert f.color.shape == (12, 16, 3) and f.depth_m.shape == (6, 8)
     np.testing.assert_allclose(f.depth_m, depths[2] / 1000.0, atol=1e-6)
     data = (d / "scene0002_00.sens").read_bytes()
-    (d / "cut.sens").write_bytes(data[:-10])
-    with pytest.raises(ValueError, match="truncated"):
-        SensFile(d / "cut.sens")
     (d / "v3.sens").write_bytes(struct.pack("<I", 3) + data[4:])
-    with pytest.raises(ValueError, match="version 3, expected 4"):
+    with pytest.raises(InputError, match="version 3, expected 4"):
         SensFile(d / "v3.sens")
+
+
+def assert_one_line_input_error(exc_info, path):
+    """What a command-line tool prints for it: one line naming the file, and exit status 2."""
+    text = str(exc_info.value)
+    assert str(path) in text and "\n" not in text
+    assert exit_code_for(exc_info.value) == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize("cut", ["last_frame", "first_frame_header", "sensor_name", "header"])
+def test_truncated_sens_is_an_input_error(tmp_path, cut):
+    d, _ = write_scan(tmp_path, "scene0003_00")
+    data = (d / "scene0003_00.sens").read_bytes()
+    header_end = 4 + 8 + 6 + 4 * 64 + 4 * 4 + 2 * 4 + 4 + 8  # version, name, 4 matrices, compression, sizes...
+    keep = {"last_frame": len(data) - 10, "first_frame_header": header_end + 20, "sensor_name": 14,
+            "header": 100}[cut]
+    path = d / "cut.sens"
+    path.write_bytes(data[:keep])
+    with pytest.raises(InputError, match="truncated") as exc_info:
+        SensFile(path)
+    assert_one_line_input_error(exc_info, path)
 
 
 def test_ply_reader_ascii_mixed_polygons_big_endian_and_errors(tmp_path):
@@ -169,7 +191,41 @@ def test_ply_reader_ascii_mixed_polygons_big_endian_and_errors(tmp_path):
     np.testing.assert_array_equal(v["x"], [1.5, -2.0])
     np.testing.assert_array_equal(v["id"], [7, 9])
     (tmp_path / "c.ply").write_bytes(head + struct.pack(">di", 1.5, 7))
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(InputError, match="truncated"):
         read_ply(tmp_path / "c.ply")
     with pytest.raises(ValueError, match="faces index vertices"):
         vertex_normals(VERTS, np.array([[0, 1, 99]]))
+
+
+@pytest.mark.parametrize("cut", ["vertices", "faces", "inside_a_face", "header", "ascii"])
+def test_truncated_ply_is_an_input_error(tmp_path, cut):
+    mesh = ply_bytes(VERTS, np.zeros((len(VERTS), 3), int), FACES)
+    body_start = mesh.index(b"end_header\n") + len(b"end_header\n")
+    vertex_bytes = len(VERTS) * (3 * 4 + 4)
+    ascii_ply = b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nelement face 1\n" \
+                b"property list uchar int vertex_indices\nend_header\n0\n1\n2\n3 0 1\n"
+    data = {"vertices": mesh[:body_start + vertex_bytes // 2],
+            "faces": mesh[:body_start + vertex_bytes + 13],  # after the first face
+            "inside_a_face": mesh[:-3],
+            "header": mesh[:body_start - 20],
+            "ascii": ascii_ply}[cut]
+    path = tmp_path / "cut.ply"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match="truncated|no end_header") as exc_info:
+        read_ply(path)
+    assert_one_line_input_error(exc_info, path)
+
+
+def test_malformed_ply_and_mesh_are_input_errors(tmp_path):
+    path = tmp_path / "bad.ply"
+    path.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex many\nend_header\n")
+    with pytest.raises(InputError, match="malformed PLY header line 'element vertex many'") as exc_info:
+        read_ply(path)
+    assert_one_line_input_error(exc_info, path)
+    path.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\nnan?\n")
+    with pytest.raises(InputError, match="not a number"):
+        read_ply(path)
+    path.write_bytes(ply_bytes(VERTS, np.zeros((len(VERTS), 3), int), np.array([[0, 1, 99]])))
+    with pytest.raises(InputError, match="faces index vertices in \\[0, 99\\]") as exc_info:
+        read_mesh(path)
+    assert_one_line_input_error(exc_info, path)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gcross_core.cli import EXIT_BAD_INPUT, exit_code_for
-from gcross_core.data.scannet import read_ply
+from gcross_core.data.ply import read_ply
 from gcross_core.data.scene import load_scene
 from gcross_core.errors import InputError
 from gcross_core.mapping.fusion import VoxelMap
