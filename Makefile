@@ -28,5 +28,7 @@ test-ros: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest
 
+# Speed and memory figures, each benchmark with its defaults (the experiments in experiments/ need data).
 bench: $(STAMP)
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in $(filter-out __init__,$(basename $(notdir $(wildcard benchmarks/*.py)))); do \
+		echo "== benchmarks.$$b"; $(PY) -m benchmarks.$$b || exit 1; done

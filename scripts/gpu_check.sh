@@ -33,7 +33,7 @@ REPO=$(pwd)
 STAGE_NAMES=(unpack build tests benchmarks)
 # unpack: reading the manifest, one torch import, ~440 MiB out of xz. build: gsplat's 20 .cu files for one
 # architecture with every core (2-4 min on 16 cores with nvcc 13), the spconv check and a small render.
-# tests: tests/gpu on small scenes. benchmarks: benchmarks/gpu.py --quick (CPU scene building included).
+# tests: tests/gpu on small scenes. benchmarks: python -m benchmarks.gpu --quick (CPU scene building included).
 STAGE_LIMITS_S=(25 240 60 75)
 KILL_GRACE_S=5
 CHECK_BUDGET_S=420
@@ -307,7 +307,7 @@ if stage unpack bash -c unpack; then
   fi
   if [ "$build_rc" = 0 ] || [ "$build_rc" = 3 ]; then
     stage tests "$PY" -m pytest tests/gpu -v -p no:cacheprovider --junitxml "$STATE/tests.xml"
-    stage benchmarks "$PY" benchmarks/gpu.py "${DRY_ARGS[@]}" --quick --json "$STATE/benchmarks.json"
+    stage benchmarks "$PY" -m benchmarks.gpu "${DRY_ARGS[@]}" --quick --json "$STATE/benchmarks.json"
   else
     not_run tests "the build failed or was cut off (each test process would start gsplat's build again)"
     not_run benchmarks "the build failed or was cut off"
