@@ -124,7 +124,7 @@ def bench_encoder(repeats: int, quick: bool):
 
 def bench_pretrain_step(repeats: int, quick: bool):
     from gcross_core.pretraining.teachers.efficientnet import EfficientNetLite0
-    from gcross_core.train.trainer import move_to
+    from gcross_core.train.batch import move_to
 
     step_bench = _sibling("pretrain_step")
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,7 +55,7 @@ def build_case(case: str, cache_dir: Path, teacher_weights: Optional[Path] = Non
     from gcross_core.pretraining.module import build_pretrain_module
     from gcross_core.pretraining.run import scene_dirs
     from gcross_core.config import from_dict, load_config, to_dict
-    from gcross_core.train.trainer import adamw_factory
+    from gcross_core.train.optimizer import adamw_factory
 
     if case == "tiny":
         cfg = load_config(REPO / "training" / "configs" / "synthetic_tiny.yaml", PretrainConfig,

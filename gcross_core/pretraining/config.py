@@ -8,7 +8,7 @@ from gcross_core.model.gaussiancross import GaussianCrossConfig
 from gcross_core.pretraining.dataset import PretrainDataConfig
 from gcross_core.pretraining.losses import LossConfig
 from gcross_core.train.schedule import ScheduleConfig
-from gcross_core.train.trainer import OptimConfig, RunConfig, TrainerConfig
+from gcross_core.train.config import OptimConfig, RunConfig, TrainerConfig
 
 
 @dataclass(frozen=True)

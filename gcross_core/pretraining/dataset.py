@@ -38,7 +38,7 @@ from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.data.frames import FrameSet, find_frames_dir
 from gcross_core.data.scene import Scene, load_scene
 from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
-from gcross_core.train.trainer import SeededDataset
+from gcross_core.train.seeding import SeededDataset
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
 from gcross_core.errors import InputError
 from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features

@@ -23,7 +23,9 @@ from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
 from gcross_core.pretraining.init import config_for_init, load_init_weights
 from gcross_core.pretraining.module import build_pretrain_module, visualize
 from gcross_core.train.distributed import barrier, init_distributed, shutdown_distributed
-from gcross_core.train.trainer import FINAL_CHECKPOINT, Trainer, TrainState, seed_everything
+from gcross_core.train.checkpointing import FINAL_CHECKPOINT
+from gcross_core.train.seeding import seed_everything
+from gcross_core.train.trainer import RunOutput, Trainer, TrainingTask, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +138,10 @@ def run_pretraining(cfg: PretrainConfig, run_dir, resume: bool = False, progress
         log.info("pretraining %s: %.2fM trainable parameters, %d scenes, teachers %s", cfg.name,
                  sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, len(dirs),
                  [t.key or t.name for t in cfg.teachers] if cfg.loss.use_sem else "none")
-        trainer = Trainer(module, _step, dataset, collate_pretrain, cfg.run_config(), run_dir, dist_info=dist,
-                          visualize_fn=visualize, checkpoint_metadata=pretrain_metadata(cfg.model, cfg),
-                          resolved_config=cfg, progress=progress, tensorboard=tensorboard)
+        task = TrainingTask(module, _step, dataset, collate_pretrain, visualize_fn=visualize)
+        output = RunOutput(run_dir, checkpoint_metadata=pretrain_metadata(cfg.model, cfg), resolved_config=cfg,
+                           progress=progress, tensorboard=tensorboard)
+        trainer = Trainer(task, cfg.run_config(), output, dist_info=dist)
         state = trainer.fit(resume=resume)
         return state, (run_dir / FINAL_CHECKPOINT) if dist.is_main else None
     finally:

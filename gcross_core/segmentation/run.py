@@ -54,7 +54,9 @@ from gcross_core.segmentation.model import (IGNORE_INDEX, SegmentationModel, che
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_core.train.distributed import barrier, derive_seed, init_distributed, shutdown_distributed
 from gcross_core.train.schedule import ScheduleConfig
-from gcross_core.train.trainer import OptimConfig, RunConfig, Trainer, TrainerConfig, seed_everything
+from gcross_core.train.config import OptimConfig, RunConfig, TrainerConfig
+from gcross_core.train.seeding import seed_everything
+from gcross_core.train.trainer import RunOutput, Trainer, TrainingTask
 from gcross_core.types import PointBatch
 
 log = logging.getLogger(__name__)
@@ -220,9 +222,9 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
         step_fn = segmentation_step
         if instance is not None:
             step_fn = InstanceStep(thing_mask(class_names, instance.stuff_classes), instance)
-        trainer = Trainer(model, step_fn, dataset, collate_segmentation, run_cfg, run_dir,
-                          dist_info=dist, checkpoint_metadata=meta, resolved_config=cfg, progress=progress,
-                          tensorboard=tensorboard)
+        output = RunOutput(run_dir, checkpoint_metadata=meta, resolved_config=cfg, progress=progress,
+                           tensorboard=tensorboard)
+        trainer = Trainer(TrainingTask(model, step_fn, dataset, collate_segmentation), run_cfg, output, dist_info=dist)
         t0 = time.perf_counter()
         state = trainer.fit(resume=resume)
         train_s = time.perf_counter() - t0

@@ -19,7 +19,7 @@ from gcross_core.pretraining.module import build_pretrain_module
 from gcross_core.pretraining.run import run_pretraining, scene_dirs
 from gcross_core.pretraining.teachers.efficientnet import EfficientNetLite0
 from gcross_core.train.logging import read_metrics
-from gcross_core.train.trainer import move_to
+from gcross_core.train.batch import move_to
 
 pytestmark = pytest.mark.gpu
 

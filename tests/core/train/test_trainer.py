@@ -28,8 +28,10 @@ from gcross_core.errors import ConfigError
 from gcross_core.train.distributed import ResumableDistributedSampler, init_distributed, shutdown_distributed
 from gcross_core.train.logging import read_metrics
 from gcross_core.train.schedule import ScheduleConfig
-from gcross_core.train.trainer import (FINAL_CHECKPOINT, LAST_CHECKPOINT, OptimConfig, RunConfig, Trainer,
-                                       TrainerConfig, seed_everything)
+from gcross_core.train.checkpointing import FINAL_CHECKPOINT, LAST_CHECKPOINT
+from gcross_core.train.config import OptimConfig, RunConfig, TrainerConfig
+from gcross_core.train.seeding import seed_everything
+from gcross_core.train.trainer import RunOutput, Trainer, TrainingTask
 
 IN_DIM = 6
 
@@ -83,9 +85,10 @@ def run_toy(out, steps=24, batch=8, ckpt_every=5, resume=False, sleep_s=0.0, dro
     info = init_distributed("cpu")
     seed_everything(0)
     model = toy_model(dropout)
-    trainer = Trainer(model, lambda m, b: toy_step(m, b, sleep_s), ToyData(n, poison), None,
-                      toy_config(steps, batch, ckpt_every), out, dist_info=info, progress=False,
-                      tensorboard=tensorboard, checkpoint_metadata={"kind": "toy"})
+    trainer = Trainer(TrainingTask(model, lambda m, b: toy_step(m, b, sleep_s), ToyData(n, poison)),
+                      toy_config(steps, batch, ckpt_every),
+                      RunOutput(out, checkpoint_metadata={"kind": "toy"}, progress=False, tensorboard=tensorboard),
+                      dist_info=info)
     state = trainer.fit(resume=resume)
     shutdown_distributed(info)
     return trainer, state
@@ -192,8 +195,8 @@ def test_nan_guard_skips_the_update_and_counts_it(tmp_path):
     seed_everything(0)
     model = toy_model(0.0)
     before = [p.detach().clone() for p in model.parameters()]
-    t = Trainer(model, toy_step, ToyData(8, poison=range(8)), None, toy_config(1, 8, 0),
-                tmp_path / "nan1", progress=False, tensorboard=False)
+    t = Trainer(TrainingTask(model, toy_step, ToyData(8, poison=range(8))), toy_config(1, 8, 0),
+                RunOutput(tmp_path / "nan1", progress=False, tensorboard=False))
     st = t.fit()
     assert st.skipped_steps == 1
     for a, b in zip(before, model.parameters()):
