@@ -174,6 +174,7 @@ class VoxelMap:
         self._frame_index = 0  # index the next integrated frame gets
         self._layout_version = 0
         self._evicted_total = 0
+        self._frame_voxel_hint = 0  # voxels of the last frame grouped (sizes the next frame's table)
         self._index = _kernels().VoxelIndex(0)  # key -> row of the voxels in _keys[:_n]
         self._alloc(min(self.max_voxels, 1 << 16))
 
@@ -225,7 +226,9 @@ class VoxelMap:
         K = check_intrinsics(K)
         T = _check_pose(cam_to_map)
         fv = _kernels().group_frame(color_rgb, depth_m, K, T, self.voxel_size_m, self.max_depth_m,
-                         self._MAX_NORMAL_BASELINE_PX, self.normal_max_jump)
+                                    self._MAX_NORMAL_BASELINE_PX, self.normal_max_jump,
+                                    expected_voxels=self._frame_voxel_hint)
+        self._frame_voxel_hint = len(fv.keys)  # consecutive frames of one camera see about as many
         if fv.dropped:
             log.warning("fusion: %d points beyond the voxel key range (+-%.0f m) dropped",
                         fv.dropped, _KEY_OFFSET * self.voxel_size_m)
@@ -281,12 +284,9 @@ class VoxelMap:
     def _merge(self, fv: FrameGroups) -> FrameStats:
         frame = self._frame_index
         self._frame_index += 1
-        rows = self._lookup(fv.keys)
         # Running means as (mean * old count + frame sum) / new count; normals are plain sums.
-        _kernels().merge_observed(rows, fv.counts, fv.sums, self._attr, self._count, self._last_seen, frame)
-
+        new = self._index.merge(self._keys, fv, self._attr, self._count, self._last_seen, frame)
         # New voxels in key order, so rows (and ties in eviction) do not depend on the image's layout.
-        new = np.flatnonzero(rows < 0)
         new = new[np.argsort(fv.keys[new])]
         new_keys = fv.keys[new]
         new_counts = fv.counts[new]

@@ -89,6 +89,25 @@ def _row_keys(depth_row, us, vf, fx, fy, cx, cy, max_depth, Rv, tv, keys, xs, ys
         ys[col] = y
 
 
+@numba.njit(inline="always")
+def _find_or_add(k, shift, mask, table, keys, counts, runs_of, sums, nv):
+    """Row of key k in the frame's table, or nv after entering it as a new, zeroed voxel nv."""
+    s = _slot(k, shift)
+    while True:
+        v = table[s]
+        if v == _EMPTY:
+            table[s] = nv
+            keys[nv] = k
+            counts[nv] = 0
+            runs_of[nv] = 0
+            for j in range(9):
+                sums[nv, j] = 0.0
+            return nv
+        if keys[v] == k:
+            return v
+        s = (s + 1) & mask
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
     """Valid pixels -> voxel keys -> per-voxel sums, a row at a time: keys first (``_row_keys``), then one
@@ -114,6 +133,11 @@ def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
     shift = 64 - bits
     mask = (np.int64(1) << bits) - 1
     row_keys = np.empty(w, np.int64)
+    # The previous row's keys and voxels: a run whose voxel also holds the pixel above its first point (most
+    # runs: a voxel spans several rows) takes that voxel without probing the table.
+    above_keys = np.full(w, -1, np.int64)
+    above_v = np.empty(w, np.int32)
+    row_v = np.empty(w, np.int32)
     row_x = np.empty(w, np.float32)
     row_y = np.empty(w, np.float32)
     us = np.arange(w).astype(np.float32)
@@ -143,24 +167,14 @@ def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
                     sums[v, 4] += sg
                     sums[v, 5] += sb
                 key = k
-                s = _slot(k, shift)
-                while True:
-                    v = table[s]
-                    if v == _EMPTY:
-                        v = nv
-                        table[s] = v
-                        keys[v] = k
-                        counts[v] = 0
-                        runs_of[v] = 0
-                        for j in range(9):
-                            sums[v, j] = 0.0
+                if above_keys[col] == k:
+                    v = above_v[col]
+                else:
+                    v = _find_or_add(k, shift, mask, table, keys, counts, runs_of, sums, nv)
+                    if v == nv:
                         nv += 1
                         if 2 * nv > len(table):  # more voxels than the table holds half full: start again
                             return keys[:0], counts[:0], sums[:0], keys[:0], pix[:0], run_start[:0], run_voxel[:0], -1
-                        break
-                    if keys[v] == k:
-                        break
-                    s = (s + 1) & mask
                 run_start[nr] = m
                 run_voxel[nr] = v
                 runs_of[v] += 1
@@ -168,6 +182,7 @@ def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
                 c = 0
                 sx = sy = sz = 0.0
                 sr = sg = sb = 0
+            row_v[col] = v
             pix[m] = row * w + col
             c += 1
             sx += row_x[col]
@@ -177,6 +192,8 @@ def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
             sg += color[row, col, 1]
             sb += color[row, col, 2]
             m += 1
+        above_keys, row_keys = row_keys, above_keys
+        above_v, row_v = row_v, above_v
     if c:
         counts[v] += c
         sums[v, 0] += sx
@@ -298,8 +315,14 @@ def group_frame(color_rgb: np.ndarray,  # [H, W, 3] uint8 RGB registered to dept
                 K: np.ndarray,  # [3, 3] float64 intrinsics
                 cam_to_map: np.ndarray,  # [4, 4] float64 rigid transform
                 voxel_size_m: float, max_depth_m: float, max_baseline_px: int, normal_max_jump: float,
+                expected_voxels: int = 0,
                 ) -> FrameGroups:
-    """The frame's voxels with their point counts, sums and one normal each (see ``fusion``'s module doc)."""
+    """The frame's voxels with their point counts, sums and one normal each (see ``fusion``'s module doc).
+
+    expected_voxels: about how many voxels the frame holds (the previous frame's count; 0: unknown). It
+    sizes the frame's hash table: a table that fits the cache is probed faster; a frame with more voxels
+    is grouped again with a larger one.
+    """
     assert depth_m.dtype == np.float32 and depth_m.ndim == 2, f"depth_m {depth_m.dtype} {depth_m.shape}"
     assert color_rgb.shape == depth_m.shape + (3,), f"color {color_rgb.shape} vs depth {depth_m.shape}"
     depth_m = np.ascontiguousarray(depth_m)
@@ -310,9 +333,9 @@ def group_frame(color_rgb: np.ndarray,  # [H, W, 3] uint8 RGB registered to dept
     Rv = (cam_to_map[:3, :3] * inv_vs).astype(np.float32)
     tv = (cam_to_map[:3, 3] * inv_vs).astype(np.float32)
     h, w = depth_m.shape
-    # Room for 1 voxel per 4 pixels (a 640x480 frame at 2 cm and Kinect range has 1 per 10 to 15); finer
-    # voxels or farther surfaces retry with up to one voxel per pixel.
-    bits = table_bits(max(h * w // 4, 1))
+    # Room for half again the expected voxels, or without an expectation for 1 voxel per 4 pixels (a 640x480
+    # frame at 2 cm and Kinect range has 1 per 10 to 15); more voxels retry with up to one voxel per pixel.
+    bits = table_bits(max(3 * expected_voxels // 2 if expected_voxels > 0 else h * w // 4, 1))
     while True:
         keys, counts, sums, rep, pix, run_start, run_voxel, dropped = _group_pixels(
             depth_m, color_rgb, fx, fy, cx, cy, np.float32(max_depth_m), Rv, tv, bits)
@@ -380,6 +403,15 @@ class VoxelIndex:
         assert 2 * stop <= len(self.table), f"{stop} rows overfill a table of {len(self.table)}: rebuild first"
         _index_insert(self.table, self._shift(), keys, start, stop)
 
+    def merge(self, map_keys: np.ndarray, frame: FrameGroups, attr: np.ndarray, count: np.ndarray,
+              last_seen: np.ndarray, frame_index: int) -> np.ndarray:
+        """Fold the frame's voxels present in the map into their rows (see ``_merge_frame``); returns the
+        indices [A] int64 of the frame's voxels absent from the map, in the frame's order."""
+        absent = np.empty(len(frame.keys), np.int64)
+        n = _merge_frame(self.table, self._shift(), map_keys, frame.keys, frame.counts, frame.sums, attr, count,
+                         last_seen, frame_index, absent)
+        return absent[:n]
+
     def lookup(self, keys: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Rows [Q] int64 of the query keys [Q] int64, -1 where absent."""
         out = np.empty(len(query), np.int64)
@@ -391,12 +423,27 @@ class VoxelIndex:
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_observed(rows, counts, sums, attr, count, last_seen, frame):
-    """Fold a frame's sums into the map rows it observed (rows >= 0): running means of position and colour
-    as (mean * old count + frame sum) / new count in float64, normals as plain sums; count and last_seen."""
-    for i in range(len(rows)):
-        r = rows[i]
-        if r < 0:
+def _merge_frame(table, shift, map_keys, keys, counts, sums, attr, count, last_seen, frame, absent):
+    """Fold a frame's sums into the map rows of its voxels (found in the map's index): running means of
+    position and colour as (mean * old count + frame sum) / new count in float64, normals as plain sums;
+    count and last_seen. Writes the frame voxels absent from the map to ``absent`` and returns how many."""
+    mask = len(table) - 1
+    n_absent = 0
+    for i in range(len(keys)):
+        q = keys[i]
+        s = _slot(q, shift)
+        r = _EMPTY
+        while True:
+            row = table[s]
+            if row == _EMPTY:
+                break
+            if map_keys[row] == q:
+                r = row
+                break
+            s = (s + 1) & mask
+        if r == _EMPTY:
+            absent[n_absent] = i
+            n_absent += 1
             continue
         old = count[r]
         total = old + counts[i]
@@ -408,3 +455,4 @@ def merge_observed(rows, counts, sums, attr, count, last_seen, frame):
             attr[r, j] = np.float32(np.float64(attr[r, j]) + sums[i, j])
         count[r] = total
         last_seen[r] = frame
+    return n_absent
