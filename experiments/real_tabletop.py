@@ -50,9 +50,9 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Optional
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -294,7 +294,40 @@ def _tile_row(panels) -> "Image.Image":
     return sheet
 
 
-def main() -> int:
+@dataclass
+class Experiment:
+    """What the steps share: the arguments, where runs go, the data and the encoders pretrained so far."""
+    args: argparse.Namespace
+    out: Path
+    mosd: Path  # labelled scene folders (learn/, test/)
+    rooms: Path  # synthetic rooms of the synthetic pretraining
+    real_frames: list  # the data override of every real-frame pretraining
+    instance_dir: Path  # runs of the instance phase: <out>/instance/<start>_<steps>
+    encoders: dict = field(default_factory=dict)  # (init, seed) -> checkpoint (None: not run)
+
+    def run_overrides(self, seed: int, steps: Optional[int] = None) -> list:
+        """What every pretraining here sets: the CPU, its threads, the seed and the step budget."""
+        return ["train.device=cpu", f"train.num_threads={self.args.threads}", f"train.seed={seed}",
+                f"train.max_steps={self.args.pretrain_steps if steps is None else steps}"]
+
+    def encoder(self, init: str, seed: int):
+        """The encoder checkpoint of ``init`` pretrained with ``seed`` (pretraining and fine-tuning seeds are
+        paired: a seed varies both), None for scratch or a pretraining not run (--report-only)."""
+        if init == "scratch":
+            return None
+        if (init, seed) not in self.encoders:
+            if init == "synthetic":
+                config = CONFIGS / "synthetic_tiny.yaml"
+                data_over = [f"data.root={self.rooms}", "data.synthetic.rooms=0", "train.epochs=1000"]
+            else:
+                config, data_over = CONFIGS / "pretrain_real_frames.yaml", self.real_frames
+            self.encoders[init, seed] = pretrain(self.out / f"pretrain_{init}_seed{seed}", config,
+                                                 data_over + self.run_overrides(seed),
+                                                 report_only=self.args.report_only)
+        return self.encoders[init, seed]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mosd", type=Path, required=True, help="mOSD labelled frames (learn/, test/)")
     ap.add_argument("--frames7", type=Path, required=True, help="7-Scenes frames (SensReader layout)")
@@ -324,40 +357,22 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true",
                     help="start nothing: report the finished runs (the others read 'not run')")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    t0 = time.perf_counter()
-    out, data = args.out, args.out / "data"
+    return ap.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> Experiment:
+    """Step 1: the scene folders and the synthetic rooms."""
+    data = args.out / "data"
     prepare_data(args.mosd, args.frames7, data)
-    mosd = data / "mosd"
-    rooms = make_synthetic_rooms(data)
-    real_frames = [f"data.root={data / 'real_frames'}"]
-    encoders = {}
+    return Experiment(args, args.out, data / "mosd", make_synthetic_rooms(data),
+                      [f"data.root={data / 'real_frames'}"],
+                      args.out / "instance" / f"{args.instance_start}_{args.instance_steps}")
 
-    def run_overrides(seed: int, steps: int = args.pretrain_steps) -> list:
-        """What every pretraining here sets: the CPU, its threads, the seed and the step budget."""
-        return ["train.device=cpu", f"train.num_threads={args.threads}", f"train.seed={seed}",
-                f"train.max_steps={steps}"]
 
-    def enc(init: str, seed: int):
-        """The encoder checkpoint of ``init`` pretrained with ``seed`` (pretraining and fine-tuning seeds are
-        paired: a seed varies both), None for scratch or a pretraining not run (--report-only)."""
-        if init == "scratch":
-            return None
-        if (init, seed) not in encoders:
-            if init == "synthetic":
-                config, data_over = CONFIGS / "synthetic_tiny.yaml", [f"data.root={rooms}", "data.synthetic.rooms=0",
-                                                                       "train.epochs=1000"]
-            else:
-                config, data_over = CONFIGS / "pretrain_real_frames.yaml", real_frames
-            encoders[init, seed] = pretrain(out / f"pretrain_{init}_seed{seed}", config,
-                                            data_over + run_overrides(seed), report_only=args.report_only)
-        return encoders[init, seed]
-
-    results = {"full": {}, "few": {}, "probe": {}, "chorus": {}, "instance": {}, "knobs": {}, "knobs_reference": {}}
-    inst_dir = out / "instance" / f"{args.instance_start}_{args.instance_steps}"
+def run_label_phases(exp: Experiment, results: dict) -> None:
+    """Steps 2, 3 and 5: fine-tuning with all labels, with 5 labelled frames, the linear probe and the
+    instance runs, for each encoder init and seed (each encoder pretrained when first needed)."""
+    args = exp.args
     plan = [("full", args.seeds, args.steps, {}), ("few", args.seeds, args.few_steps, {"few": True}),
             ("probe", args.probe_seeds, args.probe_steps, {"probe": True}),
             ("instance", args.instance_seeds or args.seeds, args.instance_steps, {"instance": args.instance_start})]
@@ -366,18 +381,18 @@ def main() -> int:
             continue
         for seed in seeds:
             for init in INITS:
-                start, run_dir = enc(init, seed), out / phase / f"{init}_seed{seed}"
+                start, run_dir = exp.encoder(init, seed), exp.out / phase / f"{init}_seed{seed}"
                 if init != "scratch" and start is None:
                     continue  # its pretraining has not run (--report-only)
                 if phase == "instance":
-                    run_dir = inst_dir / run_dir.name
+                    run_dir = exp.instance_dir / run_dir.name
                     if args.instance_start == "semantic":  # stage 2: on the all-label segmenter (init, seed)
-                        stage1 = out / "full" / run_dir.name
-                        if finetune(stage1, mosd, seed, enc(init, seed), args.steps,
+                        stage1 = exp.out / "full" / run_dir.name
+                        if finetune(stage1, exp.mosd, seed, exp.encoder(init, seed), args.steps,
                                     report_only=args.report_only) is None:
                             continue
                         start = stage1 / "segmenter.safetensors"
-                r = finetune(run_dir, mosd, seed, start, steps, report_only=args.report_only, **kw)
+                r = finetune(run_dir, exp.mosd, seed, start, steps, report_only=args.report_only, **kw)
                 if r is None:
                     continue
                 results[phase].setdefault(init, []).append(r)
@@ -385,76 +400,93 @@ def main() -> int:
                 print(f"{phase:6s} {init:9s} seed {seed}: mIoU {100 * r['miou']:5.1f}  IoU table "
                       f"{100 * r['iou']['table']:5.1f} object {100 * r['iou']['object']:5.1f}{ap}  "
                       f"({r['seconds'] or 0:.0f} s)", flush=True)
-    if "chorus" in args.phases:
-        eff = "efficientnet_lite0"
-        opts = {"input_size": [120, 160]}
-        variants = {
-            "two teachers (s8; head), each with its own projector": [
-                TeacherConfig(name=eff, key="lite0_s8", loss_weight=0.5, options={**opts, "layers": ["s8"]}),
-                TeacherConfig(name=eff, key="lite0_head", loss_weight=0.5, options={**opts, "layers": ["head"]})],
-            "one teacher, s8 + head concatenated": [
-                TeacherConfig(name=eff, options={**opts, "layers": ["s8", "head"]})]}
-        for k, (label, teachers) in enumerate(variants.items()):
-            ckpt = pretrain(out / f"pretrain_chorus_{k}", CONFIGS / "pretrain_real_frames.yaml",
-                            real_frames + run_overrides(0, args.chorus_steps),
-                            teachers, report_only=args.report_only)
-            r = finetune(out / "chorus" / f"variant{k}_seed0", mosd, 0, ckpt, args.steps,
-                         report_only=args.report_only) if ckpt else None
-            if r is None:
-                continue
-            results["chorus"][label] = [r]
-            print(f"chorus {label}: mIoU {100 * r['miou']:5.1f}", flush=True)
 
-    if "knobs" in args.phases and enc("real", 0) is not None:
-        def tag(k: int, name: str) -> str:  # run folders of pretraining seed k (seed 0 keeps the plain names)
-            return name if k == 0 else f"pretrain{k}_{name}"
 
-        ref = {"probe": [], "full": []}
+def run_chorus(exp: Experiment, results: dict) -> None:
+    """Step 4: real-frame pretraining with two teachers, each with its own projector, against one teacher
+    with both taps concatenated; each fine-tuned on all labels (seed 0)."""
+    args = exp.args
+    eff = "efficientnet_lite0"
+    opts = {"input_size": [120, 160]}
+    variants = {
+        "two teachers (s8; head), each with its own projector": [
+            TeacherConfig(name=eff, key="lite0_s8", loss_weight=0.5, options={**opts, "layers": ["s8"]}),
+            TeacherConfig(name=eff, key="lite0_head", loss_weight=0.5, options={**opts, "layers": ["head"]})],
+        "one teacher, s8 + head concatenated": [
+            TeacherConfig(name=eff, options={**opts, "layers": ["s8", "head"]})]}
+    for k, (label, teachers) in enumerate(variants.items()):
+        ckpt = pretrain(exp.out / f"pretrain_chorus_{k}", CONFIGS / "pretrain_real_frames.yaml",
+                        exp.real_frames + exp.run_overrides(0, args.chorus_steps),
+                        teachers, report_only=args.report_only)
+        r = finetune(exp.out / "chorus" / f"variant{k}_seed0", exp.mosd, 0, ckpt, args.steps,
+                     report_only=args.report_only) if ckpt else None
+        if r is None:
+            continue
+        results["chorus"][label] = [r]
+        print(f"chorus {label}: mIoU {100 * r['miou']:5.1f}", flush=True)
+
+
+def _knob_tag(k: int, name: str) -> str:
+    """Run folder of pretraining seed ``k`` in the knobs phase (seed 0 keeps the plain names)."""
+    return name if k == 0 else f"pretrain{k}_{name}"
+
+
+def run_knobs(exp: Experiment, results: dict) -> None:
+    """Step 6: the reference (the real-frame encoder of each --knob-seeds) and each knob, scored by the
+    linear probe and all-label fine-tuning."""
+    args = exp.args
+    ref = {"probe": [], "full": []}
+    for k in args.knob_seeds:
+        if exp.encoder("real", k) is None:
+            continue
+        ref["probe"] += [finetune(exp.out / "knobs" / "reference" / _knob_tag(k, f"probe_seed{seed}"), exp.mosd,
+                                  seed, exp.encoder("real", k), args.probe_steps, probe=True,
+                                  report_only=args.report_only)
+                         for seed in args.probe_seeds]
+        ref["full"].append(finetune(exp.out / "full" / f"real_seed{k}", exp.mosd, k, exp.encoder("real", k),
+                                    args.steps, report_only=args.report_only))
+    results["knobs_reference"] = {key: [r for r in v if r is not None] for key, v in ref.items()}
+    for label, (pre_over, teachers, probe_over) in knob_variants(args.pretrain_steps).items():
+        kdir = exp.out / "knobs" / _slug(label)
+        row = {"probe": [], "full": []}
         for k in args.knob_seeds:
-            if enc("real", k) is None:
+            ckpt = exp.encoder("real", k) if pre_over is None else pretrain(
+                kdir / _knob_tag(k, "pretrain"), CONFIGS / "pretrain_real_frames.yaml",
+                exp.real_frames + exp.run_overrides(k) + pre_over, teachers, report_only=args.report_only)
+            if ckpt is None:
                 continue
-            ref["probe"] += [finetune(out / "knobs" / "reference" / tag(k, f"probe_seed{seed}"), mosd, seed,
-                                      enc("real", k), args.probe_steps, probe=True, report_only=args.report_only)
-                             for seed in args.probe_seeds]
-            ref["full"].append(finetune(out / "full" / f"real_seed{k}", mosd, k, enc("real", k), args.steps,
-                                        report_only=args.report_only))
-        results["knobs_reference"] = {key: [r for r in v if r is not None] for key, v in ref.items()}
-        for label, (pre_over, teachers, probe_over) in knob_variants(args.pretrain_steps).items():
-            kdir = out / "knobs" / _slug(label)
-            row = {"probe": [], "full": []}
-            for k in args.knob_seeds:
-                ckpt = enc("real", k) if pre_over is None else pretrain(
-                    kdir / tag(k, "pretrain"), CONFIGS / "pretrain_real_frames.yaml",
-                    real_frames + run_overrides(k) + pre_over, teachers, report_only=args.report_only)
-                if ckpt is None:
-                    continue
-                for seed in args.probe_seeds:
-                    r = finetune(kdir / tag(k, f"probe_seed{seed}"), mosd, seed, ckpt, args.probe_steps, probe=True,
-                                 report_only=args.report_only, extra=probe_over)
-                    if r is not None:
-                        row["probe"].append(r)
-                if pre_over is not None:  # the probe knob does not change the encoder: its fine-tuning is "full"
-                    r = finetune(kdir / f"full_seed{k}", mosd, k, ckpt, args.steps, report_only=args.report_only)
-                    if r is not None:
-                        row["full"].append(r)
-            results["knobs"][label] = row
-            print(f"knobs  {label}: probe {_fmt(_stat([r['miou'] for r in row['probe']]))}, all labels "
-                  f"{_fmt(_stat([r['miou'] for r in row['full']]))}", flush=True)
+            for seed in args.probe_seeds:
+                r = finetune(kdir / _knob_tag(k, f"probe_seed{seed}"), exp.mosd, seed, ckpt, args.probe_steps,
+                             probe=True, report_only=args.report_only, extra=probe_over)
+                if r is not None:
+                    row["probe"].append(r)
+            if pre_over is not None:  # the probe knob does not change the encoder: its fine-tuning is "full"
+                r = finetune(kdir / f"full_seed{k}", exp.mosd, k, ckpt, args.steps, report_only=args.report_only)
+                if r is not None:
+                    row["full"].append(r)
+        results["knobs"][label] = row
+        print(f"knobs  {label}: probe {_fmt(_stat([r['miou'] for r in row['probe']]))}, all labels "
+              f"{_fmt(_stat([r['miou'] for r in row['full']]))}", flush=True)
 
-    # ------------------------------------------------------------------ report
-    segs = {}
+
+def seed0_segmenters(exp: Experiment):
+    """The seed-0 segmenters of each init that exist: all labels, and the instance runs."""
     from gcross_core.segmentation.segmenter import Segmenter
 
+    segs, inst_segs = {}, {}
     for init in INITS:
-        ck = out / "full" / f"{init}_seed0" / "segmenter.safetensors"
+        ck = exp.out / "full" / f"{init}_seed0" / "segmenter.safetensors"
         if ck.is_file():
             segs[init] = Segmenter.from_checkpoint(ck)
-    inst_segs = {}
     for init in INITS:
-        ck = inst_dir / f"{init}_seed0" / "segmenter.safetensors"
+        ck = exp.instance_dir / f"{init}_seed0" / "segmenter.safetensors"
         if ck.is_file():
             inst_segs[init] = Segmenter.from_checkpoint(ck)
-    pngs = frame_pngs(out, mosd / "test", segs, inst_segs) if segs else []
+    return segs, inst_segs
+
+
+def init_table(args: argparse.Namespace, results: dict) -> list:
+    """The report's heading and its main table: one row per encoder init."""
     lines = ["# Real tabletop frames (mOSD): semantic segmentation (table / object)", "",
              f"Fine-tuned on mOSD learn (45 frames), scored on mOSD test (43 frames) on the fused points "
              f"(1 cm voxels, 2 cm encoder grid). Seeds {args.seeds} (probe: {args.probe_seeds}); "
@@ -473,38 +505,59 @@ def main() -> int:
                      f"{_fmt(_stat([r['miou'] for r in few]))} | {_fmt(_stat([r['miou'] for r in probe]))} | "
                      f"{_ap(results['instance'].get(init, []), 'ap50')} / "
                      f"{_ap(results['instance'].get(init, []), 'ap25')} |")
-    if results["chorus"]:
-        lines += ["", "Chorus-style teachers (real-frame pretraining, fine-tuned on all labels, seed 0):", "",
-                  "| pretraining teachers | mIoU | IoU table / object |", "|---|---|---|"]
-        for label, rs in results["chorus"].items():
-            r = rs[0]
-            lines.append(f"| {label} | {100 * r['miou']:.1f} | {100 * r['iou']['table']:.1f} / "
-                         f"{100 * r['iou']['object']:.1f} |")
-    if results["instance"]:
-        lines += ["", f"Instance runs ({inst_dir.name}: start, steps), in %, mean ± std over seeds:", "",
-                  "| encoder init | AP50 | AP25 | mAP | semantic mIoU after the instance run |",
-                  "|---|---|---|---|---|"]
-        for init in INITS:
-            rs = results["instance"].get(init, [])
-            if rs:
-                lines.append(f"| {INIT_LABEL[init]} | {_ap(rs, 'ap50')} | {_ap(rs, 'ap25')} | {_ap(rs, 'map')} | "
-                             f"{_fmt(_stat([r['miou'] for r in rs]))} |")
-    if results["knobs"]:
-        base = results.get("knobs_reference", {})
-        base_probe, base_full = base.get("probe", []), base.get("full", [])
-        lines += ["", "Real-frame pretraining knobs, one change each against the real-frame encoder (the default "
-                  f"in brackets), pretraining seeds {args.knob_seeds}: linear probe mIoU over those encoders x "
-                  f"probe seeds {args.probe_seeds}, all-label mIoU over the pretraining seeds (fine-tuned with "
-                  "the same seed), in %:", "",
-                  "| real-frame pretraining | linear probe mIoU | all labels mIoU |", "|---|---|---|",
-                  f"| reference ({args.pretrain_steps} steps, mask 0.5, s16 + s32, 2 cm, BatchNorm recalibrated) | "
-                  f"{_fmt(_stat([r['miou'] for r in base_probe]))} | {_fmt(_stat([r['miou'] for r in base_full]))} |"]
-        for label, row in results["knobs"].items():
-            full = _fmt(_stat([r["miou"] for r in row["full"]])) if row["full"] else "same encoder as above"
-            lines.append(f"| {label} | {_fmt(_stat([r['miou'] for r in row['probe']]))} | {full} |")
-        scratch_probe = results["probe"].get("scratch", [])
-        if scratch_probe:
-            lines.append(f"\nrandom encoder, linear probe: {_fmt(_stat([r['miou'] for r in scratch_probe]))}")
+    return lines
+
+
+def chorus_table(results: dict) -> list:
+    if not results["chorus"]:
+        return []
+    lines = ["", "Chorus-style teachers (real-frame pretraining, fine-tuned on all labels, seed 0):", "",
+             "| pretraining teachers | mIoU | IoU table / object |", "|---|---|---|"]
+    for label, rs in results["chorus"].items():
+        r = rs[0]
+        lines.append(f"| {label} | {100 * r['miou']:.1f} | {100 * r['iou']['table']:.1f} / "
+                     f"{100 * r['iou']['object']:.1f} |")
+    return lines
+
+
+def instance_table(exp: Experiment, results: dict) -> list:
+    if not results["instance"]:
+        return []
+    lines = ["", f"Instance runs ({exp.instance_dir.name}: start, steps), in %, mean ± std over seeds:", "",
+             "| encoder init | AP50 | AP25 | mAP | semantic mIoU after the instance run |",
+             "|---|---|---|---|---|"]
+    for init in INITS:
+        rs = results["instance"].get(init, [])
+        if rs:
+            lines.append(f"| {INIT_LABEL[init]} | {_ap(rs, 'ap50')} | {_ap(rs, 'ap25')} | {_ap(rs, 'map')} | "
+                         f"{_fmt(_stat([r['miou'] for r in rs]))} |")
+    return lines
+
+
+def knobs_table(args: argparse.Namespace, results: dict) -> list:
+    if not results["knobs"]:
+        return []
+    base = results.get("knobs_reference", {})
+    base_probe, base_full = base.get("probe", []), base.get("full", [])
+    lines = ["", "Real-frame pretraining knobs, one change each against the real-frame encoder (the default "
+             f"in brackets), pretraining seeds {args.knob_seeds}: linear probe mIoU over those encoders x "
+             f"probe seeds {args.probe_seeds}, all-label mIoU over the pretraining seeds (fine-tuned with "
+             "the same seed), in %:", "",
+             "| real-frame pretraining | linear probe mIoU | all labels mIoU |", "|---|---|---|",
+             f"| reference ({args.pretrain_steps} steps, mask 0.5, s16 + s32, 2 cm, BatchNorm recalibrated) | "
+             f"{_fmt(_stat([r['miou'] for r in base_probe]))} | {_fmt(_stat([r['miou'] for r in base_full]))} |"]
+    for label, row in results["knobs"].items():
+        full = _fmt(_stat([r["miou"] for r in row["full"]])) if row["full"] else "same encoder as above"
+        lines.append(f"| {label} | {_fmt(_stat([r['miou'] for r in row['probe']]))} | {full} |")
+    scratch_probe = results["probe"].get("scratch", [])
+    if scratch_probe:
+        lines.append(f"\nrandom encoder, linear probe: {_fmt(_stat([r['miou'] for r in scratch_probe]))}")
+    return lines
+
+
+def paired_differences(results: dict) -> list:
+    """Pretrained minus scratch, paired by seed, where both ran."""
+    lines = []
     for a, b in (("real", "scratch"), ("synthetic", "scratch")):
         for phase, key in (("full", "miou"), ("few", "miou"), ("instance", "ap50")):
             ra, rb = results[phase].get(a, []), results[phase].get(b, [])
@@ -512,19 +565,47 @@ def main() -> int:
                 d = [100 * (x[key] - y[key]) for x, y in zip(ra, rb)]
                 lines.append(f"\n{phase}: {a} minus {b}, {key} {statistics.fmean(d):+.1f} (paired by seed: "
                              f"{', '.join(f'{v:+.1f}' for v in d)})")
+    return lines
+
+
+def notes(exp: Experiment, segs: dict) -> list:
+    """How the instance runs were made and where the frame sheets are."""
+    args = exp.args
     inst_seeds = args.instance_seeds or args.seeds
     how = (f"continuing from the init's all-label segmenter of the same seed for {args.instance_steps} steps "
            f"({', '.join(INSTANCE_FROM_SEGMENTER)})" if args.instance_start == "semantic" else
            f"classes and offsets learnt together from the encoder init for {args.instance_steps} steps")
-    lines += ["", f"Instance AP (in %, mean ± std over seeds {inst_seeds}): {FINETUNE_INSTANCE.name} (objects "
-              f"instanced, the table as stuff), {how}; 'not available' where that run did not happen.",
-              "Per test frame (colour | ground truth | " + " | ".join(segs) + f", seed 0): {out / 'frames'}/",
-              f"\n({time.perf_counter() - t0:.0f} s for this invocation)"]
-    text = "\n".join(lines)
+    return ["", f"Instance AP (in %, mean ± std over seeds {inst_seeds}): {FINETUNE_INSTANCE.name} (objects "
+            f"instanced, the table as stuff), {how}; 'not available' where that run did not happen.",
+            "Per test frame (colour | ground truth | " + " | ".join(segs) + f", seed 0): {exp.out / 'frames'}/"]
+
+
+def write_report(exp: Experiment, results: dict, pngs: list, text: str) -> None:
     print(text)
-    (out / "report.md").write_text(text + "\n")
-    (out / "report.json").write_text(json.dumps({"results": results, "pngs": pngs, "args": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}, indent=2) + "\n")
+    (exp.out / "report.md").write_text(text + "\n")
+    (exp.out / "report.json").write_text(json.dumps({"results": results, "pngs": pngs, "args": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(exp.args).items()}}, indent=2) + "\n")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    t0 = time.perf_counter()
+    exp = prepare(args)
+    results = {"full": {}, "few": {}, "probe": {}, "chorus": {}, "instance": {}, "knobs": {}, "knobs_reference": {}}
+    run_label_phases(exp, results)
+    if "chorus" in args.phases:
+        run_chorus(exp, results)
+    if "knobs" in args.phases and exp.encoder("real", 0) is not None:
+        run_knobs(exp, results)
+    segs, inst_segs = seed0_segmenters(exp)
+    pngs = frame_pngs(exp.out, exp.mosd / "test", segs, inst_segs) if segs else []
+    lines = (init_table(args, results) + chorus_table(results) + instance_table(exp, results)
+             + knobs_table(args, results) + paired_differences(results) + notes(exp, segs)
+             + [f"\n({time.perf_counter() - t0:.0f} s for this invocation)"])
+    write_report(exp, results, pngs, "\n".join(lines))
     return 0
 
 
