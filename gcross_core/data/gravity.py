@@ -177,6 +177,6 @@ def estimate_up(frames, method: str = "cameras", up: Optional[Sequence[float]] =
     if method == "cameras":
         return up_from_cameras(poses)
     if points is None:
-        from gcross_core.mapping.fusion import fuse_frames_to_points  # numpy only; fusion imports data
+        from gcross_core.mapping.frame_sets import fuse_frames_to_points  # numpy only; fusion imports data
         points = fuse_frames_to_points(frames, voxel_size_m, every=every)[0]
     return up_from_plane(points, distance_threshold=distance_threshold, seed=seed, toward=poses[:, :3, 3])

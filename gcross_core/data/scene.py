@@ -12,7 +12,7 @@ On disk (one folder per scene)::
 
 A folder with only ``frames/`` (or a bare SensReader export with ``color/ depth/ pose/ intrinsic/``) is a
 frames-only scene: it loads with ``coord=None``; callers that need points fuse the frames explicitly
-(``gcross_core.mapping.fusion.fuse_frames_to_points``).
+(``gcross_core.mapping.frame_sets.fuse_frames_to_points``).
 """
 
 import errno
@@ -120,7 +120,7 @@ def load_scene(scene_dir: PathLike, segment: Optional[str] = None, *, frames: bo
     segment: which label file becomes ``Scene.segment``: ``"segment20"``, ``"segment200"`` or
     ``"segment"`` (an error if absent), ``"none"``, or None for segment20.npy, else segment.npy, else none.
     frames: open ``frames/`` (or ``frames_dir``) when present. A frames-only scene comes back with
-    ``coord=None``; fuse its frames with ``gcross_core.mapping.fusion.fuse_frames_to_points``.
+    ``coord=None``; fuse its frames with ``gcross_core.mapping.frame_sets.fuse_frames_to_points``.
     """
     scene_dir = Path(scene_dir)
     if not scene_dir.is_dir():

@@ -59,18 +59,18 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 
+from gcross_core.errors import InputError
 from gcross_core.geometry import is_valid_pose
-from gcross_core.data.frames import FrameSet
 from gcross_core.image import check_depth_m, check_intrinsics
-from gcross_core.mapping.voxel_keys import KEY_BITS as _KEY_BITS, KEY_MASK as _KEY_MASK, \
-    KEY_OFFSET as _KEY_OFFSET
+from gcross_core.mapping.voxel_keys import KEY_OFFSET as _KEY_OFFSET, pack_keys, unpack_keys
 
 if TYPE_CHECKING:
     from gcross_core.mapping.fusion_kernels import FrameGroups
+    from gcross_core.mapping.label_votes import LabelVotes
 
 
 def _kernels():
@@ -117,26 +117,13 @@ class MapSnapshot:
 def _check_pose(cam_to_map: np.ndarray) -> np.ndarray:
     T = np.asarray(cam_to_map)
     if T.shape != (4, 4):
-        raise ValueError(f"cam_to_map has shape {T.shape}, expected [4, 4]")
+        raise InputError(f"cam_to_map has shape {T.shape}, expected [4, 4]")
     if not np.all(np.isfinite(T)):
-        raise ValueError("cam_to_map contains NaN or inf, expected a finite rigid transform")
+        raise InputError("cam_to_map contains NaN or inf, expected a finite rigid transform")
     if not is_valid_pose(T):
-        raise ValueError("cam_to_map is not rigid: expected an orthonormal rotation with det +1 and last row "
+        raise InputError("cam_to_map is not rigid: expected an orthonormal rotation with det +1 and last row "
                          f"0 0 0 1, got {np.round(T, 4).tolist()}")
     return T.astype(np.float64)
-
-
-def pack_keys(grid: np.ndarray) -> np.ndarray:
-    """Integer voxel coordinates [N, 3] (within +-2^20) -> packed int64 keys [N]; order is x, then y, then z."""
-    g = grid.astype(np.int64) + _KEY_OFFSET
-    return (g[:, 0] << (2 * _KEY_BITS)) | (g[:, 1] << _KEY_BITS) | g[:, 2]
-
-
-def unpack_keys(keys: np.ndarray) -> np.ndarray:
-    """Packed voxel keys [N] int64 -> integer voxel coordinates [N, 3] int64."""
-    keys = np.asarray(keys, dtype=np.int64)
-    return np.stack([(keys >> (2 * _KEY_BITS)) & _KEY_MASK, (keys >> _KEY_BITS) & _KEY_MASK, keys & _KEY_MASK],
-                    axis=1) - _KEY_OFFSET
 
 
 class VoxelMap:
@@ -154,15 +141,15 @@ class VoxelMap:
     def __init__(self, voxel_size_m: float, max_voxels: int, num_classes: int, *, max_depth_m: float = 5.0,
                  evict_fraction: float = 0.05, normal_max_jump: float = 0.05):
         if not (np.isfinite(voxel_size_m) and voxel_size_m > 0):
-            raise ValueError(f"voxel_size_m must be a finite value > 0, got {voxel_size_m}")
+            raise InputError(f"voxel_size_m must be a finite value > 0, got {voxel_size_m}")
         if int(max_voxels) != max_voxels or max_voxels < 1:
-            raise ValueError(f"max_voxels must be an integer >= 1, got {max_voxels}")
+            raise InputError(f"max_voxels must be an integer >= 1, got {max_voxels}")
         if int(num_classes) != num_classes or num_classes < 1:
-            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes}")
+            raise InputError(f"num_classes must be an integer >= 1, got {num_classes}")
         if not max_depth_m > 0:
-            raise ValueError(f"max_depth_m must be > 0, got {max_depth_m}")
+            raise InputError(f"max_depth_m must be > 0, got {max_depth_m}")
         if not 0 <= evict_fraction < 1:
-            raise ValueError(f"evict_fraction must be in [0, 1), got {evict_fraction}")
+            raise InputError(f"evict_fraction must be in [0, 1), got {evict_fraction}")
         self.voxel_size_m = float(voxel_size_m)
         self.max_voxels = int(max_voxels)
         self.num_classes = int(num_classes)
@@ -215,13 +202,13 @@ class VoxelMap:
         if not isinstance(color_rgb, np.ndarray) or color_rgb.dtype != np.uint8 or color_rgb.ndim != 3 \
                 or color_rgb.shape[2] != 3:
             desc = f"{color_rgb.dtype} {color_rgb.shape}" if isinstance(color_rgb, np.ndarray) else type(color_rgb)
-            raise ValueError(f"color_rgb is {desc}, expected uint8 [H, W, 3] RGB")
+            raise InputError(f"color_rgb is {desc}, expected uint8 [H, W, 3] RGB")
         if not isinstance(depth, np.ndarray):
-            raise ValueError(f"depth is {type(depth)}, expected a numpy array")
+            raise InputError(f"depth is {type(depth)}, expected a numpy array")
         depth_m = check_depth_m(depth)
         h, w = depth_m.shape
         if color_rgb.shape[:2] != (h, w):
-            raise ValueError(f"depth image {w}x{h} does not match color {color_rgb.shape[1]}x{color_rgb.shape[0]}"
+            raise InputError(f"depth image {w}x{h} does not match color {color_rgb.shape[1]}x{color_rgb.shape[0]}"
                              " (expected depth registered to color)")
         K = check_intrinsics(K)
         T = _check_pose(cam_to_map)
@@ -268,7 +255,7 @@ class VoxelMap:
         """
         for name, img in images.items():
             if np.asarray(img).shape != np.asarray(depth).shape[:2]:
-                raise ValueError(f"{name} image has shape {np.asarray(img).shape}, expected the depth image's "
+                raise InputError(f"{name} image has shape {np.asarray(img).shape}, expected the depth image's "
                                  f"{np.asarray(depth).shape[:2]} (registered to depth)")
         fv = self._frame_voxels(color_rgb, depth, K, cam_to_map)
         inverse = fv.inverse() if images else None
@@ -358,20 +345,20 @@ class VoxelMap:
         indices = np.asarray(indices)
         probs = np.asarray(probs)
         if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
-            raise ValueError(f"indices has shape {indices.shape} dtype {indices.dtype}, expected integer [M]")
+            raise InputError(f"indices has shape {indices.shape} dtype {indices.dtype}, expected integer [M]")
         if probs.shape != (len(indices), self.num_classes):
-            raise ValueError(f"probs has shape {probs.shape}, expected [{len(indices)}, {self.num_classes}]")
+            raise InputError(f"probs has shape {probs.shape}, expected [{len(indices)}, {self.num_classes}]")
         if not np.all(np.isfinite(probs)) or (probs < 0).any():
-            raise ValueError("probs contains NaN, inf or negative values, expected probabilities")
+            raise InputError("probs contains NaN, inf or negative values, expected probabilities")
         if len(indices) and not np.allclose(probs.sum(1), 1.0, atol=1e-3):
-            raise ValueError("probs rows do not sum to 1, expected probabilities (apply softmax first)")
+            raise InputError("probs rows do not sum to 1, expected probabilities (apply softmax first)")
         if len(np.unique(indices)) != len(indices):
-            raise ValueError("indices contains duplicates, expected each voxel at most once per update")
+            raise InputError("indices contains duplicates, expected each voxel at most once per update")
         limit = len(snapshot) if snapshot is not None else None
         with self._lock:
             bound = limit if limit is not None else self._n
             if len(indices) and (indices.min() < 0 or indices.max() >= bound):
-                raise ValueError(f"indices out of range [0, {bound})")
+                raise InputError(f"indices out of range [0, {bound})")
             if snapshot is None or snapshot.layout_version == self._layout_version:
                 rows = indices.astype(np.int64)  # rows are stable until an eviction
                 q = probs
@@ -515,18 +502,18 @@ class VoxelMap:
                   ("probabilities", probabilities, (n, self.num_classes)))
         for name, arr, shape in shapes:
             if np.shape(arr) != shape:
-                raise ValueError(f"{name} has shape {np.shape(arr)}, expected {shape}")
+                raise InputError(f"{name} has shape {np.shape(arr)}, expected {shape}")
         if n > self.max_voxels:
-            raise ValueError(f"{n} voxels do not fit max_voxels={self.max_voxels}")
+            raise InputError(f"{n} voxels do not fit max_voxels={self.max_voxels}")
         grid = np.asarray(grid, dtype=np.int64)
         if n and (grid.min() < -_KEY_OFFSET or grid.max() >= _KEY_OFFSET):
-            raise ValueError(f"grid coordinates lie outside +-{_KEY_OFFSET} voxels")
+            raise InputError(f"grid coordinates lie outside +-{_KEY_OFFSET} voxels")
         keys = pack_keys(grid)
         if len(np.unique(keys)) != n:
-            raise ValueError("grid holds the same voxel more than once")
+            raise InputError("grid holds the same voxel more than once")
         counts = np.asarray(counts, dtype=np.int64)
         if n and counts.min() < 1:
-            raise ValueError("counts must be >= 1")
+            raise InputError("counts must be >= 1")
         with self._lock:
             self.clear()
             self._ensure_capacity(n)
@@ -542,140 +529,3 @@ class VoxelMap:
             self._seg_count[:n] = (np.asarray(probabilities).sum(axis=1) > 0).astype(np.int64)
             self._index.rebuild(self._keys, n, self._cap)
             self._n = n
-
-
-def _frames_to_fuse(num_frames: int, every: int, max_frames: Optional[int], what: str) -> List[int]:
-    """Indices of every ``every``-th frame, at most ``max_frames``; ValueError when that leaves none."""
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    indices = list(range(0, num_frames, every))[:max_frames]
-    if not indices:
-        raise ValueError(f"{what}: no frames to fuse")
-    return indices
-
-
-def fuse_frames_to_points(frames: FrameSet, voxel_size_m: float, *, every: int = 1,
-                          max_frames: Optional[int] = None, max_depth_m: float = 5.0,
-                          max_voxels: int = 20_000_000) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fuse posed RGB-D frames into a voxel point map with :class:`VoxelMap`.
-
-    Color is first registered to the depth camera. Returns (coord [M, 3] float32 metres,
-    color [M, 3] float32 0..255, normal [M, 3] float32, zero where the frames gave no normal).
-    """
-    indices = _frames_to_fuse(len(frames), every, max_frames, "fuse_frames_to_points")
-    vmap = VoxelMap(voxel_size_m, max_voxels, 1, max_depth_m=max_depth_m)
-    for i in indices:
-        f = frames.frame(i).registered()
-        vmap.integrate(f.color, f.depth_m, f.K_depth, f.cam_to_world)
-    if len(vmap) == 0:
-        raise ValueError(f"fusing {len(indices)} frames gave no points (no valid depth within {max_depth_m} m)")
-    return (vmap.coords().astype(np.float32), vmap.colors().astype(np.float32),
-            vmap.normals().astype(np.float32))
-
-
-class LabelVotes:
-    """Per-voxel histograms of integer ids (2D semantic labels or instance ids) fused from frames.
-
-    ``add`` takes one frame's voxel keys [U], the voxel row of every fused pixel [M] and the pixel ids [M];
-    id 0 (unlabelled / no instance) casts no vote. Counts are kept as sorted (key, id) pairs with their
-    totals, merged every frame, so memory follows the distinct (voxel, id) pairs, not the id range
-    (ScanNet label ids reach the thousands). ``majority(keys)``: the id with most votes per voxel, ties
-    to the smaller id; -1 where a voxel got no vote. Frames are buffered and merged once the buffer
-    outgrows the merged pairs, so a long sequence costs O(P log P) merges a logarithmic number of times.
-    """
-
-    def __init__(self, name: str = "label"):
-        self.name = name
-        self._keys = np.empty(0, np.int64)  # [P] voxel key of each (key, id) pair, sorted by (key, id)
-        self._ids = np.empty(0, np.int64)  # [P]
-        self._counts = np.empty(0, np.int64)  # [P]
-        self._pending = []  # [(keys, ids)] of frames not merged yet
-        self._pending_n = 0
-
-    def __len__(self) -> int:
-        """Distinct (voxel, id) pairs voted for so far."""
-        self._flush()
-        return len(self._keys)
-
-    def add(self, keys: np.ndarray, inverse: np.ndarray, ids: np.ndarray) -> None:
-        ids = np.asarray(ids)
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"{self.name} ids have dtype {ids.dtype}, expected integers")
-        ids = ids.astype(np.int64)
-        if (ids < 0).any():
-            raise ValueError(f"{self.name} ids hold negative values, expected 0 (none) or positive ids")
-        voted = ids > 0
-        if not voted.any():
-            return
-        k = np.asarray(keys, np.int64)[np.asarray(inverse)[voted]]
-        self._pending.append((k, ids[voted]))
-        self._pending_n += len(k)
-        if self._pending_n > max(len(self._keys), 1 << 20):
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            k = np.concatenate([p[0] for p in self._pending])
-            ids = np.concatenate([p[1] for p in self._pending])
-            self._pending, self._pending_n = [], 0
-            self._merge(k, ids, np.ones(len(k), np.int64))
-
-    def _merge(self, k: np.ndarray, ids: np.ndarray, counts: np.ndarray) -> None:
-        k = np.concatenate([self._keys, k])
-        ids = np.concatenate([self._ids, ids])
-        counts = np.concatenate([self._counts, counts])
-        order = np.lexsort((ids, k))
-        k, ids, counts = k[order], ids[order], counts[order]
-        first = np.ones(len(k), bool)
-        first[1:] = (k[1:] != k[:-1]) | (ids[1:] != ids[:-1])
-        starts = np.flatnonzero(first)
-        self._keys, self._ids = k[starts], ids[starts]
-        self._counts = np.add.reduceat(counts, starts) if len(starts) else counts[:0]
-
-    def majority(self, keys: np.ndarray) -> np.ndarray:
-        """[N] int64 id with the most votes for each voxel key (ties: smaller id), -1 without votes."""
-        keys = np.asarray(keys, np.int64)
-        out = np.full(len(keys), -1, np.int64)
-        self._flush()
-        if len(self._keys) == 0 or len(keys) == 0:
-            return out
-        # Pairs are sorted by (key, id): within a key, the best is the max count, first (smallest id) on ties.
-        order = np.lexsort((self._ids, -self._counts, self._keys))
-        k_sorted = self._keys[order]
-        first = np.ones(len(k_sorted), bool)
-        first[1:] = k_sorted[1:] != k_sorted[:-1]
-        best_keys, best_ids = k_sorted[first], self._ids[order][first]
-        pos = np.minimum(np.searchsorted(best_keys, keys), len(best_keys) - 1)
-        found = best_keys[pos] == keys
-        out[found] = best_ids[pos[found]]
-        return out
-
-
-def fuse_labelled_frames(frames: FrameSet,
-                         label_images: Dict[str, Callable[[int], Optional[np.ndarray]]],
-                         voxel_size_m: float, *, every: int = 1, max_frames: Optional[int] = None,
-                         max_depth_m: float = 5.0, max_voxels: int = 20_000_000,
-                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
-    """:func:`fuse_frames_to_points` with per-voxel majority votes of 2D id images.
-
-    ``label_images[name](i)`` gives frame ``i``'s [H, W] integer id image registered to the depth camera
-    at the depth resolution (0 = unlabelled / none), or None where that frame has none (it then casts no
-    votes for ``name``). Returns (coord, color, normal, {name: [M] int64 majority id, -1 where no
-    labelled pixel fell into the voxel}). Pixels without valid depth fuse nothing and vote nothing.
-    """
-    indices = _frames_to_fuse(len(frames), every, max_frames, "fuse_labelled_frames")
-    vmap = VoxelMap(voxel_size_m, max_voxels, 1, max_depth_m=max_depth_m)
-    votes = {name: LabelVotes(name) for name in label_images}
-    for i in indices:
-        f = frames.frame(i).registered()
-        images = {}
-        for name, get in label_images.items():
-            img = get(i)
-            if img is not None:
-                images[name] = img
-        vmap.integrate_labelled(f.color, f.depth_m, f.K_depth, f.cam_to_world, votes, images)
-    if len(vmap) == 0:
-        raise ValueError(f"fusing {len(indices)} frames gave no points (no valid depth within {max_depth_m} m)")
-    keys = vmap.keys()
-    return (vmap.coords().astype(np.float32), vmap.colors().astype(np.float32),
-            vmap.normals().astype(np.float32), {name: v.majority(keys) for name, v in votes.items()})

@@ -1,6 +1,6 @@
 """Fused points of a frames-only scene, cached on disk and keyed by the fusion settings.
 
-Fusing every frame of a room into points (:func:`gcross_core.mapping.fusion.fuse_frames_to_points`)
+Fusing every frame of a room into points (:func:`gcross_core.mapping.frame_sets.fuse_frames_to_points`)
 takes 10-25 s for a few hundred 640x480 frames; every pretraining run and every dataset load would
 repeat it. :func:`fused_points` does it once per (settings, frames) and keeps the result in a folder:
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from gcross_core.data.frames import FrameSet
 from gcross_core.errors import InputError
-from gcross_core.mapping import fusion
+from gcross_core.mapping import frame_sets
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def fused_points(frames: FrameSet, settings: FusionSettings = FusionSettings(),
             log.info("fused-points cache %s is stale (%s); fusing again", cache, why)
     log.info("fusing %d frames into points (voxel %.3f m, every %d, depth <= %.1f m)", len(frames),
              settings.voxel_size_m, settings.every, settings.max_depth_m)
-    arrays = fusion.fuse_frames_to_points(frames, settings.voxel_size_m, every=settings.every,
+    arrays = frame_sets.fuse_frames_to_points(frames, settings.voxel_size_m, every=settings.every,
                                           max_depth_m=settings.max_depth_m)[:3]
     if cache is not None:
         if _writable(cache):

@@ -5,7 +5,7 @@ Input: a scene whose frames (SensReader layout, ``gcross_core.data.frames``) car
 0 = none), as ScanNet's 2D label exports, mOSD or a user's own annotated frames do. Label images live in
 the color camera and are resampled (nearest) onto the depth grid like the color is.
 
-Fusion (``gcross_core.mapping.fusion.fuse_labelled_frames``): every valid depth pixel votes its label and
+Fusion (``gcross_core.mapping.frame_sets.fuse_labelled_frames``): every valid depth pixel votes its label and
 its instance id into the voxel it falls in; a voxel takes the majority label and the majority instance
 id (ties: the smaller id), ignoring 0 (unlabelled / none). A voxel with no labelled pixel gets -1. At
 occlusion boundaries, where one frame's annotation bleeds onto the surface behind, the frames that see
@@ -35,7 +35,7 @@ from gcross_core.data.frames import SensReaderFrames, find_frames_dir
 from gcross_core.data.gravity import estimate_up, parse_up, rotation_to_z_up
 from gcross_core.data.scene import Scene, write_scene
 from gcross_core.errors import InputError
-from gcross_core.mapping.fusion import fuse_labelled_frames
+from gcross_core.mapping.frame_sets import fuse_labelled_frames
 
 log = logging.getLogger(__name__)
 

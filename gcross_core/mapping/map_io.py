@@ -28,7 +28,8 @@ import numpy as np
 
 from gcross_core.data.scene import Scene, move_into_place, write_scene
 from gcross_core.errors import InputError
-from gcross_core.mapping.fusion import VoxelMap, unpack_keys
+from gcross_core.mapping.fusion import VoxelMap
+from gcross_core.mapping.voxel_keys import unpack_keys
 
 PathLike = Union[str, Path]
 MAP_FORMAT_VERSION = 1

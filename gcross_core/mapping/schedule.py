@@ -31,7 +31,7 @@ from typing import Dict
 
 import numpy as np
 
-from gcross_core.mapping.fusion import pack_keys
+from gcross_core.mapping.voxel_keys import pack_keys
 from gcross_core.mapping.voxel_keys import KEY_BITS
 
 TIERS = ("new_in_view", "new", "changed", "refresh")

@@ -207,7 +207,7 @@ class GaussianCrossModel:
                 raise InputError("pass either a Scene or coord/color/normal arrays, not both")
             if not scene.has_points:
                 raise InputError(f"scene {scene.name!r} has no points (frames only); fuse its frames first "
-                                 "(gcross_core.mapping.fusion.fuse_frames_to_points)")
+                                 "(gcross_core.mapping.frame_sets.fuse_frames_to_points)")
             coord, color, normal = scene.coord, scene.color, scene.normal
         if coord is None or color is None or normal is None:
             raise InputError("GaussianCrossModel needs a Scene or all of coord, color and normal")

@@ -284,7 +284,7 @@ def test_frames_only_scene_loads_without_points_and_fuses(tmp_path):
     s = load_scene(d)
     assert s.coord is None and len(s.frames) == 2
     pytest.importorskip("gcross_core.mapping.fusion")
-    from gcross_core.mapping.fusion import fuse_frames_to_points
+    from gcross_core.mapping.frame_sets import fuse_frames_to_points
     fused = load_scene(d)
     fused = Scene(fused.name, *fuse_frames_to_points(fused.frames, 0.05), frames=fused.frames)
     assert fused.num_points > 0

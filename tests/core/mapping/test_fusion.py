@@ -7,7 +7,9 @@ import pytest
 
 from gcross_core.errors import InputError
 from gcross_core.image import depth_mm_to_m
-from gcross_core.mapping.fusion import LabelVotes, VoxelMap, unpack_keys
+from gcross_core.mapping.label_votes import LabelVotes
+from gcross_core.mapping.fusion import VoxelMap
+from gcross_core.mapping.voxel_keys import unpack_keys
 from reference_normals import depth_normals
 
 W, H = 80, 60
@@ -420,7 +422,7 @@ def test_concurrent_integrate_and_segment_updates():
 
 
 def test_label_votes_majority_across_frames_and_buffering():
-    from gcross_core.mapping.fusion import LabelVotes
+    from gcross_core.mapping.label_votes import LabelVotes
 
     votes = LabelVotes()
     keys = np.array([10, 20, 30], np.int64)

@@ -7,7 +7,7 @@ import pytest
 from gcross_core.data.frames import FrameList, SensReaderFrames, write_frames
 from gcross_core.data.synthetic import make_room
 from gcross_core.errors import InputError
-from gcross_core.mapping import fusion
+from gcross_core.mapping import frame_sets
 from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
 from gcross_core.pretraining.dataset import PretrainDataConfig, PretrainDataset
 
@@ -23,13 +23,13 @@ def frames_dir(tmp_path_factory):
 @pytest.fixture
 def fuse_calls(monkeypatch):
     calls = []
-    real = fusion.fuse_frames_to_points
+    real = frame_sets.fuse_frames_to_points
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fusion, "fuse_frames_to_points", counting)
+    monkeypatch.setattr(frame_sets, "fuse_frames_to_points", counting)
     return calls
 
 

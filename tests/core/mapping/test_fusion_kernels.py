@@ -10,7 +10,9 @@ import logging
 import numpy as np
 import pytest
 
-from gcross_core.mapping.fusion import LabelVotes, VoxelMap, pack_keys
+from gcross_core.mapping.label_votes import LabelVotes
+from gcross_core.mapping.fusion import VoxelMap
+from gcross_core.mapping.voxel_keys import pack_keys
 from reference_normals import pixel_normals
 
 W, H = 80, 60
@@ -232,7 +234,7 @@ def test_restored_and_cleared_maps_find_their_voxels():
     vm = VoxelMap(0.04, 100_000, num_classes=2)
     vm.integrate(color, depth, K, T)
     snap, probs = vm.export()
-    from gcross_core.mapping.fusion import unpack_keys
+    from gcross_core.mapping.voxel_keys import unpack_keys
     back = VoxelMap(0.04, 100_000, num_classes=2)
     back.restore(unpack_keys(snap.keys), snap.coords, snap.colors, snap.normals, snap.counts, probs)
     stats = back.integrate(color, depth, K, T)

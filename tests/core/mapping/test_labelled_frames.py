@@ -185,7 +185,7 @@ def test_plane_up_makes_the_table_horizontal(tmp_path):
     assert table_z.std() < 0.003  # horizontal after the rotation (the camera frame had it at 45 degrees)
     assert np.median(s.coord[s.segment == 1, 2]) > table_z.mean() + 0.05  # the sphere above it: z is up
     # the written frames carry the rotated pose: re-fusing them gives the scene's points
-    from gcross_core.mapping.fusion import fuse_frames_to_points
+    from gcross_core.mapping.frame_sets import fuse_frames_to_points
 
     again = fuse_frames_to_points(s.frames, 0.01)[0]
     assert len(again) == len(s.coord)

@@ -9,7 +9,7 @@ pytest.importorskip("rosbags")
 from gcross_core.config import from_dict  # noqa: E402
 from gcross_core.data.frames import SensReaderFrames  # noqa: E402
 from gcross_core.data.synthetic import make_room  # noqa: E402
-from gcross_core.mapping import fusion  # noqa: E402
+from gcross_core.mapping import frame_sets  # noqa: E402
 from gcross_core.mapping.fusion_cache import default_cache_dir, fused_points, FusionSettings  # noqa: E402
 from gcross_core.model.api import GaussianCrossModel, pinhole_cameras, save_model  # noqa: E402
 from gcross_core.model.gaussiancross import GaussianCross  # noqa: E402
@@ -42,7 +42,7 @@ def test_bag_export_adapt_render(tmp_path, monkeypatch):
     def must_not_fuse(*args, **kwargs):
         raise AssertionError("fused again although export cached the points")
 
-    monkeypatch.setattr(fusion, "fuse_frames_to_points", must_not_fuse)
+    monkeypatch.setattr(frame_sets, "fuse_frames_to_points", must_not_fuse)
     cfg = from_dict(PretrainConfig, {**MICRO, "init_checkpoint": str(start),
                                      "data": {**MICRO["data"], "scenes": [str(scene)]}})
     # one room, global batch 2: the room repeats instead of failing

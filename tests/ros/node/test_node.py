@@ -521,7 +521,7 @@ def test_save_map_failure_is_answered_and_the_node_keeps_fusing(running):
 def test_initial_map_starts_from_a_saved_map(running, ros_context, tmp_path):
     """save -> reset -> a node started with initial_map holds the saved map; another voxel size is refused."""
     from gcross_core.errors import InputError
-    from gcross_core.mapping.fusion import unpack_keys
+    from gcross_core.mapping.voxel_keys import unpack_keys
     from gcross_ros.node import segment_node as sn
 
     fx, proc, log_path = running

@@ -9,7 +9,8 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
-from gcross_core.mapping.fusion import VoxelMap, pack_keys  # noqa: E402
+from gcross_core.mapping.fusion import VoxelMap  # noqa: E402
+from gcross_core.mapping.voxel_keys import pack_keys  # noqa: E402
 from gcross_core.mapping.map_io import load_map  # noqa: E402
 from gcross_ros.msgs import codec  # noqa: E402
 from gcross_ros.msgs import rclpy_msgs as cv  # noqa: E402

@@ -12,7 +12,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
-from gcross_core.mapping.fusion import pack_keys  # noqa: E402
+from gcross_core.mapping.voxel_keys import pack_keys  # noqa: E402
 from gcross_core.mapping.map_io import load_map  # noqa: E402
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.segmentation.instance import InstanceConfig  # noqa: E402
