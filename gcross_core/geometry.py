@@ -24,6 +24,12 @@ def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
     return K
 
 
+def rotation_z(angle_rad: float) -> np.ndarray:  # -> [3, 3] float32
+    """Rotation by ``angle_rad`` about +z (counter-clockwise seen from above)."""
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+
+
 def invert_rigid(T: np.ndarray) -> np.ndarray:
     """Inverse of a 4x4 rigid transform (or a stack [..., 4, 4])."""
     T = np.asarray(T, dtype=np.float64)

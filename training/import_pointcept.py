@@ -2,7 +2,7 @@
 
 Pointcept (and the released GaussianCross weights built on it) saves ``{"state_dict": {...}, "epoch": ...,
 "optimizer": ..., "scheduler": ...}`` with keys such as ``module.backbone.conv_input.0.weight``. The
-conversion (``gcross_core.model.pointcept``) reads it without running pickled code, recognises a pretrained
+conversion (``gcross_core.interop.pointcept``) reads it without running pickled code, recognises a pretrained
 backbone, a DefaultSegmentor (backbone with its ``final`` classifier), a DefaultSegmentorV2 (backbone +
 ``seg_head``) or a PointGroup (``seg_head`` + offset ``bias_head``: a segmenter with an instance head), infers
 the SpUNet configuration from the tensor shapes, and refuses to write anything if a key is missing, unexpected
@@ -29,7 +29,7 @@ from gcross_core.data.grid import CENTER_SHIFT, GRID_LATTICES
 from gcross_core.errors import ConfigError
 from gcross_core.model.encoder import SpUNetConfig
 from gcross_core.model.features import COLOR_RANGES, RGB_MINUS1_1_NORMAL, InputConvention
-from gcross_core.model.pointcept import import_pointcept_checkpoint
+from gcross_core.interop.pointcept import import_pointcept_checkpoint
 
 logger = logging.getLogger("import_pointcept")
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from gcross_core.checkpoint import load_metadata, stamp_metadata
+from gcross_core.checkpoint import read_header, stamp_header
 from gcross_core.cli import cli_main
 from gcross_core.data.grid import GRID_LATTICES, MIN_CORNER
 from gcross_core.errors import CheckpointError
@@ -40,12 +40,12 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    wanted = InputConvention(args.input_features, args.grid_lattice).to_metadata()
-    meta = load_metadata(args.checkpoint)
-    clash = {k: meta[k] for k, v in wanted.items() if k in meta and meta[k] != v}
+    wanted = InputConvention(args.input_features, args.grid_lattice).header_fields()
+    header = read_header(args.checkpoint)
+    clash = {k: getattr(header, k) for k, v in wanted.items() if getattr(header, k) not in (None, v)}
     if clash and not args.force:
         raise CheckpointError(f"checkpoint {args.checkpoint} already records {clash}; --force replaces it")
-    stamp_metadata(args.checkpoint, wanted)
+    stamp_header(args.checkpoint, **wanted)
     logger.info("stamped %s: %s", args.checkpoint, wanted)
     return 0
 

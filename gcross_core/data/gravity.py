@@ -156,13 +156,14 @@ def parse_up(text: str) -> tuple:
 
 
 def estimate_up(frames, method: str = "cameras", up: Optional[Sequence[float]] = None, *,
-                points: Optional[np.ndarray] = None, voxel_size_m: float = 0.02, every: int = 1,
+                points: Optional[np.ndarray] = None, every: int = 1,
                 distance_threshold: float = 0.01, seed: int = 0) -> np.ndarray:
-    """Unit up vector [3] of a scene's world frame, from its frames (a ``FrameSet``).
+    """Unit up vector [3] of a scene's world frame, from its frames (a ``FrameSet``; every ``every``-th).
 
     method ``cameras``: :func:`up_from_cameras` over the frame poses. ``plane``: :func:`up_from_plane` over
-    ``points`` (or, when not given, the frames fused at ``voxel_size_m`` with every ``every``-th frame),
-    oriented toward the camera centres. ``given``: ``up`` normalised.
+    ``points`` [N, 3] (required: a scene's points, or its frames fused first with
+    ``gcross_core.mapping.frame_sets.fuse_frames_to_points``), oriented toward the camera centres.
+    ``given``: ``up`` normalised.
     """
     if method not in UP_METHODS:
         raise InputError(f"up method {method!r} is unknown, expected one of {', '.join(UP_METHODS)}")
@@ -177,6 +178,6 @@ def estimate_up(frames, method: str = "cameras", up: Optional[Sequence[float]] =
     if method == "cameras":
         return up_from_cameras(poses)
     if points is None:
-        from gcross_core.mapping.frame_sets import fuse_frames_to_points  # numpy only; fusion imports data
-        points = fuse_frames_to_points(frames, voxel_size_m, every=every)[0]
+        raise InputError("up method 'plane' needs the scene's points (fuse its frames first: "
+                         "gcross_core.mapping.frame_sets.fuse_frames_to_points)")
     return up_from_plane(points, distance_threshold=distance_threshold, seed=seed, toward=poses[:, :3, 3])

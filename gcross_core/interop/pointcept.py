@@ -22,7 +22,7 @@ carry ``module.`` under DataParallel/DDP. Three layouts are recognised (:func:`d
   ``cluster_thresh``), not PointGroup's ball-query BFS; stuff classes default to wall and floor where the
   classes have them (PointGroup's ``segment_ignore_index`` on ScanNet).
 
-The file is read by :func:`gcross_core.model.pth.read_pth` (no pickled code runs; optimizer and scheduler
+The file is read by :func:`gcross_core.interop.pth.read_pth` (no pickled code runs; optimizer and scheduler
 state become inert placeholders). The SpUNet configuration is inferred from the tensor shapes (or checked
 against a given one) and any missing, unexpected or mis-shaped key stops the import before anything is
 written. Every output records ``kind`` and the input convention Pointcept fed the model
@@ -41,11 +41,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from gcross_core.checkpoint import ENCODER_KIND, SEGMENTER_KIND, prefixed, save_checkpoint
+from gcross_core.checkpoint import ENCODER_KIND, SEGMENTER_KIND, CheckpointHeader, prefixed, save_checkpoint
 from gcross_core.errors import CheckpointError, PointceptImportError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
-from gcross_core.model.features import POINTCEPT_CONVENTION, InputConvention
-from gcross_core.model.pth import Inert, UnreadableTensor, read_pth
+from gcross_core.model.features import POINTCEPT_CONVENTION, EncoderInput, InputConvention
+from gcross_core.interop.pth import Inert, UnreadableTensor, read_pth
 from gcross_core.segmentation.instance import InstanceConfig, OffsetHead
 from gcross_core.segmentation.model import SegmentationModel, save_segmenter
 
@@ -283,11 +283,11 @@ def import_pointcept_checkpoint(src, dst, config: Optional[SpUNetConfig] = None,
             _classifier(state, tensors, layout, report)  # drop `final`
             report.outside_backbone = report.outside_backbone + ["backbone.final.weight", "backbone.final.bias"]
             enc_cfg = SpUNetConfig.from_dict({**enc_cfg.to_dict(), "num_classes": 0})
-        metadata = {"kind": ENCODER_KIND, "model": "spunet", "encoder_config": enc_cfg.to_dict(),
-                    "encoder_prefix": prefix, "grid_size_m": float(grid_size_m), **convention.to_metadata(),
-                    "source": source, "missing_keys": report.missing,
-                    "not_converted_keys": report.outside_backbone}
-        save_checkpoint(dst, prefixed(tensors, prefix) if prefix else tensors, metadata)
+        header = CheckpointHeader(kind=ENCODER_KIND, encoder_config=enc_cfg.to_dict(), encoder_prefix=prefix,
+                                  **EncoderInput(grid_size_m, convention).header_fields(),
+                                  extra={"model": "spunet", "source": source, "missing_keys": report.missing,
+                                         "not_converted_keys": report.outside_backbone})
+        save_checkpoint(dst, prefixed(tensors, prefix) if prefix else tensors, header)
         return report
 
     weight, bias = _classifier(state, tensors, layout, report)

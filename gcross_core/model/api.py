@@ -7,9 +7,12 @@
 
 Only the model is built (encoder + Gaussian head): no teacher, no projection head, no optimizer. The input
 goes through the same two steps as a pretraining sample (``gcross_core.pretraining.dataset``): grid sampling
-at the checkpoint's ``grid_size_m`` (:func:`gcross_core.data.grid.grid_sample`, here deterministic: the first
-point of each cell) and :func:`gcross_core.model.features.encoder_features`. Training augmentations are not
-applied: the Gaussians live in the frame of the given points.
+at the checkpoint's ``grid_size_m`` (here deterministic: the first point of each cell) and the encoder
+features, both built by :class:`gcross_core.model.features.EncoderInput` from the checkpoint's header. Training
+augmentations are not applied: the Gaussians live in the frame of the given points.
+
+:func:`pretrain_header` is the one definition of a pretraining checkpoint's header (``training/pretrain.py``
+writes it through the trainer, :func:`save_model` here).
 
 Eval-time input (:class:`EvalInput`). The encoder is trained on input from which ``mask_ratio`` (gamma = 0.5,
 eq. 4) of the grid cells were dropped, and its BatchNorm layers normalise with the statistics of each training
@@ -39,14 +42,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from gcross_core.checkpoint import PRETRAIN_KIND, load_checkpoint, prefixed, save_checkpoint, unprefixed
-from gcross_core.data.grid import collate_points, grid_sample
+from gcross_core.checkpoint import (PRETRAIN_ENCODER_PREFIX, PRETRAIN_KIND, CheckpointHeader, load_checkpoint,
+                                    load_parts, prefixed, save_checkpoint)
+from gcross_core.config import to_dict
 from gcross_core.data.scene import Scene
 from gcross_core.errors import CheckpointError, InputError
-from gcross_core.model.features import GCROSS_CONVENTION, IN_CHANNELS, InputConvention, encoder_features
+from gcross_core.model.features import GCROSS_CONVENTION, EncoderInput, InputConvention
 from gcross_core.model.gaussiancross import GaussianCross, GaussianCrossConfig, mask_points
 from gcross_core.render import render
-from gcross_core.checkpoint import load_strict
 from gcross_core.types import Cameras, Gaussians, PointBatch, RenderOutput
 
 MODEL_PREFIX = "model"  # PretrainModule.model: where a pretraining checkpoint keeps encoder + Gaussian head
@@ -99,7 +102,7 @@ def average_renders(outputs: Sequence[RenderOutput]) -> RenderOutput:
     """Mean of several renders of the same cameras (colour, depth, features and alpha averaged per pixel;
     expected depth = mean depth / mean alpha, as for one render)."""
     if not outputs:
-        raise ValueError("average_renders: no renders given")
+        raise InputError("average_renders: no renders given")
     if len(outputs) == 1:
         return outputs[0]
     mean = {k: torch.stack([getattr(o, k) for o in outputs]).mean(0) for k in ("color", "depth", "features", "alpha")}
@@ -123,16 +126,35 @@ def _batchnorm_from_input(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+def pretrain_header(model_cfg: GaussianCrossConfig, config: Any = None,
+                    convention: Optional[InputConvention] = None) -> CheckpointHeader:
+    """The header of a pretraining checkpoint (model under ``MODEL_PREFIX``, its encoder under
+    ``PRETRAIN_ENCODER_PREFIX``); ``config``: the run's resolved config (a dataclass or dict);
+    ``convention``: the model's input convention when known, else the one ``config`` feeds."""
+    encoder_input = EncoderInput(model_cfg.grid_size_m, convention or _convention_of(config))
+    return CheckpointHeader(kind=PRETRAIN_KIND, model_config=to_dict(model_cfg), encoder_config=to_dict(model_cfg.encoder),
+                            encoder_prefix=PRETRAIN_ENCODER_PREFIX, config=to_dict(config),
+                            **encoder_input.header_fields())
+
+
+def _convention_of(config: Any) -> InputConvention:
+    """The input convention a run's config feeds (data.pipeline; gcross's own when the config has none)."""
+    pipeline = getattr(getattr(config, "data", None), "pipeline", None)
+    if pipeline is None and isinstance(config, dict):
+        pipeline = (config.get("data") or {}).get("pipeline")
+        if isinstance(pipeline, dict) and "input_features" in pipeline:
+            return InputConvention(pipeline["input_features"], pipeline["grid_lattice"])
+        return GCROSS_CONVENTION
+    return pipeline.convention if pipeline is not None else GCROSS_CONVENTION
+
+
 def save_model(path, model: GaussianCross, config: Any = None,
                convention: Optional[InputConvention] = None) -> Path:
     """Save a GaussianCross model as a pretraining checkpoint holding only ``model.*`` tensors (what
     :meth:`GaussianCrossModel.from_checkpoint` and the segmentation tools read); ``config``: the run's
-    resolved config (a dataclass or dict), kept in the metadata; ``convention``: the model's input
+    resolved config (a dataclass or dict), kept in the header; ``convention``: the model's input
     convention (default: the one ``config`` feeds)."""
-    from gcross_core.pretraining.run import pretrain_metadata  # the one definition of a pretraining checkpoint
-
-    return save_checkpoint(path, prefixed(model.state_dict(), MODEL_PREFIX),
-                           pretrain_metadata(model.cfg, config, convention))
+    return save_checkpoint(path, prefixed(model.state_dict(), MODEL_PREFIX), pretrain_header(model.cfg, config, convention))
 
 
 class GaussianCrossModel:
@@ -142,7 +164,8 @@ class GaussianCrossModel:
                  eval_input: EvalInput = EvalInput(), config: Optional[Dict[str, Any]] = None,
                  convention: InputConvention = GCROSS_CONVENTION):
         self.device = torch.device(device)
-        self.convention = convention  # colour range and voxel lattice of the encoder input (checkpoint metadata)
+        # grid and colour range / voxel lattice of the encoder input (the checkpoint's header)
+        self.encoder_input = EncoderInput(model.cfg.grid_size_m, convention)
         self.model = model.to(self.device).eval()
         self.eval_input = eval_input
         # None: the ratio the model was trained with (gamma of eq. 4)
@@ -166,35 +189,34 @@ class GaussianCrossModel:
     def from_checkpoint(cls, path, device: Union[str, torch.device] = "cpu",
                         eval_input: EvalInput = EvalInput()) -> "GaussianCrossModel":
         """Build from a pretraining checkpoint (``training/pretrain.py``: ``final.safetensors`` or
-        ``checkpoints/last.safetensors``; metadata kind "pretrain" with ``model_config``).
+        ``checkpoints/last.safetensors``; header kind "pretrain" with ``model_config``).
 
-        Only the tensors under ``model.`` are read (projection heads and optimizer state are ignored) and
-        every one of them must fit the architecture the metadata describes. Raises CheckpointError when the
-        file is missing or corrupt, of another kind (e.g. a segmenter, which has no Gaussian head), or
-        recorded with another input convention.
+        Read the header, build what it describes, load strictly: only the tensors under ``model.`` are read
+        (projection heads and optimizer state are ignored) and every one of them must fit. Raises
+        CheckpointError naming the file (and the field) when it is missing or corrupt, of another kind (e.g.
+        a segmenter, which has no Gaussian head), or lacks its model config, grid or input convention.
         """
-        tensors, meta = load_checkpoint(path)
-        kind = meta.get("kind")
-        if kind != PRETRAIN_KIND:
-            raise CheckpointError(
-                f"checkpoint {path} is a {kind!r} checkpoint, expected a GaussianCross pretraining checkpoint "
-                f"(kind {PRETRAIN_KIND!r}, from training/pretrain.py): only those carry the Gaussian head")
-        convention = InputConvention.from_metadata(meta, path)  # missing or unknown: CheckpointError naming the key
-        try:
-            cfg = GaussianCrossConfig.from_dict(meta["model_config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path}: no usable model_config in its metadata ({e})") from e
-        if cfg.encoder.in_channels != IN_CHANNELS:
-            raise CheckpointError(f"checkpoint {path}: encoder takes {cfg.encoder.in_channels} input channels, "
-                                  f"GaussianCrossModel feeds {IN_CHANNELS} (RGB + normal)")
+        tensors, header = load_checkpoint(path)
+        header.expect_kind([PRETRAIN_KIND], f"a GaussianCross pretraining checkpoint (kind {PRETRAIN_KIND!r}, from "
+                                            f"training/pretrain.py): only those carry the Gaussian head")
+        cfg = header.parse("model_config", GaussianCrossConfig.from_dict)
+        encoder_input = EncoderInput.from_header(header, cfg.encoder.in_channels)
+        if encoder_input.grid_size_m != cfg.grid_size_m:
+            raise CheckpointError(f"checkpoint {path}: grid_size_m {encoder_input.grid_size_m} differs from its "
+                                  f"model_config's {cfg.grid_size_m}")
         model = GaussianCross(cfg)
-        load_strict(model, unprefixed(tensors, MODEL_PREFIX), f"checkpoint {path}: {MODEL_PREFIX} weights")
-        return cls(model, device, eval_input, meta.get("config"), convention)
+        load_parts(tensors, header, [(MODEL_PREFIX, model)])
+        return cls(model, device, eval_input, header.config, encoder_input.convention)
 
     def save(self, path) -> Path:
         """Write the model alone (no projection heads, no optimizer) as a pretraining checkpoint that
         :meth:`from_checkpoint` reads; atomic, safetensors."""
-        return save_model(path, self.model, self.config, self.convention)
+        return save_model(path, self.model, self.config, self.encoder_input.convention)
+
+    @property
+    def convention(self) -> InputConvention:
+        """Colour range and voxel lattice of the encoder input (the checkpoint's header)."""
+        return self.encoder_input.convention
 
     # ------------------------------------------------------------------------------------------------
     def points(self, scene: Optional[Scene] = None, *, coord: Optional[np.ndarray] = None,
@@ -209,19 +231,7 @@ class GaussianCrossModel:
                 raise InputError(f"scene {scene.name!r} has no points (frames only); fuse its frames first "
                                  "(gcross_core.mapping.frame_sets.fuse_frames_to_points)")
             coord, color, normal = scene.coord, scene.color, scene.normal
-        if coord is None or color is None or normal is None:
-            raise InputError("GaussianCrossModel needs a Scene or all of coord, color and normal")
-        coord = np.asarray(coord, dtype=np.float32)
-        if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
-            raise InputError(f"coord has shape {coord.shape}, expected non-empty [N, 3]")
-        if not np.all(np.isfinite(coord)):
-            raise InputError("coord contains NaN or inf")
-        for name, arr in (("color", color), ("normal", normal)):
-            if np.shape(arr) != coord.shape:
-                raise InputError(f"{name} has shape {np.shape(arr)}, expected {coord.shape} to match coord")
-        keep, grid_coord, inverse = grid_sample(coord, self.grid_size_m, lattice=self.convention.grid_lattice)
-        feat = encoder_features(np.asarray(color)[keep], np.asarray(normal)[keep], self.convention.input_features)
-        return collate_points([coord[keep]], [feat], [grid_coord], [inverse]).to(self.device)
+        return self.encoder_input.batch(coord, color, normal, self.device).points
 
     @torch.no_grad()
     def _gaussians(self, batch: PointBatch, mask_seed: int) -> Gaussians:

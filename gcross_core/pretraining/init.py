@@ -18,12 +18,10 @@ from typing import Dict, List
 
 from torch import nn
 
-from gcross_core.checkpoint import PRETRAIN_KIND, load_checkpoint, unprefixed
-from gcross_core.errors import CheckpointError
+from gcross_core.checkpoint import PRETRAIN_KIND, CheckpointHeader, load_checkpoint, load_strict, read_header, unprefixed
 from gcross_core.model.gaussiancross import GaussianCrossConfig
 from gcross_core.model.features import InputConvention
 from gcross_core.pretraining.config import PretrainConfig
-from gcross_core.checkpoint import load_strict
 from gcross_core.segmentation.model import checkpoint_encoder
 
 log = logging.getLogger(__name__)
@@ -32,15 +30,15 @@ MODEL_PREFIX = "model"  # PretrainModule.model (encoder + Gaussian head)
 PROJECTION_PREFIX = "projection"  # PretrainModule.projection (eq. 16 heads)
 
 
-def _with_model(cfg: PretrainConfig, model: GaussianCrossConfig, meta) -> PretrainConfig:
+def _with_model(cfg: PretrainConfig, model: GaussianCrossConfig, header: CheckpointHeader) -> PretrainConfig:
     if model != cfg.model:
         log.info("init_checkpoint %s: model architecture taken from the checkpoint", cfg.init_checkpoint)
     # the encoder keeps being fed what it was trained on (an imported Pointcept backbone: colour -1..1,
     # centre-shift lattice); a checkpoint that does not say is refused, naming the key
-    convention = InputConvention.from_metadata(meta, f"init_checkpoint {cfg.init_checkpoint}")
+    convention = InputConvention.from_header(header)
     if convention != cfg.data.pipeline.convention:
         log.info("init_checkpoint %s: input convention %s taken from the checkpoint", cfg.init_checkpoint,
-                 convention.to_metadata())
+                 convention.header_fields())
     pipeline = dataclasses.replace(cfg.data.pipeline, grid_size_m=model.grid_size_m,
                                    input_features=convention.input_features, grid_lattice=convention.grid_lattice)
     return dataclasses.replace(cfg, model=model, data=dataclasses.replace(cfg.data, pipeline=pipeline))
@@ -50,18 +48,14 @@ def config_for_init(cfg: PretrainConfig) -> PretrainConfig:
     """``cfg`` with the architecture of ``cfg.init_checkpoint`` (unchanged without one)."""
     if not cfg.init_checkpoint:
         return cfg
-    _, meta = load_checkpoint(cfg.init_checkpoint)
-    if meta.get("kind") == PRETRAIN_KIND:
-        try:
-            model = GaussianCrossConfig.from_dict(meta["model_config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"init_checkpoint {cfg.init_checkpoint}: no usable model_config ({e})") from e
-        return _with_model(cfg, model, meta)
+    header = read_header(cfg.init_checkpoint)
+    if header.kind == PRETRAIN_KIND:
+        return _with_model(cfg, header.parse("model_config", GaussianCrossConfig.from_dict), header)
     _, enc_cfg, _ = checkpoint_encoder(cfg.init_checkpoint)
     model = dataclasses.replace(cfg.model, encoder=enc_cfg)
-    if meta.get("grid_size_m"):  # the density the encoder was trained at (Pointcept: 0.02 m)
-        model = dataclasses.replace(model, grid_size_m=float(meta["grid_size_m"]))
-    return _with_model(cfg, model, meta)
+    if header.grid_size_m is not None:  # the density the encoder was trained at (Pointcept: 0.02 m)
+        model = dataclasses.replace(model, grid_size_m=header.grid_size_m)
+    return _with_model(cfg, model, header)
 
 
 def load_init_weights(module: nn.Module, path) -> Dict[str, List[str]]:
@@ -70,9 +64,9 @@ def load_init_weights(module: nn.Module, path) -> Dict[str, List[str]]:
     Returns {"loaded": [...], "fresh": [...]}: the submodules that start from the checkpoint and those that
     start fresh. Raises CheckpointError when the weights do not fit.
     """
-    tensors, meta = load_checkpoint(path)
+    tensors, header = load_checkpoint(path)
     report: Dict[str, List[str]] = {"loaded": [], "fresh": []}
-    if meta.get("kind") == PRETRAIN_KIND:
+    if header.kind == PRETRAIN_KIND:
         load_strict(module.model, unprefixed(tensors, MODEL_PREFIX), f"init_checkpoint {path}: model weights")
         report["loaded"].append("model")
         projection = getattr(module, "projection", None)

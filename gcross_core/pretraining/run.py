@@ -13,11 +13,8 @@ import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
 
-from gcross_core.checkpoint import PRETRAIN_ENCODER_PREFIX, PRETRAIN_KIND
-from gcross_core.config import to_dict
 from gcross_core.errors import ConfigError
-from gcross_core.model.features import GCROSS_CONVENTION, InputConvention
-from gcross_core.model.gaussiancross import GaussianCrossConfig
+from gcross_core.model.api import pretrain_header
 from gcross_core.pretraining.config import DataSection, PretrainConfig, SyntheticRooms
 from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
 from gcross_core.pretraining.init import config_for_init, load_init_weights
@@ -28,26 +25,6 @@ from gcross_core.train.seeding import seed_everything
 from gcross_core.train.trainer import RunOutput, Trainer, TrainingTask, TrainState
 
 log = logging.getLogger(__name__)
-
-
-def pretrain_metadata(model_cfg: GaussianCrossConfig, config: Any,
-                      convention: Optional[InputConvention] = None) -> Dict[str, Any]:
-    """Checkpoint metadata of a pretraining run (the encoder lies under ``PRETRAIN_ENCODER_PREFIX``);
-    ``convention``: the model's input convention when known, else the one ``config`` feeds."""
-    return {"kind": PRETRAIN_KIND, "model_config": to_dict(model_cfg), "encoder_config": to_dict(model_cfg.encoder),
-            "encoder_prefix": PRETRAIN_ENCODER_PREFIX, "grid_size_m": model_cfg.grid_size_m, "config": to_dict(config),
-            **(convention or _convention_of(config)).to_metadata()}
-
-
-def _convention_of(config: Any) -> InputConvention:
-    """The input convention a run's config feeds (data.pipeline; gcross's own when the config has none)."""
-    pipeline = getattr(getattr(config, "data", None), "pipeline", None)
-    if pipeline is None and isinstance(config, dict):
-        pipeline = (config.get("data") or {}).get("pipeline")
-        if isinstance(pipeline, dict) and "input_features" in pipeline:
-            return InputConvention(pipeline["input_features"], pipeline["grid_lattice"])
-        return GCROSS_CONVENTION
-    return pipeline.convention if pipeline is not None else GCROSS_CONVENTION
 
 
 class _Looped(Dataset):
@@ -139,7 +116,7 @@ def run_pretraining(cfg: PretrainConfig, run_dir, resume: bool = False, progress
                  sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, len(dirs),
                  [t.key or t.name for t in cfg.teachers] if cfg.loss.use_sem else "none")
         task = TrainingTask(module, _step, dataset, collate_pretrain, visualize_fn=visualize)
-        output = RunOutput(run_dir, checkpoint_metadata=pretrain_metadata(cfg.model, cfg), resolved_config=cfg,
+        output = RunOutput(run_dir, checkpoint_header=pretrain_header(cfg.model, cfg, cfg.data.pipeline.convention), resolved_config=cfg,
                            progress=progress, tensorboard=tensorboard)
         trainer = Trainer(task, cfg.run_config(), output, dist_info=dist)
         state = trainer.fit(resume=resume)

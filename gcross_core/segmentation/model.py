@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcross_core.checkpoint import (DEFAULT_ENCODER_PREFIXES, HEAD_PREFIX, INSTANCE_HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
-                                    load_checkpoint, load_strict, prefixed, save_checkpoint, unprefixed)
+from gcross_core.checkpoint import (HEAD_PREFIX, INSTANCE_HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
+                                    CheckpointHeader, load_checkpoint, load_strict, prefixed, save_checkpoint,
+                                    unprefixed)
 from gcross_core.errors import CheckpointError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
-from gcross_core.model.features import GCROSS_CONVENTION, InputConvention
+from gcross_core.model.features import GCROSS_CONVENTION, EncoderInput, InputConvention
 from gcross_core.segmentation.instance import InstanceConfig, OffsetHead
 from gcross_core.types import PointBatch
 
@@ -125,18 +126,18 @@ def save_segmenter(path, model: SegmentationModel, class_names: Sequence[str], g
         raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class head")
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class names must be unique, got {list(class_names)}")
-    if grid_size_m <= 0:
-        raise ValueError(f"grid_size_m must be > 0, got {grid_size_m}")
+    encoder_input = EncoderInput(grid_size_m, convention)  # InputError unless grid_size_m > 0
     tensors = {**prefixed(model.encoder.state_dict(), SEGMENTER_ENCODER_PREFIX),
                **prefixed(model.seg_head.state_dict(), HEAD_PREFIX)}
     if model.offset_head is not None:
         tensors.update(prefixed(model.offset_head.state_dict(), INSTANCE_HEAD_PREFIX))
-    meta = {**(extra or {}), "kind": SEGMENTER_KIND, "encoder_config": model.encoder_config.to_dict(),
-            "encoder_prefix": SEGMENTER_ENCODER_PREFIX, "class_names": list(class_names), "grid_size_m": float(grid_size_m),
-            **convention.to_metadata()}
-    if instance is not None:
-        meta["instance"] = instance.to_dict()
-    return save_checkpoint(path, tensors, meta)
+    extra = dict(extra or {})
+    config = extra.pop("config", None)
+    header = CheckpointHeader(kind=SEGMENTER_KIND, encoder_config=model.encoder_config.to_dict(),
+                              encoder_prefix=SEGMENTER_ENCODER_PREFIX, class_names=tuple(class_names),
+                              instance=None if instance is None else instance.to_dict(), config=config,
+                              extra=extra, **encoder_input.header_fields())
+    return save_checkpoint(path, tensors, header)
 
 
 def build_segmenter_checkpoint(path, class_names: Sequence[str], encoder_config: Optional[SpUNetConfig] = None,
@@ -151,41 +152,32 @@ def build_segmenter_checkpoint(path, class_names: Sequence[str], encoder_config:
                           instance=instance)
 
 
-def checkpoint_encoder(path) -> Tuple[Dict[str, torch.Tensor], SpUNetConfig, Dict[str, Any]]:
+def checkpoint_encoder(path) -> Tuple[Dict[str, torch.Tensor], SpUNetConfig, CheckpointHeader]:
     """The encoder weights of a pretraining, segmenter or imported (Pointcept) checkpoint.
 
-    Returns (encoder state dict without prefix, its SpUNetConfig, the checkpoint metadata). The prefix is
-    read from the metadata (``encoder_prefix``) or, for a known ``kind``, its default. Raises
-    CheckpointError when there is no encoder config or no tensor under the prefix.
+    Returns (encoder state dict without prefix, its SpUNetConfig, the checkpoint header). The prefix is the
+    header's ``encoder_prefix`` (the format's default for a known ``kind``). Raises CheckpointError when
+    there is no encoder config or no tensor under the prefix.
     """
-    tensors, meta = load_checkpoint(path)
-    kind = meta.get("kind")
-    prefix = meta.get("encoder_prefix", DEFAULT_ENCODER_PREFIXES.get(kind))
-    if prefix is None:
-        raise CheckpointError(f"checkpoint {path} (kind {kind!r}) says nowhere where its encoder weights are "
-                              f"(no 'encoder_prefix' in its metadata)")
-    if "encoder_config" not in meta:
-        raise CheckpointError(f"checkpoint {path} has no encoder_config in its metadata")
-    try:
-        cfg = SpUNetConfig.from_dict(meta["encoder_config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: unusable encoder_config in metadata: {e}") from e
-    state = unprefixed(tensors, prefix) if prefix else dict(tensors)
+    tensors, header = load_checkpoint(path)
+    prefix = header.require("encoder_prefix")
+    cfg = header.parse("encoder_config", SpUNetConfig.from_dict)
+    state = unprefixed(tensors, prefix)
     if not state:
-        raise CheckpointError(f"checkpoint {path} has no tensors under {prefix!r} (kind {kind!r}); "
+        raise CheckpointError(f"checkpoint {path} has no tensors under {prefix!r} (kind {header.kind!r}); "
                               f"it holds e.g. {sorted(tensors)[:3]}")
-    return state, cfg, meta
+    return state, cfg, header
 
 
-def load_pretrained_encoder(model: SegmentationModel, path) -> Dict[str, Any]:
+def load_pretrained_encoder(model: SegmentationModel, path) -> CheckpointHeader:
     """Initialise ``model.encoder`` from a checkpoint (strict: every key and shape must match).
 
-    Returns the checkpoint metadata. Raises CheckpointError when the checkpoint's encoder configuration
+    Returns the checkpoint header. Raises CheckpointError when the checkpoint's encoder configuration
     differs from the model's or any tensor is missing, unexpected or of another shape.
     """
-    state, cfg, meta = checkpoint_encoder(path)
+    state, cfg, header = checkpoint_encoder(path)
     if cfg != model.encoder_config:
         raise CheckpointError(f"checkpoint {path} holds an encoder {cfg.to_dict()}, the model was built with "
                               f"{model.encoder_config.to_dict()}")
     load_strict(model.encoder, state, f"encoder weights of {path}")
-    return meta
+    return header

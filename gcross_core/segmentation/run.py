@@ -37,13 +37,13 @@ import torch
 from tqdm import tqdm
 
 from gcross_core.checkpoint import (FINETUNE_KIND, HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
-                                    load_checkpoint, load_metadata, load_strict, unprefixed)
+                                    CheckpointHeader, load_checkpoint, load_strict, read_header, unprefixed)
 from gcross_core.config import to_dict
 from gcross_core.data.classes import class_names_for
 from gcross_core.errors import CheckpointError
 from gcross_core.evaluation.report import write_metrics_report
 from gcross_core.model.encoder import SpUNetConfig
-from gcross_core.model.features import GRID_LATTICE_KEY, INPUT_FEATURES_KEY, InputConvention
+from gcross_core.model.features import InputConvention
 from gcross_core.segmentation.dataset import (SegBatch, SegDataConfig, SegmentationDataset, collate_segmentation,
                                               list_scenes, load_labelled_scene, select_labelled_points,
                                               select_training_scenes)
@@ -128,12 +128,13 @@ def finetune_convention(data: SegDataConfig, pretrained: Optional[str]) -> Input
     (CheckpointError naming the key when it records none), gcross's defaults without a checkpoint."""
     if not pretrained or (data.input_features and data.grid_lattice):
         return data.convention
-    meta = load_metadata(pretrained)
-    given = {INPUT_FEATURES_KEY: data.input_features, GRID_LATTICE_KEY: data.grid_lattice}
-    stamped = InputConvention.from_metadata({**meta, **{k: v for k, v in given.items() if v}}, pretrained)
+    header = read_header(pretrained)
+    given = {"input_features": data.input_features, "grid_lattice": data.grid_lattice}
+    stamped = InputConvention.from_header(header.replace(**{k: v for k, v in given.items() if v}))
     for key, value in given.items():
-        if value and meta.get(key) not in (None, value):
-            log.warning("data.%s=%s overrides the pretrained checkpoint's %s", key, value, meta.get(key))
+        recorded = getattr(header, key)
+        if value and recorded not in (None, value):
+            log.warning("data.%s=%s overrides the pretrained checkpoint's %s", key, value, recorded)
     return stamped
 
 
@@ -149,8 +150,8 @@ def build_model(cfg: FinetuneConfig, pretrained: Optional[str]) -> SegmentationM
         enc_cfg = ckpt_cfg
     model = SegmentationModel(enc_cfg or SpUNetConfig(), num_classes, instance_head=cfg.task == "instance")
     if pretrained:
-        meta = load_pretrained_encoder(model, pretrained)
-        log.info("encoder initialised from %s (%s checkpoint)", pretrained, meta.get("kind", "encoder"))
+        header = load_pretrained_encoder(model, pretrained)
+        log.info("encoder initialised from %s (%s checkpoint)", pretrained, header.kind)
     elif cfg.linear_probe:
         log.warning("linear probing a randomly initialised encoder (no --pretrained): a baseline, not a model")
     if cfg.instance_head_only or cfg.from_segmenter:
@@ -171,10 +172,10 @@ def load_classifier(model: SegmentationModel, pretrained: Optional[str], class_n
     if not pretrained:
         raise CheckpointError("instance_head_only and from_segmenter need --pretrained: a segmenter checkpoint "
                               "of the same classes")
-    tensors, meta = load_checkpoint(pretrained)
-    if meta.get("kind") != SEGMENTER_KIND or list(meta.get("class_names", [])) != list(class_names):
+    tensors, header = load_checkpoint(pretrained)
+    if header.kind != SEGMENTER_KIND or list(header.class_names or []) != list(class_names):
         raise CheckpointError(f"instance_head_only / from_segmenter: {pretrained} is not a segmenter of the "
-                              f"classes {list(class_names)[:4]}... (kind {meta.get('kind')!r})")
+                              f"classes {list(class_names)[:4]}... (kind {header.kind!r})")
     load_strict(model.seg_head, unprefixed(tensors, HEAD_PREFIX), f"classifier weights of {pretrained}")
 
 
@@ -214,15 +215,16 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
         log.info("%s: %d trainable parameters, %d classes, %d training scenes, input %s on the %s lattice",
                  "linear probe" if cfg.linear_probe else "fine-tuning", n_train, len(class_names), len(train_dirs),
                  convention.input_features, convention.grid_lattice)
-        meta = {"kind": FINETUNE_KIND, "class_names": list(class_names),
-                "encoder_config": model.encoder_config.to_dict(), "encoder_prefix": SEGMENTER_ENCODER_PREFIX,
-                "pretrained": str(pretrained) if pretrained else None, "linear_probe": cfg.linear_probe,
-                **convention.to_metadata()}
+        header = CheckpointHeader(kind=FINETUNE_KIND, class_names=tuple(class_names),
+                                  encoder_config=model.encoder_config.to_dict(), encoder_prefix=SEGMENTER_ENCODER_PREFIX,
+                                  **convention.header_fields(),
+                                  extra={"pretrained": str(pretrained) if pretrained else None,
+                                         "linear_probe": cfg.linear_probe})
         instance = cfg.instance_config()
         step_fn = segmentation_step
         if instance is not None:
             step_fn = InstanceStep(thing_mask(class_names, instance.stuff_classes), instance)
-        output = RunOutput(run_dir, checkpoint_metadata=meta, resolved_config=cfg, progress=progress,
+        output = RunOutput(run_dir, checkpoint_header=header, resolved_config=cfg, progress=progress,
                            tensorboard=tensorboard)
         trainer = Trainer(TrainingTask(model, step_fn, dataset, collate_segmentation), run_cfg, output, dist_info=dist)
         t0 = time.perf_counter()
@@ -231,7 +233,8 @@ def run_finetuning(cfg: FinetuneConfig, run_dir, pretrained: Optional[str] = Non
         summary: Dict[str, Any] = {"steps": state.step, "train_seconds": train_s,
                                    "last_metrics": state.last_metrics, "run_dir": str(run_dir)}
         if dist.is_main:
-            extra = {"config": to_dict(cfg), "pretrained": meta["pretrained"], "linear_probe": cfg.linear_probe,
+            extra = {"config": to_dict(cfg), "pretrained": str(pretrained) if pretrained else None,
+                     "linear_probe": cfg.linear_probe,
                      "trained_steps": state.step}
             path = save_segmenter(run_dir / SEGMENTER_FILE, model, class_names, cfg.data.grid_size_m, extra=extra,
                                   convention=convention, instance=instance)

@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from gcross_core.checkpoint import load_checkpoint, save_checkpoint
+from gcross_core.checkpoint import CheckpointHeader, load_checkpoint, save_checkpoint
 from gcross_core.errors import CheckpointError
 from gcross_core.train.distributed import DistInfo, gather_objects
 from gcross_core.train.seeding import rng_state, set_rng_state
@@ -40,26 +40,26 @@ def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, torch
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Dict[str, Any]:
+def optimizer_from_flat(tensors: Mapping[str, torch.Tensor], record: Mapping[str, Any]) -> Dict[str, Any]:
     state: Dict[int, Dict[str, Any]] = {}
     for name, v in tensors.items():
         if name.startswith(OPTIMIZER_PREFIX):
             pid, key = name[len(OPTIMIZER_PREFIX):].split(".", 1)
             state.setdefault(int(pid), {})[key] = v
-    for name, v in meta.get("scalars", {}).items():
+    for name, v in record.get("scalars", {}).items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = v
     groups = []
-    for g in meta["param_groups"]:
+    for g in record["param_groups"]:
         # JSON turned tuples (betas) into lists; optimizers compare and unpack them as tuples
         groups.append({k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()})
     return {"state": state, "param_groups": groups}
 
 
 def save_training_state(path, module: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: Optional[torch.amp.GradScaler], metadata: Mapping[str, Any],
+                        scaler: Optional[torch.amp.GradScaler], header: CheckpointHeader,
                         dist: DistInfo) -> Optional[Path]:
-    """Weights, optimizer, RNG and grad-scaler state plus ``metadata``; rank 0 writes, the others return None.
+    """Weights, optimizer, RNG and grad-scaler state plus ``header``; rank 0 writes, the others return None.
 
     Collective: every rank must call it (RNG states are gathered).
     """
@@ -69,17 +69,15 @@ def save_training_state(path, module: nn.Module, optimizer: torch.optim.Optimize
     tensors: Dict[str, torch.Tensor] = dict(module.state_dict())
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     tensors.update(opt_tensors)
-    meta = dict(metadata)
-    meta["optimizer"] = opt_meta
-    meta["rng"] = []
+    rngs = []
     for r, st in enumerate(states):
         tensors[f"{RNG_PREFIX}torch_cpu.{r}"] = st["torch"]
         for i, c in enumerate(st["cuda"]):
             tensors[f"{RNG_PREFIX}cuda.{r}.{i}"] = c
-        meta["rng"].append({"numpy": st["numpy"], "python": st["python"], "num_cuda": len(st["cuda"])})
-    if scaler is not None:
-        meta["grad_scaler"] = scaler.state_dict()
-    return save_checkpoint(path, tensors, meta)
+        rngs.append({"numpy": st["numpy"], "python": st["python"], "num_cuda": len(st["cuda"])})
+    header = header.replace(optimizer=opt_meta, rng=rngs,
+                            grad_scaler=scaler.state_dict() if scaler is not None else None)
+    return save_checkpoint(path, tensors, header)
 
 
 def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
@@ -90,9 +88,9 @@ def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
     Returns (the checkpoint's ``trainer`` metadata, whether the RNG streams were restored). Raises
     CheckpointError when the file holds no training state or its state does not fit the model.
     """
-    tensors, meta = load_checkpoint(path, device="cpu")
-    tr = meta.get("trainer")
-    if not tr or "optimizer" not in meta:
+    tensors, header = load_checkpoint(path, device="cpu")
+    tr = header.trainer
+    if not tr or header.optimizer is None:
         raise CheckpointError(f"{path} holds no training state (trainer/optimizer metadata missing)")
     model_state = {k: v for k, v in tensors.items() if not k.startswith(RESERVED_PREFIXES)}
     missing, unexpected = module.load_state_dict(model_state, strict=False)
@@ -100,12 +98,12 @@ def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
         raise CheckpointError(f"{path}: model weights do not fit (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
     try:
-        optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+        optimizer.load_state_dict(optimizer_from_flat(tensors, header.optimizer))
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit this model: {e}") from e
-    if scaler is not None and meta.get("grad_scaler"):
-        scaler.load_state_dict(meta["grad_scaler"])
-    rngs = meta.get("rng", [])
+    if scaler is not None and header.grad_scaler:
+        scaler.load_state_dict(header.grad_scaler)
+    rngs = header.rng or []
     r = dist.rank
     if tr.get("world_size") != dist.world_size or r >= len(rngs):
         return tr, False

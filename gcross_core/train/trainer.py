@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from gcross_core.checkpoint import save_checkpoint
+from gcross_core.checkpoint import CheckpointHeader, save_checkpoint
 from gcross_core.config import save_resolved, to_dict
 from gcross_core.errors import ConfigError, InputError
 from gcross_core.train.batch import move_to
@@ -73,8 +73,9 @@ class RunOutput:
     """The run folder and what the trainer records there (only the main process writes)."""
 
     run_dir: Union[str, Path]
-    # merged into the metadata of every checkpoint (kind, class names, input conventions...)
-    checkpoint_metadata: Mapping[str, Any] = field(default_factory=dict)
+    # the header of every checkpoint (kind, class names, input conventions...); the trainer adds its
+    # position and, unless the header has one, the resolved config. None: kind "trainer" and nothing else
+    checkpoint_header: Optional[CheckpointHeader] = None
     resolved_config: Any = None  # the config saved as config.yaml/json and in checkpoints; None: the RunConfig
     progress: bool = True  # a progress bar on the terminal
     tensorboard: bool = True  # scalars and images to tb/ besides metrics.jsonl and images/
@@ -124,7 +125,7 @@ class Trainer:
         self.device = self.dist.device
         self.step_fn = task.step_fn
         self.visualize_fn = task.visualize_fn
-        self.checkpoint_metadata = dict(output.checkpoint_metadata)
+        self.checkpoint_header = output.checkpoint_header or CheckpointHeader(kind="trainer")
         self.resolved_config = output.resolved_config if output.resolved_config is not None else config
         self.progress = output.progress
         self.tensorboard = output.tensorboard
@@ -295,23 +296,22 @@ class Trainer:
             self.save(self.run_dir / LAST_CHECKPOINT)
             self.logger.flush()
 
-    def _metadata(self) -> Dict[str, Any]:
-        return {**self.checkpoint_metadata,
-                "trainer": {"step": self.state.step, "epoch": self.state.epoch,
-                            "batch_in_epoch": self.state.batch_in_epoch,
-                            "skipped_steps": self.state.skipped_steps, "total_steps": self.total_steps,
-                            "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world_size,
-                            "scheduler": {**to_dict(self.cfg.schedule), "step": self.state.step,
-                                          "base_lrs": self.base_lrs}},
-                "config": self.checkpoint_metadata.get("config", to_dict(self.resolved_config))}
+    def _header(self) -> CheckpointHeader:
+        header = self.checkpoint_header
+        return header.replace(
+            trainer={"step": self.state.step, "epoch": self.state.epoch, "batch_in_epoch": self.state.batch_in_epoch,
+                     "skipped_steps": self.state.skipped_steps, "total_steps": self.total_steps,
+                     "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world_size,
+                     "scheduler": {**to_dict(self.cfg.schedule), "step": self.state.step, "base_lrs": self.base_lrs}},
+            config=header.config if header.config is not None else to_dict(self.resolved_config))
 
     def save_weights(self, path) -> Path:
-        """Model weights and metadata only (no optimizer or RNG state): what downstream tools load."""
-        return save_checkpoint(path, self.module.state_dict(), self._metadata())
+        """Model weights and header only (no optimizer or RNG state): what downstream tools load."""
+        return save_checkpoint(path, self.module.state_dict(), self._header())
 
     def save(self, path) -> Optional[Path]:
         """Full training state. Collective: every rank must call it (RNG states are gathered)."""
-        return save_training_state(path, self.module, self.optimizer, self.scaler, self._metadata(), self.dist)
+        return save_training_state(path, self.module, self.optimizer, self.scaler, self._header(), self.dist)
 
     def _resume(self) -> None:
         path = self.run_dir / LAST_CHECKPOINT

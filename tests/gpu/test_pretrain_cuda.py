@@ -97,6 +97,6 @@ def test_two_step_pretraining_run_on_cuda(tmp_path, teacher_weights):
     for r in records:
         for k in ("loss", "loss_img", "loss_dep", "loss_sem", "psnr"):
             assert np.isfinite(r[k]), (k, r)
-    tensors, meta = load_checkpoint(final)
-    assert meta["kind"] == "pretrain"
+    tensors, header = load_checkpoint(final)
+    assert header.kind == "pretrain"
     assert all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())

@@ -6,6 +6,7 @@ from gcross_core.data.frames import Frame, FrameList
 from gcross_core.data.gravity import (estimate_up, parse_up, rotation_to_z_up, up_from_cameras,
                                       up_from_plane)
 from gcross_core.errors import InputError
+from gcross_core.mapping.frame_sets import fuse_frames_to_points
 
 
 def _rot(axis, angle):
@@ -127,12 +128,15 @@ def test_estimate_up_methods_on_frames():
         T[:3, 3] = 1.5 * up + 0.2 * T[:3, 0]
         frames.append(_frame_of_plane(T, up))
     fl = FrameList(frames)
+    points = fuse_frames_to_points(fl, 0.05)[0]
     for method in ("cameras", "plane"):
-        est = estimate_up(fl, method, voxel_size_m=0.05)
+        est = estimate_up(fl, method, points=points)
         assert np.degrees(np.arccos(np.clip(est @ up, -1, 1))) < 3, method
+    with pytest.raises(InputError, match="needs the scene's points"):
+        estimate_up(fl, "plane")
     # One frame looking down at the table: the plane still gives gravity, the camera gives its own tilt.
     one = fl.subset([0])
-    assert estimate_up(one, "plane", voxel_size_m=0.05) @ up > 0.999
+    assert estimate_up(one, "plane", points=fuse_frames_to_points(one, 0.05)[0]) @ up > 0.999
     assert estimate_up(one, "cameras") @ up < 0.9
     assert np.allclose(estimate_up(None, "given", up=(0, 0, 3)), [0, 0, 1])
     with pytest.raises(InputError, match="unknown"):

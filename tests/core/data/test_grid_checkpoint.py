@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gcross_core.data.grid import collate_points, grid_sample, split_by_offset
-from gcross_core.checkpoint import load_checkpoint, save_checkpoint
+from gcross_core.checkpoint import CheckpointHeader, load_checkpoint, save_checkpoint
 from gcross_core.errors import CheckpointError
 
 
@@ -46,10 +46,11 @@ def test_collate_round_trip():
 def test_checkpoint_round_trip_and_atomicity(tmp_path):
     path = tmp_path / "a.safetensors"
     t = {"w": torch.randn(3, 4), "b": torch.arange(5)}
-    save_checkpoint(path, t, {"config": {"lr": 0.1}, "classes": ["wall", "floor"]})
-    got, meta = load_checkpoint(path)
+    header = CheckpointHeader(kind="toy", config={"lr": 0.1}, extra={"classes": ["wall", "floor"]})
+    save_checkpoint(path, t, header)
+    got, read = load_checkpoint(path)
     assert torch.equal(got["w"], t["w"]) and torch.equal(got["b"], t["b"])
-    assert meta == {"config": {"lr": 0.1}, "classes": ["wall", "floor"]}
+    assert read == header and read.source == str(path)
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
 
 

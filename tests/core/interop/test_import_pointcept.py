@@ -1,4 +1,4 @@
-"""gcross_core.model.pointcept on checkpoints written here in Pointcept's format, and its command line
+"""gcross_core.interop.pointcept on checkpoints written here in Pointcept's format, and its command line
 training/import_pointcept.py run as a separate process."""
 import os
 import subprocess
@@ -13,7 +13,7 @@ from gcross_core.checkpoint import load_checkpoint, unprefixed
 from gcross_core.data.classes import S3DIS_CLASSES, SCANNET20_CLASSES
 from gcross_core.errors import PointceptImportError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
-from gcross_core.model.pointcept import import_pointcept_checkpoint
+from gcross_core.interop.pointcept import import_pointcept_checkpoint
 from gcross_core.types import PointBatch
 
 SCRIPT = Path(__file__).resolve().parents[3] / "training" / "import_pointcept.py"
@@ -52,14 +52,16 @@ def test_round_trip_preserves_weights_config_and_outputs(tmp_path):
     assert report.config == SMALL  # inferred from shapes
     assert report.outside_backbone == ["gaussian_head.weight"] and not report.missing
 
-    tensors, meta = load_checkpoint(dst)
-    assert meta["model"] == "spunet" and meta["encoder_config"] == SMALL.to_dict()
-    assert meta["source"]["epoch"] == 12 and meta["not_converted_keys"] == ["gaussian_head.weight"]
-    assert meta["input_features"] == "rgb_minus1_1_normal" and meta["grid_lattice"] == "center_shift"
-    assert meta["kind"] == "encoder" and meta["encoder_prefix"] == "encoder" and meta["source"]["layout"] == "backbone"
+    tensors, header = load_checkpoint(dst)
+    provenance = header.extra
+    assert provenance["model"] == "spunet" and header.encoder_config == SMALL.to_dict()
+    assert provenance["source"]["epoch"] == 12 and provenance["not_converted_keys"] == ["gaussian_head.weight"]
+    assert header.input_features == "rgb_minus1_1_normal" and header.grid_lattice == "center_shift"
+    assert header.kind == "encoder" and header.encoder_prefix == "encoder" and provenance["source"]["layout"] == "backbone"
+    assert header.grid_size_m == 0.02
     enc = unprefixed(tensors, "encoder")
     assert set(enc) == set(src_model.state_dict())
-    loaded = SpUNet(SpUNetConfig.from_dict(meta["encoder_config"]))
+    loaded = SpUNet(SpUNetConfig.from_dict(header.encoder_config))
     loaded.load_state_dict(enc, strict=True)
     points = _points(2)
     with torch.no_grad():
@@ -76,14 +78,14 @@ def test_plain_state_dict_without_backbone_prefix_and_with_classifier(tmp_path):
         import_pointcept_checkpoint(src, tmp_path / "seg.safetensors", class_names=SCANNET20_CLASSES)
     report = import_pointcept_checkpoint(src, tmp_path / "seg.safetensors", class_names=S3DIS_CLASSES)
     assert report.config.num_classes == 13 and report.kind == "segmenter" and report.layout == "DefaultSegmentor"
-    tensors, meta = load_checkpoint(tmp_path / "seg.safetensors")
+    tensors, header = load_checkpoint(tmp_path / "seg.safetensors")
     assert tuple(tensors["seg_head.weight"].shape) == (13, 8) and "encoder.final.weight" not in tensors
-    assert meta["class_names"] == list(S3DIS_CLASSES) and meta["encoder_config"]["num_classes"] == 0
+    assert header.class_names == tuple(S3DIS_CLASSES) and header.encoder_config["num_classes"] == 0
     # or only its backbone, for fine-tuning on other classes
     report = import_pointcept_checkpoint(src, tmp_path / "enc.safetensors", prefix="", backbone_only=True)
-    tensors, meta = load_checkpoint(tmp_path / "enc.safetensors")
-    assert meta["kind"] == "encoder" and meta["encoder_config"]["num_classes"] == 0
-    assert "final.weight" not in tensors and "backbone.final.weight" in meta["not_converted_keys"]
+    tensors, header = load_checkpoint(tmp_path / "enc.safetensors")
+    assert header.kind == "encoder" and header.encoder_config["num_classes"] == 0
+    assert "final.weight" not in tensors and "backbone.final.weight" in header.extra["not_converted_keys"]
 
 
 def test_missing_unexpected_and_misshaped_keys_are_listed_and_fail(tmp_path):
@@ -94,7 +96,7 @@ def test_missing_unexpected_and_misshaped_keys_are_listed_and_fail(tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
     report = import_pointcept_checkpoint(missing, tmp_path / "partial.safetensors", allow_partial=True)
     assert report.missing == ["enc.1.block1.bn2.running_var"]
-    assert load_checkpoint(tmp_path / "partial.safetensors")[1]["missing_keys"] == report.missing
+    assert load_checkpoint(tmp_path / "partial.safetensors")[1].extra["missing_keys"] == report.missing
 
     unexpected = _pointcept_file(tmp_path / "unexpected.pth", model,
                                  extra_keys={"module.backbone.enc.0.block0.extra.weight": torch.zeros(2)})
@@ -153,7 +155,7 @@ def test_cli_segmentor_classes_and_conventions(tmp_path, pointcept_pth, capsys):
     assert "neither a class set" in capsys.readouterr().err
     assert cli.main([str(src), str(tmp_path / "a.safetensors"), "--classes", str(names),
                      "--input-features", "rgb01_normal", "--grid-size", "0.05"]) == 0
-    meta = load_checkpoint(tmp_path / "a.safetensors")[1]
-    assert meta["kind"] == "segmenter" and meta["class_names"] == ["floor", "wall", "chair"]
-    assert (meta["input_features"], meta["grid_lattice"], meta["grid_size_m"]) == ("rgb01_normal", "center_shift", 0.05)
-    assert meta["source"]["layout"] == "DefaultSegmentorV2" and meta["source"]["epoch"] == 7
+    header = load_checkpoint(tmp_path / "a.safetensors")[1]
+    assert header.kind == "segmenter" and header.class_names == ("floor", "wall", "chair")
+    assert (header.input_features, header.grid_lattice, header.grid_size_m) == ("rgb01_normal", "center_shift", 0.05)
+    assert header.extra["source"]["layout"] == "DefaultSegmentorV2" and header.extra["source"]["epoch"] == 7

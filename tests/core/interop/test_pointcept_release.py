@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.checkpoint import load_checkpoint, load_metadata, save_checkpoint
+from gcross_core.checkpoint import load_checkpoint, read_header, save_checkpoint
 from gcross_core.data.grid import grid_sample
 from gcross_core.errors import CheckpointError, PointceptImportError
 from gcross_core.model.encoder import SpUNetConfig
 from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features
-from gcross_core.model.pointcept import import_pointcept_checkpoint, load_pointcept_checkpoint
-from gcross_core.model.pth import Inert, read_pth
+from gcross_core.interop.pointcept import import_pointcept_checkpoint, load_pointcept_checkpoint
+from gcross_core.interop.pth import Inert, read_pth
 from gcross_core.segmentation.dataset import SegDataConfig, training_sample
 from gcross_core.segmentation.run import FinetuneConfig, build_model, finetune_convention
 from gcross_core.segmentation.segmenter import Segmenter
@@ -195,16 +195,15 @@ def test_missing_convention_in_a_pretrained_checkpoint_is_refused(pointcept_pth,
     src, _ = pointcept_pth(tmp_path / "model_last.pth", "backbone", TINY)
     enc = tmp_path / "enc.safetensors"
     import_pointcept_checkpoint(src, enc)
-    tensors, meta = load_checkpoint(enc)
-    del meta["grid_lattice"]
-    save_checkpoint(enc, tensors, meta)
+    tensors, header = load_checkpoint(enc)
+    save_checkpoint(enc, tensors, header.replace(grid_lattice=None))
     data = SegDataConfig(root="unused", class_set="synthetic")
     with pytest.raises(CheckpointError, match="no 'grid_lattice' in its metadata"):
         finetune_convention(data, str(enc))
     both = SegDataConfig(root="unused", class_set="synthetic", input_features="rgb01_normal",
                          grid_lattice="min_corner")
     assert finetune_convention(both, str(enc)) == GCROSS_CONVENTION  # told explicitly: nothing to guess
-    assert load_metadata(enc)["input_features"] == "rgb_minus1_1_normal"
+    assert read_header(enc).input_features == "rgb_minus1_1_normal"
 
 
 def test_imported_pointgroup_predicts_pointgroups_offsets_and_instances(pointcept_pth, tmp_path, one_torch_thread):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.checkpoint import load_checkpoint, load_metadata, save_checkpoint, stamp_metadata
+from gcross_core.checkpoint import load_checkpoint, read_header, save_checkpoint, stamp_header
 from gcross_core.config import from_dict
 from gcross_core.data.scene import Scene
 from gcross_core.data.synthetic import make_room
@@ -62,12 +62,12 @@ def test_saving_keeps_the_models_input_convention(saved, tmp_path):
     _, path = saved
     other = tmp_path / "pointcept_convention.safetensors"
     other.write_bytes(path.read_bytes())
-    stamp_metadata(other, POINTCEPT_CONVENTION.to_metadata())
+    stamp_header(other, **POINTCEPT_CONVENTION.header_fields())
     model = GaussianCrossModel.from_checkpoint(other)
     assert model.convention == POINTCEPT_CONVENTION
-    meta = load_metadata(model.save(tmp_path / "again.safetensors"))
-    assert (meta["input_features"], meta["grid_lattice"]) == (POINTCEPT_CONVENTION.input_features,
-                                                              POINTCEPT_CONVENTION.grid_lattice)
+    header = read_header(model.save(tmp_path / "again.safetensors"))
+    assert (header.input_features, header.grid_lattice) == (POINTCEPT_CONVENTION.input_features,
+                                                            POINTCEPT_CONVENTION.grid_lattice)
 
 
 def test_checkpoint_round_trip_gives_the_models_gaussians(saved, one_torch_thread):
@@ -127,11 +127,16 @@ def test_wrong_checkpoints_are_refused(saved, tmp_path):
     _, path = saved
     with pytest.raises(CheckpointError, match="'segmenter' checkpoint"):
         GaussianCrossModel.from_checkpoint(DEMO_CHECKPOINT)
-    tensors, meta = load_checkpoint(path)
+    tensors, header = load_checkpoint(path)
     del tensors[sorted(k for k in tensors if k.startswith("model.head."))[0]]
-    broken = save_checkpoint(tmp_path / "broken.safetensors", tensors, meta)
+    broken = save_checkpoint(tmp_path / "broken.safetensors", tensors, header)
     with pytest.raises(CheckpointError, match="1 missing"):
         GaussianCrossModel.from_checkpoint(broken)
+    # a pretraining checkpoint without its grid is refused, naming the file and the field
+    gridless = save_checkpoint(tmp_path / "gridless.safetensors", load_checkpoint(path)[0],
+                               header.replace(grid_size_m=None))
+    with pytest.raises(CheckpointError, match="gridless.safetensors.*'grid_size_m'"):
+        GaussianCrossModel.from_checkpoint(gridless)
     with pytest.raises(CheckpointError, match="does not exist"):
         GaussianCrossModel.from_checkpoint(tmp_path / "none.safetensors")
 

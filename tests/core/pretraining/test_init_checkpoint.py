@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.checkpoint import prefixed, save_checkpoint
+from gcross_core.checkpoint import CheckpointHeader, prefixed, save_checkpoint
 from gcross_core.config import from_dict
 from gcross_core.data.frames import write_frames
 from gcross_core.data.synthetic import make_room
 from gcross_core.errors import CheckpointError
-from gcross_core.model.api import save_model
+from gcross_core.model.api import pretrain_header, save_model
 from gcross_core.model.gaussiancross import GaussianCross
 from gcross_core.model.features import POINTCEPT_CONVENTION
 from gcross_core.pretraining.config import PretrainConfig
 from gcross_core.pretraining.dataset import PretrainDataConfig, PretrainDataset, align_up
 from gcross_core.pretraining.init import config_for_init, load_init_weights
 from gcross_core.pretraining.module import build_pretrain_module
-from gcross_core.pretraining.run import pretrain_metadata, repeats_per_epoch
+from gcross_core.pretraining.run import repeats_per_epoch
 from conftest import MICRO_MODEL, MICRO_PIPELINE, MICRO_TEACHERS
 
 MICRO = {
@@ -63,12 +63,12 @@ def test_encoder_only_checkpoint_loads_the_encoder_and_keeps_a_fresh_head(pretra
     cfg = from_dict(PretrainConfig, MICRO)
     enc = GaussianCross(cfg.model).encoder
     path = save_checkpoint(tmp_path / "enc.safetensors", prefixed(enc.state_dict(), "encoder"),
-                           {"kind": "encoder", "encoder_config": cfg.model.encoder.to_dict(),
-                            "encoder_prefix": "encoder", **POINTCEPT_CONVENTION.to_metadata()})
+                           CheckpointHeader(kind="encoder", encoder_config=cfg.model.encoder.to_dict(),
+                                            encoder_prefix="encoder", **POINTCEPT_CONVENTION.header_fields()))
     cfg = config_for_init(from_dict(PretrainConfig, {**MICRO, "init_checkpoint": str(path)}))
     # an imported backbone keeps being fed its own input convention, and the run's checkpoints record it
     assert cfg.data.pipeline.convention == POINTCEPT_CONVENTION
-    assert pretrain_metadata(cfg.model, cfg)["input_features"] == POINTCEPT_CONVENTION.input_features
+    assert pretrain_header(cfg.model, cfg).input_features == POINTCEPT_CONVENTION.input_features
     module = build_pretrain_module(cfg)
     report = load_init_weights(module, path)
     assert report["loaded"] == ["model.encoder"] and "model.head" in report["fresh"]

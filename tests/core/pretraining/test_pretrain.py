@@ -53,10 +53,10 @@ def test_micro_run_trains_and_writes_a_downstream_checkpoint(micro_run):
         for k in ("loss", "loss_img", "loss_dep", "loss_sem", "psnr"):
             assert np.isfinite(r[k]), (k, r)
         assert r["loss"] == pytest.approx(r["loss_img"] + r["loss_dep"] + r["loss_sem"], rel=1e-5)
-    tensors, meta = load_checkpoint(final)
-    assert meta["kind"] == "pretrain"
-    assert meta["model_config"]["head"]["grid"] == [16, 16, 8]
-    assert meta["config"]["name"] == "micro"
+    tensors, header = load_checkpoint(final)
+    assert header.kind == "pretrain"
+    assert header.model_config["head"]["grid"] == [16, 16, 8]
+    assert header.config["name"] == "micro"
     assert any(k.startswith(PRETRAIN_ENCODER_PREFIX + ".") for k in tensors)
     assert not any(k.startswith(("optimizer.", "rng.")) for k in tensors)  # weights only
     # what fine-tuning loads: the encoder and its configuration
@@ -146,7 +146,7 @@ def test_interrupted_pretraining_resumes_exactly(micro_run, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         run_pretraining(cfg, other, progress=False, tensorboard=False)
     monkeypatch.setattr(Trainer, "_after_step", original)
-    assert load_checkpoint(other / "checkpoints" / "last.safetensors")[1]["trainer"]["step"] == 2
+    assert load_checkpoint(other / "checkpoints" / "last.safetensors")[1].trainer["step"] == 2
     state, resumed_final = run_pretraining(cfg, other, resume=True, progress=False, tensorboard=False)
     assert state.step == 3
     want = read_metrics(run / "metrics.jsonl")

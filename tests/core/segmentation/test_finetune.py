@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gcross_core.checkpoint import load_checkpoint, prefixed, save_checkpoint
+from gcross_core.checkpoint import CheckpointHeader, load_checkpoint, prefixed, save_checkpoint
 from gcross_core.model.features import GCROSS_CONVENTION, POINTCEPT_CONVENTION
 from gcross_core.config import load_config
 from gcross_core.data.classes import SYNTHETIC_CLASSES
@@ -212,8 +212,8 @@ def _pretrain_checkpoint(path, seed=0, convention=GCROSS_CONVENTION):
     torch.manual_seed(seed)
     enc = SegmentationModel(TINY, 2).encoder
     tensors = {**prefixed(enc.state_dict(), "model.encoder"), "model.head.bias": torch.zeros(3)}
-    save_checkpoint(path, tensors, {"kind": "pretrain", "encoder_config": TINY.to_dict(),
-                                    "encoder_prefix": "model.encoder", **convention.to_metadata()})
+    save_checkpoint(path, tensors, CheckpointHeader(kind="pretrain", encoder_config=TINY.to_dict(),
+                                                    encoder_prefix="model.encoder", **convention.header_fields()))
     return enc.state_dict()
 
 
@@ -228,10 +228,10 @@ def test_linear_probe_from_a_pretraining_checkpoint_then_evaluate(data_root, tmp
     seg = Segmenter.from_checkpoint(out / "segmenter.safetensors", expected_classes=SYNTHETIC_CLASSES)
     for k, v in pre.items():  # frozen: weights and BatchNorm statistics exactly as pretrained
         assert torch.equal(seg.model.encoder.state_dict()[k], v), k
-    meta = load_checkpoint(out / "segmenter.safetensors")[1]
-    assert meta["linear_probe"] is True and meta["trained_steps"] == 2
+    header = load_checkpoint(out / "segmenter.safetensors")[1]
+    assert header.extra["linear_probe"] is True and header.extra["trained_steps"] == 2
     assert seg.convention == POINTCEPT_CONVENTION
-    assert (meta["config"]["data"]["input_features"], meta["config"]["data"]["grid_lattice"]) == (
+    assert (header.config["data"]["input_features"], header.config["data"]["grid_lattice"]) == (
         "rgb_minus1_1_normal", "center_shift")
     results = json.loads((out / "eval" / "results.json").read_text())
     assert 0.0 <= results["metrics"]["miou"] <= 1.0 and (out / "eval" / "confusion.png").is_file()

@@ -132,8 +132,8 @@ def test_checkpoint_with_unknown_stuff_class_is_rejected(tmp_path):
 
     path = build_segmenter_checkpoint(tmp_path / "ins.safetensors", CLASSES, TINY,
                                       instance=InstanceConfig(stuff_classes=("wall",)))
-    tensors, meta = load_checkpoint(path)
-    meta["instance"]["stuff_classes"] = ["ceiling"]
-    save_checkpoint(tmp_path / "bad.safetensors", tensors, meta)
-    with pytest.raises(CheckpointError, match="instance settings"):
+    tensors, header = load_checkpoint(path)
+    save_checkpoint(tmp_path / "bad.safetensors", tensors,
+                    header.replace(instance={**header.instance, "stuff_classes": ["ceiling"]}))
+    with pytest.raises(CheckpointError, match="bad.safetensors: unusable instance.*ceiling"):
         Segmenter.from_checkpoint(tmp_path / "bad.safetensors")

@@ -5,7 +5,7 @@ import torch
 
 from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.model.encoder import SpUNetConfig
-from gcross_core.checkpoint import load_checkpoint, prefixed, save_checkpoint
+from gcross_core.checkpoint import CheckpointHeader, load_checkpoint, prefixed, save_checkpoint
 from gcross_core.errors import CheckpointError
 from gcross_core.model.features import encoder_features
 from gcross_core.segmentation.model import (SegmentationModel, load_pretrained_encoder, save_segmenter,
@@ -90,35 +90,36 @@ def test_checkpoint_of_another_class_set_is_refused(ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="expected 4 classes"):
         Segmenter.from_checkpoint(ckpt, expected_classes=CLASSES + ["table"])
     # metadata that names more classes than the head was trained for
-    tensors, meta = load_checkpoint(ckpt)
-    meta["class_names"] = CLASSES + ["table"]
-    save_checkpoint(tmp_path / "more.safetensors", tensors, meta)
+    tensors, header = load_checkpoint(ckpt)
+    save_checkpoint(tmp_path / "more.safetensors", tensors, header.replace(class_names=tuple(CLASSES + ["table"])))
     with pytest.raises(CheckpointError, match="seg_head weights do not match.*shape"):
         Segmenter.from_checkpoint(tmp_path / "more.safetensors")
 
 
 def test_checkpoint_of_another_architecture_is_refused(ckpt, tmp_path):
-    tensors, meta = load_checkpoint(ckpt)
-    meta["encoder_config"] = OTHER.to_dict()  # weights of TINY, metadata claiming OTHER
-    save_checkpoint(tmp_path / "arch.safetensors", tensors, meta)
+    tensors, header = load_checkpoint(ckpt)
+    # weights of TINY, a header claiming OTHER
+    save_checkpoint(tmp_path / "arch.safetensors", tensors, header.replace(encoder_config=OTHER.to_dict()))
     with pytest.raises(CheckpointError, match="encoder weights do not match"):
         Segmenter.from_checkpoint(tmp_path / "arch.safetensors")
-    meta["encoder_config"] = {**TINY.to_dict(), "stem_width": 3}
-    save_checkpoint(tmp_path / "cfg.safetensors", tensors, meta)
-    with pytest.raises(CheckpointError, match="encoder_config"):
+    save_checkpoint(tmp_path / "cfg.safetensors", tensors,
+                    header.replace(encoder_config={**TINY.to_dict(), "stem_width": 3}))
+    with pytest.raises(CheckpointError, match="cfg.safetensors: unusable encoder_config"):
         Segmenter.from_checkpoint(tmp_path / "cfg.safetensors")
-    meta = {**load_checkpoint(ckpt)[1], "kind": "pretrain"}
-    save_checkpoint(tmp_path / "kind.safetensors", tensors, meta)
+    save_checkpoint(tmp_path / "kind.safetensors", tensors, header.replace(kind="pretrain"))
     with pytest.raises(CheckpointError, match="expected a segmenter"):
         Segmenter.from_checkpoint(tmp_path / "kind.safetensors")
+    # no silent default: a segmenter without its grid or classes is refused, naming the file and the field
+    for field in ("grid_size_m", "class_names", "encoder_config"):
+        save_checkpoint(tmp_path / "gap.safetensors", tensors, header.replace(**{field: None}))
+        with pytest.raises(CheckpointError, match=f"gap.safetensors .*no '{field}' in its metadata"):
+            Segmenter.from_checkpoint(tmp_path / "gap.safetensors")
     # an unknown or missing input convention is refused naming the key, never guessed
     for key, value in (("input_features", "rgb_minus1_1"), ("grid_lattice", "voxel_centre")):
-        meta = {**load_checkpoint(ckpt)[1], key: value}
-        save_checkpoint(tmp_path / "conv.safetensors", tensors, meta)
+        save_checkpoint(tmp_path / "conv.safetensors", tensors, header.replace(**{key: value}))
         with pytest.raises(CheckpointError, match=f"'{key}' is '{value}', expected one of"):
             Segmenter.from_checkpoint(tmp_path / "conv.safetensors")
-        meta.pop(key)
-        save_checkpoint(tmp_path / "conv.safetensors", tensors, meta)
+        save_checkpoint(tmp_path / "conv.safetensors", tensors, header.replace(**{key: None}))
         with pytest.raises(CheckpointError, match=f"no '{key}' in its metadata"):
             Segmenter.from_checkpoint(tmp_path / "conv.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
@@ -133,7 +134,7 @@ def test_saved_segmenter_round_trips_exactly(tmp_path):
     seg = Segmenter.from_checkpoint(path)
     for (k, a), (k2, b) in zip(model.state_dict().items(), seg.model.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
-    assert load_checkpoint(path)[1]["note"] == "x"
+    assert load_checkpoint(path)[1].extra == {"note": "x"}
     with pytest.raises(ValueError, match="class names"):
         save_segmenter(tmp_path / "bad.safetensors", model, CLASSES[:2], 0.05)
 
@@ -144,7 +145,7 @@ def test_pretrained_encoder_loads_strictly_from_a_pretraining_checkpoint(tmp_pat
     # a pretraining checkpoint keeps the encoder under model.encoder next to other modules
     tensors = {**prefixed(source.encoder.state_dict(), "model.encoder"),
                "model.head.w": torch.zeros(2), "projection.w": torch.zeros(2)}
-    meta = {"kind": "pretrain", "encoder_config": TINY.to_dict(), "encoder_prefix": "model.encoder"}
+    meta = CheckpointHeader(kind="pretrain", encoder_config=TINY.to_dict(), encoder_prefix="model.encoder")
     save_checkpoint(tmp_path / "pre.safetensors", tensors, meta)
     target = SegmentationModel(TINY, 5)
     load_pretrained_encoder(target, tmp_path / "pre.safetensors")
@@ -161,7 +162,8 @@ def test_pretrained_encoder_loads_strictly_from_a_pretraining_checkpoint(tmp_pat
     save_checkpoint(tmp_path / "extra.safetensors", extra, meta)
     with pytest.raises(CheckpointError, match="1 unexpected"):
         load_pretrained_encoder(SegmentationModel(TINY, 5), tmp_path / "extra.safetensors")
-    save_checkpoint(tmp_path / "nowhere.safetensors", tensors, {"encoder_config": TINY.to_dict()})
+    save_checkpoint(tmp_path / "nowhere.safetensors", tensors,
+                    CheckpointHeader(kind="toy", encoder_config=TINY.to_dict()))
     with pytest.raises(CheckpointError, match="encoder_prefix"):
         load_pretrained_encoder(SegmentationModel(TINY, 5), tmp_path / "nowhere.safetensors")
 

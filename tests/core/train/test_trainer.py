@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from gcross_core.checkpoint import load_checkpoint
+from gcross_core.checkpoint import CheckpointHeader, load_checkpoint
 from gcross_core.config import from_dict, load_config, save_resolved
 from gcross_core.errors import ConfigError
 from gcross_core.train.distributed import ResumableDistributedSampler, init_distributed, shutdown_distributed
@@ -87,7 +87,7 @@ def run_toy(out, steps=24, batch=8, ckpt_every=5, resume=False, sleep_s=0.0, dro
     model = toy_model(dropout)
     trainer = Trainer(TrainingTask(model, lambda m, b: toy_step(m, b, sleep_s), ToyData(n, poison)),
                       toy_config(steps, batch, ckpt_every),
-                      RunOutput(out, checkpoint_metadata={"kind": "toy"}, progress=False, tensorboard=tensorboard),
+                      RunOutput(out, checkpoint_header=CheckpointHeader(kind="toy"), progress=False, tensorboard=tensorboard),
                       dist_info=info)
     state = trainer.fit(resume=resume)
     shutdown_distributed(info)
@@ -153,7 +153,7 @@ def test_resume_after_sigkill_continues_the_uninterrupted_curve(tmp_path):
         while time.time() < deadline and proc.poll() is None:
             if ckpt.exists():
                 try:
-                    killed_at = load_checkpoint(ckpt)[1]["trainer"]["step"]
+                    killed_at = load_checkpoint(ckpt)[1].trainer["step"]
                 except Exception:  # caught between rename and read; try again
                     killed_at = None
                 if killed_at is not None and killed_at >= 10:
@@ -225,23 +225,23 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     # same global batch, gradients averaged by DDP: equal up to float32 summation order
     finite = [i for i, (_, l) in enumerate(one) if l != "nan"]
     np.testing.assert_allclose([two[i][1] for i in finite], [one[i][1] for i in finite], rtol=1e-5, atol=1e-6)
-    tensors, meta = load_checkpoint(tmp_path / "two" / FINAL_CHECKPOINT)
-    assert meta["trainer"]["world_size"] == 2
+    tensors, header = load_checkpoint(tmp_path / "two" / FINAL_CHECKPOINT)
+    assert header.trainer["world_size"] == 2
     for k, v in single_trainer.module.state_dict().items():
         torch.testing.assert_close(tensors[k], v, rtol=1e-4, atol=1e-5, msg=k)
     _, last = load_checkpoint(tmp_path / "two" / LAST_CHECKPOINT)
-    assert len(last["rng"]) == 2  # both ranks' RNG streams are saved
+    assert len(last.rng) == 2  # both ranks' RNG streams are saved
 
 
 def test_checkpoint_holds_training_state_and_run_folder_is_complete(tmp_path):
     out = tmp_path / "run"
     trainer, state = run_toy(out, steps=5, ckpt_every=2, tensorboard=True)
-    tensors, meta = load_checkpoint(out / LAST_CHECKPOINT)
-    assert meta["trainer"]["step"] == 5 and meta["kind"] == "toy"
-    assert meta["trainer"]["epoch"] == 0 and meta["trainer"]["batch_in_epoch"] == 5
+    tensors, header = load_checkpoint(out / LAST_CHECKPOINT)
+    assert header.trainer["step"] == 5 and header.kind == "toy"
+    assert header.trainer["epoch"] == 0 and header.trainer["batch_in_epoch"] == 5
     assert tensors["rng.torch_cpu.0"].dtype == torch.uint8
     assert any(k.startswith("optimizer.state.") and k.endswith(".exp_avg") for k in tensors)
-    assert meta["optimizer"]["param_groups"][0]["betas"] == [0.9, 0.95]
+    assert header.optimizer["param_groups"][0]["betas"] == [0.9, 0.95]
     weights, fmeta = load_checkpoint(out / FINAL_CHECKPOINT)
     assert set(weights) == set(trainer.module.state_dict())
     assert json.loads((out / "config.json").read_text())["train"]["max_steps"] == 5

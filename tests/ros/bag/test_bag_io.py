@@ -257,7 +257,7 @@ def test_eval_cli_with_a_real_segmenter_checkpoint(plane_bag, tmp_path):
 def test_eval_cli_with_an_imported_pointcept_segmentor(plane_bag, tmp_path, pointcept_pth):
     pytest.importorskip("spconv")
     from gcross_core.model.encoder import SpUNetConfig
-    from gcross_core.model.pointcept import import_pointcept_checkpoint
+    from gcross_core.interop.pointcept import import_pointcept_checkpoint
 
     tiny = SpUNetConfig(base_channels=8, channels=(8, 8, 8, 8), layers=(1, 1, 1, 1))
     src, _ = pointcept_pth(tmp_path / "model_best.pth", "DefaultSegmentor", tiny, num_classes=len(CLASSES))

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
-from gcross_core.model.pointcept import import_pointcept_checkpoint  # noqa: E402
+from gcross_core.interop.pointcept import import_pointcept_checkpoint  # noqa: E402
 from gcross_ros.msgs import codec  # noqa: E402
 from gcross_ros.node.process import stop_node_process  # noqa: E402
 from test_node import (CLASSES, NODE_PARAMS, WAIT_S, Fixture, _params_file, _start_node, ros_context,  # noqa: E402
