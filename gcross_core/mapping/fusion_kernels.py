@@ -426,21 +426,34 @@ class VoxelIndex:
 def _merge_frame(table, shift, map_keys, keys, counts, sums, attr, count, last_seen, frame, absent):
     """Fold a frame's sums into the map rows of its voxels (found in the map's index): running means of
     position and colour as (mean * old count + frame sum) / new count in float64, normals as plain sums;
-    count and last_seen. Writes the frame voxels absent from the map to ``absent`` and returns how many."""
+    count and last_seen. Writes the frame voxels absent from the map to ``absent`` and returns how many.
+
+    Three passes instead of one loop per voxel: the map's arrays are far larger than the cache, so each
+    voxel's table slot, key and row are cache misses; in a pass whose iterations do not depend on each
+    other the processor has many of them in flight at once, where one loop would wait for them in turn.
+    """
+    n = len(keys)
     mask = len(table) - 1
+    slots = np.empty(n, np.int64)
+    rows = np.empty(n, np.int64)
+    for i in range(n):  # 1. the first slot of each voxel and the row it holds
+        s = _slot(keys[i], shift)
+        slots[i] = s
+        rows[i] = table[s]
+    for i in range(n):  # 2. that row's key: a match (the common case), or probe on
+        r = rows[i]
+        if r != _EMPTY and map_keys[r] != keys[i]:
+            q = keys[i]
+            s = slots[i]
+            while True:
+                s = (s + 1) & mask
+                r = table[s]
+                if r == _EMPTY or map_keys[r] == q:
+                    break
+            rows[i] = r
     n_absent = 0
-    for i in range(len(keys)):
-        q = keys[i]
-        s = _slot(q, shift)
-        r = _EMPTY
-        while True:
-            row = table[s]
-            if row == _EMPTY:
-                break
-            if map_keys[row] == q:
-                r = row
-                break
-            s = (s + 1) & mask
+    for i in range(n):  # 3. merge
+        r = rows[i]
         if r == _EMPTY:
             absent[n_absent] = i
             n_absent += 1
