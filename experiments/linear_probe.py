@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -108,7 +109,9 @@ def summarize(values):
     return mean, std
 
 
-def main() -> int:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The arguments, with --task instance and --quick applied (fine-tuning only, fewer steps, their own
+    output folders)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/linear_probe"))
     ap.add_argument("--data", type=Path, default=None, help="folder with train/ and val/ rooms")
@@ -130,22 +133,19 @@ def main() -> int:
                     help="extra config override for every run, e.g. data.max_points=8000 (repeatable)")
     ap.add_argument("--task", choices=("semantic", "instance"), default="semantic",
                     help="instance: fine-tuning with the PointGroup head, AP50 pretrained vs scratch")
-    args = ap.parse_args()
-    instance = args.task == "instance"
-    if instance:
+    args = ap.parse_args(argv)
+    if args.task == "instance":
         args.modes = "finetune"
         if args.out == Path("runs/linear_probe"):
             args.out = Path("runs/instance_ap")
     if args.quick:
         args.probe_steps = args.finetune_steps = args.pretrain_steps = 40
         args.out = args.out.with_name(args.out.name + "_quick")
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    data = args.data or args.out / "data"
-    t0 = time.perf_counter()
-    if args.data is None:
-        make_data(data, rooms=8, val_rooms=4, points=20000)
-    pretrained = args.pretrained or pretrain(data, args.out / "pretrain", args.pretrain_steps)
+    return args
+
+
+def run_seeds(args: argparse.Namespace, data: Path, pretrained: Path, instance: bool) -> dict:
+    """Every mode for every seed (finished runs reused); run name -> one result per seed."""
     modes = [m for m in MODES if args.modes == "all" or (args.modes == "probe") == m[1]]
     rows = {name: [] for name, _, _ in modes}
     for seed in args.seeds:
@@ -162,7 +162,11 @@ def main() -> int:
                 if instance else ""
             print(f"seed {seed} {name:24s} {ap}mIoU {100 * r['miou']:5.1f}  mAcc {100 * r['macc']:5.1f}  "
                   f"allAcc {100 * r['allacc']:5.1f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+    return rows
 
+
+def results_table(args: argparse.Namespace, rows: dict, pretrained: Path, instance: bool):
+    """The table's lines (mean ± std over seeds per run) and the summary written to results.json."""
     lines = [f"Synthetic rooms (8 train / 4 val), encoder of {PRETRAIN_CONFIG.name}, seeds {args.seeds}, "
              f"probe {args.probe_steps} steps x {args.probe_batch} rooms (lr {args.probe_lr}), fine-tune "
              f"{args.finetune_steps} steps x {args.finetune_batch} rooms, "
@@ -185,6 +189,12 @@ def main() -> int:
         per_seed = ", ".join(f"{100 * r['miou']:.1f}" for r in rs)
         lines.append(f"| {name} | {stats['miou'][0]:.1f} ± {stats['miou'][1]:.1f} | {stats['macc'][0]:.1f} ± "
                      f"{stats['macc'][1]:.1f} | {stats['allacc'][0]:.1f} ± {stats['allacc'][1]:.1f} | {per_seed} |")
+    return lines, summary
+
+
+def paired_differences(rows: dict, instance: bool) -> list:
+    """Pretrained minus random / scratch, paired by seed."""
+    lines = []
     key = "ap50" if instance else "miou"
     for a, b in (("probe / pretrained", "probe / random"), ("fine-tune / pretrained", "fine-tune / scratch")):
         if a in rows and b in rows:
@@ -192,6 +202,22 @@ def main() -> int:
             m, s = summarize(diffs)
             lines.append(f"\n{a} minus {b}: {'AP50' if instance else 'mIoU'} {m:+.1f} ± {s:.1f} (paired by seed: "
                          f"{', '.join(f'{d:+.1f}' for d in diffs)})")
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    instance = args.task == "instance"
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    data = args.data or args.out / "data"
+    t0 = time.perf_counter()
+    if args.data is None:
+        make_data(data, rooms=8, val_rooms=4, points=20000)
+    pretrained = args.pretrained or pretrain(data, args.out / "pretrain", args.pretrain_steps)
+    rows = run_seeds(args, data, pretrained, instance)
+    lines, summary = results_table(args, rows, pretrained, instance)
+    lines += paired_differences(rows, instance)
     lines.append(f"\n(mean ± sample standard deviation over seeds; {time.perf_counter() - t0:.0f} s in all)")
     text = "\n".join(lines)
     print(text)
