@@ -34,8 +34,9 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -138,7 +139,18 @@ def feature_cosines(run_cfg: PretrainConfig, ckpt: Path, renders, views, train_v
     return {"rendered": float(cos), "mean_teacher": float(base)}
 
 
-def main(argv=None) -> int:
+@dataclass
+class HeldOut:
+    """What every method is scored on: the held-out views of the room and the points rendered for them."""
+    scene: Scene  # the training frames' fused points, turned z-up as in training
+    splat_scene: Scene  # the same frames fused at the node's voxel size (the point splat's input)
+    views: list  # the scored held-out frames, resized to width x height
+    train_views: list  # training frames (their mean teacher feature is the cosine's baseline)
+    width: int
+    height: int
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", required=True, type=Path, help="SensReader frames folder (or a scene with frames/)")
     p.add_argument("--steps", type=int, default=200, help="adaptation steps")
@@ -154,34 +166,39 @@ def main(argv=None) -> int:
     p.add_argument("--splat-max-gaussians", type=int, default=50_000,
                    help="the node's max_render_gaussians (nearest visible voxels rendered); a second row renders all")
     p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    return p.parse_args(argv)
 
-    fdir = find_frames_dir(args.frames)
+
+def split_frames(frames_arg: Path, out: Path):
+    """Every HOLDOUT_EVERY-th frame held out; the others linked into the training scene folder. Returns
+    (frames, held-out indices, training indices, training scene folder)."""
+    fdir = find_frames_dir(frames_arg)
     if fdir is None:
-        raise SystemExit(f"--frames {args.frames}: no SensReader frames (color/ depth/ pose/) found")
+        raise SystemExit(f"--frames {frames_arg}: no SensReader frames (color/ depth/ pose/) found")
     frames = SensReaderFrames(fdir)
     n = len(frames)
     held = [i for i in range(n) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
     train = [i for i in range(n) if i not in set(held)]
     scene_dir = link_training_scene(fdir, [frames.frame_ids[i] for i in train], out / "train_scene")
+    return frames, held, train, scene_dir
 
-    # adaptation (reused when finished)
+
+def adapt(args: argparse.Namespace, scene_dir: Path, run_dir: Path):
+    """Pretraining continued on the training scene (reused when finished). Returns (the run's resolved
+    config, seconds spent in this call)."""
     cfg = load_config(args.config, PretrainConfig, [
         f"init_checkpoint={args.pretrained}", f"data.scenes=[{scene_dir}]", f"train.max_steps={args.steps}",
         f"train.num_threads={args.threads}", "train.device=cpu", *args.overrides])
-    run_dir = out / "adapt"
     t0 = time.perf_counter()
     if not (run_dir / "final.safetensors").is_file():
         state, _ = run_pretraining(cfg, run_dir, progress=False, tensorboard=False)
         log.info("adapted %d steps in %.0f s", state.step, time.perf_counter() - t0)
-    adapt_s = time.perf_counter() - t0
-    run_cfg = config_for_init(cfg)
+    return config_for_init(cfg), time.perf_counter() - t0
 
-    # the training room's points (cached by the run), turned z-up exactly as in training
+
+def held_out(args: argparse.Namespace, run_cfg: PretrainConfig, frames, held: List[int], train: List[int],
+             scene_dir: Path, out: Path) -> HeldOut:
+    """The training room's points (cached by the run), turned z-up exactly as in training, and the views."""
     pipe = run_cfg.data.pipeline
     train_frames = SensReaderFrames(scene_dir / "frames")
     settings = FusionSettings(pipe.fuse_voxel_size_m, pipe.fuse_every, pipe.fuse_max_depth_m)
@@ -196,34 +213,42 @@ def main(argv=None) -> int:
     eval_idx = [held[k] for k in pick]
     views = held_out_views(scene.frames, eval_idx, w, h)
     train_views = held_out_views(scene.frames, train[:: max(1, len(train) // 24)], w, h)
+    return HeldOut(scene, splat_scene, views, train_views, w, h)
 
-    random_ckpt = out / "random_init.safetensors"
-    torch.manual_seed(0)
-    save_model(random_ckpt, GaussianCross(run_cfg.model), to_dict(run_cfg))
-    models = {"random init": random_ckpt, "synthetic-pretrained": args.pretrained,
-              "adapted": run_dir / "final.safetensors"}
+
+def score_models(models: Dict[str, Path], room: HeldOut):
+    """Each checkpoint's renders of the held-out views and their mean scores."""
     table, renders_of = {}, {}
     for name, ckpt in models.items():
         t = time.perf_counter()
-        renders, ng = render_model(ckpt, scene, views, w, h)
-        table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a, _), v in zip(renders, views)]),
+        renders, ng = render_model(ckpt, room.scene, room.views, room.width, room.height)
+        table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a, _), v in zip(renders, room.views)]),
                        "gaussians": ng, "seconds": time.perf_counter() - t}
         renders_of[name] = renders
+    return table, renders_of
+
+
+def score_point_splats(args: argparse.Namespace, room: HeldOut):
+    """One isotropic Gaussian per voxel, as the node rendered: its nearest visible voxels, and every voxel."""
+    w, h, scene = room.width, room.height, room.splat_scene
     palette = np.zeros((1, 3), np.uint8)
-    splat_views = {}
+    table, splat_views = {}, {}
     for name, limit in (("point splat (node)", args.splat_max_gaussians), ("point splat, every voxel", 10**9)):
         t = time.perf_counter()
         rendered = []
-        for v in views:
-            mv = render_map_view(splat_scene.coord, splat_scene.color, np.full(len(splat_scene.coord), -1),
+        for v in room.views:
+            mv = render_map_view(scene.coord, scene.color, np.full(len(scene.coord), -1),
                                  v.cam_to_world, v.K_depth, w, h, palette, args.splat_voxel_size_m, max_gaussians=limit)
             alpha = np.isfinite(mv.depth_m).astype(np.float32)
             rendered.append((mv.color.astype(np.float32) / 255, np.nan_to_num(mv.depth_m), alpha))
-        table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a), v in zip(rendered, views)]),
-                       "gaussians": float(min(limit, len(splat_scene.coord))), "seconds": time.perf_counter() - t}
+        table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a), v in zip(rendered, room.views)]),
+                       "gaussians": float(min(limit, len(scene.coord))), "seconds": time.perf_counter() - t}
         splat_views[name] = rendered
+    return table, splat_views
 
-    # eval-time input handling of the adapted model
+
+def score_eval_inputs(run_cfg: PretrainConfig, ckpt: Path, room: HeldOut) -> Dict[str, dict]:
+    """The adapted model's eval-time input handling: density, BatchNorm statistics, masks averaged."""
     mask = run_cfg.model.mask_ratio
     variants = {"full density, BN running (model.eval())": EvalInput(mask_ratio=0.0, batchnorm="running"),
                 "full density, BN from input": EvalInput(mask_ratio=0.0, batchnorm="input"),
@@ -232,42 +257,75 @@ def main(argv=None) -> int:
                 f"mask {mask:g}, BN from input, mean of 4": EvalInput(mask_ratio=mask, num_masks=4, batchnorm="input")}
     eval_table = {}
     for name, ev in variants.items():
-        renders, ng = render_model(models["adapted"], scene, views, w, h, ev)
-        cos = feature_cosines(run_cfg, models["adapted"], renders, views, train_views)
-        eval_table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a, _), v in zip(renders, views)]),
+        renders, ng = render_model(ckpt, room.scene, room.views, room.width, room.height, ev)
+        cos = feature_cosines(run_cfg, ckpt, renders, room.views, room.train_views)
+        eval_table[name] = {**mean_scores([score(c, d, a, v) for (c, d, a, _), v in zip(renders, room.views)]),
                             "gaussians": ng, "feature_cosine": None if cos is None else cos["rendered"]}
+    return eval_table
 
-    cosines = {name: feature_cosines(run_cfg, ckpt, renders_of[name], views,
-                                     train_views) for name, ckpt in models.items() if name != "random init"}
 
-    # side-by-side PNG: held-out | point splat | adapted, colour row and depth row per view
+def side_by_side_png(path: Path, views, splat, adapted) -> Path:
+    """Held-out | point splat | adapted, a colour row and a depth row per view, for 3 views."""
     rows = []
     for k in np.unique(np.linspace(0, len(views) - 1, 3).round().astype(int)):
-        v, (sc, sd, sa), (ac, ad, aa, _) = views[k], splat_views["point splat (node)"][k], renders_of["adapted"][k]
+        v, (sc, sd, sa), (ac, ad, aa, _) = views[k], splat[k], adapted[k]
         far = float(np.percentile(v.depth_m[v.depth_m > 0], 99)) if (v.depth_m > 0).any() else None
         rows.append([v.color, to_uint8(sc), to_uint8(ac)])
         rows.append([depth_to_rgb(v.depth_m, far), depth_to_rgb(sd * (sa > 0.5), far), depth_to_rgb(ad * (aa > 0.5), far)])
-    png = out / "adapt_side_by_side.png"
-    Image.fromarray(image_grid(rows)).save(png)
+    Image.fromarray(image_grid(rows)).save(path)
+    return path
 
-    result = {"frames": n, "held_out": len(held), "scored_views": len(views), "train_frames": len(train),
-              "steps": args.steps, "adapt_seconds": adapt_s, "eval_size": [h, w], "methods": table,
-              "eval_input": eval_table, "feature_cosine": cosines, "png": str(png)}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(f"held-out views: {len(views)} of {len(held)} (every {HOLDOUT_EVERY}th of {n} frames), {w}x{h}; "
-          f"adaptation: {args.steps} steps on {len(train)} frames ({adapt_s:.0f} s this call)")
+
+def print_results(result: dict, n: int, out: Path) -> None:
+    h, w = result["eval_size"]
+    print(f"held-out views: {result['scored_views']} of {result['held_out']} (every {HOLDOUT_EVERY}th of {n} "
+          f"frames), {w}x{h}; adaptation: {result['steps']} steps on {result['train_frames']} frames "
+          f"({result['adapt_seconds']:.0f} s this call)")
     print(f"{'method':44s} {'PSNR dB':>8s} {'depth L1 m':>10s} {'coverage':>8s} {'Gaussians':>9s} {'feat cos':>8s}")
-    for name, r in {**table, **{f'adapted, {k}': v for k, v in eval_table.items()}}.items():
+    for name, r in {**result["methods"], **{f'adapted, {k}': v for k, v in result["eval_input"].items()}}.items():
         cos = r.get("feature_cosine")
         print(f"{name:44s} {r['psnr']:8.2f} {r['depth_l1_m']:10.3f} {r['coverage']:8.2f} {r['gaussians']:9.0f} "
               f"{'' if cos is None else format(cos, '8.3f')}")
-    for name, c in cosines.items():
+    for name, c in result["feature_cosine"].items():
         if c is None:
             print(f"feature cosine {name}: no projection head in the checkpoint")
         else:
             print(f"feature cosine {name}: rendered {c['rendered']:.3f} vs constant mean teacher feature "
                   f"{c['mean_teacher']:.3f}")
-    print(f"wrote {png} and {out / 'results.json'}")
+    print(f"wrote {result['png']} and {out / 'results.json'}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    frames, held, train, scene_dir = split_frames(args.frames, out)
+    run_dir = out / "adapt"
+    run_cfg, adapt_s = adapt(args, scene_dir, run_dir)
+    room = held_out(args, run_cfg, frames, held, train, scene_dir, out)
+
+    random_ckpt = out / "random_init.safetensors"
+    torch.manual_seed(0)
+    save_model(random_ckpt, GaussianCross(run_cfg.model), to_dict(run_cfg))
+    models = {"random init": random_ckpt, "synthetic-pretrained": args.pretrained,
+              "adapted": run_dir / "final.safetensors"}
+    table, renders_of = score_models(models, room)
+    splat_table, splat_views = score_point_splats(args, room)
+    table.update(splat_table)
+    eval_table = score_eval_inputs(run_cfg, models["adapted"], room)
+    cosines = {name: feature_cosines(run_cfg, ckpt, renders_of[name], room.views, room.train_views)
+               for name, ckpt in models.items() if name != "random init"}
+    png = side_by_side_png(out / "adapt_side_by_side.png", room.views, splat_views["point splat (node)"],
+                           renders_of["adapted"])
+
+    result = {"frames": len(frames), "held_out": len(held), "scored_views": len(room.views),
+              "train_frames": len(train), "steps": args.steps, "adapt_seconds": adapt_s,
+              "eval_size": [room.height, room.width], "methods": table, "eval_input": eval_table,
+              "feature_cosine": cosines, "png": str(png)}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    print_results(result, len(frames), out)
     return 0
 
 
