@@ -12,7 +12,9 @@ arrays go to the child and probabilities come back through a pipe as pickled num
 for 40k points and 20 classes about 5 MB, a few milliseconds. The child is started with ``spawn`` (never
 ``fork``: the parent runs DDS threads), loads the checkpoint itself and reports a load failure as the
 same error type the parent would have raised. It ends when the parent calls :meth:`close`, or when the
-parent dies (its pipe closes).
+parent dies (its pipe closes). With ``nice`` > 0 the child runs at that lower scheduling priority: where
+the parent's work cannot wait (the node's fusion of a camera stream), the child yields a contended core
+to it instead of taking half of it.
 """
 from __future__ import annotations
 
@@ -22,14 +24,18 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from gcross_core.errors import SegmenterProcessError
+from gcross_core.errors import InputError, SegmenterProcessError
 
 _READY, _RESULT, _ERROR = "ready", "result", "error"
 
 
-def _serve(conn, checkpoint: str, device: str, threads: int) -> None:  # runs in the child
+def _serve(conn, checkpoint: str, device: str, threads: int, nice: int) -> None:  # runs in the child
+    import os
+
     import torch
 
+    if nice > 0:
+        os.nice(nice)
     torch.set_num_threads(max(1, int(threads)))
     try:
         from gcross_core.segmentation.segmenter import Segmenter
@@ -59,13 +65,18 @@ def _serve(conn, checkpoint: str, device: str, threads: int) -> None:  # runs in
 
 
 class SegmenterProcess:
-    """The segmenter of ``checkpoint`` in a child process using ``threads`` torch threads."""
+    """The segmenter of ``checkpoint`` in a child process using ``threads`` torch threads, at niceness
+    ``nice`` above the parent's (0: the same priority)."""
 
-    def __init__(self, checkpoint, device: str = "cpu", threads: int = 1, start_timeout_s: float = 600.0):
+    def __init__(self, checkpoint, device: str = "cpu", threads: int = 1, start_timeout_s: float = 600.0,
+                 nice: int = 0):
+        if int(nice) != nice or nice < 0:
+            raise InputError(f"nice must be an integer >= 0, got {nice!r}")
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._lock = threading.Lock()  # one request at a time
-        self._proc = ctx.Process(target=_serve, args=(child, str(checkpoint), device, threads), daemon=True,
+        self._proc = ctx.Process(target=_serve, args=(child, str(checkpoint), device, threads, int(nice)),
+                                 daemon=True,
                                  name="gcross_segmenter")
         self._proc.start()
         child.close()

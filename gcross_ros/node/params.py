@@ -102,6 +102,10 @@ class SegmentNodeParams:
                                       "(torch's default of all cores oversubscribes the machine: on 2 cores "
                                       "segmentation took twice as long). Rendering in the node's process uses one "
                                       "thread when the segmenter has its own process.")
+    background_nice: int = described(10, "Niceness (0-19) added to the segmenter's process and the render thread: "
+                                         "on a contended core the scheduler then runs fusion and the DDS "
+                                         "callbacks first, so that no frame is lost while the model works; 0: "
+                                         "the same priority as fusion.")
     # The frame assembly's and the pipeline's own configs: their fields are parameters of the same names
     # (one flat namespace; max_depth_m feeds both), described where they are defined.
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
@@ -231,6 +235,8 @@ class SegmentNodeParams:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.torch_threads < 0:
             errors.append(f"torch_threads must be >= 0, got {self.torch_threads}")
+        if not 0 <= self.background_nice <= 19:
+            errors.append(f"background_nice must be in 0..19, got {self.background_nice}")
         if errors:
             raise InputError("invalid parameters: " + "; ".join(errors))
         return self

@@ -122,7 +122,7 @@ class SegmentNode(Node):
                 "rooms only; pass checkpoint:=/path/segmenter.safetensors for real scans")
         if p.segment_in_process:  # the model's work never holds fusion's core or the interpreter lock
             torch.set_num_threads(1)  # this process: fusion, DDS and rendering
-            self.segmenter = SegmenterProcess(p.checkpoint_path, p.device, threads)
+            self.segmenter = SegmenterProcess(p.checkpoint_path, p.device, threads, nice=p.background_nice)
         else:
             torch.set_num_threads(threads)
             self.segmenter = Segmenter.from_checkpoint(p.checkpoint_path, p.device)
@@ -220,7 +220,8 @@ class SegmentNode(Node):
         # become invalid.
         self.context.on_shutdown(self.workers.stopping.set)
         self.workers.start("segment", self._segment, p.pipeline.segment_period_s)
-        self.workers.start("render", self._render, p.render_period_s)  # idle while publish_rendered is false
+        # idle while publish_rendered is false; behind fusion on a contended core (background_nice)
+        self.workers.start("render", self._render, p.render_period_s, nice=p.background_nice)
         self._publish_legend()
         # last: parameters set from now on are checked and applied by _on_set_parameters
         self.add_on_set_parameters_callback(self._on_set_parameters)

@@ -1,10 +1,12 @@
 """The segmenter in a child process gives what the segmenter in this process gives, reports a bad
-checkpoint as the same error, and ends when closed."""
+checkpoint as the same error, runs at the niceness asked for, and ends when closed."""
+import os
+
 import numpy as np
 import pytest
 
 pytest.importorskip("spconv")
-from gcross_core.errors import CheckpointError  # noqa: E402
+from gcross_core.errors import CheckpointError, InputError  # noqa: E402
 from gcross_core.model.encoder import SpUNetConfig  # noqa: E402
 from gcross_core.segmentation.instance import InstanceConfig  # noqa: E402
 from gcross_core.segmentation.model import build_segmenter_checkpoint  # noqa: E402
@@ -27,10 +29,12 @@ def test_the_child_process_predicts_what_this_process_predicts(tmp_path, one_tor
     ins = InstanceConfig(stuff_classes=("floor",), cluster_radius_m=0.3, min_points=1, score_threshold=0.0)
     ckpt = build_segmenter_checkpoint(tmp_path / "s.safetensors", CLASSES, TINY, grid_size_m=0.1, instance=ins)
     here = Segmenter.from_checkpoint(ckpt)
-    there = SegmenterProcess(ckpt, threads=1)
+    there = SegmenterProcess(ckpt, threads=1, nice=3)
     try:
         assert there.class_names == CLASSES and there.grid_size_m == 0.1 and there.has_instance_head
         assert there.pid is not None
+        # at a lower priority than this process (set before it reported ready)
+        assert os.getpriority(os.PRIO_PROCESS, there.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
         cloud = _cloud()
         labels, conf, probs = there.predict(*cloud, return_probs=True)
         ref = here.predict(*cloud, return_probs=True)
@@ -45,6 +49,11 @@ def test_the_child_process_predicts_what_this_process_predicts(tmp_path, one_tor
     finally:
         there.close()
     assert not there._proc.is_alive()
+
+
+def test_a_negative_niceness_is_refused_before_a_process_starts(tmp_path):
+    with pytest.raises(InputError, match="nice must be an integer >= 0"):
+        SegmenterProcess(tmp_path / "never_read.safetensors", nice=-5)
 
 
 def test_a_bad_checkpoint_fails_in_the_parent_with_its_error(tmp_path):

@@ -1,4 +1,6 @@
 """The node's worker threads: a job runs again after a pause, and stop ends the loop."""
+import os
+import sys
 import threading
 
 import pytest
@@ -45,3 +47,24 @@ def test_a_worker_name_is_started_once():
             workers.start("job", lambda: None, pause_s=1.0)
     finally:
         workers.stop(timeout_s=5.0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have a niceness of their own on Linux")
+def test_a_background_worker_runs_at_a_lower_priority_than_the_rest_of_the_process():
+    niceness = {}
+    done = {name: threading.Event() for name in ("background", "foreground")}
+
+    def job(name):
+        niceness.setdefault(name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        done[name].set()
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    workers = Workers("test")
+    workers.start("background", lambda: job("background"), pause_s=0.01, nice=4)
+    workers.start("foreground", lambda: job("foreground"), pause_s=0.01)
+    try:
+        assert all(event.wait(5.0) for event in done.values())
+    finally:
+        workers.stop(timeout_s=5.0)
+    assert niceness == {"background": min(19, base + 4), "foreground": base}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the process (its main thread) keeps its priority
