@@ -1,8 +1,8 @@
 """One exit-code convention for every command-line tool (console scripts and ``training/*.py``).
 
 - 0: done;
-- 2: bad arguments, config or input files (argparse's own errors, :class:`~gcross_core.errors.InputError`
-  and missing files/folders);
+- 2: bad arguments, config or input files (argparse's own errors, :class:`~gcross_core.errors.InputError`,
+  missing files/folders and a file where an output folder should go);
 - 1: the work failed at run time (any other exception);
 - 130: interrupted (Ctrl-C).
 
@@ -23,7 +23,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-BAD_INPUT = (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+BAD_INPUT = (InputError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def exit_code_for(exc: BaseException) -> int:

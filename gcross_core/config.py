@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, TypeVar
 
 import yaml
 
-from gcross_core.errors import ConfigError
+from gcross_core.errors import ConfigError, reading
 
 T = TypeVar("T")
 
@@ -183,17 +183,19 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
     return out
 
 
-def read_yaml(path) -> Dict[str, Any]:
+def read_yaml(path, what: str = "config file") -> Dict[str, Any]:
+    """The mapping a YAML file holds; ConfigError naming ``what`` and the file when it is missing, is not
+    YAML or holds something else."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        with reading(path, "a YAML file"):
+            data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
     return data
 
 

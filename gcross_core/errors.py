@@ -7,8 +7,17 @@ Two kinds, because callers treat them differently:
   exit 2 for these (see :mod:`gcross_core.cli`).
 - any other :class:`GcrossError`: the work itself failed at run time (a node that never answered, a run
   that diverged). Command-line tools exit 1.
+
+Readers of files wrap their parsing in :func:`reading`, so that a truncated or garbled file is an
+``InputError`` naming the file and what it should have held, whatever the parser underneath raised.
 """
 from __future__ import annotations
+
+import contextlib
+import pickle
+import struct
+import zlib
+from typing import Iterator
 
 
 class GcrossError(Exception):
@@ -63,3 +72,25 @@ class UnavailableError(GcrossError, RuntimeError):
 
 class RenderBackendError(UnavailableError):
     """A render backend cannot run on this machine (no CUDA, gsplat missing or its CUDA extension not built)."""
+
+
+# What parsers (numpy, PIL, json, struct, zlib, pickle, Python's own file reading) raise on a damaged file;
+# PIL's format plugins raise SyntaxError for a malformed image.
+_DAMAGED_FILE = (ValueError, EOFError, KeyError, IndexError, TypeError, struct.error, zlib.error, OSError,
+                 pickle.UnpicklingError, SyntaxError)
+# Already say which input is missing: passed through as they are.
+_PASS_THROUGH = (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+@contextlib.contextmanager
+def reading(path, expected: str) -> Iterator[None]:
+    """Around the parsing of one file: what a truncated or garbled file makes the parser raise becomes one
+    :class:`InputError` ``"<path> is not <expected> (<what the parser said>)"``. Keep the body to the
+    reading itself, so that a bug of the caller is not reported as a bad file."""
+    try:
+        yield
+    except _PASS_THROUGH:
+        raise
+    except _DAMAGED_FILE as e:
+        detail = " ".join(str(e).split()) or "no detail"
+        raise InputError(f"{path} is not {expected} ({type(e).__name__}: {detail})") from e

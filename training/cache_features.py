@@ -41,6 +41,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--limit", type=int, default=None, help="only the first N frames of each scene")
     ap.add_argument("--overwrite", action="store_true", help="recompute frames already cached")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return ap.parse_args(argv)
 
 
@@ -65,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
     teacher = build_teacher(args.teacher, **teacher_kwargs(args)).to(args.device)
-    cache_scenes(teacher, args.scenes, args.out, args.batch_size, args.overwrite, args.limit)
+    cache_scenes(teacher, args.scenes, args.out, args.batch_size, args.overwrite, args.limit,
+                 progress=not args.no_progress)
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from gcross_core.errors import InputError
+from gcross_core.errors import InputError, reading
 
 IGNORE_INDEX = -1
 
@@ -127,11 +127,11 @@ def class_names_for(name_or_names) -> Tuple[str, ...]:
     """A class list by set name (``scannet20``, ``scannet200``, ``s3dis``, ``synthetic``) or a sequence of names."""
     if isinstance(name_or_names, str):
         if name_or_names not in CLASS_SETS:
-            raise ValueError(f"unknown class set {name_or_names!r}: expected one of {sorted(CLASS_SETS)}")
+            raise InputError(f"unknown class set {name_or_names!r}: expected one of {sorted(CLASS_SETS)}")
         return CLASS_SETS[name_or_names]
     names = tuple(str(n) for n in name_or_names)
     if not names or len(set(names)) != len(names):
-        raise ValueError(f"class names must be non-empty and unique, got {names}")
+        raise InputError(f"class names must be non-empty and unique, got {names}")
     return names
 
 
@@ -143,8 +143,9 @@ def read_class_names(spec: str) -> Tuple[str, ...]:
     path = Path(spec)
     if not path.is_file():
         raise InputError(f"classes {spec!r} is neither a class set {sorted(CLASS_SETS)} nor a file of class names")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    with reading(path, "a text file of class names, one a line"):
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     try:
         return class_names_for(names)
-    except ValueError as e:
+    except InputError as e:
         raise InputError(f"class file {path}: {e}") from e

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from gcross_core.errors import InputError, reading
 from gcross_core.geometry import is_valid_pose, scale_intrinsics
 from gcross_core.image import (check_intrinsics, color_seen_mask, depth_m_to_mm, depth_mm_to_m, resample_color,
                                resample_ids_nearest, resize_depth_nearest)
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 COLOR_SUFFIXES = (".jpg", ".jpeg", ".png")
+# What each image of the layout must be (the InputError of a damaged one says so).
+COLOR_IMAGE = "a JPEG or PNG color image"
+DEPTH_IMAGE = "a 16-bit PNG of millimetres"
+ID_IMAGE = "a single-channel 8 or 16-bit PNG of integer ids"
 
 
 @dataclass(frozen=True)
@@ -48,15 +53,15 @@ class Frame:
     def __post_init__(self) -> None:
         c, d = np.asarray(self.color), np.asarray(self.depth_m)
         if c.ndim != 3 or c.shape[2] != 3 or c.dtype != np.uint8:
-            raise ValueError(f"frame {self.frame_id!r}: color has shape {c.shape} {c.dtype}, expected [H, W, 3] uint8")
+            raise InputError(f"frame {self.frame_id!r}: color has shape {c.shape} {c.dtype}, expected [H, W, 3] uint8")
         if d.ndim != 2 or d.dtype != np.float32:
-            raise ValueError(f"frame {self.frame_id!r}: depth_m has shape {d.shape} {d.dtype}, "
+            raise InputError(f"frame {self.frame_id!r}: depth_m has shape {d.shape} {d.dtype}, "
                              "expected [H, W] float32 metres")
         object.__setattr__(self, "K_color", check_intrinsics(self.K_color, "K_color"))
         object.__setattr__(self, "K_depth", check_intrinsics(self.K_depth, "K_depth"))
         T = np.asarray(self.cam_to_world, dtype=np.float64)
         if T.shape != (4, 4):
-            raise ValueError(f"frame {self.frame_id!r}: cam_to_world has shape {T.shape}, expected [4, 4]")
+            raise InputError(f"frame {self.frame_id!r}: cam_to_world has shape {T.shape}, expected [4, 4]")
         object.__setattr__(self, "cam_to_world", T)
 
     @property
@@ -74,7 +79,7 @@ class Frame:
         """
         width, height = int(width), int(height)
         if width < 1 or height < 1:
-            raise ValueError(f"resized: width and height must be >= 1, got {width}x{height}")
+            raise InputError(f"resized: width and height must be >= 1, got {width}x{height}")
         wd, hd = self.depth_size
         K = scale_intrinsics(self.K_depth, width / wd, height / hd)
         depth = resize_depth_nearest(self.depth_m, width, height)
@@ -177,7 +182,7 @@ class _SubsetFrames(FrameSet):
 class _ResizedFrames(FrameSet):
     def __init__(self, base: FrameSet, width: int, height: int):
         if width < 1 or height < 1:
-            raise ValueError(f"resized: width and height must be >= 1, got {width}x{height}")
+            raise InputError(f"resized: width and height must be >= 1, got {width}x{height}")
         super().__init__(base.frame_ids, base.skipped_frames)
         self._base, self._size = base, (width, height)
 
@@ -192,7 +197,7 @@ class _TransformedFrames(FrameSet):
     def __init__(self, base: FrameSet, T: np.ndarray):
         T = np.asarray(T, dtype=np.float64)
         if T.shape != (4, 4) or not is_valid_pose(T):
-            raise ValueError(f"transformed: T must be a rigid [4, 4] transform, got {np.round(T, 4).tolist()}")
+            raise InputError(f"transformed: T must be a rigid [4, 4] transform, got {np.round(T, 4).tolist()}")
         super().__init__(base.frame_ids, base.skipped_frames)
         self._base, self._T = base, T
 
@@ -221,25 +226,23 @@ def color_images(color_dir: PathLike) -> List[Tuple[str, Path]]:
 
 def read_matrix_txt(path: Path, what: str) -> np.ndarray:
     """A 4x4 (or 3x3) matrix from a whitespace-separated text file, as float64; -inf/nan are kept."""
-    try:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} is missing")
+    with reading(path, f"a {what} file of whitespace-separated numbers"):
         values = np.array(path.read_text().split(), dtype=np.float64)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file {path} is missing") from None
-    except ValueError as e:
-        raise ValueError(f"{what} file {path} holds non-numeric text ({e})") from None
     if values.size == 16:
         return values.reshape(4, 4)
     if values.size == 9:
         return values.reshape(3, 3)
-    raise ValueError(f"{what} file {path} holds {values.size} numbers, expected a 4x4 (16) or 3x3 (9) matrix")
+    raise InputError(f"{what} file {path} holds {values.size} numbers, expected a 4x4 (16) or 3x3 (9) matrix")
 
 
 def _K_from_file(path: Path, what: str) -> np.ndarray:
     return check_intrinsics(read_matrix_txt(path, what)[:3, :3], f"{what} ({path})")
 
 
-def _image_size(path: Path) -> Tuple[int, int]:
-    with Image.open(path) as im:
+def _image_size(path: Path, what: str) -> Tuple[int, int]:
+    with reading(path, what), Image.open(path) as im:
         return im.size
 
 
@@ -271,7 +274,7 @@ class SensReaderFrames(FrameSet):
         for i in ids:
             T = read_matrix_txt(pose_dir / f"{i}.txt", "pose")
             if T.shape != (4, 4):
-                raise ValueError(f"pose file {pose_dir / f'{i}.txt'} holds a 3x3 matrix, expected 4x4 camera-to-world")
+                raise InputError(f"pose file {pose_dir / f'{i}.txt'} holds a 3x3 matrix, expected 4x4 camera-to-world")
             if is_valid_pose(T):
                 kept.append(i)
                 poses.append(T)
@@ -283,8 +286,8 @@ class SensReaderFrames(FrameSet):
         self._colors = colors
         self._poses = np.stack(poses) if poses else np.zeros((0, 4, 4))
         # Image sizes of the first kept frame fix what every frame must match.
-        self.color_size = _image_size(colors[kept[0]]) if kept else None
-        self.depth_size = _image_size(depth_dir / f"{kept[0]}.png") if kept else None
+        self.color_size = _image_size(colors[kept[0]], COLOR_IMAGE) if kept else None
+        self.depth_size = _image_size(depth_dir / f"{kept[0]}.png", DEPTH_IMAGE) if kept else None
         if self._K_depth_file is not None:
             self.K_depth = self._K_depth_file
         elif kept:
@@ -298,17 +301,17 @@ class SensReaderFrames(FrameSet):
         return self._poses[i].copy()
 
     def _read_depth(self, path: Path) -> np.ndarray:
-        with Image.open(path) as im:
+        with reading(path, DEPTH_IMAGE), Image.open(path) as im:
             mode, size = im.mode, im.size
             if mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raise ValueError(f"depth image {path} has mode {mode}, expected a 16-bit PNG of millimetres")
+                raise InputError(f"depth image {path} has mode {mode}, expected {DEPTH_IMAGE}")
             raw = np.asarray(im)
         if size != self.depth_size:
-            raise ValueError(f"depth image {path} is {size[0]}x{size[1]}, expected "
+            raise InputError(f"depth image {path} is {size[0]}x{size[1]}, expected "
                              f"{self.depth_size[0]}x{self.depth_size[1]} like the first frame")
         if raw.dtype != np.uint16:
             if raw.min(initial=0) < 0 or raw.max(initial=0) > 65535:
-                raise ValueError(f"depth image {path} holds values outside 0..65535, expected uint16 millimetres")
+                raise InputError(f"depth image {path} holds values outside 0..65535, expected uint16 millimetres")
             raw = raw.astype(np.uint16)
         return depth_mm_to_m(raw)
 
@@ -324,14 +327,13 @@ class SensReaderFrames(FrameSet):
         path = self.root / kind / f"{fid}.png"
         if not path.is_file():
             return None
-        with Image.open(path) as im:
+        with reading(path, ID_IMAGE), Image.open(path) as im:
             if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise ValueError(f"{kind} image {path} has mode {im.mode}, expected a single-channel 8 or "
-                                 "16-bit PNG of integer ids")
+                raise InputError(f"{kind} image {path} has mode {im.mode}, expected {ID_IMAGE}")
             size = im.size
             ids = np.asarray(im).astype(np.int64)
         if size != self.color_size:
-            raise ValueError(f"{kind} image {path} is {size[0]}x{size[1]}, expected the color image's "
+            raise InputError(f"{kind} image {path} is {size[0]}x{size[1]}, expected the color image's "
                              f"{self.color_size[0]}x{self.color_size[1]}")
         return ids
 
@@ -346,9 +348,9 @@ class SensReaderFrames(FrameSet):
     def _load(self, i: int) -> Frame:
         fid = self.frame_ids[i]
         cpath = self._colors[fid]
-        with Image.open(cpath) as im:
+        with reading(cpath, COLOR_IMAGE), Image.open(cpath) as im:
             if im.size != self.color_size:
-                raise ValueError(f"color image {cpath} is {im.size[0]}x{im.size[1]}, expected "
+                raise InputError(f"color image {cpath} is {im.size[0]}x{im.size[1]}, expected "
                                  f"{self.color_size[0]}x{self.color_size[1]} like the first frame")
             color = np.asarray(im.convert("RGB"))
         depth = self._read_depth(self.root / "depth" / f"{fid}.png")
@@ -393,7 +395,7 @@ def write_frames(frames_dir: PathLike, frames: Iterable[Frame], color_format: st
     All frames must share K_color and K_depth (one intrinsic file each). ``png`` color is lossless.
     """
     if color_format not in ("jpg", "png"):
-        raise ValueError(f"color_format must be 'jpg' or 'png', got {color_format!r}")
+        raise InputError(f"color_format must be 'jpg' or 'png', got {color_format!r}")
     root = Path(frames_dir)
     for sub in ("color", "depth", "pose", "intrinsic"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -405,7 +407,7 @@ def write_frames(frames_dir: PathLike, frames: Iterable[Frame], color_format: st
             (root / "intrinsic" / "intrinsic_color.txt").write_text(_matrix_txt(_K4(K_color)))
             (root / "intrinsic" / "intrinsic_depth.txt").write_text(_matrix_txt(_K4(K_depth)))
         elif not (np.allclose(f.K_color, K_color) and np.allclose(f.K_depth, K_depth)):
-            raise ValueError(f"frame {n} has other intrinsics than frame 0; a SensReader folder holds one set")
+            raise InputError(f"frame {n} has other intrinsics than frame 0; a SensReader folder holds one set")
         img = Image.fromarray(np.ascontiguousarray(f.color))
         if color_format == "jpg":
             img.save(root / "color" / f"{n}.jpg", quality=jpeg_quality)

@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from gcross_core.errors import InputError
 from gcross_core.types import PointBatch
 
 MIN_CORNER = "min_corner"
@@ -33,7 +34,7 @@ def lattice_origin(coord: np.ndarray,  # [N, 3]
         return lo
     if lattice == CENTER_SHIFT:
         return np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], dtype=coord.dtype)
-    raise ValueError(f"grid lattice {lattice!r} is unknown: expected one of {list(GRID_LATTICES)}")
+    raise InputError(f"grid lattice {lattice!r} is unknown: expected one of {list(GRID_LATTICES)}")
 
 
 def grid_sample(coord: np.ndarray, grid_size_m: float, rng: Optional[np.random.Generator] = None,
@@ -48,11 +49,11 @@ def grid_sample(coord: np.ndarray, grid_size_m: float, rng: Optional[np.random.G
     """
     coord = np.asarray(coord)
     if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
-        raise ValueError(f"grid_sample: coord has shape {coord.shape}, expected non-empty [N, 3]")
+        raise InputError(f"grid_sample: coord has shape {coord.shape}, expected non-empty [N, 3]")
     if not np.all(np.isfinite(coord)):
-        raise ValueError("grid_sample: coord contains NaN or inf")
+        raise InputError("grid_sample: coord contains NaN or inf")
     if grid_size_m <= 0:
-        raise ValueError(f"grid_sample: grid_size_m must be > 0, got {grid_size_m}")
+        raise InputError(f"grid_sample: grid_size_m must be > 0, got {grid_size_m}")
     cell = np.floor((coord - lattice_origin(coord, lattice)) / grid_size_m).astype(np.int64)
     cell -= cell.min(0)
     dims = cell.max(0) + 1

@@ -30,6 +30,7 @@ import numpy as np
 
 from gcross_core.data.classes import SCANNET20_CLASSES, SCANNET200_CLASSES
 from gcross_core.data.frames import FrameSet, SensReaderFrames, find_frames_dir, write_frames
+from gcross_core.errors import InputError, reading
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,11 @@ def _rows(name: str, a, n: Optional[int], trailing: tuple, dtype) -> Optional[np
         return None
     a = np.asarray(a)
     if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{name} has dtype {a.dtype}, expected numbers")
+        raise InputError(f"{name} has dtype {a.dtype}, expected numbers")
     if a.ndim == 2 and trailing == () and a.shape[1] == 1:
         a = a[:, 0]  # some exports store labels as [N, 1]
     if a.shape[1:] != trailing or (n is not None and a.shape[0] != n):
-        raise ValueError(f"{name} has shape {a.shape}, expected {(n if n is not None else 'N', *trailing)}")
+        raise InputError(f"{name} has shape {a.shape}, expected {(n if n is not None else 'N', *trailing)}")
     return a.astype(dtype, copy=False)
 
 
@@ -74,18 +75,18 @@ class Scene:
         if self.coord is None:
             for k in ("color", "normal", "segment", "instance"):
                 if getattr(self, k) is not None:
-                    raise ValueError(f"scene {self.name!r}: {k} is set but coord is None")
+                    raise InputError(f"scene {self.name!r}: {k} is set but coord is None")
             if self.frames is None:
-                raise ValueError(f"scene {self.name!r} has neither points nor frames")
+                raise InputError(f"scene {self.name!r} has neither points nor frames")
         else:
             self.coord = _rows("coord", self.coord, None, (3,), np.float32)
             n = len(self.coord)
             self.color = _rows("color", self.color, n, (3,), np.float32)
             self.normal = _rows("normal", self.normal, n, (3,), np.float32)
             if self.color is None or self.normal is None:
-                raise ValueError(f"scene {self.name!r}: color and normal are required with coord")
+                raise InputError(f"scene {self.name!r}: color and normal are required with coord")
             if not np.all(np.isfinite(self.coord)):
-                raise ValueError(f"scene {self.name!r}: coord contains NaN or inf")
+                raise InputError(f"scene {self.name!r}: coord contains NaN or inf")
             self.segment = _rows("segment", self.segment, n, (), np.int64)
             self.instance = _rows("instance", self.instance, n, (), np.int64)
             self.extra = {k: _rows(k, v, n, np.asarray(v).shape[1:], np.asarray(v).dtype)
@@ -93,7 +94,7 @@ class Scene:
         if self.class_names is not None:
             self.class_names = tuple(str(c) for c in self.class_names)
             if self.segment is not None and self.segment.size and self.segment.max() >= len(self.class_names):
-                raise ValueError(f"scene {self.name!r}: segment holds class {int(self.segment.max())} but only "
+                raise InputError(f"scene {self.name!r}: segment holds class {int(self.segment.max())} but only "
                                  f"{len(self.class_names)} class names are given")
 
     @property
@@ -106,10 +107,8 @@ class Scene:
 
 
 def _load_array(path: Path, mmap: bool) -> np.ndarray:
-    try:
+    with reading(path, "a plain .npy array"):
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{path} is not a plain .npy array ({e})") from None
 
 
 def load_scene(scene_dir: PathLike, segment: Optional[str] = None, *, frames: bool = True,
@@ -148,7 +147,7 @@ def load_scene(scene_dir: PathLike, segment: Optional[str] = None, *, frames: bo
     n = len(arrays["coord"])
     for key in ("color", "normal"):
         if len(arrays[key]) != n:
-            raise ValueError(f"{scene_dir}: {key}.npy has {len(arrays[key])} rows but coord.npy has {n}")
+            raise InputError(f"{scene_dir}: {key}.npy has {len(arrays[key])} rows but coord.npy has {n}")
 
     if segment is None:
         chosen = next((s for s in ("segment20", "segment") if (scene_dir / f"{s}.npy").is_file()), None)
@@ -159,25 +158,26 @@ def load_scene(scene_dir: PathLike, segment: Optional[str] = None, *, frames: bo
             raise FileNotFoundError(f"scene folder {scene_dir} has no {segment}.npy")
         chosen = segment
     else:
-        raise ValueError(f"segment={segment!r}: expected one of {SEGMENT_FILES}, 'none' or None")
+        raise InputError(f"segment={segment!r}: expected one of {SEGMENT_FILES}, 'none' or None")
     seg = class_names = None
     if chosen is not None:
         seg = _load_array(scene_dir / f"{chosen}.npy", mmap)
         if len(seg) != n:
-            raise ValueError(f"{scene_dir}: {chosen}.npy has {len(seg)} rows but coord.npy has {n}")
+            raise InputError(f"{scene_dir}: {chosen}.npy has {len(seg)} rows but coord.npy has {n}")
         class_names = {"segment20": SCANNET20_CLASSES, "segment200": SCANNET200_CLASSES}.get(chosen)
         names_file = scene_dir / _CLASS_NAMES_FILE
         if chosen == "segment" and names_file.is_file():
-            try:
+            with reading(names_file, "a JSON list of class names"):
                 class_names = tuple(json.loads(names_file.read_text()))
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{names_file} is not a JSON list of class names ({e})") from None
     inst = None
     if (scene_dir / "instance.npy").is_file():
         inst = _load_array(scene_dir / "instance.npy", mmap)
         if len(inst) != n:
-            raise ValueError(f"{scene_dir}: instance.npy has {len(inst)} rows but coord.npy has {n}")
-    return Scene(name, arrays["coord"], arrays["color"], arrays["normal"], seg, inst, frame_set, class_names)
+            raise InputError(f"{scene_dir}: instance.npy has {len(inst)} rows but coord.npy has {n}")
+    try:
+        return Scene(name, arrays["coord"], arrays["color"], arrays["normal"], seg, inst, frame_set, class_names)
+    except InputError as e:
+        raise InputError(f"scene folder {scene_dir}: {e}") from e
 
 
 

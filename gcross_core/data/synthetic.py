@@ -29,6 +29,7 @@ from tqdm import tqdm
 from gcross_core.data.classes import SYNTHETIC_CLASSES, SYNTHETIC_TO_SCANNET20
 from gcross_core.data.frames import Frame, FrameList
 from gcross_core.data.scene import Scene, write_scene
+from gcross_core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +501,7 @@ def make_room(seed: int = 0, cfg: Optional[RoomConfig] = None, **overrides) -> S
     ``cfg.num_views`` exact RGB-D frames. ``overrides`` replace fields of ``cfg`` (e.g. num_views=4)."""
     cfg = replace(cfg or RoomConfig(), **overrides)
     if cfg.num_points < 1 or cfg.num_views < 0 or cfg.width < 1 or cfg.height < 1:
-        raise ValueError(f"make_room: num_points, width, height must be >= 1 and num_views >= 0, got {cfg}")
+        raise InputError(f"make_room: num_points, width, height must be >= 1 and num_views >= 0, got {cfg}")
     # separate streams, so that e.g. a different point count leaves the layout and the cameras alone
     rng_layout, rng_points, rng_views = (np.random.default_rng([seed, k]) for k in range(3))
     builder = _Builder(rng_layout, cfg)

@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from gcross_core.errors import ConfigError
+
 FLIP_CAMERA_MODES = ("reflect", "mirror_image")
 
 
@@ -42,12 +44,12 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.flip_cameras not in FLIP_CAMERA_MODES:
-            raise ValueError(f"flip_cameras={self.flip_cameras!r}: expected one of {FLIP_CAMERA_MODES}")
+            raise ConfigError(f"flip_cameras={self.flip_cameras!r}: expected one of {FLIP_CAMERA_MODES}")
         lo, hi = self.scale
         if not 0 < lo <= hi:
-            raise ValueError(f"scale range {self.scale} must satisfy 0 < low <= high")
+            raise ConfigError(f"scale range {self.scale} must satisfy 0 < low <= high")
         if not 0 <= self.flip_p <= 1:
-            raise ValueError(f"flip_p must be in [0, 1], got {self.flip_p}")
+            raise ConfigError(f"flip_p must be in [0, 1], got {self.flip_p}")
 
     @classmethod
     def none(cls) -> "AugmentConfig":

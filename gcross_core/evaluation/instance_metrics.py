@@ -28,6 +28,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from gcross_core.errors import InputError
+
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())  # mAP: 0.50:0.95
 AP25, AP50 = 0.25, 0.5
 
@@ -74,7 +76,7 @@ class InstanceAccumulator:
         if self.thing.shape != (len(self.class_names),):
             raise ValueError(f"thing mask has shape {self.thing.shape}, expected [{len(self.class_names)}]")
         if min_gt_points < 1:
-            raise ValueError(f"min_gt_points must be >= 1, got {min_gt_points}")
+            raise InputError(f"min_gt_points must be >= 1, got {min_gt_points}")
         self.min_gt_points = int(min_gt_points)
         self._records = {c: _ClassRecord() for c in np.flatnonzero(self.thing)}
         self.scenes = 0

@@ -17,6 +17,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gcross_core.errors import InputError
 from gcross_core.evaluation.instance_metrics import InstanceAccumulator
 from gcross_core.evaluation.metrics import confusion_matrix, segmentation_metrics
 
@@ -62,7 +63,7 @@ def transfer_labels(map_coord: np.ndarray,  # [M, 3] metres
     if query_coord.ndim != 2 or query_coord.shape[1] != 3:
         raise ValueError(f"query coord has shape {query_coord.shape}, expected [N, 3]")
     if not radius_m > 0:
-        raise ValueError(f"radius_m must be > 0, got {radius_m}")
+        raise InputError(f"radius_m must be > 0, got {radius_m}")
     out = np.full(len(query_coord), -1, np.int64)
     if len(map_coord) == 0 or len(query_coord) == 0:
         return out, np.zeros(len(query_coord), bool)

@@ -256,7 +256,7 @@ class FrameAssembler:
         self._poses_in += 1
         try:
             return self.poses.add(stamp_ns, cam_to_map)
-        except ValueError as e:
+        except InputError as e:
             self._poses_ignored += 1
             raise InputError(f"pose at {stamp_ns * 1e-9:.3f} s ignored: {e}") from None
 

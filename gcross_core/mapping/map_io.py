@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence, Tuple, TypeVar, Union
 import numpy as np
 
 from gcross_core.data.scene import Scene, move_into_place, write_scene
-from gcross_core.errors import InputError
+from gcross_core.errors import InputError, reading
 from gcross_core.mapping.fusion import VoxelMap
 from gcross_core.mapping.voxel_keys import unpack_keys
 
@@ -144,10 +144,8 @@ def _write_map(folder: Path, saved: SavedMap, name: str) -> None:
 
 def _read_map_file(file: Path, what: str, parse: Callable[[Path], T]) -> T:
     """``parse(file)``; InputError naming ``file`` when it is damaged (truncated, garbled, other content)."""
-    try:
+    with reading(file, what):
         return parse(file)
-    except (ValueError, EOFError, KeyError, TypeError) as e:
-        raise InputError(f"{file} is not {what} ({type(e).__name__}: {e})") from None
 
 
 def _parse_meta(file: Path) -> Tuple[float, Tuple[str, ...], str]:

@@ -84,9 +84,9 @@ class ModelMapRenderer:
     def __init__(self, model: GaussianCrossModel, max_points: int, context_m: float = 0.3,
                  backend: str = "auto", up: Optional[Sequence[float]] = None):
         if max_points < 1:
-            raise ValueError(f"max_points must be >= 1, got {max_points}")
+            raise InputError(f"max_points must be >= 1, got {max_points}")
         if not context_m >= 0:
-            raise ValueError(f"context_m must be >= 0, got {context_m}")
+            raise InputError(f"context_m must be >= 0, got {context_m}")
         self.model = model
         self.max_points = int(max_points)
         self.context_m = float(context_m)

@@ -23,6 +23,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from gcross_core.errors import InputError
 from gcross_core.geometry import is_valid_pose, pose_from_quat, quat_from_pose
 
 OUT_OF_ORDER = "out of order"
@@ -67,9 +68,9 @@ class ApproximateTimeSync:
         if num_streams < 2:
             raise ValueError(f"num_streams must be >= 2, got {num_streams}")
         if slop_ns < 0:
-            raise ValueError(f"slop_ns must be >= 0, got {slop_ns}")
+            raise InputError(f"slop_ns must be >= 0, got {slop_ns}")
         if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+            raise InputError(f"queue_size must be >= 1, got {queue_size}")
         self.num_streams = num_streams
         self.slop_ns = int(slop_ns)
         self.queue_size = int(queue_size)
@@ -229,9 +230,9 @@ class PoseBuffer:
         played again): the buffer is cleared before the pose goes in, so poses of the previous run are
         never interpolated with the new ones. None: never clear."""
         if tolerance_ns < 0:
-            raise ValueError(f"tolerance_ns must be >= 0, got {tolerance_ns}")
+            raise InputError(f"tolerance_ns must be >= 0, got {tolerance_ns}")
         if capacity < 2:
-            raise ValueError(f"capacity must be >= 2, got {capacity}")
+            raise InputError(f"capacity must be >= 2, got {capacity}")
         self.tolerance_ns = int(tolerance_ns)
         self.capacity = int(capacity)
         self.reset_jump_ns = reset_jump_ns
@@ -267,7 +268,7 @@ class PoseBuffer:
         """
         cam_to_map = np.asarray(cam_to_map, dtype=np.float64)
         if not is_valid_pose(cam_to_map):
-            raise ValueError(f"cam_to_map is not a finite rigid 4x4 transform: {cam_to_map.tolist()}")
+            raise InputError(f"cam_to_map is not a finite rigid 4x4 transform: {cam_to_map.tolist()}")
         stamp_ns = int(stamp_ns)
         jump = None
         with self._lock:

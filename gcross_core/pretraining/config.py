@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from gcross_core.errors import ConfigError
 from gcross_core.model.gaussiancross import GaussianCrossConfig
 from gcross_core.pretraining.dataset import PretrainDataConfig
 from gcross_core.pretraining.losses import LossConfig
@@ -54,7 +55,7 @@ class DataSection:
 
     def __post_init__(self) -> None:
         if self.loop < 1:
-            raise ValueError(f"data.loop must be >= 1, got {self.loop}")
+            raise ConfigError(f"data.loop must be >= 1, got {self.loop}")
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if abs(self.data.pipeline.grid_size_m - self.model.grid_size_m) > 1e-12:
-            raise ValueError(f"data.pipeline.grid_size_m {self.data.pipeline.grid_size_m} differs from "
-                             f"model.grid_size_m {self.model.grid_size_m}; the encoder is trained at one grid")
+            raise ConfigError(f"data.pipeline.grid_size_m {self.data.pipeline.grid_size_m} differs from "
+                              f"model.grid_size_m {self.model.grid_size_m}; the encoder is trained at one grid")
 
     def run_config(self) -> RunConfig:
         return RunConfig(train=self.train, optim=self.optim, schedule=self.schedule)

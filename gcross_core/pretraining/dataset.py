@@ -40,7 +40,7 @@ from gcross_core.data.scene import Scene, load_scene
 from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
 from gcross_core.train.seeding import SeededDataset
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
-from gcross_core.errors import InputError
+from gcross_core.errors import ConfigError, InputError
 from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,13 @@ class PretrainDataConfig:
 
     def __post_init__(self) -> None:
         if self.views_per_scene < 1:
-            raise ValueError(f"views_per_scene must be >= 1, got {self.views_per_scene}")
+            raise ConfigError(f"views_per_scene must be >= 1, got {self.views_per_scene}")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise ValueError(f"image_size must be (H, W) >= 1, got {self.image_size}")
+            raise ConfigError(f"image_size must be (H, W) >= 1, got {self.image_size}")
         if self.max_points is not None and self.max_points < 1:
-            raise ValueError(f"max_points must be >= 1 or None, got {self.max_points}")
+            raise ConfigError(f"max_points must be >= 1 or None, got {self.max_points}")
         if not self.grid_size_m > 0:
-            raise ValueError(f"grid_size_m must be > 0, got {self.grid_size_m}")
+            raise ConfigError(f"grid_size_m must be > 0, got {self.grid_size_m}")
 
 
 @dataclass
@@ -250,7 +250,10 @@ class PretrainDataset(Dataset):
                     raise InputError(f"scene folder {path} has no frames/ (SensReader layout){where}; "
                                      "pretraining renders its views")
                 if (path / "coord.npy").is_file():
-                    self._sources.append(path)  # loaded per item
+                    # loaded per item; opened here too (memory-mapped: headers and sizes only), so that a
+                    # damaged file stops the run before any training
+                    load_scene(path, segment=cfg.segment, frames=False, frames_dir=fdir, mmap=True)
+                    self._sources.append(path)
                     continue
                 src = load_scene(path, segment="none", frames_dir=fdir)
                 cache_dir = default_cache_dir(path, cfg.fuse_cache_root)
@@ -385,7 +388,7 @@ def pretrain_loader(dataset: PretrainDataset, batch_size: int, *, seed: int = 0,
     """A DataLoader of :class:`PretrainBatch` whose order and augmentations are a function of
     (seed, epoch) only. Build one per epoch (the trainer in ``gcross_core.train`` has its own)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     view = SeededDataset(dataset, seed)
     view.set_epoch(epoch)
     g = torch.Generator()

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gcross_core.errors import ConfigError
+
 TERMS = ("img", "dep", "sem")
 
 
@@ -119,12 +121,12 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if not (self.use_img or self.use_dep or self.use_sem):
-            raise ValueError("LossConfig switches every term off; at least one of use_img/use_dep/use_sem must be true")
+            raise ConfigError("LossConfig switches every term off; at least one of use_img/use_dep/use_sem must be true")
         for name in ("lambda_img", "lambda_dep", "lambda_sem"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.depth_normalize not in ("all", "valid"):
-            raise ValueError(f"depth_normalize must be 'all' or 'valid', got {self.depth_normalize!r}")
+            raise ConfigError(f"depth_normalize must be 'all' or 'valid', got {self.depth_normalize!r}")
 
 
 FeatureArg = Union[Tensor, Mapping[str, Tensor], None]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gcross_core.errors import ConfigError
 from gcross_core.model.gaussiancross import GaussianCross
 from gcross_core.pretraining.config import PretrainConfig, RenderSettings, TeacherConfig
 from gcross_core.pretraining.losses import LossConfig, total_loss, valid_depth_mask
@@ -46,9 +47,9 @@ class PretrainModule(nn.Module):
         self.projection: Optional[MultiTeacherProjection] = None
         if loss.use_sem:
             if d_f <= 0:
-                raise ValueError("loss.use_sem needs model.head.feature_dim > 0 (the rendered feature width d_f)")
+                raise ConfigError("loss.use_sem needs model.head.feature_dim > 0 (the rendered feature width d_f)")
             if not teachers:
-                raise ValueError("loss.use_sem needs at least one teacher")
+                raise ConfigError("loss.use_sem needs at least one teacher")
             self.projection = MultiTeacherProjection(d_f, {
                 t.name: TeacherHeadSpec(t.feature_dim, c.loss_weight, c.head_hidden)
                 for t, c in zip(teachers, teacher_cfgs)})
@@ -155,7 +156,7 @@ def visualize(out: Mapping[str, Any], batch: Any = None) -> Dict[str, np.ndarray
 def build_teachers(cfgs: Sequence[TeacherConfig]) -> Tuple[Teacher, ...]:
     names = [c.key or c.name for c in cfgs]
     if len(set(names)) != len(names):
-        raise ValueError(f"teachers {names} name one teacher twice (give each a distinct key)")
+        raise ConfigError(f"teachers {names} name one teacher twice (give each a distinct key)")
     teachers = []
     for c in cfgs:
         t = build_teacher(c.name, **dict(c.options))

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from gcross_core.errors import InputError
 from gcross_core.render.config import BACKENDS, RenderConfig
 from gcross_core.types import Cameras, Gaussians, RenderOutput
 
@@ -73,7 +74,7 @@ def render(gaussians: Gaussians, cameras: Cameras, width: int, height: int, back
         the black background.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
+        raise InputError(f"backend {backend!r} is not one of {BACKENDS}")
     cfg = config or RenderConfig()
     if kw:
         names = {f.name for f in fields(RenderConfig)}
@@ -122,7 +123,7 @@ def _validated(g: Gaussians, cams: Cameras, width: int, height: int,
     """Check shapes and values of the inputs; returns the Gaussians with unit quaternions."""
     for name, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise InputError(f"{name} must be a positive int, got {value!r}")
     n = len(g.means)
     for name, t, trailing in (("means", g.means, (3,)), ("quats", g.quats, (4,)), ("scales", g.scales, (3,)),
                               ("colors", g.colors, (3,)), ("opacities", g.opacities, ())):

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from gcross_core.errors import ConfigError
+
 BACKENDS = ("auto", "reference", "gsplat")
 
 
@@ -20,11 +22,11 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.near_plane_m < self.far_plane_m:
-            raise ValueError(f"need 0 < near_plane_m < far_plane_m, got {self.near_plane_m}, {self.far_plane_m}")
+            raise ConfigError(f"need 0 < near_plane_m < far_plane_m, got {self.near_plane_m}, {self.far_plane_m}")
         if self.eps2d < 0:
-            raise ValueError(f"eps2d must be >= 0, got {self.eps2d}")
+            raise ConfigError(f"eps2d must be >= 0, got {self.eps2d}")
         if self.tile_size is not None and self.tile_size < 1:
-            raise ValueError(f"tile_size must be a positive number of pixels or None, got {self.tile_size}")
+            raise ConfigError(f"tile_size must be a positive number of pixels or None, got {self.tile_size}")
         if self.chunk_size < 1 or self.batch_elements < 1:
-            raise ValueError(f"chunk_size and batch_elements must be >= 1, got {self.chunk_size}, "
-                             f"{self.batch_elements}")
+            raise ConfigError(f"chunk_size and batch_elements must be >= 1, got {self.chunk_size}, "
+                              f"{self.batch_elements}")

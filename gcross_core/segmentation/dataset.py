@@ -31,7 +31,7 @@ from gcross_core.data.classes import class_names_for
 from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.data.scene import Scene, load_scene
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
-from gcross_core.errors import InputError
+from gcross_core.errors import ConfigError, InputError, reading
 from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features
 from gcross_core.segmentation.instance import instance_centres
 from gcross_core.segmentation.model import IGNORE_INDEX
@@ -71,13 +71,13 @@ class SegDataConfig:
 
     def __post_init__(self) -> None:
         if self.grid_size_m <= 0:
-            raise ValueError(f"grid_size_m must be > 0, got {self.grid_size_m}")
+            raise ConfigError(f"grid_size_m must be > 0, got {self.grid_size_m}")
         if self.max_points < 1 or self.loop < 1:
-            raise ValueError(f"max_points and loop must be >= 1, got {self.max_points}, {self.loop}")
+            raise ConfigError(f"max_points and loop must be >= 1, got {self.max_points}, {self.loop}")
         if not 0.0 <= self.limited_scenes_pct <= 100.0:
-            raise ValueError(f"limited_scenes_pct must lie in [0, 100], got {self.limited_scenes_pct}")
+            raise ConfigError(f"limited_scenes_pct must lie in [0, 100], got {self.limited_scenes_pct}")
         if self.limited_points < 0 or self.max_val_scenes < 0:
-            raise ValueError("limited_points and max_val_scenes must be >= 0")
+            raise ConfigError("limited_points and max_val_scenes must be >= 0")
         class_names_for(self.class_set)  # unknown names fail here, not after loading data
         self.convention  # unknown convention names fail here too
 
@@ -128,10 +128,10 @@ def load_labelled_scene(path, label_file: str, class_names: Optional[Sequence[st
 def limited_scenes(names: Sequence[str], pct: float, seed: int) -> List[str]:
     """A share ``pct`` % of ``names`` (at least one), drawn by ``seed`` independently of their order."""
     if not 0.0 < pct <= 100.0:
-        raise ValueError(f"pct must lie in (0, 100], got {pct}")
+        raise InputError(f"pct must lie in (0, 100], got {pct}")
     names = sorted(set(names))
     if not names:
-        raise ValueError("limited_scenes: no scene names")
+        raise InputError("limited_scenes: no scene names")
     count = max(1, int(round(len(names) * pct / 100.0)))
     rng = np.random.default_rng(seed)
     return sorted(names[i] for i in rng.choice(len(names), size=count, replace=False))
@@ -144,7 +144,7 @@ def limited_point_indices(segment: np.ndarray,  # [N] int, -1 = unlabelled
     if segment.ndim != 1:
         raise ValueError(f"segment has shape {segment.shape}, expected [N]")
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise InputError(f"count must be >= 1, got {count}")
     candidates = np.flatnonzero(segment != IGNORE_INDEX)
     rng = np.random.default_rng([int(seed), zlib.crc32(scene_name.encode())])
     if len(candidates) <= count:
@@ -158,7 +158,7 @@ def keep_labels(segment: np.ndarray,  # [N] int
     out = np.full(len(segment), IGNORE_INDEX, dtype=np.int64)
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) and (indices.min() < 0 or indices.max() >= len(segment)):
-        raise ValueError(f"labelled-point indices reach {int(indices.max())}, the scene has {len(segment)} points")
+        raise InputError(f"labelled-point indices reach {int(indices.max())}, the scene has {len(segment)} points")
     out[indices] = np.asarray(segment)[indices]
     return out
 
@@ -171,7 +171,8 @@ def write_scene_list(path, names: Iterable[str]) -> Path:
 
 
 def read_scene_list(path) -> List[str]:
-    names = [line.strip() for line in Path(path).read_text().splitlines()]
+    with reading(path, "a text file of scene names, one a line"):
+        names = [line.strip() for line in Path(path).read_text().splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         raise InputError(f"scene list {path} is empty")
@@ -187,7 +188,8 @@ def write_point_indices(path, indices: Mapping[str, np.ndarray]) -> Path:
 
 
 def read_point_indices(path) -> Dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
+    with reading(path, "an .npz of labelled-point indices (scene name -> indices)"), \
+            np.load(path, allow_pickle=False) as z:
         return {k: z[k].astype(np.int64) for k in z.files}
 
 

@@ -77,16 +77,16 @@ class InstanceConfig(DictConfig):
         if self.stuff_classes is not None:
             object.__setattr__(self, "stuff_classes", tuple(self.stuff_classes))
         if not self.cluster_radius_m > 0:
-            raise ValueError(f"cluster_radius_m must be > 0, got {self.cluster_radius_m}")
+            raise ConfigError(f"cluster_radius_m must be > 0, got {self.cluster_radius_m}")
         if self.max_neighbors < 2 or self.min_points < 1:
-            raise ValueError(f"max_neighbors must be >= 2 and min_points >= 1, got {self.max_neighbors}, "
-                             f"{self.min_points}")
+            raise ConfigError(f"max_neighbors must be >= 2 and min_points >= 1, got {self.max_neighbors}, "
+                              f"{self.min_points}")
         if not 0.0 <= self.nms_iou <= 1.0 or not 0.0 <= self.score_threshold <= 1.0:
-            raise ValueError("nms_iou and score_threshold must lie in [0, 1]")
+            raise ConfigError("nms_iou and score_threshold must lie in [0, 1]")
         if self.offset_l1_weight < 0 or self.offset_dir_weight < 0:
-            raise ValueError("offset loss weights must be >= 0")
+            raise ConfigError("offset loss weights must be >= 0")
         if not (self.use_original or self.use_shifted):
-            raise ValueError("at least one of use_original and use_shifted must be true")
+            raise ConfigError("at least one of use_original and use_shifted must be true")
 
     def resolved(self, class_set: str, class_names: Sequence[str]) -> "InstanceConfig":
         """This config with ``stuff_classes`` filled from the class set and checked against its names."""

@@ -40,7 +40,7 @@ from gcross_core.checkpoint import (FINETUNE_KIND, HEAD_PREFIX, SEGMENTER_ENCODE
                                     CheckpointHeader, load_checkpoint, load_strict, read_header, unprefixed)
 from gcross_core.config import to_dict
 from gcross_core.data.classes import class_names_for
-from gcross_core.errors import CheckpointError
+from gcross_core.errors import CheckpointError, ConfigError, InputError
 from gcross_core.evaluation.report import write_metrics_report
 from gcross_core.model.encoder import SpUNetConfig
 from gcross_core.model.features import InputConvention
@@ -96,14 +96,14 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.limited_batch_size < 0 or self.eval_rotations < 1 or self.bn_recalibration_batches < 0:
-            raise ValueError("limited_batch_size and bn_recalibration_batches must be >= 0, eval_rotations >= 1")
+            raise ConfigError("limited_batch_size and bn_recalibration_batches must be >= 0, eval_rotations >= 1")
         if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r} is not one of {TASKS}")
+            raise ConfigError(f"task {self.task!r} is not one of {TASKS}")
         if self.task == "instance" and self.linear_probe:
-            raise ValueError("the instance task trains the whole network; linear_probe must be false "
-                             "(instance_head_only trains the offset head alone)")
+            raise ConfigError("the instance task trains the whole network; linear_probe must be false "
+                              "(instance_head_only trains the offset head alone)")
         if self.instance_head_only and self.task != "instance":
-            raise ValueError("instance_head_only needs task: instance")
+            raise ConfigError("instance_head_only needs task: instance")
 
     def instance_config(self) -> Optional[InstanceConfig]:
         """The instance settings with the class set's stuff classes filled in; None for the semantic task."""
@@ -338,7 +338,7 @@ class InstanceStep:
 
     def __call__(self, model: torch.nn.Module, batch: SegBatch) -> Dict[str, Any]:
         if batch.instance is None:
-            raise ValueError("the instance task needs instance ids in every sample (scene folders with instance.npy)")
+            raise InputError("the instance task needs instance ids in every sample (scene folders with instance.npy)")
         logits, offsets = model(batch.points, with_offsets=True)
         ce = segmentation_loss(logits, batch.segment)
         seg = batch.segment

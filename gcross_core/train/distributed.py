@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from gcross_core.errors import InputError, UnavailableError
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as e:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from e
+        raise InputError(f"environment variable {name}={raw!r} is not an integer") from e
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
@@ -56,11 +58,11 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is false")
+            raise UnavailableError("device 'cuda' requested but torch.cuda.is_available() is false")
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     if device == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"device {device!r} is not one of auto, cpu, cuda")
+    raise InputError(f"device {device!r} is not one of auto, cpu, cuda")
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
@@ -73,7 +75,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     world_size = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} WORLD_SIZE={world_size} is not a valid rank assignment")
+        raise InputError(f"RANK={rank} WORLD_SIZE={world_size} is not a valid rank assignment")
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -83,7 +85,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     if not dist.is_initialized():
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if name not in os.environ:
-                raise RuntimeError(f"WORLD_SIZE={world_size} but {name} is not set; launch with torchrun")
+                raise InputError(f"WORLD_SIZE={world_size} but {name} is not set; launch with torchrun")
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s), **kwargs)

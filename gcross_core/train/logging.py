@@ -15,6 +15,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from gcross_core.errors import reading
+
 log = logging.getLogger(__name__)
 
 
@@ -130,10 +132,11 @@ def read_metrics(path) -> List[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            by_step[int(rec["step"])] = rec
+    with reading(path, "a metrics.jsonl of one JSON record with a 'step' a line"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                by_step[int(rec["step"])] = rec
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gcross_core.errors import ConfigError
+
 SCHEDULE_KINDS = ("cosine", "onecycle", "constant")
 
 
@@ -34,11 +36,11 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"schedule kind {self.kind!r} is not one of {SCHEDULE_KINDS}")
+            raise ConfigError(f"schedule kind {self.kind!r} is not one of {SCHEDULE_KINDS}")
         if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.div_factor <= 0 or self.final_div_factor <= 0:
-            raise ValueError("div_factor and final_div_factor must be > 0")
+            raise ConfigError("div_factor and final_div_factor must be > 0")
 
 
 def _cos_interp(start: float, end: float, t: float) -> float:

@@ -42,9 +42,10 @@ def _class_names_for(scene, choice: str) -> Optional[List[str]]:
     if choice == "auto":
         names = getattr(scene, "class_names", None)
         return list(names) if names else None
-    if Path(choice).is_file():
-        return [line.strip() for line in Path(choice).read_text().splitlines() if line.strip()]
     from gcross_core.data import classes
+
+    if Path(choice).is_file():
+        return list(classes.read_class_names(choice))
 
     table = {"scannet20": "SCANNET20_CLASSES", "scannet200": "SCANNET200_CLASSES", "synthetic": "SYNTHETIC_CLASSES"}
     if choice not in table:

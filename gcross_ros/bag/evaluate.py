@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from gcross_core.config import read_yaml
 from gcross_core.errors import BagError, ConfigError, InputError
 from gcross_ros.bag.format import BagTopics
 from gcross_ros.bag.reader import read_ground_truth
@@ -36,45 +37,41 @@ class EvalConfig:
     max_frames: Optional[int] = None
 
 
-def _param_values(params_file: Optional[str], overrides: Optional[dict]) -> dict:
+def _node_params(params_file: Optional[str], overrides: Optional[dict]):
+    """SegmentNodeParams from the node's defaults, a node parameter YAML and explicit overrides (None: not
+    given); an unusable value of the file is a ConfigError naming the file."""
     from gcross_ros.node.params import SegmentNodeParams
 
     values = dict(SegmentNodeParams.defaults())
     if params_file:
         values.update(_read_params_file(params_file))
+        try:
+            SegmentNodeParams.from_dict(values)
+        except InputError as e:
+            raise ConfigError(f"parameter file {params_file}: {e}") from e
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return values
+    return SegmentNodeParams.from_dict(values)
 
 
 def pipeline_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
     """A PipelineConfig from the node's parameter defaults, a node parameter YAML and explicit overrides."""
-    from gcross_ros.node.params import SegmentNodeParams
-
-    return SegmentNodeParams.from_dict(_param_values(params_file, overrides)).pipeline
+    return _node_params(params_file, overrides).pipeline
 
 
 def assembly_config_from_params(params_file: Optional[str] = None, overrides: Optional[dict] = None):
     """The node's frame-assembly settings (AssemblyConfig) from its parameter defaults, a node parameter YAML
     and explicit overrides: a bag is assembled as the node would assemble its messages."""
-    from gcross_ros.node.params import SegmentNodeParams
-
-    return SegmentNodeParams.from_dict(_param_values(params_file, overrides)).assembly
+    return _node_params(params_file, overrides).assembly
 
 
 def node_params_from_file(params_file: Optional[str] = None, overrides: Optional[dict] = None):
     """The node's SegmentNodeParams (validated) from its defaults, a node parameter YAML and overrides."""
-    from gcross_ros.node.params import SegmentNodeParams
-
-    return SegmentNodeParams.from_dict(_param_values(params_file, overrides)).validate()
+    return _node_params(params_file, overrides).validate()
 
 
 def _read_params_file(path) -> dict:
     """ros__parameters of the first node in a ROS 2 parameter YAML (or a flat mapping)."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"parameter file {path} is not a mapping")
+    data = read_yaml(path, "parameter file")
     for value in data.values():
         if isinstance(value, dict) and "ros__parameters" in value:
             return dict(value["ros__parameters"])

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from gcross_core.errors import BagError
+from gcross_core.errors import BagError, InputError
 from gcross_ros.bag.reader import BagReader
 
 
@@ -57,7 +57,7 @@ class BagPlayer:
     def __init__(self, node, bag_path, rate: float = 1.0, topics: Optional[Sequence[str]] = None,
                  clock: bool = False):
         if rate < 0:
-            raise ValueError(f"rate must be >= 0 (0 = as fast as possible), got {rate}")
+            raise InputError(f"rate must be >= 0 (0 = as fast as possible), got {rate}")
         self.node = node
         self.bag_path = Path(bag_path)
         self.rate = float(rate)

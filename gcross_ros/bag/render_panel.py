@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from gcross_core.errors import BagError
+from gcross_core.errors import BagError, InputError
 from gcross_ros.bag.format import BagFrame, BagTopics
 from gcross_ros.bag.frames import iter_frames
 
@@ -33,7 +33,7 @@ PANEL_FILE = "render_panel.png"
 def panel_frame_indices(num_frames: int, views: int) -> List[int]:
     """Indices of ``views`` frames spread evenly over ``num_frames`` (the middle of each equal part)."""
     if num_frames < 1 or views < 1:
-        raise ValueError(f"need at least one frame and one view, got {num_frames} frames, {views} views")
+        raise InputError(f"need at least one frame and one view, got {num_frames} frames, {views} views")
     views = min(views, num_frames)
     return sorted({int((k + 0.5) * num_frames / views) for k in range(views)})
 

@@ -15,7 +15,7 @@ Heavy optional dependencies (transformers, RADIO's code) are imported only when 
 """
 from __future__ import annotations
 
-from gcross_core.errors import StaleCacheError, TeacherWeightsNotFound
+from gcross_core.errors import InputError, StaleCacheError, TeacherWeightsNotFound
 from gcross_core.pretraining.teachers.base import Teacher
 from gcross_core.pretraining.teachers.cache import FeatureCache
 from gcross_core.pretraining.teachers.projection import MultiTeacherProjection, ProjectionHead, TeacherHeadSpec
@@ -41,7 +41,7 @@ def build_teacher(name: str = DEFAULT_TEACHER, **kwargs) -> Teacher:
     if key == "radio":
         from gcross_core.pretraining.teachers.radio import RadioTeacher
         return RadioTeacher(**kwargs)
-    raise ValueError(f"unknown teacher {name!r}; expected one of {list(TEACHER_NAMES)}")
+    raise InputError(f"unknown teacher {name!r}; expected one of {list(TEACHER_NAMES)}")
 
 
 __all__ = ["Teacher", "TeacherWeightsNotFound", "build_teacher", "TEACHER_NAMES", "DEFAULT_TEACHER",

@@ -15,15 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gcross_core.errors import InputError
+
 
 def check_input_size(input_size: Sequence[int], multiple: int = 1, name: str = "input_size") -> Tuple[int, int]:
     """Validate an (height, width) pair of positive ints divisible by ``multiple``."""
     if len(input_size) != 2 or any(int(v) != v or v <= 0 for v in input_size):
-        raise ValueError(f"{name} must be (height, width) positive ints, got {tuple(input_size)}")
+        raise InputError(f"{name} must be (height, width) positive ints, got {tuple(input_size)}")
     h, w = int(input_size[0]), int(input_size[1])
     if h % multiple or w % multiple:
         near = (max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple))
-        raise ValueError(f"{name} {h}x{w} must be a multiple of {multiple} (the patch size); nearest: {near[0]}x{near[1]}")
+        raise InputError(f"{name} {h}x{w} must be a multiple of {multiple} (the patch size); nearest: {near[0]}x{near[1]}")
     return h, w
 
 

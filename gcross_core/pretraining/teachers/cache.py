@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from gcross_core.data.frames import frame_order_key
-from gcross_core.errors import StaleCacheError
+from gcross_core.errors import InputError, StaleCacheError, reading
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class FeatureCache:
                  root: Optional[PathLike] = None, fingerprint: Optional[str] = None,
                  feature_dim: Optional[int] = None):
         if int(height) <= 0 or int(width) <= 0:
-            raise ValueError(f"cache resolution {height}x{width} must be positive")
+            raise InputError(f"cache resolution {height}x{width} must be positive")
         self.scene_dir = Path(scene_dir)
         self.teacher_name = teacher_name
         self.height, self.width = int(height), int(width)
@@ -181,7 +181,7 @@ class FeatureCache:
     def _frame_path(self, frame_id: Union[int, str]) -> Path:
         fid = str(frame_id)
         if not _FRAME_ID.match(fid):
-            raise ValueError(f"frame id {fid!r} must be a plain name (letters, digits, '_', '-', '.')")
+            raise InputError(f"frame id {fid!r} must be a plain name (letters, digits, '_', '-', '.')")
         return self.dir / f"{fid}.npy"
 
     def frame_ids(self) -> List[str]:
@@ -201,7 +201,8 @@ class FeatureCache:
         path = self._frame_path(frame_id)
         if not path.is_file():
             return None
-        arr = np.load(path, allow_pickle=False)
+        with reading(path, "a .npy array of cached teacher features"):
+            arr = np.load(path, allow_pickle=False)
         m = self.manifest
         expected = (m["feature_dim"], m["feature_height"], m["feature_width"])
         if arr.dtype != np.float16 or tuple(arr.shape) != tuple(expected):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gcross_core.errors import TeacherWeightsNotFound
+from gcross_core.errors import InputError, TeacherWeightsNotFound, reading
 from gcross_core.pretraining.teachers.base import Teacher, ceil_div
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class EfficientNetLite0(nn.Module):
         """x [B,3,H,W] normalized -> {tap: [B, C_tap, ceil(H/stride), ceil(W/stride)]}; stops after the last tap."""
         unknown = set(taps) - set(TAPS)
         if unknown:
-            raise ValueError(f"unknown EfficientNet taps {sorted(unknown)}; expected some of {list(TAPS)}")
+            raise InputError(f"unknown EfficientNet taps {sorted(unknown)}; expected some of {list(TAPS)}")
         out: Dict[str, Tensor] = {}
         y = F.relu6(self._bn0(self._conv_stem(x)))
         for i, block in enumerate(self._blocks):
@@ -171,9 +171,10 @@ def load_efficientnet_lite0(weights_path: Optional[Union[str, Path]] = None) -> 
         raise TeacherWeightsNotFound(f"EfficientNet-Lite0 weights not found at {path}; expected the file "
                                      f"{Path(WEIGHTS_FILE).name} (a state dict with 296 tensors)")
     # weights_only: a plain tensor dict needs no unpickling of arbitrary objects.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with reading(path, "a PyTorch state dict of EfficientNet-Lite0 weights"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
+        raise InputError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
     model = EfficientNetLite0()
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -184,7 +185,7 @@ def load_efficientnet_lite0(weights_path: Optional[Union[str, Path]] = None) -> 
                            (("missing", missing), ("unexpected", unexpected),
                             ("wrong shape", [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in misshapen]))
                            if keys)
-        raise ValueError(f"{path} does not match EfficientNet-Lite0: {detail}")
+        raise InputError(f"{path} does not match EfficientNet-Lite0: {detail}")
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -200,7 +201,7 @@ class EfficientNetLite0Teacher(Teacher):
                  weights_path: Optional[Union[str, Path]] = None):
         layers = tuple(layers)
         if not layers or len(set(layers)) != len(layers) or any(t not in TAPS for t in layers):
-            raise ValueError(f"layers {layers} must be distinct names from {list(TAPS)}")
+            raise InputError(f"layers {layers} must be distinct names from {list(TAPS)}")
         super().__init__("efficientnet_lite0", sum(TAPS[t][0] for t in layers), input_size, LITE_MEAN, LITE_STD)
         self.layers = layers
         self.stride = min(TAPS[t][1] for t in layers)

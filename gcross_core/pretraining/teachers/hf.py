@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 
-from gcross_core.errors import TeacherWeightsNotFound
+from gcross_core.errors import CheckpointError, InputError, TeacherWeightsNotFound
 from gcross_core.pretraining.teachers.base import Teacher, check_input_size, round_to_multiple
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,7 +78,7 @@ def load_hf_encoder(family: str, source: Optional[Union[str, Path]] = None,
                     cache_dir: Optional[Union[str, Path]] = None):
     """Load the ``transformers`` encoder of a family from a local directory or the local cache, in float32."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown Hugging Face teacher family {family!r}; expected one of {sorted(FAMILIES)}")
+        raise InputError(f"unknown Hugging Face teacher family {family!r}; expected one of {sorted(FAMILIES)}")
     fam = FAMILIES[family]
     source = str(source) if source is not None else fam.default_source
     path = Path(source).expanduser()
@@ -103,9 +103,9 @@ def load_hf_encoder(family: str, source: Optional[Union[str, Path]] = None,
     missing = sorted(info.get("missing_keys", ()))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
     if missing or mismatched:
-        raise ValueError(f"{family} checkpoint {source} does not initialise the whole {fam.model_class}: "
-                         f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)}), "
-                         f"wrong shape {mismatched[:8]} ({len(mismatched)})")
+        raise CheckpointError(f"{family} checkpoint {source} does not initialise the whole {fam.model_class}: "
+                              f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)}), "
+                              f"wrong shape {mismatched[:8]} ({len(mismatched)})")
     return model.eval()
 
 

@@ -19,6 +19,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gcross_core.errors import ConfigError
+
 
 def resize_feature_map(features: Tensor, size: Sequence[int]) -> Tensor:  # [V, C, H, W] -> [V, C, *size]
     """Area averaging when both sides shrink, bilinear otherwise; identity when the size already matches."""
@@ -36,7 +38,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, d_f: int, d_teacher: int, hidden: Optional[int] = None):
         super().__init__()
         if d_f <= 0 or d_teacher <= 0 or (hidden is not None and hidden <= 0):
-            raise ValueError(f"ProjectionHead widths must be positive: d_f={d_f}, d_teacher={d_teacher}, hidden={hidden}")
+            raise ConfigError(f"ProjectionHead widths must be positive: d_f={d_f}, d_teacher={d_teacher}, hidden={hidden}")
         self.d_f, self.d_teacher = int(d_f), int(d_teacher)
         if hidden is None:
             self.net = nn.Conv2d(d_f, d_teacher, 1)
@@ -77,12 +79,12 @@ class MultiTeacherProjection(nn.Module):
     def __init__(self, d_f: int, teachers: Mapping[str, TeacherHeadSpec]):
         super().__init__()
         if not teachers:
-            raise ValueError("MultiTeacherProjection needs at least one teacher")
+            raise ConfigError("MultiTeacherProjection needs at least one teacher")
         for name, spec in teachers.items():
             if not _NAME.match(name):
-                raise ValueError(f"teacher name {name!r} may only contain letters, digits, '_' and '-'")
+                raise ConfigError(f"teacher name {name!r} may only contain letters, digits, '_' and '-'")
             if spec.loss_weight < 0:
-                raise ValueError(f"teacher {name!r} has negative loss_weight {spec.loss_weight}")
+                raise ConfigError(f"teacher {name!r} has negative loss_weight {spec.loss_weight}")
         self.d_f = int(d_f)
         self.specs: Dict[str, TeacherHeadSpec] = dict(teachers)
         self.heads = nn.ModuleDict({name: ProjectionHead(d_f, spec.feature_dim, spec.hidden)

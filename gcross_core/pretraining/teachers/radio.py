@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from gcross_core.errors import TeacherWeightsNotFound
+from gcross_core.errors import InputError, TeacherWeightsNotFound
 from gcross_core.pretraining.teachers.base import Teacher, check_input_size, round_to_multiple
 
 DEFAULT_VERSION = "radio_v2.5-b"
@@ -43,7 +43,7 @@ def default_repo_dir() -> Path:
 
 def default_checkpoint(version: str) -> Path:
     if version not in CHECKPOINT_FILES:
-        raise ValueError(f"unknown RADIO version {version!r}; known: {sorted(CHECKPOINT_FILES)} "
+        raise InputError(f"unknown RADIO version {version!r}; known: {sorted(CHECKPOINT_FILES)} "
                          "(or pass checkpoint=<path to a .pth.tar>)")
     return Path(torch.hub.get_dir()) / "checkpoints" / CHECKPOINT_FILES[version]
 
