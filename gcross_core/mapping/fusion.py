@@ -42,7 +42,7 @@ points fused; remaining ties are broken arbitrarily. To avoid evicting on every 
 frees ``evict_fraction * max_voxels`` extra slots. Voxels seen in the current frame are evicted only if the
 frame alone brings more new voxels than fit; then the new voxels with the most points are kept. Each
 eviction logs a warning with the count. Storage grows by doubling up to ``max_voxels`` voxels of
-76 to 84 + 4 * num_classes bytes each (156 to 164 with 20 classes; 8 to 16 of them the row hash table, a
+88 to 96 + 4 * num_classes bytes each (168 to 176 with 20 classes; 8 to 16 of them the row hash table, a
 power of two of 4-byte slots at most half full), plus per-frame temporaries proportional to the image size.
 
 Thread safety: every public method takes the map's lock for its reads and writes, so one thread may
@@ -185,6 +185,10 @@ class VoxelMap:
         grow("_last_seen", (), np.int64)
         grow("_prob", (self.num_classes,), np.float32)  # running mean class probabilities
         grow("_seg_count", (), np.int64)  # segmentation updates fused
+        # argmax of _prob and its value (-1 and 0 before any update), kept up to date by the updates, so that
+        # reading the labels does not scan [N, num_classes] probabilities (what a labelled cloud does often)
+        grow("_label", (), np.int64)
+        grow("_conf", (), np.float32)
         self._cap = capacity
         self._index.rebuild(self._keys, n, capacity)
 
@@ -192,7 +196,7 @@ class VoxelMap:
         if needed > self._cap:
             self._alloc(min(self.max_voxels, max(needed, 2 * self._cap)))
 
-    _ARRAYS = ("_keys", "_attr", "_count", "_last_seen", "_prob", "_seg_count")
+    _ARRAYS = ("_keys", "_attr", "_count", "_last_seen", "_prob", "_seg_count", "_label", "_conf")
     _MAX_NORMAL_BASELINE_PX = 8  # wider normal windows mostly reach neighbouring surfaces
 
     # ------------------------------------------------------------------ frame processing (no lock)
@@ -306,6 +310,8 @@ class VoxelMap:
             self._last_seen[s] = frame
             self._prob[s] = 0
             self._seg_count[s] = 0
+            self._label[s] = -1
+            self._conf[s] = 0
             self._index.insert(self._keys, self._n, self._n + m)
             self._n += m
         return FrameStats(frame_index=frame, valid_pixels=len(fv.pix), frame_voxels=len(fv.keys),
@@ -369,7 +375,15 @@ class VoxelMap:
             n_prev = self._seg_count[rows]
             self._prob[rows] += ((q - self._prob[rows]) / (n_prev + 1)[:, None]).astype(np.float32)
             self._seg_count[rows] = n_prev + 1
+            self._relabel_locked(rows)
             return len(rows)
+
+    def _relabel_locked(self, rows) -> None:
+        """Label and confidence of the given rows (a slice or indices) from their probabilities."""
+        prob = self._prob[rows]
+        segmented = self._seg_count[rows] > 0
+        self._label[rows] = np.where(segmented, np.argmax(prob, axis=1), -1)
+        self._conf[rows] = np.where(segmented, prob.max(axis=1, initial=0), 0)
 
     def snapshot(self, with_labels: bool = True) -> MapSnapshot:
         """Copies of all per-voxel arrays, taken under the lock (consistent with each other).
@@ -387,17 +401,13 @@ class VoxelMap:
                                layout_version=self._layout_version, frame_index=self._frame_index)
 
     def _normals_locked(self) -> np.ndarray:
-        s = self._attr[: self._n, 6:9]
-        norm = np.linalg.norm(s, axis=1, keepdims=True)
-        return np.where(norm > 1e-6, s / np.maximum(norm, 1e-6), 0).astype(np.float32)
+        return _kernels().unit_normals(self._attr, self._n)
 
     def _labels_locked(self) -> np.ndarray:
-        n = self._n
-        return np.where(self._seg_count[:n] > 0, np.argmax(self._prob[:n], axis=1), -1).astype(np.int64)
+        return self._label[: self._n].copy()
 
     def _confidence_locked(self) -> np.ndarray:
-        n = self._n
-        return np.where(self._seg_count[:n] > 0, self._prob[:n].max(axis=1, initial=0), 0).astype(np.float32)
+        return self._conf[: self._n].copy()
 
     # ------------------------------------------------------------------ accessors (copies)
 
@@ -527,5 +537,6 @@ class VoxelMap:
             self._last_seen[:n] = -1
             self._prob[:n] = probabilities
             self._seg_count[:n] = (np.asarray(probabilities).sum(axis=1) > 0).astype(np.int64)
+            self._relabel_locked(slice(0, n))
             self._index.rebuild(self._keys, n, self._cap)
             self._n = n

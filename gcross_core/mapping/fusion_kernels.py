@@ -469,3 +469,21 @@ def _merge_frame(table, shift, map_keys, keys, counts, sums, attr, count, last_s
         count[r] = total
         last_seen[r] = frame
     return n_absent
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _unit_normals(attr, n, out):
+    for i in range(n):
+        x, y, z = attr[i, 6], attr[i, 7], attr[i, 8]
+        norm = np.sqrt(x * x + y * y + z * z)
+        if norm > np.float32(1e-6):
+            out[i, 0], out[i, 1], out[i, 2] = x / norm, y / norm, z / norm
+        else:
+            out[i, 0] = out[i, 1] = out[i, 2] = np.float32(0)
+
+
+def unit_normals(attr: np.ndarray, n: int) -> np.ndarray:
+    """[n, 3] float32 unit normals from the normal sums in ``attr[:n, 6:9]``; zero where a sum is (about) zero."""
+    out = np.empty((n, 3), np.float32)
+    _unit_normals(attr, n, out)
+    return out
