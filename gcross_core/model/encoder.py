@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gcross_core.config import DictConfig
+from gcross_core.errors import ConfigError, InputError
 from gcross_core.types import PointBatch
 
 
@@ -89,12 +90,12 @@ class SpUNetConfig(DictConfig):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
         if len(self.channels) != len(self.layers) or len(self.layers) % 2 or not self.layers:
-            raise ValueError(f"SpUNetConfig: channels {self.channels} and layers {self.layers} must have the "
-                             "same even, non-zero length (encoder stages then decoder stages)")
+            raise ConfigError(f"SpUNetConfig: channels {self.channels} and layers {self.layers} must have the "
+                              "same even, non-zero length (encoder stages then decoder stages)")
         if min(self.channels) <= 0 or min(self.layers) <= 0 or self.in_channels <= 0 or self.base_channels <= 0:
-            raise ValueError(f"SpUNetConfig: channel and layer counts must be positive, got {self}")
+            raise ConfigError(f"SpUNetConfig: channel and layer counts must be positive, got {self}")
         if self.num_classes < 0:
-            raise ValueError(f"SpUNetConfig: num_classes must be >= 0, got {self.num_classes}")
+            raise ConfigError(f"SpUNetConfig: num_classes must be >= 0, got {self.num_classes}")
 
     @property
     def num_stages(self) -> int:
@@ -199,21 +200,21 @@ class SpUNet(nn.Module):
     def _check_input(self, points: PointBatch) -> None:
         n = points.coord.shape[0]
         if n == 0:
-            raise ValueError("SpUNet: the point batch is empty (0 rows); every scene needs at least one point")
+            raise InputError("SpUNet: the point batch is empty (0 rows); every scene needs at least one point")
         if points.grid_coord is None:
-            raise ValueError("SpUNet: points.grid_coord is None; grid-sample the points first "
+            raise InputError("SpUNet: points.grid_coord is None; grid-sample the points first "
                              "(gcross_core.data.grid.grid_sample)")
         if points.feat.shape[1] != self.cfg.in_channels:
-            raise ValueError(f"SpUNet: feat has {points.feat.shape[1]} channels per point, the encoder expects "
+            raise InputError(f"SpUNet: feat has {points.feat.shape[1]} channels per point, the encoder expects "
                              f"in_channels={self.cfg.in_channels} (e.g. RGB + normal = 6)")
         counts = torch.diff(points.offset, prepend=points.offset.new_zeros(1))
         if bool((counts <= 0).any()):
             empty = torch.nonzero(counts <= 0).flatten().tolist()
-            raise ValueError(f"SpUNet: scene(s) {empty} of the batch have no points (offset {points.offset.tolist()})")
+            raise InputError(f"SpUNet: scene(s) {empty} of the batch have no points (offset {points.offset.tolist()})")
         if bool((points.grid_coord < 0).any()):
-            raise ValueError("SpUNet: grid_coord has negative entries; grid coordinates must be >= 0 per scene")
+            raise InputError("SpUNet: grid_coord has negative entries; grid coordinates must be >= 0 per scene")
         if not bool(torch.isfinite(points.feat).all()):
-            raise ValueError("SpUNet: feat contains NaN or inf")
+            raise InputError("SpUNet: feat contains NaN or inf")
 
     def forward(self, points: PointBatch) -> Tensor:
         """points: PointBatch with grid_coord [N, 3] int and feat [N, in_channels]; returns [N, out_channels]."""

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.model.gaussians import GaussianHead, GaussianHeadConfig, HeadOutput, check_point_coords
 from gcross_core.config import DictConfig
+from gcross_core.errors import ConfigError, InputError
 from gcross_core.types import Gaussians, PointBatch
 
 
@@ -22,9 +23,9 @@ class GaussianCrossConfig(DictConfig):
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"GaussianCrossConfig: mask_ratio must lie in [0, 1), got {self.mask_ratio}")
+            raise ConfigError(f"GaussianCrossConfig: mask_ratio must lie in [0, 1), got {self.mask_ratio}")
         if self.grid_size_m <= 0:
-            raise ValueError(f"GaussianCrossConfig: grid_size_m must be > 0, got {self.grid_size_m}")
+            raise ConfigError(f"GaussianCrossConfig: grid_size_m must be > 0, got {self.grid_size_m}")
 
 
 @dataclass
@@ -44,12 +45,12 @@ def mask_points(points: PointBatch, ratio: float,
     seed gives the same mask on every device.
     """
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask_points: ratio must lie in [0, 1), got {ratio}")
+        raise InputError(f"mask_points: ratio must lie in [0, 1), got {ratio}")
     n = points.coord.shape[0]
     offset = points.offset.cpu()
     counts = torch.diff(offset, prepend=offset.new_zeros(1))
     if bool((counts <= 0).any()):
-        raise ValueError(f"mask_points: every scene needs at least one row, offset {offset.tolist()}")
+        raise InputError(f"mask_points: every scene needs at least one row, offset {offset.tolist()}")
     batch = torch.repeat_interleave(torch.arange(len(counts)), counts)
     keep_per_scene = (counts - torch.floor(counts.double() * ratio).long()).clamp_min(1)
     # rank the rows of each scene by a random score; a row is kept if its rank is below the scene's quota

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gcross_core.config import DictConfig
+from gcross_core.errors import ConfigError, InputError
 from gcross_core.types import Gaussians, PointBatch, offset_to_batch
 
 
@@ -42,14 +43,14 @@ class GaussianHeadConfig(DictConfig):
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
         if len(self.grid) != 3 or min(self.grid) <= 0:
-            raise ValueError(f"GaussianHeadConfig: grid must be three positive voxel counts (X, Y, Z), got {self.grid}")
+            raise ConfigError(f"GaussianHeadConfig: grid must be three positive voxel counts (X, Y, Z), got {self.grid}")
         if min(self.dense_channels, self.head_hidden) <= 0 or self.dense_blocks < 0 or self.feature_dim < 0:
-            raise ValueError(f"GaussianHeadConfig: channel counts must be positive, got {self}")
+            raise ConfigError(f"GaussianHeadConfig: channel counts must be positive, got {self}")
         if self.offset_scale < 0 or self.init_scale_voxels <= 0:
-            raise ValueError("GaussianHeadConfig: offset_scale must be >= 0 and init_scale_voxels > 0")
+            raise ConfigError("GaussianHeadConfig: offset_scale must be >= 0 and init_scale_voxels > 0")
         for name in ("opacity_threshold", "init_opacity_occupied", "init_opacity_empty"):
             if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"GaussianHeadConfig: {name} must lie in (0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"GaussianHeadConfig: {name} must lie in (0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -66,7 +67,7 @@ class CubeTransform:
     def __post_init__(self) -> None:
         b = self.size_m.shape[0]
         if self.size_m.ndim != 1 or tuple(self.origin_m.shape) != (b, 3):
-            raise ValueError(f"CubeTransform: origin_m {tuple(self.origin_m.shape)} and size_m "
+            raise InputError(f"CubeTransform: origin_m {tuple(self.origin_m.shape)} and size_m "
                              f"{tuple(self.size_m.shape)} must be [B, 3] and [B]")
 
     def to_cube(self, coord_m: Tensor,  # [N, 3] world metres
@@ -95,20 +96,20 @@ class CubeTransform:
 def check_point_coords(where: str, coord: Tensor,  # [N, 3] metres
                        offset: Tensor,  # [B] int64
                        ) -> Tensor:  # [B] int64 points per scene
-    """Raise ValueError (prefixed by ``where``) unless every scene is non-empty and every coordinate finite."""
+    """Raise InputError (prefixed by ``where``) unless every scene is non-empty and every coordinate finite."""
     if coord.ndim != 2 or coord.shape[1] != 3:
-        raise ValueError(f"{where}: coord has shape {tuple(coord.shape)}, expected [N, 3]")
+        raise InputError(f"{where}: coord has shape {tuple(coord.shape)}, expected [N, 3]")
     if coord.shape[0] == 0:
-        raise ValueError(f"{where}: the point cloud is empty (0 points)")
+        raise InputError(f"{where}: the point cloud is empty (0 points)")
     if offset.ndim != 1 or len(offset) == 0 or int(offset[-1]) != coord.shape[0]:
-        raise ValueError(f"{where}: offset {offset.tolist()} must be non-empty and end at N={coord.shape[0]}")
+        raise InputError(f"{where}: offset {offset.tolist()} must be non-empty and end at N={coord.shape[0]}")
     counts = torch.diff(offset, prepend=offset.new_zeros(1))
     if bool((counts <= 0).any()):
         empty = torch.nonzero(counts <= 0).flatten().tolist()
-        raise ValueError(f"{where}: scene(s) {empty} of the batch are empty (offset {offset.tolist()})")
+        raise InputError(f"{where}: scene(s) {empty} of the batch are empty (offset {offset.tolist()})")
     if not bool(torch.isfinite(coord).all()):
         bad = int((~torch.isfinite(coord)).any(1).sum())
-        raise ValueError(f"{where}: coord contains NaN or inf in {bad} point(s)")
+        raise InputError(f"{where}: coord contains NaN or inf in {bad} point(s)")
     return counts
 
 
@@ -152,7 +153,7 @@ def scatter_to_voxels(cube: Tensor,  # [N, 3] unit-cube coordinates from to_unit
     """
     if cube.ndim != 2 or cube.shape[1] != 3 or feat.ndim != 2 or feat.shape[0] != cube.shape[0] \
             or batch.shape != (cube.shape[0],):
-        raise ValueError(f"scatter_to_voxels: cube {tuple(cube.shape)}, batch {tuple(batch.shape)} and feat "
+        raise InputError(f"scatter_to_voxels: cube {tuple(cube.shape)}, batch {tuple(batch.shape)} and feat "
                          f"{tuple(feat.shape)} must be [N, 3], [N] and [N, C]")
     nx, ny, nz = grid
     num_voxels = nx * ny * nz
@@ -226,7 +227,7 @@ class GaussianHead(nn.Module):
     def __init__(self, in_channels: int, cfg: GaussianHeadConfig = GaussianHeadConfig()):
         super().__init__()
         if in_channels <= 0:
-            raise ValueError(f"GaussianHead: in_channels must be > 0, got {in_channels}")
+            raise InputError(f"GaussianHead: in_channels must be > 0, got {in_channels}")
         self.in_channels = in_channels
         self.cfg = cfg
         d_o, h = cfg.dense_channels, cfg.head_hidden
@@ -282,7 +283,7 @@ class GaussianHead(nn.Module):
         cfg = self.cfg
         n = points.coord.shape[0]
         if point_feat.ndim != 2 or point_feat.shape[0] != n or point_feat.shape[1] != self.in_channels:
-            raise ValueError(f"GaussianHead: point_feat has shape {tuple(point_feat.shape)}, expected "
+            raise InputError(f"GaussianHead: point_feat has shape {tuple(point_feat.shape)}, expected "
                              f"[{n}, {self.in_channels}] (one encoder feature per point row)")
         cube, tf = to_unit_cube(points.coord, points.offset)  # eq. 6, transformation I
         num_scenes = points.num_scenes

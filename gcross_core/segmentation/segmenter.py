@@ -191,5 +191,5 @@ def _resolved_instance_config(settings: dict, class_names: Sequence[str]) -> Ins
     """A checkpoint's instance settings with their stuff classes checked against its class names."""
     instance = InstanceConfig.from_dict(settings)
     if instance.stuff_classes is None:
-        raise ValueError("no stuff_classes")
+        raise InputError("no stuff_classes")
     return instance.resolved("", class_names)
