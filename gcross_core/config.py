@@ -2,7 +2,8 @@
 
 ``from_dict(cls, data)`` builds any (nested) dataclass from plain dicts and lists, converting lists to
 tuples where a field is declared as a tuple, and raises ``ConfigError`` naming the dotted path of a key
-that the dataclass does not have. ``load_config(path, cls, overrides)`` adds YAML reading and
+that the dataclass does not have; :func:`coerce` is its type check of one value (the node's parameters use
+it too). ``load_config(path, cls, overrides)`` adds YAML reading and
 ``key.sub=value`` overrides (values parsed as YAML, so ``--set train.epochs=3`` gives an int).
 ``save_resolved`` writes the config a run actually used into its folder.
 """
@@ -35,7 +36,14 @@ def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _convert(value: Any, tp, path: str) -> Any:
+def coerce(value: Any, tp, path: str) -> Any:
+    """``value`` as type ``tp`` (a scalar, Optional/Union, tuple, list, dict or a config dataclass), or a
+    ConfigError naming ``path`` (a dotted config key or a parameter name).
+
+    The one type check of configuration values: YAML configs (:func:`from_dict`) and the node's ROS
+    parameters (gcross_ros/node/params.py) both go through it. Integers are accepted for floats, and
+    integral floats (``3.0``) for integers; bools are never numbers, and nothing else is converted.
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any or tp is None:
@@ -47,7 +55,7 @@ def _convert(value: Any, tp, path: str) -> Any:
         errors = []
         for a in non_none:
             try:
-                return _convert(value, a, path)
+                return coerce(value, a, path)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{path}: {value!r} fits none of {tp} ({'; '.join(errors)})")
@@ -55,39 +63,39 @@ def _convert(value: Any, tp, path: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+            raise ConfigError(f"{path} must be a mapping for {tp.__name__}, got {type(value).__name__}")
         return from_dict(tp, value, path)
     if origin in (tuple, Tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+            return tuple(coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
         if args and len(args) != len(value):
-            raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
-        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value))))
+            raise ConfigError(f"{path} must have {len(args)} items, got {len(value)}")
+        return tuple(coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value))))
     if origin in (list, typing.List):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        return [_convert(v, args[0] if args else Any, f"{path}[{i}]") for i, v in enumerate(value)]
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return [coerce(v, args[0] if args else Any, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, typing.Dict) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
         return dict(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+            raise ConfigError(f"{path} must be a number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
         return int(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+            raise ConfigError(f"{path} must be a string, got {value!r}")
         return value
     return value
 
@@ -112,7 +120,7 @@ def from_dict(cls: Type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise ConfigError(f"unknown config key(s) {unknown}{where}; {cls.__name__} has {sorted(known)}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _convert(value, hints.get(name, Any), f"{path}.{name}" if path else name)
+        kwargs[name] = coerce(value, hints.get(name, Any), f"{path}.{name}" if path else name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

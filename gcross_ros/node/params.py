@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Tuple
 
-from gcross_core.config import described
+from gcross_core.config import coerce, described
 from gcross_core.errors import InputError
 from gcross_core.mapping.assembly import AssemblyConfig
 from gcross_core.mapping.pipeline import PipelineConfig
@@ -136,12 +136,13 @@ class SegmentNodeParams:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "SegmentNodeParams":
-        """Typed parameters from plain flat values (ints accepted for floats); unknown keys are an error."""
+        """Typed parameters from plain flat values, checked by :func:`gcross_core.config.coerce` as config
+        files are (ints accepted for floats); unknown keys are an error."""
         specs = cls._specs()
         unknown = sorted(set(values) - set(specs))
         if unknown:
             raise InputError(f"unknown parameters {unknown}; known: {list(specs)}")
-        typed = {name: _coerce(name, values[name], type(specs[name][0])) for name in values}
+        typed = {name: coerce(values[name], type(specs[name][0]), name) for name in values}
 
         def pick(owner):
             return {f.name: typed[f.name] for f in fields(owner) if f.name in typed and f.name not in NESTED}
@@ -240,24 +241,6 @@ class SegmentNodeParams:
         if errors:
             raise InputError("invalid parameters: " + "; ".join(errors))
         return self
-
-
-def _coerce(name: str, value: Any, kind: type) -> Any:
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"parameter {name} must be a bool, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"parameter {name} must be an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"parameter {name} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise InputError(f"parameter {name} must be a string, got {value!r}")
-    return value
 
 
 def declare_parameters(node) -> None:
