@@ -34,14 +34,14 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 
 from gcross_core.geometry import invert_rigid
 from gcross_core.types import Cameras, PointBatch
-from gcross_core.data.grid import collate_points, grid_sample
+from gcross_core.data.grid import collate_points
 from gcross_core.data.frames import FrameSet, find_frames_dir
 from gcross_core.data.scene import Scene, load_scene
 from gcross_core.mapping.fusion_cache import FusionSettings, default_cache_dir, fused_points
 from gcross_core.train.seeding import SeededDataset
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
 from gcross_core.errors import ConfigError, InputError
-from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features
+from gcross_core.model.features import GCROSS_CONVENTION, EncoderInput, InputConvention
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ class PretrainDataConfig:
     @property
     def convention(self) -> InputConvention:
         return InputConvention(self.input_features, self.grid_lattice)
+
+    @property
+    def encoder_input(self) -> EncoderInput:
+        """How a sample's encoder input is built: this grid on this convention."""
+        return EncoderInput(self.grid_size_m, self.convention)
 
     def __post_init__(self) -> None:
         if self.views_per_scene < 1:
@@ -340,8 +345,8 @@ class PretrainDataset(Dataset):
         if aug.mirrors_images:  # features follow their images left-right (an approximation at feature stride)
             cached = {t: np.ascontiguousarray(f[..., ::-1]) for t, f in cached.items()}
 
-        # the configured input convention (pretrain_metadata records it in the checkpoint)
-        keep, grid_coord, inverse = grid_sample(coord, cfg.grid_size_m, rng, lattice=cfg.convention.grid_lattice)
+        # the configured input convention (pretrain_header records it in the checkpoint)
+        keep, grid_coord, inverse = cfg.encoder_input.grid_sample(coord, rng)
         if cfg.max_points is not None and len(keep) > cfg.max_points:
             rows = _crop_nearest(coord[keep], self._crop_center(w2c[0], depths[0], coord), cfg.max_points)
             new_row = np.full(len(keep), -1, dtype=np.int64)
@@ -352,7 +357,7 @@ class PretrainDataset(Dataset):
             color, normal, coord = color[originals], normal[originals], coord[originals]
             keep = np.searchsorted(originals, keep)  # kept points are among the originals by construction
             segment = None if segment is None else segment[originals]
-        feat = encoder_features(color[keep], normal[keep], cfg.convention.input_features)
+        feat = cfg.encoder_input.features(color[keep], normal[keep])
         return PretrainSample(
             name=scene.name, coord=coord[keep], feat=feat, grid_coord=grid_coord.astype(np.int32),
             inverse=inverse.astype(np.int64), segment=segment, images=np.stack(images),

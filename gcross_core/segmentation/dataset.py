@@ -28,11 +28,11 @@ import torch
 from torch.utils.data import Dataset
 
 from gcross_core.data.classes import class_names_for
-from gcross_core.data.grid import collate_points, grid_sample
+from gcross_core.data.grid import collate_points
 from gcross_core.data.scene import Scene, load_scene
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
 from gcross_core.errors import ConfigError, InputError, reading
-from gcross_core.model.features import GCROSS_CONVENTION, InputConvention, encoder_features
+from gcross_core.model.features import GCROSS_CONVENTION, EncoderInput, InputConvention
 from gcross_core.segmentation.instance import instance_centres
 from gcross_core.segmentation.model import IGNORE_INDEX
 from gcross_core.types import PointBatch
@@ -86,6 +86,11 @@ class SegDataConfig:
         """The input convention, "" fields taking gcross's defaults (rgb01_normal, min_corner)."""
         return InputConvention(self.input_features or GCROSS_CONVENTION.input_features,
                                self.grid_lattice or GCROSS_CONVENTION.grid_lattice)
+
+    @property
+    def encoder_input(self) -> EncoderInput:
+        """How a sample's encoder input is built: this grid on this convention."""
+        return EncoderInput(self.grid_size_m, self.convention)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -285,8 +290,8 @@ def training_sample(scene: Scene, cfg: SegDataConfig, rng: np.random.Generator,
         segment = keep_labels(segment, labelled)
     if cfg.augment:
         coord, normal = augment_points(coord, normal, cfg.augmentation, rng)
-    convention = cfg.convention
-    keep, grid, inverse = grid_sample(coord, cfg.grid_size_m, rng=rng, lattice=convention.grid_lattice)
+    encoder_input = cfg.encoder_input
+    keep, grid, inverse = encoder_input.grid_sample(coord, rng)
     labels = row_labels(segment, keep, inverse)
     crop = sphere_crop(coord[keep], cfg.max_points, rng)
     # Table S.1: shuffle points
@@ -294,7 +299,7 @@ def training_sample(scene: Scene, cfg: SegDataConfig, rng: np.random.Generator,
     rows = keep[order]
     grid = grid[order]
     grid = (grid - grid.min(0)).astype(np.int32)
-    feat = encoder_features(np.asarray(scene.color)[rows], normal[rows], convention.input_features)
+    feat = encoder_input.features(np.asarray(scene.color)[rows], normal[rows])
     if scene.instance is not None:
         instance = np.asarray(scene.instance, dtype=np.int64)[rows]
     else:
