@@ -162,33 +162,32 @@ class Pooled:
         if conf.shape[1] == self.conf.shape[0]:
             conf = np.concatenate([conf, np.zeros((len(conf), 1), np.int64)], 1)
         self.conf += conf
-        row = {"miou": segmentation_metrics(conf)["miou"]}
+        row = {"miou": segmentation_metrics(conf).miou}
         if instances is not None and self.acc is not None:
             self.acc.add(*instances)
             one = self._accumulator()
             one.add(*instances)
-            row["ap50"] = one.metrics()["ap50"]
+            row["ap50"] = one.metrics().ap50
         self.per_scene.append(row)
 
     def summary(self) -> Dict:
         from gcross_core.evaluation.metrics import segmentation_metrics
 
         k = self.conf.shape[0]
-        out = {"miou": segmentation_metrics(self.conf)["miou"],
-               "miou_covered": segmentation_metrics(self.conf[:, :k])["miou"],  # uncovered points left out
+        out = {"miou": segmentation_metrics(self.conf).miou,
+               "miou_covered": segmentation_metrics(self.conf[:, :k]).miou,  # uncovered points left out
                "coverage": float(self.conf[:, :k].sum() / max(self.conf.sum(), 1)),
                "miou_scene_mean": float(np.mean([r["miou"] for r in self.per_scene])),
                "per_scene": self.per_scene}
         if self.acc is not None:
             m = self.acc.metrics()
-            out.update({k: m[k] for k in ("ap25", "ap50", "map")})
+            out.update({"ap25": m.ap25, "ap50": m.ap50, "map": m.map})
         return out
 
 
 def offline_eval(segmenter, scene_dirs: Sequence[Path], label_file: str) -> Dict:
     """``training/evaluate.py`` on the scene folders (its evaluate_scenes, all scenes pooled), and each scene on
     its own for the per-scene AP50."""
-    from gcross_core.evaluation.metrics import segmentation_metrics
     from gcross_core.segmentation.evaluate import evaluate_scenes
 
     t = time.perf_counter()
@@ -197,13 +196,13 @@ def offline_eval(segmenter, scene_dirs: Sequence[Path], label_file: str) -> Dict
     per_scene = []
     for s, row in zip(scene_dirs, res.per_scene):
         one = evaluate_scenes(segmenter, [s], label_file).instance
-        per_scene.append({"miou": row["miou"], **({"ap50": one["ap50"]} if one is not None else {})})
-    out = {"miou": segmentation_metrics(res.conf)["miou"], "miou_covered": segmentation_metrics(res.conf)["miou"],
+        per_scene.append({"miou": row["miou"], **({"ap50": one.ap50} if one is not None else {})})
+    out = {"miou": res.metrics.miou, "miou_covered": res.metrics.miou,
            "coverage": 1.0, "miou_scene_mean": float(np.mean([s["miou"] for s in res.per_scene])),
            "per_scene": per_scene, "ms_per_scene": 1000 * seconds / len(scene_dirs),
            "points": float(np.mean([s["points"] for s in res.per_scene]))}
     if res.instance is not None:
-        out.update({k: res.instance[k] for k in ("ap25", "ap50", "map")})
+        out.update({"ap25": res.instance.ap25, "ap50": res.instance.ap50, "map": res.instance.map})
     return out
 
 
@@ -227,7 +226,7 @@ def offline_ranked_by_confidence(segmenter, scene_dirs: Sequence[Path], label_fi
         scores = np.array([out.confidence[i].mean() if len(i) else 0.0 for i in out.instances.indices])
         acc.add(out.instances.indices, out.instances.classes, scores, scene.segment, scene.instance)
     m = acc.metrics()
-    return {k: m[k] for k in ("ap25", "ap50", "map")}
+    return {"ap25": m.ap25, "ap50": m.ap50, "map": m.map}
 
 
 def bag_eval(segmenter, bags: Sequence[Path], variant: Variant, params_file: Optional[Path] = None) -> Dict:

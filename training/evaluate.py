@@ -85,10 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  extra_json={"settings": settings, "scenes": res.per_scene}, instance=res.instance)
     m = res.metrics
     log.info("%d scenes, %d points: mIoU %.1f  mAcc %.1f  allAcc %.1f  (%.1f s)", len(scenes),
-             sum(s["points"] for s in res.per_scene), 100 * m["miou"], 100 * m["macc"], 100 * m["allacc"], seconds)
+             sum(s["points"] for s in res.per_scene), 100 * m.miou, 100 * m.macc, 100 * m.allacc, seconds)
     if res.instance is not None:
         i = res.instance
-        log.info("instances: AP25 %.1f  AP50 %.1f  mAP %.1f", 100 * i["ap25"], 100 * i["ap50"], 100 * i["map"])
+        log.info("instances: AP25 %.1f  AP50 %.1f  mAP %.1f", 100 * i.ap25, 100 * i.ap50, 100 * i.map)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 

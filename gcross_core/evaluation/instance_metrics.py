@@ -63,6 +63,26 @@ class _ClassRecord:
     num_gt: int = 0
 
 
+@dataclass(frozen=True)
+class InstanceMetrics:
+    """ScanNet-style instance AP (:meth:`InstanceAccumulator.metrics`); NaN where no object was scored."""
+
+    ap25: float  # AP at IoU 0.25, mean over the classes with ground-truth objects
+    ap50: float  # AP at IoU 0.5, likewise
+    map: float  # AP averaged over IoU 0.5:0.95, likewise
+    per_class: Dict[str, Dict[str, float]]  # class name -> {ap25, ap50, map, num_gt}
+    scenes: int  # scenes that were scored
+    map_objects: Optional[int] = None  # objects in a scored map (score_map_instances); None elsewhere
+
+    def to_dict(self) -> Dict[str, object]:
+        """The JSON layout of results files (``map_objects`` only where a map was scored)."""
+        out = {"ap25": self.ap25, "ap50": self.ap50, "map": self.map, "per_class": self.per_class,
+               "scenes": self.scenes}
+        if self.map_objects is not None:
+            out["map_objects"] = self.map_objects
+        return out
+
+
 def _thresholds() -> tuple:
     return (AP25,) + IOU_THRESHOLDS
 
@@ -167,8 +187,8 @@ class InstanceAccumulator:
         kept = np.asarray(rec.kept[t], bool)
         return average_precision(np.asarray(rec.scores)[kept], np.asarray(rec.tp[t], bool)[kept], rec.num_gt)
 
-    def metrics(self) -> Dict[str, object]:
-        """{'ap25', 'ap50', 'map': overall; 'per_class': {name: {ap25, ap50, map, num_gt}}}."""
+    def metrics(self) -> InstanceMetrics:
+        """AP25, AP50 and mAP overall and per class."""
         per_class: Dict[str, Dict[str, float]] = {}
         ap25, ap50, maps = [], [], []
         for c, rec in self._records.items():
@@ -183,19 +203,19 @@ class InstanceAccumulator:
         def mean(v):
             return float(np.mean(v)) if v else float("nan")
 
-        return {"ap25": mean(ap25), "ap50": mean(ap50), "map": mean(maps), "per_class": per_class,
-                "scenes": self.scenes}
+        return InstanceMetrics(ap25=mean(ap25), ap50=mean(ap50), map=mean(maps), per_class=per_class,
+                               scenes=self.scenes)
 
 
-def instance_metrics_markdown(metrics: Dict[str, object], title: Optional[str] = None) -> str:
+def instance_metrics_markdown(metrics: InstanceMetrics, title: Optional[str] = None) -> str:
     """A markdown table of AP25 / AP50 / mAP, overall and per class."""
     def pct(x):
         return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
 
     lines = [f"## {title}" if title else "## Instance segmentation", "",
-             f"AP25 {pct(metrics['ap25'])} / AP50 {pct(metrics['ap50'])} / mAP {pct(metrics['map'])} "
-             f"(ScanNet-style, {metrics.get('scenes', 0)} scenes)", "",
+             f"AP25 {pct(metrics.ap25)} / AP50 {pct(metrics.ap50)} / mAP {pct(metrics.map)} "
+             f"(ScanNet-style, {metrics.scenes} scenes)", "",
              "| class | objects | AP25 | AP50 | mAP |", "|---|---:|---:|---:|---:|"]
-    for name, m in metrics["per_class"].items():
+    for name, m in metrics.per_class.items():
         lines.append(f"| {name} | {m['num_gt']} | {pct(m['ap25'])} | {pct(m['ap50'])} | {pct(m['map'])} |")
     return "\n".join(lines) + "\n"

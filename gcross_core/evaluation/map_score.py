@@ -12,20 +12,20 @@ mean confidence as score, and is scored with ScanNet-style AP
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from gcross_core.errors import InputError
-from gcross_core.evaluation.instance_metrics import InstanceAccumulator
-from gcross_core.evaluation.metrics import confusion_matrix, segmentation_metrics
+from gcross_core.evaluation.instance_metrics import InstanceAccumulator, InstanceMetrics
+from gcross_core.evaluation.metrics import SegmentationMetrics, confusion_matrix, segmentation_metrics
 
 
 @dataclass(frozen=True)
 class MapScore:
     conf: np.ndarray  # [K, K + 1] int64; last column = no label (uncovered, or the map point never segmented)
-    metrics: Dict[str, object]  # segmentation_metrics(conf)
+    metrics: SegmentationMetrics  # segmentation_metrics(conf)
     transferred: np.ndarray  # [N] int64 label each ground-truth point received, -1 = none
     covered: np.ndarray  # [N] bool: a map point lies within radius_m
     scored: np.ndarray  # [N] bool: ground-truth label is a class (not ignored)
@@ -133,7 +133,7 @@ def score_map_instances(map_coord: np.ndarray,  # [M, 3] metres
                         radius_m: float,
                         min_gt_points: int = 100,
                         object_scores: Optional[Mapping[int, float]] = None,  # object id -> score (map_objects)
-                        ) -> Dict[str, object]:
+                        ) -> InstanceMetrics:
     """Instance AP of a map's objects on the ground-truth points (rule in the module docstring)."""
     transferred, _ = transfer_labels(map_coord, np.asarray(map_instance).astype(np.int64), gt_coord, radius_m)
     ids, _, classes, scores = map_objects(map_label, map_confidence, map_instance, object_scores=object_scores)
@@ -141,9 +141,7 @@ def score_map_instances(map_coord: np.ndarray,  # [M, 3] metres
     preds = [np.flatnonzero(transferred == oid) for oid in ids[keep]]
     acc = InstanceAccumulator(class_names, thing, min_gt_points)
     acc.add(preds, classes[keep], scores[keep], gt_label, gt_instance)
-    out = acc.metrics()
-    out["map_objects"] = int(len(ids))
-    return out
+    return replace(acc.metrics(), map_objects=int(len(ids)))
 
 
 def latency_summary(seconds: Sequence[float]) -> Dict[str, float]:

@@ -18,9 +18,28 @@ Convention (the same for training-time validation, ``training/evaluate.py`` and 
 """
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass, fields
+from typing import Any, Dict
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class SegmentationMetrics:
+    """Scores of one confusion matrix (:func:`segmentation_metrics`); NaN where nothing is labelled."""
+
+    miou: float  # mean IoU over the classes present in the ground truth
+    macc: float  # mean per-class accuracy over the same classes
+    allacc: float  # share of labelled points predicted right
+    iou: np.ndarray  # [K] float64, NaN for classes absent from the ground truth
+    acc: np.ndarray  # [K] float64, NaN likewise
+    present: np.ndarray  # [K] bool, the class has ground-truth points
+    gt_count: np.ndarray  # [K] int64 ground-truth points (misses without a prediction included)
+    pred_count: np.ndarray  # [K] int64 points predicted as the class
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Field name -> value (arrays as they are; gcross_core.evaluation.report makes them JSON)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def confusion_matrix(pred: np.ndarray,  # [N] int, predicted class per point
@@ -59,7 +78,7 @@ def confusion_matrix(pred: np.ndarray,  # [N] int, predicted class per point
 
 
 def segmentation_metrics(conf: np.ndarray,  # [K, K] or [K, K + 1] (last column = no prediction)
-                         ) -> Dict[str, object]:
+                         ) -> SegmentationMetrics:
     """mIoU, mAcc, allAcc and per-class IoU/accuracy from a confusion matrix (rule in the module doc).
 
     Returns a dict with ``miou``, ``macc``, ``allacc`` (floats; NaN when no class is present),
@@ -83,13 +102,8 @@ def segmentation_metrics(conf: np.ndarray,  # [K, K] or [K, K + 1] (last column 
         iou = np.where(present, tp / np.maximum(union, 1), np.nan)
         acc = np.where(present, tp / np.maximum(gt_count, 1), np.nan)
     total = gt_count.sum()
-    return {
-        "miou": float(np.mean(iou[present])) if present.any() else float("nan"),
-        "macc": float(np.mean(acc[present])) if present.any() else float("nan"),
-        "allacc": float(tp.sum() / total) if total > 0 else float("nan"),
-        "iou": iou,
-        "acc": acc,
-        "present": present,
-        "gt_count": gt_count,
-        "pred_count": pred_count.astype(np.int64),
-    }
+    return SegmentationMetrics(
+        miou=float(np.mean(iou[present])) if present.any() else float("nan"),
+        macc=float(np.mean(acc[present])) if present.any() else float("nan"),
+        allacc=float(tp.sum() / total) if total > 0 else float("nan"),
+        iou=iou, acc=acc, present=present, gt_count=gt_count, pred_count=pred_count.astype(np.int64))

@@ -13,7 +13,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from gcross_core.evaluation.instance_metrics import instance_metrics_markdown
+from gcross_core.evaluation.instance_metrics import InstanceMetrics, instance_metrics_markdown
+from gcross_core.evaluation.metrics import SegmentationMetrics
 
 # ScanNet-style first colours, then a deterministic golden-ratio hue walk for any further classes.
 _BASE_PALETTE = np.array([
@@ -79,38 +80,38 @@ def write_json(path, obj) -> Path:
     return path
 
 
-def metrics_to_dict(metrics: Mapping, class_names: Sequence[str]) -> Dict[str, object]:
-    """segmentation_metrics() output -> a JSON-ready dict keyed by class name."""
+def metrics_to_dict(metrics: SegmentationMetrics, class_names: Sequence[str]) -> Dict[str, object]:
+    """Segmentation metrics -> a JSON-ready dict keyed by class name (the results.json layout)."""
     k = len(class_names)
-    if len(metrics["iou"]) != k:
-        raise ValueError(f"metrics have {len(metrics['iou'])} classes, class_names has {k}")
+    if len(metrics.iou) != k:
+        raise ValueError(f"metrics have {len(metrics.iou)} classes, class_names has {k}")
     per_class = {}
     for i, name in enumerate(class_names):
-        per_class[name] = {"iou": metrics["iou"][i], "acc": metrics["acc"][i],
-                           "present": bool(metrics["present"][i]),
-                           "gt_count": int(metrics["gt_count"][i]), "pred_count": int(metrics["pred_count"][i])}
-    return to_jsonable({"miou": metrics["miou"], "macc": metrics["macc"], "allacc": metrics["allacc"],
-                        "num_present_classes": int(np.sum(metrics["present"])), "per_class": per_class})
+        per_class[name] = {"iou": metrics.iou[i], "acc": metrics.acc[i],
+                           "present": bool(metrics.present[i]),
+                           "gt_count": int(metrics.gt_count[i]), "pred_count": int(metrics.pred_count[i])}
+    return to_jsonable({"miou": metrics.miou, "macc": metrics.macc, "allacc": metrics.allacc,
+                        "num_present_classes": int(np.sum(metrics.present)), "per_class": per_class})
 
 
 def _pct(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100.0 * x:.1f}"
 
 
-def metrics_markdown(metrics: Mapping, class_names: Sequence[str]) -> str:
+def metrics_markdown(metrics: SegmentationMetrics, class_names: Sequence[str]) -> str:
     """Summary line and a per-class table (percent). Classes without ground truth show n/a."""
     lines = [
         "| mIoU | mAcc | allAcc | classes with ground truth |",
         "|---:|---:|---:|---:|",
-        f"| {_pct(metrics['miou'])} | {_pct(metrics['macc'])} | {_pct(metrics['allacc'])} | "
-        f"{int(np.sum(metrics['present']))} / {len(class_names)} |",
+        f"| {_pct(metrics.miou)} | {_pct(metrics.macc)} | {_pct(metrics.allacc)} | "
+        f"{int(np.sum(metrics.present))} / {len(class_names)} |",
         "",
         "| class | IoU | Acc | GT points | predicted points |",
         "|---|---:|---:|---:|---:|",
     ]
     for i, name in enumerate(class_names):
-        lines.append(f"| {name} | {_pct(float(metrics['iou'][i]))} | {_pct(float(metrics['acc'][i]))} | "
-                     f"{int(metrics['gt_count'][i])} | {int(metrics['pred_count'][i])} |")
+        lines.append(f"| {name} | {_pct(float(metrics.iou[i]))} | {_pct(float(metrics.acc[i]))} | "
+                     f"{int(metrics.gt_count[i])} | {int(metrics.pred_count[i])} |")
     lines.append("")
     lines.append("mIoU and mAcc average over the classes that have ground-truth points; the others show n/a.")
     return "\n".join(lines) + "\n"
@@ -293,12 +294,12 @@ def save_topdown_png(path,
 
 def write_metrics_report(out_dir,
                          conf: np.ndarray,  # [K, K] or [K, K + 1]
-                         metrics: Mapping,
+                         metrics: SegmentationMetrics,
                          class_names: Sequence[str],
                          title: str = "Segmentation evaluation",
                          extra_json: Optional[Mapping] = None,
                          extra_markdown: str = "",
-                         instance: Optional[Mapping] = None) -> Dict[str, Path]:
+                         instance: Optional[InstanceMetrics] = None) -> Dict[str, Path]:
     """Write results.json, report.md, confusion.csv and confusion.png into ``out_dir``; ``instance``
     (:meth:`~gcross_core.evaluation.instance_metrics.InstanceAccumulator.metrics`) adds the AP table."""
     out = Path(out_dir)
@@ -306,7 +307,7 @@ def write_metrics_report(out_dir,
     results = {"metrics": metrics_to_dict(metrics, class_names), "class_names": list(class_names),
                "confusion_matrix": np.asarray(conf).tolist(), **(extra_json or {})}
     if instance is not None:
-        results["instance"] = instance
+        results["instance"] = instance.to_dict()
     paths = {
         "json": write_json(out / "results.json", results),
         "csv": save_confusion_csv(out / "confusion.csv", conf, class_names),

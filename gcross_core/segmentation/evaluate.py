@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from gcross_core.evaluation.instance_metrics import InstanceAccumulator
-from gcross_core.evaluation.metrics import confusion_matrix, segmentation_metrics
+from gcross_core.evaluation.instance_metrics import InstanceAccumulator, InstanceMetrics
+from gcross_core.evaluation.metrics import SegmentationMetrics, confusion_matrix, segmentation_metrics
 from gcross_core.segmentation.instance import thing_mask
 from gcross_core.segmentation.dataset import load_labelled_scene
 from gcross_core.segmentation.segmenter import Segmenter
@@ -27,9 +27,9 @@ from gcross_core.segmentation.segmenter import Segmenter
 @dataclass
 class EvalResult:
     conf: np.ndarray  # [K, K] int64 over the original points of every scene
-    metrics: Dict[str, Any]  # segmentation_metrics(conf)
-    per_scene: List[Dict[str, Any]]  # name, points, miou, allacc (and instances, ap50 with instances)
-    instance: Optional[Dict[str, Any]] = None  # InstanceAccumulator.metrics(), with an instance head
+    metrics: SegmentationMetrics  # of conf
+    per_scene: List[Dict[str, Any]]  # name, points, miou, allacc (and instances with an instance head): JSON rows
+    instance: Optional[InstanceMetrics] = None  # with an instance head
 
 
 def evaluate_scenes(segmenter: Segmenter, scene_dirs: Sequence[Path], label_file: str, rotations: int = 1,
@@ -61,7 +61,7 @@ def evaluate_scenes(segmenter: Segmenter, scene_dirs: Sequence[Path], label_file
         c = confusion_matrix(pred, scene.segment, k)
         conf += c
         m = segmentation_metrics(c)
-        row.update({"miou": m["miou"], "allacc": m["allacc"]})
+        row.update({"miou": m.miou, "allacc": m.allacc})
         per_scene.append(row)
     instance = acc.metrics() if acc is not None and acc.scenes else None
     return EvalResult(conf=conf, metrics=segmentation_metrics(conf), per_scene=per_scene, instance=instance)

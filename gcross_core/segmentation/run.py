@@ -284,14 +284,13 @@ def evaluate_run(cfg: FinetuneConfig, model: SegmentationModel, class_names, out
     write_metrics_report(out_dir, res.conf, res.metrics, class_names, title="Validation",
                          extra_json={"scenes": res.per_scene, "rotations": cfg.eval_rotations}, instance=res.instance)
     m = res.metrics
-    log.info("validation (%d scenes): mIoU %.1f  mAcc %.1f  allAcc %.1f", len(val_dirs), 100 * m["miou"],
-             100 * m["macc"], 100 * m["allacc"])
-    out = {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "scenes": len(val_dirs)}
+    log.info("validation (%d scenes): mIoU %.1f  mAcc %.1f  allAcc %.1f", len(val_dirs), 100 * m.miou,
+             100 * m.macc, 100 * m.allacc)
+    out = {"miou": m.miou, "macc": m.macc, "allacc": m.allacc, "scenes": len(val_dirs)}
     if res.instance is not None:
         i = res.instance
-        log.info("validation instances: AP25 %.1f  AP50 %.1f  mAP %.1f", 100 * i["ap25"], 100 * i["ap50"],
-                 100 * i["map"])
-        out.update({"ap25": i["ap25"], "ap50": i["ap50"], "map": i["map"]})
+        log.info("validation instances: AP25 %.1f  AP50 %.1f  mAP %.1f", 100 * i.ap25, 100 * i.ap50, 100 * i.map)
+        out.update({"ap25": i.ap25, "ap50": i.ap50, "map": i.map})
     return out
 
 

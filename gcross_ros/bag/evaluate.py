@@ -249,12 +249,12 @@ def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_na
                                  instance=instance)
     if render_panel is not None:
         paths["render_panel"] = render_panel["png"]
-    res = {"miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "coverage": coverage,
+    res = {"miou": m.miou, "macc": m.macc, "allacc": m.allacc, "coverage": coverage,
            "performance": perf, "render_panel": render_panel, "report_dir": str(out),
            "files": {k: str(v) for k, v in paths.items()}}
     if instance is not None:
-        res.update({"ap25": instance["ap25"], "ap50": instance["ap50"], "map": instance["map"],
-                    "objects": instance["map_objects"]})
+        res.update({"ap25": instance.ap25, "ap50": instance.ap50, "map": instance.map,
+                    "objects": instance.map_objects})
     return res
 
 

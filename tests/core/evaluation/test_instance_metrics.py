@@ -1,5 +1,6 @@
 """ScanNet-style instance AP on hand-built scenes: every expected value is worked out in the comments."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,8 +36,8 @@ def test_perfect_prediction_scores_one():
     labels, inst = scene([(10, 1), (8, 1), (12, 2)])
     preds = [(span(0, 10), 1, 0.9), (span(10, 18), 1, 0.8), (span(18, 30), 2, 0.7)]
     m = evaluate(preds, labels, inst)
-    assert m["ap25"] == m["ap50"] == m["map"] == 1.0
-    assert m["per_class"]["chair"]["num_gt"] == 2 and "wall" not in m["per_class"]  # stuff is not scored
+    assert m.ap25 == m.ap50 == m.map == 1.0
+    assert m.per_class["chair"]["num_gt"] == 2 and "wall" not in m.per_class  # stuff is not scored
 
 
 def test_split_object():
@@ -46,13 +47,13 @@ def test_split_object():
     # after recall reached 1, which does not lower the monotone precision: AP25 = AP50 = 1.
     # mAP: thresholds 0.50, 0.55 give 1, 0.60 ... 0.95 give 0 -> 2 / 10 = 0.2
     m = evaluate([(span(0, 6), 1, 0.9), (span(6, 10), 1, 0.8)], labels, inst)
-    assert m["ap50"] == 1.0 and m["ap25"] == 1.0
-    assert m["map"] == pytest.approx(0.2)
+    assert m.ap50 == 1.0 and m.ap25 == 1.0
+    assert m.map == pytest.approx(0.2)
     # B scores higher: at 0.5 B is a FP before the TP A -> precision 1/2 at recall 1 -> AP50 = 0.5;
     # at 0.25 B (IoU 0.4) is the TP and A the duplicate -> AP25 = 1; mAP = (0.5 + 0.5) / 10 = 0.1
     m = evaluate([(span(0, 6), 1, 0.8), (span(6, 10), 1, 0.9)], labels, inst)
-    assert m["ap50"] == pytest.approx(0.5) and m["ap25"] == 1.0
-    assert m["map"] == pytest.approx(0.1)
+    assert m.ap50 == pytest.approx(0.5) and m.ap25 == 1.0
+    assert m.map == pytest.approx(0.1)
 
 
 def test_merged_pair():
@@ -60,8 +61,8 @@ def test_merged_pair():
     # AP50 it is a FP and AP50 = 0; at AP25 it matches one chair: recall 1/2, precision 1 -> AP25 = 0.5
     labels, inst = scene([(5, 1), (5, 1)])
     m = evaluate([(span(0, 10), 1, 0.9)], labels, inst)
-    assert m["ap50"] == 0.0 and m["map"] == 0.0
-    assert m["ap25"] == pytest.approx(0.5)
+    assert m.ap50 == 0.0 and m.map == 0.0
+    assert m.ap25 == pytest.approx(0.5)
 
 
 def test_false_positive():
@@ -69,12 +70,12 @@ def test_false_positive():
     # chair AP = precision 1/2 at recall 1 = 0.5; the table has no prediction: AP 0 -> mean 0.25
     labels, inst = scene([(10, 1), (10, 2)])
     m = evaluate([(span(0, 10), 1, 0.5), (span(10, 20), 1, 0.9)], labels, inst)
-    assert m["per_class"]["chair"]["ap50"] == pytest.approx(0.5)
-    assert m["per_class"]["table"]["ap50"] == 0.0
-    assert m["ap50"] == pytest.approx(0.25)
+    assert m.per_class["chair"]["ap50"] == pytest.approx(0.5)
+    assert m.per_class["table"]["ap50"] == 0.0
+    assert m.ap50 == pytest.approx(0.25)
     # the same false positive with a lower score than the true one: chair AP 1
     m = evaluate([(span(0, 10), 1, 0.9), (span(10, 20), 1, 0.5)], labels, inst)
-    assert m["per_class"]["chair"]["ap50"] == 1.0
+    assert m.per_class["chair"]["ap50"] == 1.0
 
 
 def test_prediction_on_unannotated_points_is_not_a_false_positive():
@@ -82,13 +83,13 @@ def test_prediction_on_unannotated_points_is_not_a_false_positive():
     # the same prediction on annotated table points would have cost half the AP
     labels, inst = scene([(10, 1)], wall_points=10)
     m = evaluate([(span(0, 10), 1, 0.5), (span(10, 20), 1, 0.9)], labels, inst)
-    assert m["ap50"] == 1.0
+    assert m.ap50 == 1.0
 
 
 def test_small_ground_truth_objects_are_not_scored():
     labels, inst = scene([(10, 1), (3, 1)])
     m = evaluate([(span(0, 10), 1, 0.9)], labels, inst, min_gt_points=5)
-    assert m["per_class"]["chair"]["num_gt"] == 1 and m["ap50"] == 1.0
+    assert m.per_class["chair"]["num_gt"] == 1 and m.ap50 == 1.0
 
 
 def test_scenes_accumulate():
@@ -97,8 +98,8 @@ def test_scenes_accumulate():
     acc.add([span(0, 10)], np.array([1]), np.array([0.9]), labels, inst)  # found
     acc.add([], np.array([], int), np.array([]), labels, inst)  # missed in the second scene
     m = acc.metrics()
-    assert m["scenes"] == 2 and m["per_class"]["chair"]["num_gt"] == 2
-    assert m["ap50"] == pytest.approx(0.5)  # recall 1/2 at precision 1
+    assert m.scenes == 2 and m.per_class["chair"]["num_gt"] == 2
+    assert m.ap50 == pytest.approx(0.5)  # recall 1/2 at precision 1
 
 
 def test_average_precision_edges():
@@ -114,3 +115,10 @@ def test_bad_input_is_named():
         acc.add([span(0, 2)], np.array([1, 1]), np.array([0.5]), np.zeros(3, int), np.zeros(3, int))
     with pytest.raises(ValueError, match="thing mask"):
         InstanceAccumulator(CLASSES, np.array([True]))
+
+
+def test_metrics_are_fields_and_to_dict_is_the_results_file_layout():
+    labels, inst = scene([(10, 1)])
+    m = evaluate([(span(0, 10), 1, 0.9)], labels, inst)
+    assert set(m.to_dict()) == {"ap25", "ap50", "map", "per_class", "scenes"}  # no map_objects outside maps
+    assert replace(m, map_objects=3).to_dict()["map_objects"] == 3

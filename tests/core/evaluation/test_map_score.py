@@ -13,12 +13,12 @@ def test_score_by_hand_with_uncovered_points():
     map_coord, map_label = gt_coord[:7], np.array([0, 0, 1, 1, 1, 1, 2])
     s = score_labelled_map(map_coord, map_label, gt_coord, gt_label, num_classes=3, radius_m=0.3)
     np.testing.assert_array_equal(s.conf, [[2, 1, 0, 0], [0, 3, 0, 0], [0, 0, 1, 1]])
-    np.testing.assert_allclose(s.metrics["iou"], [2 / 3, 3 / 4, 1 / 2])  # TP / (GT + pred - TP)
-    assert s.metrics["miou"] == pytest.approx((2 / 3 + 3 / 4 + 1 / 2) / 3)
+    np.testing.assert_allclose(s.metrics.iou, [2 / 3, 3 / 4, 1 / 2])  # TP / (GT + pred - TP)
+    assert s.metrics.miou == pytest.approx((2 / 3 + 3 / 4 + 1 / 2) / 3)
     assert s.uncovered_points == 1 and s.coverage == pytest.approx(7 / 8)
 
     perfect = score_labelled_map(gt_coord + 0.01, gt_label, gt_coord, gt_label, 3, radius_m=0.3)
-    assert perfect.metrics["miou"] == 1.0 and perfect.uncovered_points == 0
+    assert perfect.metrics.miou == 1.0 and perfect.uncovered_points == 0
 
 
 def test_latency_summary_in_milliseconds():
@@ -47,4 +47,4 @@ def test_objects_are_ranked_by_the_trackers_score_where_given():
     args = (coord, label, confidence, instance, coord, gt_label, gt_instance, ["table", "object"], thing, 0.02)
     worse = score_map_instances(*args, min_gt_points=10)
     better = score_map_instances(*args, min_gt_points=10, object_scores={1: 0.8, 2: 0.1})
-    assert better["ap50"] > worse["ap50"]  # the right object first: precision 1 at recall 1/2
+    assert better.ap50 > worse.ap50  # the right object first: precision 1 at recall 1/2

@@ -32,14 +32,14 @@ def test_metrics_by_hand_exclude_classes_without_ground_truth():
     # IoU = TP / (GT + pred - TP): class 0: 3/(4+4-3), class 1: 1/(2+2-1), class 2: 2/(3+2-2)
     iou = [3 / 5, 1 / 3, 2 / 3]
     acc = [3 / 4, 1 / 2, 2 / 3]
-    np.testing.assert_allclose(m["iou"][:3], iou)
-    np.testing.assert_allclose(m["acc"][:3], acc)
-    np.testing.assert_array_equal(m["present"], [True, True, True, False, False])
-    assert np.isnan(m["iou"][3]) and np.isnan(m["iou"][4])  # predicted-only and absent: not a measured 0
-    assert m["miou"] == pytest.approx(np.mean(iou))
-    assert m["macc"] == pytest.approx(np.mean(acc))
-    assert m["allacc"] == pytest.approx(6 / 9)
-    np.testing.assert_array_equal(m["pred_count"], [4, 2, 2, 1, 0])
+    np.testing.assert_allclose(m.iou[:3], iou)
+    np.testing.assert_allclose(m.acc[:3], acc)
+    np.testing.assert_array_equal(m.present, [True, True, True, False, False])
+    assert np.isnan(m.iou[3]) and np.isnan(m.iou[4])  # predicted-only and absent: not a measured 0
+    assert m.miou == pytest.approx(np.mean(iou))
+    assert m.macc == pytest.approx(np.mean(acc))
+    assert m.allacc == pytest.approx(6 / 9)
+    np.testing.assert_array_equal(m.pred_count, [4, 2, 2, 1, 0])
 
 
 def test_metrics_match_per_class_loops_on_random_labels():
@@ -57,16 +57,16 @@ def test_metrics_match_per_class_loops_on_random_labels():
             continue
         ious.append((g & p).sum() / (g | p).sum())
         accs.append((g & p).sum() / g.sum())
-    assert m["miou"] == pytest.approx(np.mean(ious))
-    assert m["macc"] == pytest.approx(np.mean(accs))
-    assert m["allacc"] == pytest.approx(np.mean(gt[gt != -1] == pred[gt != -1]))
+    assert m.miou == pytest.approx(np.mean(ious))
+    assert m.macc == pytest.approx(np.mean(accs))
+    assert m.allacc == pytest.approx(np.mean(gt[gt != -1] == pred[gt != -1]))
 
 
 def test_perfect_prediction_scores_one():
     gt = np.array([0, 1, 1, 2, -1, 2])
     pred = np.where(gt < 0, 1, gt)
     m = segmentation_metrics(confusion_matrix(pred, gt, 4))
-    assert m["miou"] == 1.0 and m["macc"] == 1.0 and m["allacc"] == 1.0
+    assert m.miou == 1.0 and m.macc == 1.0 and m.allacc == 1.0
 
 
 def test_unpredicted_points_count_as_misses_only_when_asked():
@@ -77,8 +77,8 @@ def test_unpredicted_points_count_as_misses_only_when_asked():
     conf = confusion_matrix(pred, gt, 2, count_unpredicted=True)
     np.testing.assert_array_equal(conf, [[1, 0, 1], [0, 2, 0]])
     m = segmentation_metrics(conf)
-    np.testing.assert_allclose(m["iou"], [1 / 2, 1.0])  # the miss is a false negative of 0, no one's FP
-    assert m["allacc"] == pytest.approx(3 / 4)
+    np.testing.assert_allclose(m.iou, [1 / 2, 1.0])  # the miss is a false negative of 0, no one's FP
+    assert m.allacc == pytest.approx(3 / 4)
 
 
 def test_bad_inputs_raise():
@@ -96,7 +96,7 @@ def test_report_files(tmp_path):
     m = segmentation_metrics(conf)
     paths = write_metrics_report(tmp_path, conf, m, names, extra_json={"frames": 3})
     res = json.loads(paths["json"].read_text())  # strict JSON: NaN became null
-    assert res["metrics"]["miou"] == pytest.approx(m["miou"])
+    assert res["metrics"]["miou"] == pytest.approx(m.miou)
     assert res["metrics"]["per_class"]["table"]["iou"] is None
     assert res["frames"] == 3
     rows = list(csv.reader(open(paths["csv"])))

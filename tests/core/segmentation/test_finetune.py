@@ -185,9 +185,9 @@ def test_evaluation_counts_every_original_point_by_hand(tmp_path):
     np.testing.assert_array_equal(res.conf, expected)
     m = res.metrics
     # wall: TP 2, FP 3 -> 2/5; floor and cabinet: 0; the 9 absent classes do not count
-    assert m["miou"] == pytest.approx((2 / 5 + 0 + 0) / 3)
-    assert m["macc"] == pytest.approx((1 + 0 + 0) / 3)
-    assert m["allacc"] == pytest.approx(2 / 5)
+    assert m.miou == pytest.approx((2 / 5 + 0 + 0) / 3)
+    assert m.macc == pytest.approx((1 + 0 + 0) / 3)
+    assert m.allacc == pytest.approx(2 / 5)
     assert res.per_scene[0]["points"] == 6
 
 

@@ -211,4 +211,4 @@ def test_demo_checkpoint_segments_an_unseen_synthetic_room_well_above_chance():
     labels, _, _ = seg.predict(room.coord, room.color, room.normal)
     m = segmentation_metrics(confusion_matrix(labels, room.segment, len(SYNTHETIC_CLASSES)))
     majority = np.bincount(room.segment[room.segment >= 0]).max() / (room.segment >= 0).sum()
-    assert m["allacc"] > majority + 0.1 and m["miou"] > 0.2
+    assert m.allacc > majority + 0.1 and m.miou > 0.2
