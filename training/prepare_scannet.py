@@ -12,8 +12,10 @@ frame, color registered to the depth camera and both resized to ``--frame-size``
 With the split lists ``scannetv2_{train,val,test}.txt`` (in ``--splits-dir``, default the root) scenes go
 to ``<out>/<split>/<scene>``, otherwise to ``<out>/<scene>``. Scenes run in parallel. Each scene is
 written to a temporary folder and renamed when complete, so a finished scene folder is always whole: a
-rerun skips finished scenes (resume), and a scene that fails (corrupt or truncated input) is reported,
-leaves nothing behind, and makes the exit status 1 once all other scenes are done.
+rerun skips finished scenes (resume), and a scene that fails is logged, leaves nothing behind and does
+not stop the others. Once every other scene is done, the last line names what failed and the exit status
+says why: 2 when every failed scene failed on bad input (a scan file missing, truncated or garbled; the
+line names the first such file), 1 when any failed for another reason; 0 when none failed.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from gcross_core.cli import cli_main
-from gcross_core.data.scannet import ScanNetPrepConfig, prepare_scannet
+from gcross_core.data.scannet import SceneFailure, ScanNetPrepConfig, prepare_scannet
+from gcross_core.errors import GcrossError, InputError
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -38,7 +41,8 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scannet-root", type=Path, required=True, help="folder holding scans/ (and scans_test/)")
     ap.add_argument("--out", type=Path, required=True, help="output root for the scene folders")
     ap.add_argument("--tsv", type=Path, default=None,
@@ -66,7 +70,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = prepare_scannet(args.scannet_root, args.out, tsv=args.tsv, splits_dir=args.splits_dir,
                              scenes=args.scenes, cfg=cfg, color_format=args.color_format,
                              overwrite=args.overwrite, workers=args.workers, progress=not args.quiet)
-    return 1 if failed else 0
+    raise_for_failures(failed)
+    return 0
+
+
+def raise_for_failures(failed: Sequence[SceneFailure]) -> None:
+    """One error for the scenes that failed: an InputError (exit 2) when all failed on bad input."""
+    if not failed:
+        return
+    others = [f for f in failed if not f.bad_input]
+    first = (others or failed)[0]
+    text = f"{len(failed)} scene{'s' if len(failed) > 1 else ''} failed, nothing written for them; " \
+           f"{first.scene}: {first.message}"
+    raise GcrossError(text) if others else InputError(text)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm import tqdm
 
+from gcross_core.cli import BAD_INPUT
 from gcross_core.data.classes import SCANNET20_CLASSES, nyu40_to_scannet20, scannet_id_to_scannet200
 from gcross_core.data.mesh import read_mesh, vertex_normals
 from gcross_core.data.ply import read_ply
@@ -181,12 +182,21 @@ def load_scannet_scan(scan_dir: PathLike, label_map: Optional[LabelMap],
     return scene, extra
 
 
+@dataclass(frozen=True)
+class SceneFailure:
+    """A scene that could not be converted: nothing of it was written."""
+
+    scene: str
+    message: str  # an InputError's message names the damaged file
+    bad_input: bool  # the scan's files are missing, truncated or garbled (InputError); else the work failed
+
+
 def prepare_scan(scan_dir: str, out_dir: str, tsv: Optional[str], cfg: dict, color_format: str = "jpg",
-                 overwrite: bool = False) -> Tuple[str, str, str, float]:
+                 overwrite: bool = False) -> Tuple[str, Optional[SceneFailure], str, float]:
     """Convert one scan into a scene folder (atomically, see ``write_scene``); for process pools.
 
-    Returns (scene name, "done" | "failed", message, seconds) and never raises: one corrupt scan must not
-    stop a conversion of hundreds.
+    Returns (scene name, None or the failure, message, seconds) and never raises: one corrupt scan must
+    not stop a conversion of hundreds.
     """
     t0 = time.perf_counter()
     name = Path(scan_dir).name
@@ -197,9 +207,11 @@ def prepare_scan(scan_dir: str, out_dir: str, tsv: Optional[str], cfg: dict, col
         n_frames = 0 if scene.frames is None else len(scene.frames)
         skipped = 0 if scene.frames is None else scene.frames.skipped_frames
         msg = f"{scene.num_points} points, {n_frames} frames written, {skipped} frames with invalid poses skipped"
-        return name, "done", msg, time.perf_counter() - t0
+        return name, None, msg, time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - reported by the caller
-        return name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0
+        bad_input = isinstance(e, BAD_INPUT)
+        msg = " ".join(str(e).split()) if bad_input else f"{type(e).__name__}: {e}"
+        return name, SceneFailure(name, msg, bad_input), msg, time.perf_counter() - t0
 
 
 SPLITS = ("train", "val", "test")
@@ -246,7 +258,7 @@ def remove_stale_temporaries(out_root: PathLike) -> int:
 def prepare_scannet(root: PathLike, out: PathLike, tsv: Optional[PathLike] = None,
                     splits_dir: Optional[PathLike] = None, scenes: Optional[Sequence[str]] = None,
                     cfg: ScanNetPrepConfig = ScanNetPrepConfig(), color_format: str = "jpg",
-                    overwrite: bool = False, workers: int = 2, progress: bool = True) -> List[str]:
+                    overwrite: bool = False, workers: int = 2, progress: bool = True) -> List[SceneFailure]:
     """Convert the scans under ``root`` into scene folders under ``out``; returns the scenes that failed.
 
     ``tsv`` defaults to ``<root>/scannetv2-labels.combined.tsv`` and ``splits_dir`` to ``root``. With split
@@ -286,15 +298,15 @@ def prepare_scannet(root: PathLike, out: PathLike, tsv: Optional[PathLike] = Non
         log.info("removed %d temporary folders of an interrupted run", stale)
     todo = [j for j in jobs if overwrite or not j[1].exists()]
     log.info("%d scenes: %d already done, %d to convert", len(jobs), len(jobs) - len(todo), len(todo))
-    failed: List[str] = []
+    failed: List[SceneFailure] = []
     bar = tqdm(total=len(todo), desc="scenes", unit="scene", disable=not progress)
 
     def report(result):
-        name, status, msg, seconds = result
-        if status == "done":
+        name, failure, msg, seconds = result
+        if failure is None:
             log.info("%s: %s (%.1f s)", name, msg, seconds)
         else:
-            failed.append(name)
+            failed.append(failure)
             log.error("%s failed, nothing written: %s", name, msg)
         bar.update(1)
 
@@ -310,5 +322,5 @@ def prepare_scannet(root: PathLike, out: PathLike, tsv: Optional[PathLike] = Non
                 report(fut.result())
     bar.close()
     if failed:
-        log.error("%d of %d scenes failed: %s", len(failed), len(todo), ", ".join(sorted(failed)))
-    return failed
+        log.error("%d of %d scenes failed: %s", len(failed), len(todo), ", ".join(sorted(f.scene for f in failed)))
+    return sorted(failed, key=lambda f: f.scene)

@@ -296,12 +296,6 @@ def _export_bag(good, tmp):
     return ["-q", "export", str(bag), "--out", str(tmp / "scene")], bag
 
 
-# prepare_scannet converts every scan it can and reports the others (one corrupt scan of 1500 must not stop
-# the rest), so a damaged scan ends in "n scenes failed", exit 1, whatever the cause.
-PER_SCENE_FAILURES = pytest.mark.xfail(strict=True, reason="prepare_scannet reports a damaged scan as a failed "
-                                                           "scene (exit 1), not as bad input")
-MARKS = {("prepare_scannet", "ply"): PER_SCENE_FAILURES, ("prepare_scannet", "sens"): PER_SCENE_FAILURES}
-
 CASES = {
     ("pretrain", "yaml"): _pretrain_yaml,
     ("pretrain", "npy"): _pretrain_scene,
@@ -346,8 +340,7 @@ def test_every_tool_is_fed_bad_input():
     assert fed | {"play"} == set(sub.choices)
 
 
-@pytest.mark.parametrize("tool,what", [pytest.param(t, w, id=f"{t}-{w}", marks=MARKS.get((t, w), ()))
-                                       for t, w in sorted(CASES)])
+@pytest.mark.parametrize("tool,what", [pytest.param(t, w, id=f"{t}-{w}") for t, w in sorted(CASES)])
 def test_damaged_input_exits_2_with_one_line_naming_the_file(tool, what, good, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GCROSS_TRACEBACK", raising=False)
     monkeypatch.chdir(tmp_path)

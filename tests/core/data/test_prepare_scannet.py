@@ -105,8 +105,10 @@ def test_prepare_scannet_labels_normals_frames_resume_and_corrupt_scene(tmp_path
     run = subprocess.run([sys.executable, str(script), "--scannet-root", str(root), "--out", str(out),
                           "--frame-every", "1", "--frame-size", "8x6", "--workers", "2", "--quiet"],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 1, run.stderr  # one scene failed
+    assert run.returncode == EXIT_BAD_INPUT, run.stderr  # one scene failed, on its truncated .sens
     assert "scene0001_00 failed, nothing written" in run.stderr and "Traceback" not in run.stderr
+    sens = root / "scans" / "scene0001_00" / "scene0001_00.sens"
+    assert str(sens) in run.stderr.splitlines()[-1] and "1 scene failed" in run.stderr.splitlines()[-1]
     assert sorted(p.name for p in (out / "train").iterdir()) == ["scene0000_00"]  # nothing half-written
 
     s = load_scene(out / "train" / "scene0000_00")
@@ -134,11 +136,36 @@ def test_prepare_scannet_labels_normals_frames_resume_and_corrupt_scene(tmp_path
     cfg = ScanNetPrepConfig(frame_every=1, frame_width=8, frame_height=6)
     assert prepare_scannet(root, out, scenes=["scene0000_00"], cfg=cfg, progress=False) == []
     assert (out / "train" / "scene0000_00" / "coord.npy").stat().st_mtime_ns == stamp
-    assert prepare_scannet(root, out, cfg=cfg, workers=1, progress=False) == ["scene0001_00"]
+    [failure] = prepare_scannet(root, out, cfg=cfg, workers=1, progress=False)
+    assert failure.scene == "scene0001_00" and failure.bad_input and str(sens) in failure.message
     with pytest.raises(InputError, match="scene0009_00"):
         prepare_scannet(root, out, scenes=["scene0009_00"], cfg=cfg)
     with pytest.raises(InputError, match="no scans found"):
         prepare_scannet(tmp_path / "empty", out)
+
+
+def test_a_scene_failing_at_run_time_is_exit_1_even_beside_bad_input(tmp_path, monkeypatch, capsys):
+    from training.prepare_scannet import main
+
+    root = tmp_path / "ScanNet"
+    write_scan(root, "scene0000_00")
+    write_scan(root, "scene0001_00", sens=False, seed=1)
+    write_scan(root, "scene0002_00", truncate_sens=True, seed=2)
+    write_tsv(root)
+    argv = ["--scannet-root", str(root), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet",
+            "--frame-every", "1", "--frame-size", "8x6", "--scenes"]
+    capsys.readouterr()
+    assert main(argv + ["scene0001_00", "scene0002_00"]) == EXIT_BAD_INPUT  # a missing and a truncated .sens
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "2 scenes failed" in last and "scene0001_00.sens" in last
+
+    def broken_write(scene, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("gcross_core.data.scannet.write_scene", broken_write)
+    assert main(argv + ["scene0000_00", "scene0002_00"]) == 1  # the tool's own failure wins over bad input
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "2 scenes failed" in last and "scene0000_00: RuntimeError: disk on fire" in last
 
 
 def test_sens_reader_header_frames_and_truncation(tmp_path):
