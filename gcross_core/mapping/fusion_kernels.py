@@ -487,3 +487,21 @@ def unit_normals(attr: np.ndarray, n: int) -> np.ndarray:
     out = np.empty((n, 3), np.float32)
     _unit_normals(attr, n, out)
     return out
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def changed_since_recorded(labels, rows, colors, normals, then_colors, then_normals, color_tolerance, min_cos, out):
+    """The segmentation schedule's test (``schedule.changed_since_labelled``) over a whole map snapshot:
+    out[i] where voxel i is labelled, has a ledger row, and its colour moved by more than
+    ``color_tolerance`` in some channel or (both normals known) its normal's cosine fell below ``min_cos``."""
+    for i in range(len(labels)):
+        r = rows[i]
+        if labels[i] < 0 or r < 0:
+            out[i] = False
+            continue
+        moved = max(abs(colors[i, 0] - then_colors[r, 0]), abs(colors[i, 1] - then_colors[r, 1]),
+                    abs(colors[i, 2] - then_colors[r, 2])) > color_tolerance
+        n0, n1, n2 = normals[i, 0], normals[i, 1], normals[i, 2]
+        m0, m1, m2 = then_normals[r, 0], then_normals[r, 1], then_normals[r, 2]
+        both = (abs(n0) + abs(n1) + abs(n2) > 0) and (abs(m0) + abs(m1) + abs(m2) > 0)
+        out[i] = moved or (both and n0 * m0 + n1 * m1 + n2 * m2 < min_cos)

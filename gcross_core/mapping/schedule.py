@@ -38,54 +38,91 @@ TIERS = ("new_in_view", "new", "changed", "refresh")
 
 
 class LabelLedger:
-    """Per voxel key: the segmentation round that last labelled it, and its colour and normal then."""
+    """Per voxel key: the segmentation round that last labelled it, and its colour and normal then.
+
+    Rows in the order keys were first recorded, found through a hash index of the keys
+    (``fusion_kernels.VoxelIndex``, as the map finds its own rows): looking up a million keys per
+    segmentation costs a few milliseconds.
+    """
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
-        self._keys = np.empty(0, np.int64)  # sorted
+        from gcross_core.mapping.fusion_kernels import VoxelIndex  # numba: imported with the first ledger
+
+        self._n = 0
+        self._keys = np.empty(0, np.int64)
         self._round = np.empty(0, np.int64)
         self._color = np.empty((0, 3), np.float32)
         self._normal = np.empty((0, 3), np.float32)
+        self._index = VoxelIndex(0)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._n
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key in the ledger, -1 where it was never recorded."""
-        if not len(self._keys):
-            return np.full(len(keys), -1, np.int64)
-        pos = np.searchsorted(self._keys, keys)
-        pos_c = np.minimum(pos, len(self._keys) - 1)
-        return np.where(self._keys[pos_c] == keys, pos_c, -1)
+        return self._index.lookup(self._keys, np.asarray(keys, np.int64))
 
     def record(self, keys: np.ndarray, round_: int, colors: np.ndarray, normals: np.ndarray) -> None:
-        """``keys`` were labelled in round ``round_`` with these colours and normals."""
+        """``keys`` (distinct) were labelled in round ``round_`` with these colours and normals."""
         keys = np.asarray(keys, np.int64)
         rows = self.lookup(keys)
         known = rows >= 0
         self._round[rows[known]] = round_
         self._color[rows[known]] = colors[known]
         self._normal[rows[known]] = normals[known]
-        if (~known).any():
-            keys_n = keys[~known]
-            keys_all = np.concatenate([self._keys, keys_n])
-            order = np.argsort(keys_all, kind="stable")
-            self._keys = keys_all[order]
-            self._round = np.concatenate([self._round, np.full(len(keys_n), round_, np.int64)])[order]
-            self._color = np.concatenate([self._color, np.asarray(colors, np.float32)[~known]])[order]
-            self._normal = np.concatenate([self._normal, np.asarray(normals, np.float32)[~known]])[order]
+        m = int((~known).sum())
+        if m:
+            n = self._n
+            if n + m > len(self._keys):
+                self._resize(max(2 * (n + m), 1024))
+            s = slice(n, n + m)
+            self._keys[s] = keys[~known]
+            self._round[s] = round_
+            self._color[s] = np.asarray(colors, np.float32)[~known]
+            self._normal[s] = np.asarray(normals, np.float32)[~known]
+            self._index.insert(self._keys, n, n + m)
+            self._n = n + m
 
     def forget_missing(self, keys_in_map: np.ndarray) -> None:
         """Drop the keys the map no longer has (evicted or reset), keeping the ledger the map's size."""
-        keep = np.isin(self._keys, keys_in_map)
+        rows = self.lookup(keys_in_map)
+        keep = np.zeros(self._n, bool)
+        keep[rows[rows >= 0]] = True
         if not keep.all():
-            self._keys, self._round = self._keys[keep], self._round[keep]
-            self._color, self._normal = self._color[keep], self._normal[keep]
+            n = int(keep.sum())
+            for name in ("_keys", "_round", "_color", "_normal"):
+                buf = getattr(self, name)
+                buf[:n] = buf[: self._n][keep]
+            self._n = n
+            self._index.rebuild(self._keys, n, len(self._keys))
+
+    def _resize(self, capacity: int) -> None:
+        n = self._n
+        for name, shape, dtype in (("_keys", (), np.int64), ("_round", (), np.int64), ("_color", (3,), np.float32),
+                                   ("_normal", (3,), np.float32)):
+            buf = np.zeros((capacity,) + shape, dtype)
+            buf[:n] = getattr(self, name)[:n]
+            setattr(self, name, buf)
+        self._index.rebuild(self._keys, n, capacity)
 
     def rounds(self, rows: np.ndarray) -> np.ndarray:
         return self._round[rows]
+
+    def changed(self, labels: np.ndarray, rows: np.ndarray, colors: np.ndarray, normals: np.ndarray,
+                color_tolerance: float, normal_tolerance_deg: float) -> np.ndarray:
+        """[N] bool: labelled voxels (``labels`` >= 0) with a ledger row (``rows``, from :meth:`lookup`)
+        whose colour or normal moved beyond the tolerances since (:func:`changed_since_labelled`, in one
+        compiled pass over the map instead of a dozen)."""
+        from gcross_core.mapping.fusion_kernels import changed_since_recorded
+
+        out = np.empty(len(labels), np.bool_)
+        changed_since_recorded(np.asarray(labels), np.asarray(rows, np.int64), np.ascontiguousarray(colors, np.float32),
+                               np.ascontiguousarray(normals, np.float32), self._color, self._normal,
+                               np.float32(color_tolerance), np.float32(np.cos(np.deg2rad(normal_tolerance_deg))), out)
+        return out
 
     def colors(self, rows: np.ndarray) -> np.ndarray:
         return self._color[rows]
@@ -151,13 +188,8 @@ def plan_segmentation(snap, ledger: LabelLedger, seen_since: int, budget: int, c
     labelled = snap.labels >= 0
     in_view = snap.last_seen >= seen_since
     ledger_rows = ledger.lookup(snap.keys)
-    known = labelled & (ledger_rows >= 0)
-    changed = np.zeros(n, bool)
-    if known.any():
-        idx = np.flatnonzero(known)
-        lr = ledger_rows[idx]
-        changed[idx] = changed_since_labelled(snap.colors[idx], snap.normals[idx], ledger.colors(lr),
-                                              ledger.normals(lr), color_tolerance, normal_tolerance_deg)
+    changed = ledger.changed(snap.labels, ledger_rows, snap.colors, snap.normals, color_tolerance,
+                             normal_tolerance_deg)
     masks = {"new_in_view": ~labelled & in_view, "new": ~labelled & ~in_view, "changed": changed}
     due = {name: int(mask.sum()) for name, mask in masks.items()}
     target_cap = budget if n <= budget else max(1, int(budget * (1.0 - min_context_share)))
@@ -195,8 +227,11 @@ def plan_segmentation(snap, ledger: LabelLedger, seen_since: int, budget: int, c
 
         # only voxels in the context_m cells next to a target's cell can be near one: query those
         cells = _cells(snap.coords, context_m)
-        near_cells = np.unique((_cells(snap.coords[targets], context_m)[:, None] + _NEIGHBOURS[None, :]).ravel())
-        others = np.flatnonzero(~target & np.isin(cells, near_cells))
+        near_cells = np.unique((np.unique(_cells(snap.coords[targets], context_m))[:, None]
+                                + _NEIGHBOURS[None, :]).ravel())
+        # membership by binary search in the few near cells (np.isin would sort the whole map's cells)
+        pos = np.minimum(np.searchsorted(near_cells, cells), len(near_cells) - 1)
+        others = np.flatnonzero(~target & (near_cells[pos] == cells))
         if len(others) > _CONTEXT_SAMPLE * room:  # bounded work: an even sample of the candidates, in map order
             others = others[np.linspace(0, len(others) - 1, _CONTEXT_SAMPLE * room).astype(np.int64)]
         if len(others):
