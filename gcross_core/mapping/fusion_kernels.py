@@ -1,5 +1,7 @@
 """Compiled kernels of ``VoxelMap.integrate``: pixels -> frame voxels, the map's key -> row hash index, and
-the running-mean merge (numba, compiled on first use and cached on disk; every kernel releases the GIL).
+the running-mean merge; and of the passes over a whole map that run on every segmentation (unit normals,
+the schedule's changed-since-labelled test). numba, compiled on first use and cached on disk; every
+kernel releases the GIL.
 
 Each kernel does in one loop what the vectorised NumPy version did in a dozen passes over the frame, and
 keeps that version's arithmetic (the same float32 operations in the same order, float64 sums added point by
@@ -491,7 +493,7 @@ def unit_normals(attr: np.ndarray, n: int) -> np.ndarray:
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def changed_since_recorded(labels, rows, colors, normals, then_colors, then_normals, color_tolerance, min_cos, out):
-    """The segmentation schedule's test (``schedule.changed_since_labelled``) over a whole map snapshot:
+    """The segmentation schedule's test (``schedule.LabelLedger.changed``) over a whole map snapshot:
     out[i] where voxel i is labelled, has a ledger row, and its colour moved by more than
     ``color_tolerance`` in some channel or (both normals known) its normal's cosine fell below ``min_cos``."""
     for i in range(len(labels)):

@@ -114,8 +114,9 @@ class LabelLedger:
     def changed(self, labels: np.ndarray, rows: np.ndarray, colors: np.ndarray, normals: np.ndarray,
                 color_tolerance: float, normal_tolerance_deg: float) -> np.ndarray:
         """[N] bool: labelled voxels (``labels`` >= 0) with a ledger row (``rows``, from :meth:`lookup`)
-        whose colour or normal moved beyond the tolerances since (:func:`changed_since_labelled`, in one
-        compiled pass over the map instead of a dozen)."""
+        whose colour moved by more than ``color_tolerance`` (0..255, largest channel) or whose normal turned
+        by more than ``normal_tolerance_deg`` (where both normals are known) since it was recorded; one
+        compiled pass over the map."""
         from gcross_core.mapping.fusion_kernels import changed_since_recorded
 
         out = np.empty(len(labels), np.bool_)
@@ -160,16 +161,6 @@ def _newest(rows: np.ndarray, last_seen: np.ndarray, k: int) -> np.ndarray:
     if len(rows) > k:
         rows = rows[np.argpartition(-last_seen[rows], k - 1)[:k]]
     return rows[np.argsort(-last_seen[rows], kind="stable")]
-
-
-def changed_since_labelled(colors: np.ndarray, normals: np.ndarray, then_colors: np.ndarray,
-                           then_normals: np.ndarray, color_tolerance: float, normal_tolerance_deg: float
-                           ) -> np.ndarray:
-    """True where colour or normal moved beyond the tolerances (a normal unknown then or now: colour only)."""
-    moved = np.abs(colors - then_colors).max(axis=1) > color_tolerance
-    both = (np.abs(normals).sum(axis=1) > 0) & (np.abs(then_normals).sum(axis=1) > 0)
-    cos = np.einsum("ij,ij->i", normals, then_normals)
-    return moved | (both & (cos < np.cos(np.deg2rad(normal_tolerance_deg))))
 
 
 def plan_segmentation(snap, ledger: LabelLedger, seen_since: int, budget: int, context_m: float,
