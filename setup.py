@@ -16,7 +16,7 @@ setup(
         ("share/" + package_name + "/launch", glob("launch/*.py")),
         ("share/" + package_name + "/config", glob("config/*")),
     ],
-    # Runtime dependencies are installed by `make env` (see README): torch must be pinned per machine
+    # Runtime dependencies are installed by `make env` (see README.md): torch must be pinned per machine
     # (CPU wheel vs CUDA build) and rclpy/messages come either from PyPI or from a sourced ROS 2 workspace,
     # so they are deliberately not listed in install_requires.
     install_requires=["setuptools"],

@@ -114,7 +114,7 @@ def node_params(tmp: Path, scenario: Scenario, reliable_depth: int, overrides: D
     # shows the policy's rate_limited drops instead)
     params.update(publish_rendered=False, max_frame_rate_hz=0.0)
     params.update(overrides)
-    if scenario.reliable:  # the standard ROS 2 parameters, as the README's QoS section gives them
+    if scenario.reliable:  # the standard ROS 2 parameters, as docs/node.md's QoS section gives them
         qos = {f"/{t}": {"subscription": {"reliability": "reliable", "depth": reliable_depth}} for t in CAMERA_TOPICS}
         qos["/pose"] = {"subscription": {"reliability": "reliable"}}  # keeps the node's 1000-deep pose queue
         params["qos_overrides"] = qos

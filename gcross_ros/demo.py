@@ -44,7 +44,7 @@ def build_scene(out_dir: Path, seed: int, views: int, width: int, height: int):
 
 
 # segment_max_voxels sized for the shipped small segmenter (a segmentation of 200k voxels takes about a second
-# on 2 CPU cores), as the README says to size it per model; the default (15000) is sized for a full-size SpUNet
+# on 2 CPU cores), as docs/node.md says to size it per model; the default (15000) is sized for a full-size SpUNet
 DEMO_SEGMENT_MAX_VOXELS = 200_000
 
 

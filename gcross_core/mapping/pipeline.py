@@ -116,7 +116,7 @@ class PipelineConfig:
         map at the grid itself puts voxel centres on another lattice than the segmenter's, so about one
         cell in ten merges and small objects lose points: on the 43 mOSD test tabletops (2 cm segmenter)
         the map at 2 cm scored 0.5 to 1.4 mIoU below offline evaluation, at 1 cm exactly the same
-        (``python benchmarks/bag_vs_offline.py``)."""
+        (``python -m experiments.bag_vs_offline``)."""
         if self.voxel_size_m:
             return self
         grid = getattr(segmenter, "grid_size_m", None)

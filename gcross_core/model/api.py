@@ -24,7 +24,7 @@ batch. At inference the choices are:
   - ``batchnorm``: "input" (the default: the statistics of the input itself, as in a training step; the
     running averages are left untouched) or "running" (the running averages, as ``model.eval()``).
 
-The defaults are the training path, chosen by measurement (``benchmarks/eval_input.py``, the shipped
+The defaults are the training path, chosen by measurement (``python -m experiments.eval_input``, the shipped
 synthetic model on 4 held-out rooms, 32 views at 80x60): PSNR / depth L1 were 16.11 dB / 0.181 m with full
 density and running BatchNorm averages (``model.eval()``), 16.28 / 0.167 with full density and input
 statistics, 15.90 / 0.191 with the mask and running averages, 16.46 / 0.163 with the mask and input

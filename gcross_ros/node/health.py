@@ -97,7 +97,7 @@ def diagnostics_msg(report: Dict[str, float], name: str, hardware_id: str, previ
     elif lost > 0 and lost > lost_warn_ratio * (lost + received):
         level = DiagnosticStatus.WARN
         message = (f"{lost:g} of {lost + received:g} color frames lost before reaching the node since the last "
-                   "report (see lost.*; a deeper input queue or reliable QoS helps, see the README)")
+                   "report (see lost.*; a deeper input queue or reliable QoS helps, see docs/node.md)")
     elif since("frames_dropped") - sum(since(f"dropped.{r}") for r in EXPECTED_DROPS) > 0:  # pauses, rate policy
         level, message = DiagnosticStatus.WARN, "frames dropped since the last report (see dropped.*)"
     elif not report.get("frames_fused"):
