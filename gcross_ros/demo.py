@@ -55,7 +55,7 @@ def _node_ros_args(checkpoint: Path) -> list:
     return args
 
 
-def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxel_size_m: float) -> dict:
+def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxel_size_m: float):
     """Start the node as its own process, replay the bag into it and score what it publishes."""
     import rclpy
 
@@ -79,9 +79,10 @@ def run_live(bag: Path, checkpoint: Path, params_file: Path, out_dir: Path, voxe
         stop_node_process(proc, node_log, timeout_s=10)
 
 
-def _instance_summary(result: dict) -> dict:
-    """Instance AP and object count of a report (segmenters with an instance head), else nothing."""
-    return {k: result[k] for k in ("ap25", "ap50", "map", "objects") if k in result}
+def _instance_summary(result) -> dict:
+    """Instance AP and object count of a BagScore (segmenters with an instance head), else nothing."""
+    i = result.instance
+    return {} if i is None else {"ap25": i.ap25, "ap50": i.ap50, "map": i.map, "objects": i.map_objects}
 
 
 @cli_main("gcross_ros.demo")
@@ -137,13 +138,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                             "render_source": "gaussians"})
     offline = evaluate_bag(bag, args.checkpoint, out / "report_offline", pipe_cfg, EvalConfig(), progress=True,
                            render_panel=panel_params, assembly_config=assembly_config_from_params(str(params_file)))
-    summary = {"offline": {"miou": offline["miou"], "macc": offline["macc"],
-                           "frames_per_s": offline["performance"]["frames_per_s"],
-                           "report": offline["files"]["markdown"],
-                           "render_panel": offline["render_panel"]["png"],
+    summary = {"offline": {"miou": offline.miou, "macc": offline.macc,
+                           "frames_per_s": offline.performance["frames_per_s"],
+                           "report": offline.markdown,
+                           "render_panel": offline.render_panel["png"],
                            "rendered_views": [{k: v[k] for k in ("frame", "psnr_db", "depth_l1_m", "voxels_psnr_db",
                                                                  "voxels_depth_l1_m")}
-                                              for v in offline["render_panel"]["views"]],
+                                              for v in offline.render_panel["views"]],
                            **_instance_summary(offline)}}
 
     live = None
@@ -159,14 +160,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except Exception as e:  # the offline report stands; say why live did not
                 log.warning("live replay failed: %s (node log: %s)", e, out / "segment_node.log")
     if live is not None:
-        summary["live"] = {"miou": live["miou"], "macc": live["macc"], "report": live["files"]["markdown"],
+        summary["live"] = {"miou": live.miou, "macc": live.macc, "report": live.markdown,
                            **_instance_summary(live)}
-        summary["live_minus_offline_miou"] = live["miou"] - offline["miou"]
+        summary["live_minus_offline_miou"] = live.miou - offline.miou
     summary["wall_s"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    print(f"\nReport: {offline['files']['markdown']}\nRendered views: {offline['render_panel']['png']}"
-          + (f"\nLive report: {live['files']['markdown']}" if live else ""))
+    print(f"\nReport: {offline.markdown}\nRendered views: {offline.render_panel['png']}"
+          + (f"\nLive report: {live.markdown}" if live else ""))
     return 0
 
 

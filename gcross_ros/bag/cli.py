@@ -124,14 +124,13 @@ def cmd_eval(args) -> int:
     topics = replace(BagTopics(), **{role: t for role, t in given.items() if t})
     res = evaluate_bag(args.bag, args.checkpoint, args.out, pipe_cfg, cfg, topics=topics, progress=not args.quiet,
                        render_panel=panel, assembly_config=assembly_config_from_params(args.params_file))
-    frames = res["performance"]["assembly"]
-    summary = {"miou": res["miou"], "macc": res["macc"], "frames_per_s": res["performance"]["frames_per_s"],
+    frames = res.performance["assembly"]
+    summary = {"miou": res.miou, "macc": res.macc, "frames_per_s": res.performance["frames_per_s"],
                "frames_in": frames["frames_in"], "frames_fused": frames["frames_fused"],
                "frames_dropped": frames["frames_dropped"], "messages_skipped": frames["messages_skipped"],
-               "coverage": res["coverage"]["covered_fraction"] if res["coverage"] else None,
-               "report": res["files"].get("markdown")}
+               "coverage": res.coverage.covered_fraction if res.coverage else None, "report": res.markdown}
     if panel is not None:
-        summary["render_panel"] = res["render_panel"]["png"]
+        summary["render_panel"] = res.render_panel["png"]
     print(json.dumps(summary))
     return 0
 
@@ -141,8 +140,8 @@ def cmd_eval_live(args) -> int:
     res = run_live_evaluation(args.bag, args.out, cloud_topic=args.cloud_topic, legend_topic=args.legend_topic,
                               rate=args.rate, settle_s=args.settle_s, radius_m=args.radius_m,
                               voxel_size_m=voxel_size_m)
-    print(json.dumps({"miou": res["miou"], "macc": res["macc"], "coverage": res["coverage"]["covered_fraction"],
-                      "report": res["files"]["markdown"]}))
+    print(json.dumps({"miou": res.miou, "macc": res.macc, "coverage": res.coverage.covered_fraction,
+                      "report": res.markdown}))
     return 0
 
 

@@ -9,7 +9,7 @@ folder. Needs ``rosbags`` only, no ROS installation.
 With a segmenter that has an instance head and a bag whose ground truth carries instance ids, the
 report also gives instance AP25 / AP50 / mAP of the map's objects
 (:func:`gcross_core.evaluation.map_score.score_map_instances`) next to mIoU, and the top-down PNG draws
-each object's box.
+each object's box. Scoring and the report folder are :mod:`gcross_ros.bag.score`'s.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from gcross_core.config import read_yaml
 from gcross_core.errors import BagError, ConfigError, InputError
 from gcross_ros.bag.format import BagTopics
 from gcross_ros.bag.reader import read_ground_truth
+from gcross_ros.bag.score import BagScore, LabelledMap, ReportSpec, score_and_report
 
 log = logging.getLogger(__name__)
 
@@ -188,101 +189,9 @@ def run_pipeline_on_bag(bag_path, segmenter, pipeline_config, config: EvalConfig
     return pipe.labelled_points(), perf
 
 
-def object_boxes(coord: np.ndarray, label: np.ndarray, instance: np.ndarray, none: int):
-    """(boxes [P, 2, 3] min/max corners, majority class [P]) of the objects in a labelled cloud; ``none``
-    is the id that means no object (0 in a map, -1 in ground truth)."""
-    from gcross_core.evaluation.map_score import map_objects
-
-    _, indices, classes, _ = map_objects(label, None, instance, none=none)
-    coord = np.asarray(coord, np.float32)
-    boxes = np.array([[coord[i].min(0), coord[i].max(0)] for i in indices], np.float32).reshape(-1, 2, 3)
-    return boxes, classes
-
-
-def score_and_report(out_dir, map_coord, map_label, gt_coord, gt_label, class_names: Sequence[str],
-                     radius_m: float, title: str, cell_m: float = 0.02, perf: Optional[dict] = None,
-                     settings: Optional[dict] = None, render_panel: Optional[dict] = None, map_instance=None,
-                     map_confidence=None, gt_instance=None, stuff_classes: Optional[Sequence[str]] = None,
-                     object_scores=None) -> dict:
-    """Score a labelled map (offline pipeline or a cloud the live node published) and write the report.
-
-    map_coord [M, 3], map_label [M] (-1 = unlabelled), gt_coord [N, 3], gt_label [N] (-1 = ignore), all
-    in the map frame. Writes results.json, report.md, confusion.csv/png and topdown.png. With
-    ``map_instance`` [M] (0 = none), ``gt_instance`` [N] (-1 = none) and ``stuff_classes`` (the classes
-    not instanced) the map's objects are scored too (AP; ranked by ``object_scores``, id -> score, where
-    it names an object, else by the mean ``map_confidence`` [M] of its points) and their boxes drawn.
-    """
-    from gcross_core.evaluation.map_score import score_labelled_map, score_map_instances
-    from gcross_core.evaluation.report import save_topdown_png, write_metrics_report
-    from gcross_core.segmentation.instance import thing_mask
-
-    names = list(class_names)
-    score = score_labelled_map(map_coord, map_label, gt_coord, gt_label, len(names), radius_m)
-    instance = None
-    map_panel = ("labelled map", map_coord, map_label)
-    gt_panel = ("ground truth", gt_coord, gt_label)
-    if map_instance is not None and gt_instance is not None and stuff_classes is not None:
-        thing = thing_mask(names, stuff_classes)
-        instance = score_map_instances(map_coord, map_label, map_confidence, map_instance, gt_coord, gt_label,
-                                       gt_instance, names, thing, radius_m, object_scores=object_scores)
-        boxes, classes = object_boxes(map_coord, map_label, map_instance, none=0)
-        keep = (classes >= 0) & thing[np.clip(classes, 0, None)]
-        map_panel = ("labelled map, objects", map_coord, map_label, (boxes[keep], classes[keep]))
-        boxes, classes = object_boxes(gt_coord, gt_label, gt_instance, none=-1)
-        keep = (classes >= 0) & thing[np.clip(classes, 0, None)]
-        gt_panel = ("ground truth, objects", gt_coord, gt_label, (boxes[keep], classes[keep]))
-    m = score.metrics
-    coverage = {"radius_m": float(radius_m), "gt_points": int(len(gt_coord)),
-                "gt_points_scored": int(score.scored.sum()), "covered_fraction": score.coverage,
-                "uncovered_points": score.uncovered_points,
-                "covered_but_unlabelled_points": score.unlabelled_points, "map_points": int(len(map_coord))}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_topdown_png(out / "topdown.png", [map_panel, gt_panel], names, min_cell_m=cell_m)
-    md = _eval_markdown(coverage, perf, settings or {})
-    md += "\n![top-down: labelled map | ground truth](topdown.png)\n"
-    if render_panel is not None:
-        md += "\n" + _panel_markdown(render_panel, out)
-    extra = {"coverage": coverage, **({"performance": perf} if perf else {}), "settings": settings or {},
-             **({"render_panel": render_panel} if render_panel is not None else {})}
-    paths = write_metrics_report(out, score.conf, m, names, title=title, extra_json=extra, extra_markdown=md,
-                                 instance=instance)
-    if render_panel is not None:
-        paths["render_panel"] = render_panel["png"]
-    res = {"miou": m.miou, "macc": m.macc, "allacc": m.allacc, "coverage": coverage,
-           "performance": perf, "render_panel": render_panel, "report_dir": str(out),
-           "files": {k: str(v) for k, v in paths.items()}}
-    if instance is not None:
-        res.update({"ap25": instance.ap25, "ap50": instance.ap50, "map": instance.map,
-                    "objects": instance.map_objects})
-    return res
-
-
-def _panel_markdown(panel: dict, out_dir: Path) -> str:
-    def num(x, fmt):
-        return "n/a" if x is None else format(x, fmt)
-
-    src = panel["render_source"] + (f" (`{panel['model_checkpoint']}`)" if panel.get("model_checkpoint") else "")
-    lines = ["## Rendered views", "",
-             f"The final map rendered as the node renders it (render_source {src}) at recorded camera poses, "
-             "next to the recorded frame. These poses are among the fused frames (not held out).", "",
-             "| frame | PSNR [dB] | depth L1 [m] | covered | voxel splat PSNR [dB] | voxel splat depth L1 [m] |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for v in panel["views"]:
-        lines.append(f"| {v['frame']} | {num(v['psnr_db'], '.2f')} | {num(v['depth_l1_m'], '.3f')} | "
-                     f"{100 * v['coverage']:.0f} % | {num(v['voxels_psnr_db'], '.2f')} | "
-                     f"{num(v['voxels_depth_l1_m'], '.3f')} |")
-    try:
-        rel = Path(panel["png"]).resolve().relative_to(Path(out_dir).resolve())
-    except ValueError:
-        rel = Path(panel["png"])
-    lines += ["", f"![rendered views: recorded | rendered colour, depth, semantic, features]({rel})", ""]
-    return "\n".join(lines)
-
-
 def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: EvalConfig = EvalConfig(),
                  topics: BagTopics = BagTopics(), progress: bool = False, render_panel=None,
-                 assembly_config=None) -> dict:
+                 assembly_config=None) -> BagScore:
     """Run the node's pipeline over a bag, score the final map and write the report folder.
 
     ``checkpoint`` is a segmenter checkpoint path, or an object with ``class_names``, ``grid_size_m`` (used
@@ -329,61 +238,24 @@ def evaluate_bag(bag_path, checkpoint, out_dir, pipeline_config=None, config: Ev
             from gcross_core.evaluation.report import write_json
 
             write_json(Path(out_dir) / "results.json", {"render_panel": panel, "performance": perf})
-            return {"miou": None, "macc": None, "coverage": None, "performance": perf, "render_panel": panel,
-                    "report_dir": str(out_dir), "files": {"render_panel": panel["png"]}}
+            return BagScore(report_dir=str(out_dir), files={"render_panel": str(panel["png"])}, performance=perf,
+                            render_panel=panel)
     radius = config.radius_m if config.radius_m is not None else default_radius_m(
         getattr(segmenter, "grid_size_m", None), pipeline_config.voxel_size_m)
     settings = {"bag": str(bag_path), "checkpoint": str(checkpoint), "final_segment": config.final_segment,
                 **asdict(pipeline_config)}
     instance_config = getattr(segmenter, "instance_config", None)
-    res = score_and_report(out_dir, pts.coord, pts.label, gt.coord, gt_label, names, radius,
-                           title=f"Bag evaluation: {Path(bag_path).name}", cell_m=pipeline_config.voxel_size_m,
-                           perf=perf, settings=settings, render_panel=panel, map_instance=pts.instance,
-                           map_confidence=pts.confidence, gt_instance=gt.instance,
-                           stuff_classes=instance_config.stuff_classes if instance_config is not None else None,
-                           object_scores={o.object_id: o.score for o in pipe.objects()})
+    scored = LabelledMap(pts.coord, pts.label, instance=pts.instance, confidence=pts.confidence,
+                         object_scores={o.object_id: o.score for o in pipe.objects()})
+    spec = ReportSpec(title=f"Bag evaluation: {Path(bag_path).name}", radius_m=radius,
+                      cell_m=pipeline_config.voxel_size_m, settings=settings,
+                      stuff_classes=instance_config.stuff_classes if instance_config is not None else None)
+    res = score_and_report(out_dir, scored, replace(gt, label=gt_label, class_names=names), names, spec, perf=perf,
+                           render_panel=panel)
     log.info("mIoU %.1f %% (mAcc %.1f %%, coverage %.1f %%) on %d frames at %.1f frames/s; report in %s",
-             100 * res["miou"], 100 * res["macc"], 100 * res["coverage"]["covered_fraction"], perf["frames"],
+             100 * res.miou, 100 * res.macc, 100 * res.coverage.covered_fraction, perf["frames"],
              perf["frames_per_s"], out_dir)
-    if "ap50" in res:
-        log.info("instances: %d objects in the map; AP25 %.1f %%, AP50 %.1f %%, mAP %.1f %%", res["objects"],
-                 100 * res["ap25"], 100 * res["ap50"], 100 * res["map"])
+    if res.instance is not None:
+        log.info("instances: %d objects in the map; AP25 %.1f %%, AP50 %.1f %%, mAP %.1f %%",
+                 res.instance.map_objects, 100 * res.instance.ap25, 100 * res.instance.ap50, 100 * res.instance.map)
     return res
-
-
-def _eval_markdown(coverage: dict, perf: Optional[dict], settings: dict) -> str:
-    def ms(d, k):
-        return f"{d[k]:.1f}" if k in d else "n/a"
-
-    lines = [
-        "## Coverage",
-        "",
-        f"Ground-truth points take the label of the nearest map point within {coverage['radius_m']:.3f} m; "
-        f"points with none are uncovered and count as misses of their class.",
-        "",
-        f"- map points (voxels): {coverage['map_points']}",
-        f"- ground-truth points scored: {coverage['gt_points_scored']} of {coverage['gt_points']}",
-        f"- covered: {100 * coverage['covered_fraction']:.1f} %, uncovered: {coverage['uncovered_points']}, "
-        f"covered but never segmented: {coverage['covered_but_unlabelled_points']}",
-        "",
-    ]
-    if perf:
-        fl, sl = perf["frame_latency"], perf["segmentation_latency"]
-        lines += [
-            "## Speed",
-            "",
-            f"{perf['frames']} frames, {perf['frames_per_s']:.2f} frames/s of processing "
-            f"({perf['frames_per_s_wall']:.2f} frames/s including bag decoding, {perf['wall_s']:.2f} s wall); "
-            f"{perf['segmentations']} segmentations.",
-            "",
-            "| latency [ms] | p50 | p90 | p99 | max |",
-            "|---|---:|---:|---:|---:|",
-            f"| per frame (fusion + segmentation when due) | {ms(fl, 'p50_ms')} | {ms(fl, 'p90_ms')} | "
-            f"{ms(fl, 'p99_ms')} | {ms(fl, 'max_ms')} |",
-            f"| segmentation of the map | {ms(sl, 'p50_ms')} | {ms(sl, 'p90_ms')} | {ms(sl, 'p99_ms')} | "
-            f"{ms(sl, 'max_ms')} |",
-            "",
-        ]
-    if settings:
-        lines += ["## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]
-    return "\n".join(lines)

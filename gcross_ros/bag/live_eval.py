@@ -9,16 +9,18 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from gcross_core.errors import InputError, LiveEvalError
-from gcross_ros.bag.evaluate import default_radius_m, labels_for_classes, load_ground_truth, score_and_report
+from gcross_ros.bag.evaluate import default_radius_m, labels_for_classes, load_ground_truth
 from gcross_ros.bag.format import BagTopics
 from gcross_ros.bag.player import BagPlayer, rclpy_node
 from gcross_ros.bag.reader import BagReader
+from gcross_ros.bag.score import BagScore, LabelledMap, ReportSpec, score_and_report
 from gcross_ros.msgs import codec
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
                   rate: float = 1.0, settle_s: float = 20.0, discovery_s: float = 30.0,
                   radius_m: Optional[float] = None, voxel_size_m: Optional[float] = None,
                   topics: BagTopics = BagTopics(), instances_topic: str = "/instances",
-                  diagnostics_topic: str = "/diagnostics") -> dict:
+                  diagnostics_topic: str = "/diagnostics") -> BagScore:
     """Replay a bag into a running segmentation node and score the cloud it publishes.
 
     ``node`` is an rclpy node of the caller's (the caller owns rclpy.init/shutdown). The camera topics
@@ -135,16 +137,16 @@ def live_evaluate(bag_path, out_dir, node, cloud_topic: str = "/labelled_cloud",
             "clouds_received": len(clouds), "playback_s": t_played - t_start,
             "cloud_after_playback_s": chosen[0] - t_played, "rate": rate,
             "segmentation_converged": converged}
-    return score_and_report(out_dir, coord, label, gt.coord, gt_label, names, radius,
-                            title=f"Live evaluation: {Path(bag_path).name}", cell_m=voxel_size_m,
-                            settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live},
-                            map_instance=codec.instance_ids(points), map_confidence=confidence,
-                            gt_instance=gt.instance, stuff_classes=stuff, object_scores=scores)
+    scored = LabelledMap(coord, label, instance=codec.instance_ids(points), confidence=confidence,
+                         object_scores=scores)
+    spec = ReportSpec(title=f"Live evaluation: {Path(bag_path).name}", radius_m=radius, cell_m=voxel_size_m,
+                      settings={"bag": str(bag_path), "cloud_topic": cloud_topic, **live}, stuff_classes=stuff)
+    return score_and_report(out_dir, scored, replace(gt, label=gt_label, class_names=names), names, spec)
 
 
 def run_live_evaluation(bag_path, out_dir, cloud_topic: str = "/labelled_cloud",
                         legend_topic: str = "/class_legend", rate: float = 1.0, settle_s: float = 20.0,
-                        radius_m: Optional[float] = None, voxel_size_m: Optional[float] = None) -> dict:
+                        radius_m: Optional[float] = None, voxel_size_m: Optional[float] = None) -> BagScore:
     """:func:`live_evaluate` on an evaluator node of its own (rclpy.init .. shutdown)."""
     with rclpy_node("gcross_bag_live_eval", "eval-live") as node:
         return live_evaluate(bag_path, out_dir, node, cloud_topic=cloud_topic, legend_topic=legend_topic,

@@ -242,11 +242,11 @@ def test_bag_round_trip_of_a_labelled_frame_scores_like_the_scene_folder(tmp_pat
     table_z = float(np.median(s.coord[s.segment == 0, 2]))
     seg = _HeightSegmenter(table_z + 0.1)  # the lower half of the sphere is called table: mIoU < 1
     direct = evaluate_scenes(seg, [tmp_path / "scene"], "segment").metrics
-    assert 0.3 < direct["miou"] < 0.95
+    assert 0.3 < direct.miou < 0.95
     assert bag_main(["-q", "record", "--scene", str(tmp_path / "scene"), "--out", str(tmp_path / "bag")]) == 0
     res = evaluate_bag(tmp_path / "bag", seg, tmp_path / "report", PipelineConfig(voxel_size_m=voxel),
                        EvalConfig(radius_m=0.5 * voxel))
-    assert res["coverage"]["uncovered_points"] == 0
-    assert res["miou"] == pytest.approx(direct["miou"], abs=1e-9)
-    assert res["macc"] == pytest.approx(direct["macc"], abs=1e-9)
-    assert res["allacc"] == pytest.approx(direct["allacc"], abs=1e-9)
+    assert res.coverage.uncovered_points == 0
+    assert res.miou == pytest.approx(direct.miou, abs=1e-9)
+    assert res.macc == pytest.approx(direct.macc, abs=1e-9)
+    assert res.allacc == pytest.approx(direct.allacc, abs=1e-9)

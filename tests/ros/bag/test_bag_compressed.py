@@ -106,9 +106,9 @@ def test_a_compressed_recording_reads_back_as_the_raw_one(bags):
 def test_eval_of_a_compressed_bag_scores_as_the_raw_one(bags, tmp_path):
     results = {name: evaluate_bag(bags / name, HeightOracle(), tmp_path / name, PipelineConfig(segment_period_s=0.15))
                for name in ("raw", "png")}
-    assert results["png"]["miou"] == pytest.approx(1.0)
-    assert results["png"]["performance"]["frames"] == results["raw"]["performance"]["frames"] == 4
-    assert results["png"]["coverage"] == results["raw"]["coverage"]
+    assert results["png"].miou == pytest.approx(1.0)
+    assert results["png"].performance["frames"] == results["raw"].performance["frames"] == 4
+    assert results["png"].coverage == results["raw"].coverage
 
 
 def test_eval_cli_takes_named_topics_and_names_a_missing_one(bags, tmp_path, capsys):

@@ -13,7 +13,8 @@ from gcross_core.mapping.pipeline import PipelineConfig, SegmentationPipeline  #
 from gcross_core.errors import BagError  # noqa: E402
 from gcross_core.image import register_color_to_depth  # noqa: E402
 from gcross_ros.bag.cli import main  # noqa: E402
-from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag, object_boxes  # noqa: E402
+from gcross_ros.bag.evaluate import EvalConfig, evaluate_bag  # noqa: E402
+from gcross_ros.bag.score import object_boxes  # noqa: E402
 from gcross_ros.bag.format import RecordConfig  # noqa: E402
 from gcross_ros.bag.frames import read_bag  # noqa: E402
 from gcross_ros.bag.writer import record_scene  # noqa: E402
@@ -204,13 +205,17 @@ def plane_bag(tmp_path_factory):
 def test_eval_of_an_exact_map_scores_one(plane_bag, tmp_path):
     bag, _ = plane_bag
     res = evaluate_bag(bag, HeightOracle(), tmp_path / "report", PipelineConfig(segment_period_s=0.15))
-    assert res["miou"] == pytest.approx(1.0) and res["allacc"] == pytest.approx(1.0)
-    assert res["coverage"]["uncovered_points"] == 0
-    assert res["performance"]["frames"] == 4
+    assert res.miou == pytest.approx(1.0) and res.allacc == pytest.approx(1.0)
+    assert res.coverage.uncovered_points == 0
+    assert res.performance["frames"] == 4
     for name in ("results.json", "report.md", "confusion.png", "confusion.csv", "topdown.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     saved = json.loads((tmp_path / "report" / "results.json").read_text())
     assert saved["metrics"]["per_class"]["lamp"]["present"] is False
+    assert saved["coverage"] == res.coverage.to_dict() and saved["performance"]["frames"] == 4
+    summary = res.to_dict()
+    assert summary["coverage"]["covered_fraction"] == 1.0 and summary["files"]["markdown"] == res.markdown
+    assert res.markdown == str(tmp_path / "report" / "report.md") and "ap50" not in summary
     assert "p90" in (tmp_path / "report" / "report.md").read_text()
 
 
@@ -219,16 +224,16 @@ def test_eval_of_a_known_corruption(plane_bag, tmp_path):
     res = evaluate_bag(bag, HeightOracle(all_floor=True), tmp_path / "report", PipelineConfig())
     n_floor, n_cabinet = (scene.segment == 0).sum(), (scene.segment == 1).sum()
     # everything called floor: IoU(floor) = n_floor / (n_floor + n_cabinet), IoU(cabinet) = 0
-    assert res["miou"] == pytest.approx(n_floor / (n_floor + n_cabinet) / 2)
-    assert res["macc"] == pytest.approx(0.5)
-    assert res["allacc"] == pytest.approx(n_floor / (n_floor + n_cabinet))
+    assert res.miou == pytest.approx(n_floor / (n_floor + n_cabinet) / 2)
+    assert res.macc == pytest.approx(0.5)
+    assert res.allacc == pytest.approx(n_floor / (n_floor + n_cabinet))
 
 
 def test_eval_uncovered_ground_truth_counts_as_misses(plane_bag, tmp_path):
     bag, _ = plane_bag
     res = evaluate_bag(bag, HeightOracle(), tmp_path / "r", PipelineConfig(), EvalConfig(max_frames=1))
-    assert res["coverage"]["uncovered_points"] > 0
-    assert res["miou"] < 1.0 and res["allacc"] == pytest.approx(res["coverage"]["covered_fraction"])
+    assert res.coverage.uncovered_points > 0
+    assert res.miou < 1.0 and res.allacc == pytest.approx(res.coverage.covered_fraction)
 
 
 def _eval_cli(plane_bag, ckpt, out):
@@ -461,8 +466,10 @@ def test_eval_scores_the_objects_of_the_map(tmp_path):
     record_scene(scene, bag, RecordConfig())
     assert (read_bag(bag).gt.instance == scene.instance).all()  # instance ids survive the round trip
     res = evaluate_bag(bag, HeightInstanceOracle(), tmp_path / "report", PipelineConfig(segment_period_s=0.15))
-    assert res["miou"] == pytest.approx(1.0)
-    assert res["objects"] == 1 and res["ap50"] == pytest.approx(1.0) and res["map"] == pytest.approx(1.0)
+    assert res.miou == pytest.approx(1.0)
+    assert res.instance.map_objects == 1 and res.instance.ap50 == pytest.approx(1.0)
+    assert res.instance.map == pytest.approx(1.0)
+    assert {k: res.to_dict()[k] for k in ("objects", "ap50")} == {"objects": 1, "ap50": res.instance.ap50}
     saved = json.loads((tmp_path / "report" / "results.json").read_text())
     assert saved["instance"]["per_class"]["cabinet"]["num_gt"] == 1 and "floor" not in saved["instance"]["per_class"]
     assert "AP50 100.0" in (tmp_path / "report" / "report.md").read_text()
@@ -488,13 +495,13 @@ def test_eval_skips_garbled_messages_and_scores_the_rest(plane_bag, tmp_path):
     garbled = garble_bag(bag, bad, lambda topic, k: (topic, k) in {("/camera/color/image_raw", 1),
                                                                    ("/camera/depth/image_raw", 2)})
     res = evaluate_bag(bad, HeightOracle(), tmp_path / "report", PipelineConfig(segment_period_s=0.15))
-    acc = res["performance"]["assembly"]
+    acc = res.performance["assembly"]
     assert acc["messages_skipped"] == 2
     assert {(s["topic"], s["log_time_ns"]) for s in acc["skipped"]} == {
         (topic, t) for topic, times in garbled.items() for t in times}
     # four frames: one colour image unreadable (never in), one left without its depth image
     assert (acc["frames_in"], acc["frames_fused"], acc["dropped.no_depth"], acc["frames_waiting"]) == (3, 2, 1, 0)
-    assert res["performance"]["frames"] == 2 and res["miou"] > 0.5
+    assert res.performance["frames"] == 2 and res.miou > 0.5
     saved = json.loads((tmp_path / "report" / "results.json").read_text())
     assert saved["performance"]["assembly"]["messages_skipped"] == 2
 

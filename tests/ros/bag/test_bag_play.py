@@ -181,6 +181,6 @@ def test_live_evaluation_agrees_with_offline(tmp_path):
     finally:
         rclpy.shutdown()
     conf_live = np.array(json.loads((tmp_path / "live" / "results.json").read_text())["confusion_matrix"])
-    assert live["coverage"]["covered_fraction"] == pytest.approx(offline["coverage"]["covered_fraction"], abs=0.02)
-    assert abs(live["miou"] - offline["miou"]) <= 0.05
+    assert live.coverage.covered_fraction == pytest.approx(offline.coverage.covered_fraction, abs=0.02)
+    assert abs(live.miou - offline.miou) <= 0.05
     assert np.abs(conf_live - conf_off).sum() / 2 <= 0.05 * conf_off.sum()
