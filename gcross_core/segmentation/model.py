@@ -27,7 +27,7 @@ from torch import nn
 from gcross_core.checkpoint import (HEAD_PREFIX, INSTANCE_HEAD_PREFIX, SEGMENTER_ENCODER_PREFIX, SEGMENTER_KIND,
                                     CheckpointHeader, load_checkpoint, load_strict, prefixed, save_checkpoint,
                                     unprefixed)
-from gcross_core.errors import CheckpointError
+from gcross_core.errors import CheckpointError, ConfigError, InputError
 from gcross_core.model.encoder import SpUNet, SpUNetConfig
 from gcross_core.model.features import GCROSS_CONVENTION, EncoderInput, InputConvention
 from gcross_core.segmentation.instance import InstanceConfig, OffsetHead
@@ -43,7 +43,7 @@ class SegmentationModel(nn.Module):
     def __init__(self, encoder_config: SpUNetConfig, num_classes: int, instance_head: bool = False):
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 2 (a classifier needs two classes at least), got {num_classes}")
         if encoder_config.num_classes != 0:
             raise ValueError(f"the encoder of a SegmentationModel must be a backbone (num_classes=0), got "
                              f"num_classes={encoder_config.num_classes}; the classifier is seg_head")
@@ -123,9 +123,11 @@ def save_segmenter(path, model: SegmentationModel, class_names: Sequence[str], g
     if instance is not None and instance.stuff_classes is None:
         raise ValueError("save_segmenter: resolve the InstanceConfig's stuff_classes first (InstanceConfig.resolved)")
     if len(class_names) != model.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class head")
+        raise InputError(f"{len(class_names)} class names for a {model.num_classes}-class head, expected "
+                         f"{model.num_classes}")
     if len(set(class_names)) != len(class_names):
-        raise ValueError(f"class names must be unique, got {list(class_names)}")
+        dup = sorted({n for n in class_names if list(class_names).count(n) > 1})
+        raise InputError(f"class names must be unique, got {dup} more than once")
     encoder_input = EncoderInput(grid_size_m, convention)  # InputError unless grid_size_m > 0
     tensors = {**prefixed(model.encoder.state_dict(), SEGMENTER_ENCODER_PREFIX),
                **prefixed(model.seg_head.state_dict(), HEAD_PREFIX)}

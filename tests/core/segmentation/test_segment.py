@@ -6,7 +6,7 @@ import torch
 from gcross_core.data.grid import collate_points, grid_sample
 from gcross_core.model.encoder import SpUNetConfig
 from gcross_core.checkpoint import CheckpointHeader, load_checkpoint, prefixed, save_checkpoint
-from gcross_core.errors import CheckpointError
+from gcross_core.errors import CheckpointError, ConfigError, InputError
 from gcross_core.model.features import encoder_features
 from gcross_core.segmentation.model import (SegmentationModel, load_pretrained_encoder, save_segmenter,
                                             segmentation_loss)
@@ -135,8 +135,12 @@ def test_saved_segmenter_round_trips_exactly(tmp_path):
     for (k, a), (k2, b) in zip(model.state_dict().items(), seg.model.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
     assert load_checkpoint(path)[1].extra == {"note": "x"}
-    with pytest.raises(ValueError, match="class names"):
+    with pytest.raises(InputError, match="2 class names for a 3-class head"):
         save_segmenter(tmp_path / "bad.safetensors", model, CLASSES[:2], 0.05)
+    with pytest.raises(InputError, match=r"unique, got \['floor'\] more than once"):
+        save_segmenter(tmp_path / "bad.safetensors", model, ["floor", "wall", "floor"], 0.05)
+    with pytest.raises(ConfigError, match="num_classes must be >= 2"):
+        SegmentationModel(TINY, 1)
 
 
 def test_pretrained_encoder_loads_strictly_from_a_pretraining_checkpoint(tmp_path):
