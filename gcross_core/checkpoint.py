@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
@@ -23,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from gcross_core.errors import CheckpointError
+from gcross_core.files import atomic_path
 
 FORMAT_KEY = "gcross_format"
 FORMAT_VERSION = "1"
@@ -203,20 +202,10 @@ def save_checkpoint(path, tensors: Dict[str, torch.Tensor], header: CheckpointHe
     if not isinstance(header, CheckpointHeader):
         raise TypeError(f"save_checkpoint takes a CheckpointHeader, got {type(header).__name__}")
     meta = header.to_metadata()
-    path.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or non-contiguous storage; clone into plain contiguous tensors
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, durable=True) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
     return path
 
 

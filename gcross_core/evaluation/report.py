@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from gcross_core.evaluation.instance_metrics import InstanceMetrics, instance_metrics_markdown
 from gcross_core.evaluation.metrics import SegmentationMetrics
+from gcross_core.files import atomic_path
 
 # ScanNet-style first colours, then a deterministic golden-ratio hue walk for any further classes.
 _BASE_PALETTE = np.array([
@@ -73,10 +73,9 @@ def to_jsonable(obj):
 def write_json(path, obj) -> Path:
     """Write strict JSON atomically (a reader never sees half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

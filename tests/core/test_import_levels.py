@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 LEVELS = [
-    # what every other module uses: the exceptions and the data types
-    ["errors", "types"],
+    # what every other module uses: the exceptions, the data types, atomic file writing
+    ["errors", "types", "files"],
     # leaf utilities, each on its own: camera geometry, images, config files, command lines, metrics,
     # the checkpoint file format, the renderer
     ["geometry", "image", "config", "cli", "evaluation", "checkpoint", "render"],

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -28,6 +26,7 @@ import numpy as np
 
 from gcross_core.data.frames import frame_order_key
 from gcross_core.errors import InputError, StaleCacheError, reading
+from gcross_core.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +41,6 @@ def cache_dir_for(scene_dir: PathLike, teacher_name: str, height: int, width: in
                   root: Optional[PathLike] = None) -> Path:
     base = Path(root) / Path(scene_dir).resolve().name if root is not None else Path(scene_dir) / "features"
     return base / f"{teacher_name}_{int(height)}x{int(width)}"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class FeatureCache:
@@ -162,7 +149,8 @@ class FeatureCache:
                     "input_width": self.width, "feature_dim": int(feature_dim),
                     "feature_height": int(feature_size[0]), "feature_width": int(feature_size[1]),
                     "fingerprint": fingerprint, "dtype": "float16", **(extra or {})}
-        _atomic_write(self.manifest_path, lambda f: f.write(json.dumps(manifest, indent=2, sort_keys=True).encode()))
+        with atomic_path(self.manifest_path) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         self.expected_fingerprint, self.expected_feature_dim = fingerprint, int(feature_dim)
         self.reload()
         return False
@@ -227,7 +215,8 @@ class FeatureCache:
                              f"(max |x| = {peak:.3g}; float16 holds up to 65504)")
         half = arr.astype(np.float16)
         path = self._frame_path(frame_id)
-        _atomic_write(path, lambda f: np.save(f, half, allow_pickle=False))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, half, allow_pickle=False)
         return path
 
 
