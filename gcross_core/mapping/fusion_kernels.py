@@ -382,8 +382,46 @@ def _index_lookup(table, shift, keys, query, out):
             s = (s + 1) & mask
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _index_remove_and_move(table, shift, keys, drop, holes, movers):
+    """Remove rows ``drop`` from the table, then renumber rows ``movers`` to ``holes`` (keys unchanged).
+
+    Removal is deletion from a linear-probing table (Knuth, TAOCP vol. 3, 6.4, algorithm R): the entries
+    after the freed slot that could no longer be reached from their home slot move back into it.
+    """
+    mask = len(table) - 1
+    for d in drop:
+        i = _slot(keys[d], shift)
+        while table[i] != d:
+            i = (i + 1) & mask
+        j = i
+        while True:
+            table[i] = _EMPTY
+            while True:
+                j = (j + 1) & mask
+                r = table[j]
+                if r == _EMPTY:
+                    break
+                home = _slot(keys[r], shift)
+                # the entry at j stays if its home lies cyclically in (i, j]
+                if (i < home <= j) if i <= j else (i < home or home <= j):
+                    continue
+                break
+            if table[j] == _EMPTY:
+                break
+            table[i] = table[j]
+            i = j
+    for t in range(len(movers)):
+        m = movers[t]
+        i = _slot(keys[m], shift)
+        while table[i] != m:
+            i = (i + 1) & mask
+        table[i] = holes[t]
+
+
 class VoxelIndex:
-    """Row of each voxel key in an array of keys ``keys[:n]`` that only grows at the end between rebuilds.
+    """Row of each voxel key in an array of keys ``keys[:n]``; rows grow at the end, and eviction fills
+    its holes with the last rows (:meth:`remove_and_move`).
 
     A hash table of row numbers, at most half full; the keys themselves stay in the caller's array.
     """
@@ -399,6 +437,12 @@ class VoxelIndex:
         else:
             self.table.fill(_EMPTY)
         _index_insert(self.table, self._shift(), keys, 0, n)
+
+    def remove_and_move(self, keys: np.ndarray, drop: np.ndarray, holes: np.ndarray, movers: np.ndarray) -> None:
+        """Forget rows ``drop`` [k], then index rows ``movers`` under the row numbers ``holes`` (the caller
+        moves their data there next); ``keys`` still holds every row's key as before."""
+        _index_remove_and_move(self.table, self._shift(), keys, np.asarray(drop, np.int64),
+                               np.asarray(holes, np.int64), np.asarray(movers, np.int64))
 
     def insert(self, keys: np.ndarray, start: int, stop: int) -> None:
         """Index the rows start..stop-1 just appended to keys (their keys absent so far)."""

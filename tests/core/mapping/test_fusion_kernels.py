@@ -152,10 +152,15 @@ class ReferenceMap:
             if n_drop == 0:
                 n_drop = len(self.keys)  # nothing to keep apart: drop nothing below
             order_key = (self.last_seen << 32) | np.minimum(self.count, (1 << 32) - 1)
-            keep = np.ones(len(self.keys), bool)
-            keep[np.argpartition(order_key, n_drop - 1)[:n_drop] if n_drop < len(self.keys) else slice(None)] = False
-            self.keys, self.attr = self.keys[keep], self.attr[keep]
-            self.count, self.last_seen = self.count[keep], self.last_seen[keep]
+            gone = np.zeros(len(self.keys), bool)
+            gone[np.argpartition(order_key, n_drop - 1)[:n_drop] if n_drop < len(self.keys) else slice(None)] = True
+            # the last rows that stay move into the evicted rows' places, in row order
+            n_keep = len(self.keys) - int(gone.sum())
+            holes, movers = np.flatnonzero(gone[:n_keep]), n_keep + np.flatnonzero(~gone[n_keep:])
+            for name in ("keys", "attr", "count", "last_seen"):
+                arr = getattr(self, name)
+                arr[holes] = arr[movers]
+                setattr(self, name, arr[:n_keep])
         if len(new):
             attr = np.concatenate([sums[new, :6] / counts[new, None], sums[new, 6:]], axis=1).astype(np.float32)
             self.keys = np.concatenate([self.keys, keys[new]])
