@@ -61,6 +61,7 @@ NO_POSE = "no_pose"
 OUT_OF_ORDER_STAMP = "out_of_order"
 TIME_JUMP_RESET = "time_jump"
 FUSION_ERROR = "fusion_error"  # reported by the caller
+FUSION_BACKLOG = "fusion_backlog"  # reported by the caller (the node: pushed out of a full fusion queue)
 INTEGRATION_PAUSED = "integration_paused"  # reported by the caller (the node's ~/pause_integration)
 NOT_USED = "not_used"  # reported by the caller (a bag tool that stops early or keeps every k-th frame)
 RATE_LIMITED = "rate_limited"  # closer to the previous frame taken than max_frame_rate_hz allows

@@ -102,6 +102,11 @@ class SegmentNodeParams:
                                       "(torch's default of all cores oversubscribes the machine: on 2 cores "
                                       "segmentation took twice as long). Rendering in the node's process uses one "
                                       "thread when the segmenter has its own process.")
+    fusion_queue_size: int = described(5, "Assembled frames waiting for the fusion thread, at least the deepest input "
+                                          "queue (the camera callbacks only assemble, so the middleware's queues are "
+                                          "always emptied); when fusion falls behind, the oldest waiting frame is "
+                                          "dropped as fusion_backlog, so the map follows the camera and a stall never "
+                                          "piles up work.")
     background_nice: int = described(10, "Niceness (0-19) added to the segmenter's process and the render thread: "
                                          "on a contended core the scheduler then runs fusion and the DDS "
                                          "callbacks first, so that no frame is lost while the model works; 0: "
@@ -236,6 +241,8 @@ class SegmentNodeParams:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.torch_threads < 0:
             errors.append(f"torch_threads must be >= 0, got {self.torch_threads}")
+        if self.fusion_queue_size < 1:
+            errors.append(f"fusion_queue_size must be >= 1, got {self.fusion_queue_size}")
         if not 0 <= self.background_nice <= 19:
             errors.append(f"background_nice must be in 0..19, got {self.background_nice}")
         if errors:

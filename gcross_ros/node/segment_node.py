@@ -20,8 +20,10 @@ Interface (relative names; the launch file remaps the inputs under the camera na
 Data flow: the callbacks hand the camera messages and poses to the frame assembler
 (gcross_core.mapping.assembly, the same one gcross-bag eval and export run): stamp synchronisation within
 sync_slop_s, checks with one drop reason each, depth in metres, the camera pose at the image stamp (a
-frame may wait up to pose_wait_s for it). The node fuses each assembled frame into the pipeline's
-VoxelMap on the callback thread. A worker thread segments a snapshot of the map,
+frame may wait up to pose_wait_s for it). The callbacks only assemble: a fusion thread takes the assembled
+frames from a queue of fusion_queue_size and fuses them into the pipeline's VoxelMap, so the middleware's
+queues are emptied whatever fusion costs, and a frame that waited while fusion fell behind is dropped
+(fusion_backlog), never lost. A worker thread segments a snapshot of the map,
 (segment_scope: the voxels observed since the previous segmentation plus context, or the whole map),
 fuses the class probabilities into it and publishes labelled_cloud, then pauses segment_period_s;
 another worker renders the map as Gaussians at the latest camera pose (render_source voxels:
@@ -59,6 +61,7 @@ import copy
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import replace
 from typing import Dict, Optional, Tuple
@@ -68,9 +71,8 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -84,7 +86,8 @@ from gcross_core.cli import cli_main, exit_code_for
 from gcross_core.errors import GcrossError, InputError, UnavailableError
 from gcross_core.evaluation.report import class_palette
 from gcross_core.geometry import scale_intrinsics
-from gcross_core.mapping.assembly import FUSION_ERROR, INTEGRATION_PAUSED, AssembledFrame, Assembled, FrameAssembler
+from gcross_core.mapping.assembly import (FUSION_BACKLOG, FUSION_ERROR, INTEGRATION_PAUSED, TIME_JUMP_RESET,
+                                          AssembledFrame, Assembled, FrameAssembler)
 from gcross_core.mapping.map_io import load_map, save_map
 from gcross_core.mapping.sync import POSE_MISSING, POSE_OK, POSE_WAIT, PoseLookup
 from gcross_core.mapping.model_view import ModelMapRenderer, render_view
@@ -98,8 +101,8 @@ from gcross_ros.msgs.markers import object_markers
 from gcross_ros.msgs.rclpy_msgs import labelled_cloud, numpy_to_image
 from gcross_ros.node.health import Stats, ThrottledWarnings, diagnostics_msg
 from gcross_ros.node.params import RUNTIME_PARAMETERS, SegmentNodeParams, declare_parameters
-from gcross_ros.node.services import create_services
-from gcross_ros.node.workers import Workers
+from gcross_ros.node.services import ServiceHost
+from gcross_ros.node.workers import FrameQueue, Workers
 
 NODE_NAME = "gcross_segment"
 POSE_QUEUE_DEPTH = 1000  # poses kept by the middleware for the pose callback (a pose is ~100 bytes)
@@ -112,6 +115,8 @@ class SegmentNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         # first, so that destroying a node whose construction failed finds what it stops
         self.workers = Workers(NODE_NAME)
+        # The assembler is used by the callbacks and by the fusion thread (the account of each frame).
+        self._assembly_lock = threading.Lock()
         declare_parameters(self)
         p = SegmentNodeParams.from_node(self).validate()
         _check_available(p)
@@ -161,10 +166,10 @@ class SegmentNode(Node):
         # The render worker skips views it has already rendered of an unchanged map (pipeline.version).
         self._rendered = (None, 0)  # (view, map version) of the last published render
 
-        # The camera callbacks and timers share the node's default (mutually exclusive) callback group, so
-        # the assembler needs no lock under any executor. Poses have a group of their own: behind a busy
-        # image stream they would otherwise fall behind the images that need them (the pose buffer locks).
-        # Segmentation and rendering run on worker threads of their own (gcross_ros.node.workers).
+        # The node spins on one thread (main): its callbacks only take messages and assemble frames, so poses
+        # never wait long behind images. Fusion, segmentation and rendering run on worker threads of their
+        # own (gcross_ros.node.workers), the services on a companion node (gcross_ros.node.services); the
+        # assembler's lock serialises the callbacks with the fusion thread.
         #
         # Sensor-data QoS (best effort, keep last 5) by default. Deployments whose transport loses large
         # best-effort samples can switch an input to reliable with the standard parameter
@@ -191,6 +196,10 @@ class SegmentNode(Node):
             self.get_logger().info(f"queue_size raised from {assembly.queue_size} to {max(depths)}, the deepest "
                                    "input queue")
             assembly = replace(assembly, queue_size=max(depths))
+        # Likewise the fusion queue: a burst the input queues were made deep enough to hold (reliable QoS for
+        # a bag played fast) is fused, not pushed out.
+        fusion_queue_size = max(p.fusion_queue_size, max(depths))
+        self._fusion_queue: FrameQueue[AssembledFrame] = FrameQueue(fusion_queue_size)
         # The one frame assembly (gcross_core.mapping.assembly), shared with gcross-bag eval and export.
         self.assembler = FrameAssembler(CameraDecoder(), assembly,
                                         pose_source=self._lookup_tf if self._tf_buffer is not None else None)
@@ -198,8 +207,7 @@ class SegmentNode(Node):
             # Poses are small: the queue holds as many as the frames that can wait for one, and more, so a
             # burst of images does not outrun its poses.
             pose_qos = QoSProfile(depth=POSE_QUEUE_DEPTH, reliability=ReliabilityPolicy.BEST_EFFORT)
-            self._subscribe_counting_lost("pose", PoseStamped, "pose", self._on_pose, pose_qos, overridable,
-                                          callback_group=MutuallyExclusiveCallbackGroup())
+            self._subscribe_counting_lost("pose", PoseStamped, "pose", self._on_pose, pose_qos, overridable)
 
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         self.cloud_pub = self.create_publisher(PointCloud2, "labelled_cloud", reliable)
@@ -215,10 +223,11 @@ class SegmentNode(Node):
 
         self.create_timer(0.05, self._poll_assembler)
         self._diagnostics_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
-        create_services(self)
+        self.service_host = ServiceHost(self)
         # Workers stop as soon as the context shuts down (SIGINT/SIGTERM), before the publishers they use
         # become invalid.
         self.context.on_shutdown(self.workers.stopping.set)
+        self.workers.consume("fusion", self._fusion_queue, self._fuse, on_error=lambda e: self._failed("fusion", e))
         self.workers.start("segment", self._segment, p.pipeline.segment_period_s)
         # idle while publish_rendered is false; behind fusion on a contended core (background_nice)
         self.workers.start("render", self._render, p.render_period_s, nice=p.background_nice)
@@ -250,35 +259,45 @@ class SegmentNode(Node):
 
     def _on_color(self, msg: Image, info) -> None:
         gid = info.get("publisher_gid") or {}
-        self._handle(self.assembler.add_color(msg, stamp_to_ns(msg.header.stamp), time.monotonic(),
-                                              sent_ns=info.get("source_timestamp") or None,
-                                              sequence=info.get("publication_sequence_number") or None,
-                                              publisher=bytes(gid.get("data", b""))))
+        with self._assembly_lock:
+            out = self.assembler.add_color(msg, stamp_to_ns(msg.header.stamp), time.monotonic(),
+                                           sent_ns=info.get("source_timestamp") or None,
+                                           sequence=info.get("publication_sequence_number") or None,
+                                           publisher=bytes(gid.get("data", b"")))
+        self._handle(out)
 
     def _on_depth(self, msg: Image) -> None:
-        self._handle(self.assembler.add_depth(msg, stamp_to_ns(msg.header.stamp), time.monotonic()))
+        with self._assembly_lock:
+            out = self.assembler.add_depth(msg, stamp_to_ns(msg.header.stamp), time.monotonic())
+        self._handle(out)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._handle(self.assembler.add_camera_info(msg, stamp_to_ns(msg.header.stamp), time.monotonic()))
+        with self._assembly_lock:
+            out = self.assembler.add_camera_info(msg, stamp_to_ns(msg.header.stamp), time.monotonic())
+        self._handle(out)
 
     def _poll_assembler(self) -> None:
-        self._handle(self.assembler.poll(time.monotonic()))
+        with self._assembly_lock:
+            out = self.assembler.poll(time.monotonic())
+        self._handle(out)
 
     def _on_pose(self, msg: PoseStamped) -> None:
         frame = msg.header.frame_id.lstrip("/")
         if frame and frame != self.params.map_frame:
-            self.assembler.ignore_pose()
+            with self._assembly_lock:
+                self.assembler.ignore_pose()
             self._warn.warn("pose_frame", f"pose in frame '{frame}' ignored: poses must be camera-to-map in "
                                           f"map_frame '{self.params.map_frame}'")
             return
         try:
-            jump = add_pose_message(self.assembler, msg)
+            with self._assembly_lock:
+                jump = add_pose_message(self.assembler, msg)
         except InputError as e:
             self._warn.warn("pose_invalid", str(e))
             return
         if jump is not None:
             self.get_logger().info(f"pose stamps jumped back by {jump * 1e-9:.1f} s: pose buffer cleared")
-        # frames waiting for this pose are picked up by _poll_assembler on the camera callbacks' thread
+        # frames waiting for this pose are picked up by _poll_assembler on the camera callbacks' group
 
     def _lookup_tf(self, stamp_ns: int, frame_id: str) -> PoseLookup:
         frame_id = self.params.assembly.camera_frame or frame_id
@@ -292,17 +311,23 @@ class SegmentNode(Node):
             return PoseLookup(POSE_MISSING)  # TF holds an unusable rotation for this stamp
 
     def _handle(self, out: Assembled) -> None:
-        """What the assembler produced: jumps logged, drops warned about, frames fused."""
+        """What the assembler produced: jumps logged, drops warned about, frames queued for fusion."""
         if out.time_jump is not None:
             self._on_time_jump(out.time_jump)
         for d in out.drops:
             if d.message:
                 self._warn.warn(d.reason, d.message)
         for frame in out.frames:
-            self._fuse(frame)
+            pushed_out = self._fusion_queue.put(frame)
+            if pushed_out is not None:
+                self._drop(pushed_out, FUSION_BACKLOG, f"frame at {pushed_out.stamp_ns * 1e-9:.3f} s dropped: fusion "
+                           f"fell behind the camera ({self._fusion_queue.size} newer frames were waiting)")
 
     def _on_time_jump(self, jump) -> None:
-        """Stamps went back in time (a bag played again, a simulator reset): the assembly started over."""
+        """Stamps went back in time (a bag played again, a simulator reset): the assembly started over, and
+        the frames of the previous run still waiting for fusion are dropped with the others."""
+        for frame in self._fusion_queue.drain():
+            self._drop(frame, TIME_JUMP_RESET)
         if self.params.reset_map_on_time_jump:
             self._clear_map()
             kept = "map cleared (reset_map_on_time_jump)"
@@ -313,19 +338,32 @@ class SegmentNode(Node):
             f"restarted bag or simulator?): synchronizer, {jump.frames_cleared} frames waiting for a pose and "
             f"{jump.poses_cleared} poses cleared; {kept}")
 
+    def wait_for_fusion(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every frame handed to the fusion thread so far was fused or dropped (scripts, tests);
+        False on timeout."""
+        return self._fusion_queue.wait_idle(timeout_s)
+
+    def _drop(self, frame: AssembledFrame, reason: str, message: str = "") -> None:
+        """Count a frame the assembler handed out as dropped; warn (throttled) when there is a message."""
+        with self._assembly_lock:
+            d = self.assembler.drop(frame, reason, message)
+        if message:
+            self._warn.warn(d.reason, d.message)
+
     def _fuse(self, frame: AssembledFrame) -> None:
+        """The fusion thread's job: one assembled frame into the map."""
         if self._integration_paused:  # ~/pause_integration: the view still follows the camera
-            self.assembler.drop(frame, INTEGRATION_PAUSED)
+            self._drop(frame, INTEGRATION_PAUSED)
             self._latest_view = frame
             return
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
             self.pipeline.process_frame(frame.color_rgb, frame.depth_m, frame.K, frame.cam_to_map, frame.stamp_ns * 1e-9)
-        except ValueError as e:
-            d = self.assembler.drop(frame, FUSION_ERROR, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: {e}")
-            self._warn.warn(d.reason, d.message)
+        except Exception as e:  # bad input (InputError) or a fault: this frame is dropped, fusion goes on
+            self._drop(frame, FUSION_ERROR, f"frame at {frame.stamp_ns * 1e-9:.3f} s dropped: {e}")
             return
-        self.assembler.fused(frame)
+        with self._assembly_lock:
+            self.assembler.fused(frame)
         self.stats.fusion_time((time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
         self._latest_view = frame
         if self.model_renderer is not None:
@@ -337,6 +375,8 @@ class SegmentNode(Node):
         self.workers.stop(timeout_s)
 
     def destroy_node(self) -> None:
+        if getattr(self, "service_host", None) is not None:
+            self.service_host.close()
         if hasattr(self, "workers"):  # a node whose construction failed early has no workers
             self.stop_workers()
         if isinstance(getattr(self, "segmenter", None), SegmenterProcess):
@@ -348,8 +388,8 @@ class SegmentNode(Node):
         if self.workers.stopping.is_set() or not self.context.ok():
             return
         self.stats.inc(f"{kind}_errors")
-        verb = "segmentation" if kind == "segmentation" else "rendering"
-        self._warn.warn(f"{kind}_error", f"{verb} failed: {type(e).__name__}: {e}")
+        what = {"render": "rendering"}.get(kind, kind)
+        self._warn.warn(f"{kind}_error", f"{what} failed: {type(e).__name__}: {e}")
 
     def _segment(self, force: bool = False) -> Optional[str]:
         """Segment what is due and publish labelled_cloud; with ``force`` (segment_now) also without a camera
@@ -519,8 +559,9 @@ class SegmentNode(Node):
             self.get_logger().warning(f"parameters {sorted(values)} refused: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         # accepted: nothing below can fail on a validated set
-        self.assembler.config = replace(self.assembler.config, max_depth_m=new.assembly.max_depth_m,
-                                        max_frame_rate_hz=new.assembly.max_frame_rate_hz)
+        with self._assembly_lock:
+            self.assembler.config = replace(self.assembler.config, max_depth_m=new.assembly.max_depth_m,
+                                            max_frame_rate_hz=new.assembly.max_frame_rate_hz)
         self.workers.set_pause("segment", new.pipeline.segment_period_s)
         self.workers.set_pause("render", new.render_period_s)
         self._diagnostics_timer.timer_period_ns = int(new.diagnostics_period_s * 1e9)
@@ -548,7 +589,8 @@ class SegmentNode(Node):
 
     def _publish_diagnostics(self) -> None:
         report = self.stats.report()
-        report.update(self.assembler.account().as_dict())
+        with self._assembly_lock:
+            report.update(self.assembler.account().as_dict())
         report["map_voxels"] = len(self.pipeline)
         report["evicted_voxels"] = self.pipeline.map.evicted_total
         report["integration_paused"] = int(self._integration_paused)
@@ -604,7 +646,9 @@ def main(args=None) -> int:
         except (GcrossError, ValueError, FileNotFoundError) as e:
             rclpy.logging.get_logger(NODE_NAME).fatal("cannot start: " + " ".join(str(e).split()))
             return exit_code_for(e)
-        executor = MultiThreadedExecutor(num_threads=3)  # camera callbacks, pose callbacks, services
+        # One thread: the callbacks only assemble frames (fusion, segmentation, rendering and the services
+        # have threads of their own); rclpy's multi-threaded executor spun on the interpreter lock.
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
             executor.spin()

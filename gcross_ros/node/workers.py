@@ -1,4 +1,5 @@
-"""The node's worker threads: segmentation and rendering, each a job run again after a pause.
+"""The node's worker threads: segmentation and rendering, each a job run again after a pause; and fusion,
+which takes the frames the camera callbacks assembled from a short queue (:class:`FrameQueue`).
 
 A pause after each run, not a rate: a segmentation slower than its period must not starve fusion, which
 runs on the callback thread. A pause can be changed while the worker waits (:meth:`Workers.set_pause`,
@@ -12,11 +13,16 @@ to the callback thread instead of sharing it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
-from typing import Callable, Dict, List
+from collections import deque
+from typing import Callable, Dict, Generic, List, Optional, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class _Pause:
@@ -40,6 +46,32 @@ class Workers:
         pause = self._pauses[name] = _Pause(pause_s)
         thread = threading.Thread(target=self._loop, args=(job, pause, nice), name=f"{self.name_prefix}_{name}",
                                   daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def consume(self, name: str, queue: "FrameQueue[T]", job: Callable[[T], object],
+                on_error: Optional[Callable[[Exception], object]] = None) -> None:
+        """Run ``job(item)`` for every item put into ``queue``, in order, until :meth:`stop`; a job that
+        raises is reported to ``on_error`` (or logged) and the next item is taken."""
+        if name in self._pauses:
+            raise ValueError(f"worker {name!r} is already running")
+        self._pauses[name] = _Pause(0.0)
+
+        def loop() -> None:
+            while not self.stopping.is_set():
+                item = queue.take(timeout_s=0.1)
+                if item is not None:
+                    try:
+                        job(item)
+                    except Exception as e:  # noqa: BLE001 - the consumer outlives a failing job
+                        if on_error is not None:
+                            on_error(e)
+                        else:
+                            log.exception("worker %s: a job failed", name)
+                    finally:
+                        queue.done()
+
+        thread = threading.Thread(target=loop, name=f"{self.name_prefix}_{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
 
@@ -82,3 +114,55 @@ def lower_thread_priority(nice: int) -> None:
     if not sys.platform.startswith("linux") or tid == os.getpid():  # the main thread: that would be the process
         return
     os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(nice)))
+
+
+class FrameQueue(Generic[T]):
+    """Items handed from one thread to another, at most ``size``: a put into a full queue pushes the
+    oldest item out and returns it (the caller accounts for it), so the consumer always works on recent
+    items and a stall never piles work up."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = int(size)
+        self._items: deque = deque()
+        self._unfinished = 0  # items put and neither done nor pushed out / drained
+        self._ready = threading.Condition()
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._items)
+
+    def put(self, item: T) -> Optional[T]:
+        with self._ready:
+            pushed_out = self._items.popleft() if len(self._items) >= self.size else None
+            self._items.append(item)
+            self._unfinished += pushed_out is None
+            self._ready.notify_all()
+        return pushed_out
+
+    def take(self, timeout_s: float) -> Optional[T]:
+        """The oldest item, waiting up to ``timeout_s`` for one; None when none came."""
+        with self._ready:
+            if not self._items and not self._ready.wait_for(lambda: bool(self._items), timeout_s):
+                return None
+            return self._items.popleft()
+
+    def done(self) -> None:
+        """The consumer finished an item it took."""
+        with self._ready:
+            self._unfinished -= 1
+            self._ready.notify_all()
+
+    def drain(self) -> List[T]:
+        """Every item still queued (the queue is empty after)."""
+        with self._ready:
+            items, self._items = list(self._items), deque()
+            self._unfinished -= len(items)
+            self._ready.notify_all()
+            return items
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every item put was done, pushed out or drained; False on timeout."""
+        with self._ready:
+            return self._ready.wait_for(lambda: self._unfinished == 0, timeout_s)

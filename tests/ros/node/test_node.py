@@ -832,6 +832,7 @@ def test_tf_pose_source_with_a_stand_in_tf2_ros(tmp_path, ros_context, monkeypat
         tf.transform.rotation.y, tf.transform.rotation.w = math.sin(0.25), math.cos(0.25)  # 0.5 rad about y
         node._tf_buffer.transforms[("map", "camera_optical", 5 * 10**9)] = tf
         node._poll_assembler()
+        assert node.wait_for_fusion()  # the fusion thread takes the frame
         assert len(node.pipeline) > 0
         R = np.array([[math.cos(0.5), 0, math.sin(0.5)], [0, 1, 0], [-math.sin(0.5), 0, math.cos(0.5)]])
         in_cam = (node.pipeline.map.coords() - [3.0, 0.0, 0.0]) @ R  # back into the camera frame with the TF pose
@@ -887,6 +888,7 @@ def test_time_jump_can_reset_the_map(tmp_path, ros_context):
         node._handle(asm.add_depth(cv.numpy_to_image(np.round(depth_m * 1000).astype(np.uint16), "16UC1", stamp,
                                                      "camera_optical"), stamp, now))
         node._handle(asm.add_color(cv.numpy_to_image(rgb, "rgb8", stamp, "camera_optical"), stamp, now))
+        assert node.wait_for_fusion()
 
     try:
         t0 = 100 * 10**9
@@ -901,6 +903,46 @@ def test_time_jump_can_reset_the_map(tmp_path, ros_context):
         assert len(coords) > 0 and (coords[:, 0] > 10).all()  # only the new run's frame is in the map
         assert node.assembler.poses.newest_stamp_ns == t0 - 30 * 10**9
     finally:
+        node.destroy_node()
+
+
+def test_frames_fusion_cannot_keep_up_with_are_dropped_as_backlog_never_lost(tmp_path, ros_context):
+    """The callbacks only assemble; a fusion thread that falls behind drops the oldest waiting frames with
+    a reason (fusion_backlog), fuses the newest, and the account adds up."""
+    from gcross_ros.node import segment_node as sn
+
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    node = sn.SegmentNode(context=ros_context, parameter_overrides=[
+        Parameter("checkpoint", value=str(ckpt)), Parameter("voxel_size_m", value=0.1),
+        Parameter("publish_rendered", value=False), Parameter("pose_tolerance_s", value=0.02)])
+    gate = threading.Event()
+    fuse = node.pipeline.process_frame
+
+    def held_fusion(*args, **kwargs):  # fusion stalls until the whole burst was assembled
+        gate.wait(30.0)
+        return fuse(*args, **kwargs)
+
+    node.pipeline.process_frame = held_fusion
+    try:
+        asm, t0, n = node.assembler, 100 * 10**9, 12
+        for i in range(n):
+            stamp = t0 + i * 10**8
+            rgb, depth_m, cam_to_map = _wall_frame(0.01 * i)
+            asm.add_pose(stamp, cam_to_map)
+            node._handle(asm.add_camera_info(cv.make_camera_info(K, W, H, stamp, "camera_optical"), stamp, 0.0))
+            node._handle(asm.add_depth(cv.numpy_to_image(depth_m, "32FC1", stamp, "camera_optical"), stamp, 0.0))
+            node._handle(asm.add_color(cv.numpy_to_image(rgb, "rgb8", stamp, "camera_optical"), stamp, 0.0))
+        size = node._fusion_queue.size
+        assert size == 5 and len(node._fusion_queue) == size  # the default, at least the input queues' depth
+        gate.set()
+        assert node.wait_for_fusion()
+        acc = node.assembler.account()
+        backlog = acc.dropped.get("fusion_backlog", 0)
+        # the queue's frames are fused (and the one the fusion thread may have taken before it stalled)
+        assert acc.frames_fused in (size, size + 1) and backlog == n - acc.frames_fused
+        assert acc.frames_in == n == acc.frames_fused + acc.frames_dropped and acc.frames_waiting == 0
+    finally:
+        gate.set()
         node.destroy_node()
 
 

@@ -68,3 +68,40 @@ def test_a_background_worker_runs_at_a_lower_priority_than_the_rest_of_the_proce
         workers.stop(timeout_s=5.0)
     assert niceness == {"background": min(19, base + 4), "foreground": base}
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the process (its main thread) keeps its priority
+
+
+def test_a_full_frame_queue_pushes_out_its_oldest_item_and_counts_it_finished():
+    from gcross_ros.node.workers import FrameQueue
+
+    queue = FrameQueue(2)
+    assert queue.put("a") is None and queue.put("b") is None
+    assert queue.put("c") == "a"  # full: the oldest goes, the caller accounts for it
+    assert len(queue) == 2 and not queue.wait_idle(0.01)  # b and c are not done yet
+    assert queue.take(0.01) == "b"
+    queue.done()
+    assert queue.drain() == ["c"] and len(queue) == 0
+    assert queue.wait_idle(0.01)  # done, pushed out or drained: nothing unfinished
+    assert queue.take(0.01) is None
+    with pytest.raises(ValueError):
+        FrameQueue(0)
+
+
+def test_a_consumer_takes_every_item_in_order_and_survives_a_failing_job():
+    from gcross_ros.node.workers import FrameQueue
+
+    queue, seen = FrameQueue(10), []
+
+    def job(item):
+        seen.append(item)
+        if item == 2:
+            raise RuntimeError("a job that fails")
+
+    workers = Workers("test")
+    workers.consume("consumer", queue, job)
+    try:
+        for i in range(5):
+            queue.put(i)
+        assert queue.wait_idle(5.0)
+    finally:
+        workers.stop(timeout_s=5.0)
+    assert seen == [0, 1, 2, 3, 4]
