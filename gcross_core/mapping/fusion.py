@@ -401,18 +401,12 @@ class VoxelMap:
             return MapSnapshot(keys=self._keys[:n].copy(), coords=self._attr[:n, 0:3].copy(),
                                colors=self._attr[:n, 3:6].copy(), normals=self._normals_locked(),
                                counts=self._count[:n].copy(), last_seen=self._last_seen[:n].copy(),
-                               labels=self._labels_locked() if with_labels else None,
-                               confidence=self._confidence_locked() if with_labels else None,
+                               labels=self._label[:n].copy() if with_labels else None,
+                               confidence=self._conf[:n].copy() if with_labels else None,
                                layout_version=self._layout_version, frame_index=self._frame_index)
 
     def _normals_locked(self) -> np.ndarray:
         return _kernels().unit_normals(self._attr, self._n)
-
-    def _labels_locked(self) -> np.ndarray:
-        return self._label[: self._n].copy()
-
-    def _confidence_locked(self) -> np.ndarray:
-        return self._conf[: self._n].copy()
 
     # ------------------------------------------------------------------ accessors (copies)
 
@@ -432,26 +426,28 @@ class VoxelMap:
     def evicted_total(self) -> int:
         return self._evicted_total
 
+    def _rows(self, name: str, columns: Optional[slice] = None) -> np.ndarray:
+        """A copy of the map's rows of one of its arrays (``_ARRAYS``; ``columns`` of a 2D one), taken under
+        the lock."""
+        with self._lock:
+            rows = getattr(self, name)[: self._n]
+            return (rows if columns is None else rows[:, columns]).copy()
+
     def keys(self) -> np.ndarray:
         """[N] int64 packed voxel keys (``unpack_keys`` gives integer voxel coordinates)."""
-        with self._lock:
-            return self._keys[: self._n].copy()
+        return self._rows("_keys")
 
     def coords(self) -> np.ndarray:
         """[N, 3] float32 running mean position of each voxel's points, metres, map frame."""
-        with self._lock:
-            return self._attr[: self._n, 0:3].copy()
+        return self._rows("_attr", slice(0, 3))
 
     def centers(self) -> np.ndarray:
         """[N, 3] float32 lattice centres of the voxels, metres, map frame."""
-        with self._lock:
-            keys = self._keys[: self._n].copy()
-        return ((unpack_keys(keys) + 0.5) * self.voxel_size_m).astype(np.float32)
+        return ((unpack_keys(self.keys()) + 0.5) * self.voxel_size_m).astype(np.float32)
 
     def colors(self) -> np.ndarray:
         """[N, 3] float32 running mean RGB, 0..255."""
-        with self._lock:
-            return self._attr[: self._n, 3:6].copy()
+        return self._rows("_attr", slice(3, 6))
 
     def normals(self) -> np.ndarray:
         """[N, 3] float32 unit normals, map frame (zero where no normal was ever estimated)."""
@@ -460,28 +456,23 @@ class VoxelMap:
 
     def counts(self) -> np.ndarray:
         """[N] int64 points fused into each voxel."""
-        with self._lock:
-            return self._count[: self._n].copy()
+        return self._rows("_count")
 
     def last_seen(self) -> np.ndarray:
         """[N] int64 index of the last frame that observed each voxel."""
-        with self._lock:
-            return self._last_seen[: self._n].copy()
+        return self._rows("_last_seen")
 
     def probabilities(self) -> np.ndarray:
         """[N, num_classes] float32 fused class probabilities (all zero where never segmented)."""
-        with self._lock:
-            return self._prob[: self._n].copy()
+        return self._rows("_prob")
 
     def labels(self) -> np.ndarray:
         """[N] int64 argmax of the fused probabilities, -1 where never segmented."""
-        with self._lock:
-            return self._labels_locked()
+        return self._rows("_label")
 
     def confidence(self) -> np.ndarray:
         """[N] float32 fused probability of ``labels()``, 0 where never segmented."""
-        with self._lock:
-            return self._confidence_locked()
+        return self._rows("_conf")
 
     # ------------------------------------------------------------------ whole-map edits
 

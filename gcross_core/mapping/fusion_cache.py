@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -28,6 +27,7 @@ import numpy as np
 
 from gcross_core.data.frames import FrameSet
 from gcross_core.errors import InputError
+from gcross_core.files import atomic_path
 from gcross_core.mapping import frame_sets
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,10 @@ def _write(cache_dir: Path, arrays: Tuple[np.ndarray, ...], meta: dict) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / META_FILE).unlink(missing_ok=True)
     for name, arr in zip(_ARRAYS, arrays):
-        fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".npy", dir=cache_dir)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(cache_dir / f"{name}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-        os.replace(tmp, cache_dir / f"{name}.npy")
-    fd, tmp = tempfile.mkstemp(prefix="fusion.", suffix=".json", dir=cache_dir)
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(cache_dir / META_FILE) as tmp, open(tmp, "w") as f:
         json.dump(meta, f, indent=1)
-    os.replace(tmp, cache_dir / META_FILE)
 
 
 def _writable(cache_dir: Path) -> bool:

@@ -110,6 +110,18 @@ def _find_or_add(k, shift, mask, table, keys, counts, runs_of, sums, nv):
         s = (s + 1) & mask
 
 
+@numba.njit(inline="always")
+def _close_run(counts, sums, v, c, sx, sy, sz, sr, sg, sb):
+    """Add a run's point count and its sums (position, colour) to voxel v."""
+    counts[v] += c
+    sums[v, 0] += sx
+    sums[v, 1] += sy
+    sums[v, 2] += sz
+    sums[v, 3] += sr
+    sums[v, 4] += sg
+    sums[v, 5] += sb
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
     """Valid pixels -> voxel keys -> per-voxel sums, a row at a time: keys first (``_row_keys``), then one
@@ -161,13 +173,7 @@ def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
                 continue
             if k != key:
                 if c:  # close the run of voxel v
-                    counts[v] += c
-                    sums[v, 0] += sx
-                    sums[v, 1] += sy
-                    sums[v, 2] += sz
-                    sums[v, 3] += sr
-                    sums[v, 4] += sg
-                    sums[v, 5] += sb
+                    _close_run(counts, sums, v, c, sx, sy, sz, sr, sg, sb)
                 key = k
                 if above_keys[col] == k:
                     v = above_v[col]
@@ -197,13 +203,7 @@ def _group_pixels(depth, color, fx, fy, cx, cy, max_depth, Rv, tv, bits):
         above_keys, row_keys = row_keys, above_keys
         above_v, row_v = row_v, above_v
     if c:
-        counts[v] += c
-        sums[v, 0] += sx
-        sums[v, 1] += sy
-        sums[v, 2] += sz
-        sums[v, 3] += sr
-        sums[v, 4] += sg
-        sums[v, 5] += sb
+        _close_run(counts, sums, v, c, sx, sy, sz, sr, sg, sb)
     # A central point of each voxel: the middle point of its middle run (runs in image order).
     rep = np.empty(nv, np.int64)
     seen = np.zeros(nv, np.int64)
