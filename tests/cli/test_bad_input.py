@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -334,10 +335,26 @@ def test_every_tool_is_fed_bad_input():
     from gcross_ros.bag.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    # play needs a running DDS participant to get as far as the bag; its bag is read by the same BagReader
+    # play starts rclpy before it reads the bag: fed in a process of its own, below
     fed = {what.split("-")[0] if not what.startswith("eval-live") else "eval-live"
            for tool, what in CASES if tool == "gcross-bag"}
     assert fed | {"play"} == set(sub.choices)
+
+
+def test_play_of_a_damaged_bag_exits_2_with_one_line_naming_it(good, tmp_path):
+    pytest.importorskip("rclpy")
+    import os
+    import subprocess
+
+    bag = _bag(good, tmp_path)
+    _truncate(_bag_data_file(bag), 0.3)
+    env = {k: v for k, v in os.environ.items() if k != "GCROSS_TRACEBACK"}
+    env["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 50)  # nothing else hears the replay
+    proc = subprocess.run([sys.executable, "-c", "import sys; from gcross_ros.bag.cli import main; sys.exit(main())",
+                           "play", str(bag)], capture_output=True, text=True, timeout=120, env=env)
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == EXIT_BAD_INPUT, err
+    assert len(err) == 1 and str(bag) in err[0], err
 
 
 @pytest.mark.parametrize("tool,what", [pytest.param(t, w, id=f"{t}-{w}") for t, w in sorted(CASES)])
