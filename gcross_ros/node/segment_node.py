@@ -328,6 +328,7 @@ class SegmentNode(Node):
         the frames of the previous run still waiting for fusion are dropped with the others."""
         for frame in self._fusion_queue.drain():
             self._drop(frame, TIME_JUMP_RESET)
+        self._fusion_queue.wait_idle(5.0)  # a frame of the previous run being fused lands before the reset
         if self.params.reset_map_on_time_jump:
             self._clear_map()
             kept = "map cleared (reset_map_on_time_jump)"

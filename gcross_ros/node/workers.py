@@ -1,15 +1,15 @@
 """The node's worker threads: segmentation and rendering, each a job run again after a pause; and fusion,
 which takes the frames the camera callbacks assembled from a short queue (:class:`FrameQueue`).
 
-A pause after each run, not a rate: a segmentation slower than its period must not starve fusion, which
-runs on the callback thread. A pause can be changed while the worker waits (:meth:`Workers.set_pause`,
+A pause after each run, not a rate: a segmentation slower than its period must not take every free moment
+of the process from fusion and the callbacks. A pause can be changed while the worker waits (:meth:`Workers.set_pause`,
 for parameters set at run time): the wait then ends at the previous run's end plus the new pause, at
 once if that is already past. The threads are daemons that end when :meth:`Workers.stop` is called (the
 node calls it from its context's shutdown and from ``destroy_node``); a job in flight may take seconds.
 
 A worker started with ``nice`` > 0 runs at that lower scheduling priority (Linux schedules threads one by
 one): its compiled and torch work, which runs without the interpreter lock, then yields a contended core
-to the callback thread instead of sharing it.
+to fusion and the callbacks instead of sharing it.
 """
 from __future__ import annotations
 
