@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from gcross_core.errors import ConfigError
 from gcross_core.model.gaussiancross import GaussianCross
 from gcross_core.pretraining.config import PretrainConfig, RenderSettings, TeacherConfig
+from gcross_core.pretraining.diagnostics import feature_collapse_stats
 from gcross_core.pretraining.losses import LossConfig, total_loss, valid_depth_mask
 from gcross_core.pretraining.teachers import MultiTeacherProjection, Teacher, TeacherHeadSpec, build_teacher
 from gcross_core.render import render
@@ -109,6 +110,10 @@ class PretrainModule(nn.Module):
                                      else torch.tensor(float("nan")))
             result["coverage"] = covered.sum() / valid.sum().clamp_min(1)
             result["gaussians_per_scene"] = torch.tensor(len(g) / max(num_scenes, 1), dtype=torch.float32)
+            for name in sorted(features or {}):
+                # the distillation loss scores every pixel, so do these; see docs/training.md, "Collapse signals"
+                for stat, value in feature_collapse_stats(features[name], targets[name]).items():
+                    result[f"collapse/{name}/{stat}"] = value
         result["_vis"] = {"color": r.color[0].detach(), "depth_m": r.expected_depth[0].detach(),
                           "alpha": r.alpha[0].detach(), "features": r.features[0].detach(),
                           "color_target": images[0].detach(), "depth_target_m": depths_m[0].detach()}
