@@ -14,6 +14,10 @@ Data-efficient runs (Hou et al., 2021; paper Table 2) come in two kinds:
 
 Both selections are written into the run folder (``limited_scenes.txt``, ``limited_points.npz``) and can
 be fed back in (``limited_scenes_file``, ``limited_points_file``), so a run is reproducible anywhere.
+
+With ``clutter.enabled`` a training sample is first composed into a cluttered tabletop
+(:mod:`gcross_core.data.clutter`): the sample's scene as the base, objects of the other training scenes
+set down on its table, all drawn from the sample's generator. Evaluation scenes are never composed.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gcross_core.data.classes import class_names_for
+from gcross_core.data.clutter import TABLE_CLASS_NAME, ClutterConfig, compose_clutter
 from gcross_core.data.grid import collate_points
 from gcross_core.data.scene import Scene, load_scene
 from gcross_core.data.transforms import AugmentConfig, SampleStream, sample_augmentation
@@ -68,6 +73,9 @@ class SegDataConfig:
     # Pointcept's), or rgb01_normal / min_corner without one; a value set here overrides the checkpoint's.
     input_features: str = ""
     grid_lattice: str = ""
+    # Training samples composed on the fly into cluttered tabletops (gcross_core.data.clutter): the sample's
+    # scene as the base, objects of the other training scenes set down on its table. Needs a class "table".
+    clutter: ClutterConfig = field(default_factory=ClutterConfig)
 
     def __post_init__(self) -> None:
         if self.grid_size_m <= 0:
@@ -78,7 +86,14 @@ class SegDataConfig:
             raise ConfigError(f"limited_scenes_pct must lie in [0, 100], got {self.limited_scenes_pct}")
         if self.limited_points < 0 or self.max_val_scenes < 0:
             raise ConfigError("limited_points and max_val_scenes must be >= 0")
-        class_names_for(self.class_set)  # unknown names fail here, not after loading data
+        class_names = class_names_for(self.class_set)  # unknown names fail here, not after loading data
+        if self.clutter.enabled:
+            if TABLE_CLASS_NAME not in class_names:
+                raise ConfigError(f"clutter.enabled needs a class {TABLE_CLASS_NAME!r}; class_set "
+                                  f"{self.class_set!r} has none")
+            if self.limited_points or self.limited_points_file:
+                raise ConfigError("clutter.enabled and limited_points exclude each other: the labelled-point "
+                                  "indices name points of the original scenes")
         self.convention  # unknown convention names fail here too
 
     @property
@@ -344,14 +359,42 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
         return self.sample(index, self._stream.generator())
 
-    def sample(self, index: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    def training_scene(self, index: int, rng: np.random.Generator) -> Scene:
+        """The scene sample ``index`` is drawn from: the scene itself or, with ``clutter.enabled`` (and
+        ``clutter.probability``), a composite of it and objects of the other training scenes."""
         scene = self.scene(index)
+        clutter = self.cfg.clutter
+        if not clutter.enabled or rng.random() >= clutter.probability:
+            return scene
+        i = index % len(self.scene_dirs)
+        # a single training scene lends its own objects
+        donors = _SceneList(self, [j for j in range(len(self.scene_dirs)) if j != i] or [i])
+        composite = compose_clutter(scene, donors, rng, clutter.objects, stacked_fraction=clutter.stacked_fraction,
+                                    table_class=self.class_names.index(TABLE_CLASS_NAME))
+        return composite.as_scene(f"{scene.name}+clutter", scene.class_names)
+
+    def sample(self, index: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        scene = self.training_scene(index, rng)
         labelled = None
         if self.labelled_points is not None:
             if scene.name not in self.labelled_points:
                 raise KeyError(f"no labelled-point indices for scene {scene.name}")
             labelled = self.labelled_points[scene.name]
         return training_sample(scene, self.cfg, rng, labelled)
+
+
+class _SceneList(Sequence):
+    """Some of a dataset's scenes, loaded when indexed (and cached as the dataset caches them)."""
+
+    def __init__(self, dataset: SegmentationDataset, indices: Sequence[int]):
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k):
+        return self.dataset.scene(self.indices[k])
 
 
 @dataclass

@@ -176,6 +176,12 @@ def _import_classes(good, tmp):
     return [str(pth), str(tmp / "out.safetensors"), "--classes", str(names)], names
 
 
+def _make_clutter_scene(good, tmp):
+    scene = _scene(good, tmp)
+    _truncate(scene / "coord.npy")
+    return ["--scenes", str(scene), "--out", str(tmp / "clutter"), "--num-scenes", "1"], scene / "coord.npy"
+
+
 def _make_synthetic_out(good, tmp):
     out = _garble(tmp / "rooms")  # a file where the output folder should go
     return ["--out", str(out), "--rooms", "1", "--views", "1", "--points", "200", "--width", "16",
@@ -309,6 +315,7 @@ CASES = {
     ("cache_features", "weights"): _cache_weights,
     ("import_pointcept", "pth"): _import_pth,
     ("import_pointcept", "classes"): _import_classes,
+    ("make_clutter", "npy"): _make_clutter_scene,
     ("make_synthetic", "out"): _make_synthetic_out,
     ("prepare_frames", "depth"): _prepare_frames_depth,
     ("prepare_frames", "pose"): _prepare_frames_pose,

@@ -46,6 +46,7 @@ MISSING_INPUT = {
     "evaluate.py": ["--checkpoint", MISSING + ".safetensors", "--scenes", MISSING, "--out", "out"],
     "finetune.py": ["--config", MISSING + ".yaml", "--out", "out"],
     "import_pointcept.py": [MISSING + ".pth", "out.safetensors"],
+    "make_clutter.py": ["--scenes", MISSING, "--out", "out"],
     "prepare_scannet.py": ["--scannet-root", MISSING, "--out", "out"],
     "prepare_frames.py": ["--scenes", MISSING, "--out", "out"],
     "pretrain.py": ["--config", MISSING + ".yaml", "--out", "out"],
