@@ -18,7 +18,9 @@ against its neighbour's points, not a footprint test.
 
 Table points under the footprint of an object set on the table are removed (``drop_hidden_table``): a
 camera looking down would not see them, and real scenes have none there. Every object gets a fresh
-instance id (the base's instances are renumbered 0.., donor objects follow in placement order).
+instance id: the base's instances (its table's too, where the table has one, as prepared mOSD frames do)
+are renumbered 0.., donor objects follow in placement order. Objects are cut out of single views: turned,
+their unseen sides may face where a camera would be.
 Everything random is drawn from the caller's generator: one seed, one composite.
 """
 from __future__ import annotations
