@@ -54,6 +54,29 @@ if TYPE_CHECKING:  # the segmenter pulls in torch and spconv; the pipeline is ha
 SEGMENT_SCOPES = ("priority", "recent", "map")
 
 
+def warm_up_kernels() -> None:
+    """Compile, or load from numba's disk cache, every compiled kernel the map and the schedule use, on a
+    tiny map. A process that must keep up with a camera (the node) calls this before its first frame:
+    compiling on first use takes seconds on a fresh install, long enough for the first frames to be
+    pushed out of the fusion queue."""
+    h, w = 12, 16
+    depth = np.full((h, w), 1.0, np.float32)
+    depth[:, w // 2:] = 1.5
+    color = np.zeros((h, w, 3), np.uint8)
+    K = np.array([[10.0, 0.0, w / 2], [0.0, 10.0, h / 2], [0.0, 0.0, 1.0]])
+    vmap = VoxelMap(0.05, 10_000, 2)
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.2
+    for cam_to_map in (np.eye(4), shifted):  # new voxels, then voxels seen again
+        vmap.integrate(color, depth, K, cam_to_map)
+    with vmap._lock:
+        vmap._evict(len(vmap) // 2)
+    snap = vmap.snapshot()
+    ledger = LabelLedger()
+    ledger.record(snap.keys, 1, snap.colors, snap.normals)
+    ledger.changed(np.zeros(len(snap), np.int64), ledger.lookup(snap.keys), snap.colors, snap.normals, 12.0, 30.0)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """How the map is built and segmented; the node declares each field as a parameter of the same name."""

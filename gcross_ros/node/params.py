@@ -102,7 +102,7 @@ class SegmentNodeParams:
                                       "(torch's default of all cores oversubscribes the machine: on 2 cores "
                                       "segmentation took twice as long). Rendering in the node's process uses one "
                                       "thread when the segmenter has its own process.")
-    fusion_queue_size: int = described(5, "Assembled frames waiting for the fusion thread, at least the deepest input "
+    fusion_queue_size: int = described(10, "Assembled frames waiting for the fusion thread, at least the deepest input "
                                           "queue (the camera callbacks only assemble, so the middleware's queues are "
                                           "always emptied); when fusion falls behind, the oldest waiting frame is "
                                           "dropped as fusion_backlog, so the map follows the camera and a stall never "

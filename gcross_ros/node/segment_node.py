@@ -92,7 +92,7 @@ from gcross_core.mapping.map_io import load_map, save_map
 from gcross_core.mapping.sync import POSE_MISSING, POSE_OK, POSE_WAIT, PoseLookup
 from gcross_core.mapping.model_view import ModelMapRenderer, render_view
 from gcross_core.model.api import GaussianCrossModel
-from gcross_core.mapping.pipeline import SegmentationPipeline
+from gcross_core.mapping.pipeline import SegmentationPipeline, warm_up_kernels
 from gcross_core.segmentation.process import SegmenterProcess
 from gcross_core.segmentation.segmenter import Segmenter
 from gcross_ros.msgs.camera import CameraDecoder, add_pose_message
@@ -200,6 +200,8 @@ class SegmentNode(Node):
         # a bag played fast) is fused, not pushed out.
         fusion_queue_size = max(p.fusion_queue_size, max(depths))
         self._fusion_queue: FrameQueue[AssembledFrame] = FrameQueue(fusion_queue_size)
+        # The fusion kernels are compiled (or loaded from their disk cache) now, not on the first frames.
+        warm_up_kernels()
         # The one frame assembly (gcross_core.mapping.assembly), shared with gcross-bag eval and export.
         self.assembler = FrameAssembler(CameraDecoder(), assembly,
                                         pose_source=self._lookup_tf if self._tf_buffer is not None else None)

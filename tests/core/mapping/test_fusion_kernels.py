@@ -247,3 +247,13 @@ def test_restored_and_cleared_maps_find_their_voxels():
     np.testing.assert_array_equal(back.counts(), 2 * snap.counts)
     back.clear()
     assert back.integrate(color, depth, K, T).new_voxels == len(vm)
+
+
+def test_warm_up_compiles_every_kernel_the_map_and_the_schedule_use():
+    from gcross_core.mapping import fusion_kernels as fk
+    from gcross_core.mapping.pipeline import warm_up_kernels
+
+    warm_up_kernels()
+    for kernel in (fk._group_pixels, fk._finish_voxels, fk._merge_frame, fk._index_insert, fk._index_lookup,
+                   fk._index_remove_and_move, fk._unit_normals, fk.changed_since_recorded):
+        assert kernel.signatures, f"{kernel.__name__} was not compiled by warm_up_kernels"

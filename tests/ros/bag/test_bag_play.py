@@ -141,7 +141,7 @@ def test_live_evaluation_agrees_with_offline(tmp_path):
     import json
 
     import torch
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from gcross_core.model.encoder import SpUNetConfig
@@ -170,7 +170,7 @@ def test_live_evaluation_agrees_with_offline(tmp_path):
         node = segment_node.SegmentNode(namespace="/camera", parameter_overrides=[
             Parameter("checkpoint", value=str(ckpt)), Parameter("publish_rendered", value=False),
             Parameter("segment_period_s", value=period_s)])
-        executor = MultiThreadedExecutor()
+        executor = SingleThreadedExecutor()  # as the node's own main() spins it
         executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()

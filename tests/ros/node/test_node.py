@@ -924,7 +924,7 @@ def test_frames_fusion_cannot_keep_up_with_are_dropped_as_backlog_never_lost(tmp
 
     node.pipeline.process_frame = held_fusion
     try:
-        asm, t0, n = node.assembler, 100 * 10**9, 12
+        asm, t0, n = node.assembler, 100 * 10**9, 16
         for i in range(n):
             stamp = t0 + i * 10**8
             rgb, depth_m, cam_to_map = _wall_frame(0.01 * i)
@@ -933,7 +933,7 @@ def test_frames_fusion_cannot_keep_up_with_are_dropped_as_backlog_never_lost(tmp
             node._handle(asm.add_depth(cv.numpy_to_image(depth_m, "32FC1", stamp, "camera_optical"), stamp, 0.0))
             node._handle(asm.add_color(cv.numpy_to_image(rgb, "rgb8", stamp, "camera_optical"), stamp, 0.0))
         size = node._fusion_queue.size
-        assert size == 5 and len(node._fusion_queue) == size  # the default, at least the input queues' depth
+        assert size == 10 and len(node._fusion_queue) == size  # the default, at least the input queues' depth
         gate.set()
         assert node.wait_for_fusion()
         acc = node.assembler.account()
