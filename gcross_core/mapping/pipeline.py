@@ -42,10 +42,10 @@ from gcross_core.config import described
 from gcross_core.errors import InputError
 from gcross_core.mapping.assembly import MAX_DEPTH_M, MAX_DEPTH_M_DESCRIPTION
 from gcross_core.mapping.fusion import FrameStats, MapSnapshot, VoxelMap
-from gcross_core.mapping.voxel_keys import pack_keys
 from gcross_core.mapping.instances import InstanceTracker, MapObject
 from gcross_core.mapping.map_io import SavedMap, restore_map
 from gcross_core.mapping.schedule import LabelLedger, plan_segmentation
+from gcross_core.mapping.voxel_keys import pack_keys
 
 if TYPE_CHECKING:  # the segmenter pulls in torch and spconv; the pipeline is handed one
     from gcross_core.segmentation.segmenter import Segmenter

@@ -31,8 +31,7 @@ from typing import Dict
 
 import numpy as np
 
-from gcross_core.mapping.voxel_keys import pack_keys
-from gcross_core.mapping.voxel_keys import KEY_BITS
+from gcross_core.mapping.voxel_keys import KEY_BITS, pack_keys
 
 TIERS = ("new_in_view", "new", "changed", "refresh")
 
@@ -124,12 +123,6 @@ class LabelLedger:
                                np.ascontiguousarray(normals, np.float32), self._color, self._normal,
                                np.float32(color_tolerance), np.float32(np.cos(np.deg2rad(normal_tolerance_deg))), out)
         return out
-
-    def colors(self, rows: np.ndarray) -> np.ndarray:
-        return self._color[rows]
-
-    def normals(self, rows: np.ndarray) -> np.ndarray:
-        return self._normal[rows]
 
 
 @dataclass(frozen=True)
