@@ -354,6 +354,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--instance-start", choices=["encoder", "semantic"], default="encoder",
                     help="encoder: classes and offsets learnt together from the encoder init (the config); "
                          "semantic: continue from the init's all-label segmenter of the same seed (two stages)")
+    ap.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS),
+                    help="encoder inits of the full, few, probe and instance phases (default: all three)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true",
                     help="start nothing: report the finished runs (the others read 'not run')")
@@ -380,7 +382,7 @@ def run_label_phases(exp: Experiment, results: dict) -> None:
         if phase not in args.phases:
             continue
         for seed in seeds:
-            for init in INITS:
+            for init in args.inits:
                 start, run_dir = exp.encoder(init, seed), exp.out / phase / f"{init}_seed{seed}"
                 if init != "scratch" and start is None:
                     continue  # its pretraining has not run (--report-only)

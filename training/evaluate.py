@@ -16,6 +16,9 @@ A checkpoint with an instance head (``task: instance`` in training/finetune.py) 
 scenes' ``instance.npy``: ScanNet-style AP25 / AP50 / mAP per class and overall, in results.json
 (``instance``) and report.md (matching rules in ``gcross_core.evaluation.instance_metrics``).
 ``--min-gt-points`` sets the smallest ground-truth object that is scored (ScanNet: 100 points).
+``--grouping KEY=VALUE`` (repeatable) groups with another setting of the checkpoint's instance grouping
+(a field of ``gcross_core.segmentation.instance.InstanceConfig``, e.g. ``shifted_radius_m=0.02`` or
+``normal_min_cos=0.3``); the settings used are written to results.json.
 """
 from __future__ import annotations
 
@@ -29,10 +32,12 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from gcross_core.cli import cli_main
+from gcross_core.config import apply_overrides
 from gcross_core.errors import InputError
 from gcross_core.evaluation.report import write_metrics_report
 from gcross_core.segmentation.dataset import list_scenes
 from gcross_core.segmentation.evaluate import evaluate_scenes
+from gcross_core.segmentation.instance import InstanceConfig
 from gcross_core.segmentation.segmenter import Segmenter
 
 log = logging.getLogger("evaluate")
@@ -55,6 +60,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-scenes", type=int, default=0, help="evaluate the first N scenes only (0 = all)")
     p.add_argument("--min-gt-points", type=int, default=100,
                    help="instance AP: ground-truth objects with fewer points are not scored (ScanNet: 100)")
+    p.add_argument("--grouping", action="append", default=[], metavar="KEY=VALUE",
+                   help="instance grouping setting instead of the checkpoint's (an InstanceConfig field, e.g. "
+                        "shifted_radius_m=0.02); repeatable")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -68,6 +76,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.rotations < 1:
         raise InputError(f"--rotations must be >= 1, got {args.rotations}")
     segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    if args.grouping:
+        if segmenter.instance_config is None:
+            raise InputError(f"--grouping: {args.checkpoint} has no instance head, so nothing is grouped")
+        segmenter.instance_config = InstanceConfig.from_dict(
+            apply_overrides(segmenter.instance_config.to_dict(), args.grouping))
     label_file = args.label_file or LABEL_FILE_FOR_CLASSES.get(segmenter.num_classes, "segment")
     scenes = list_scenes(args.root, args.split) if args.root else [Path(s) for s in args.scenes]
     if args.max_scenes:
@@ -80,6 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seconds = time.perf_counter() - t0
     settings = {"checkpoint": str(args.checkpoint), "label_file": label_file, "rotations": args.rotations,
                 "grid_size_m": segmenter.grid_size_m, "num_scenes": len(scenes), "seconds": seconds}
+    if segmenter.instance_config is not None:
+        settings["grouping"] = segmenter.instance_config.to_dict()
     paths = write_metrics_report(args.out, res.conf, res.metrics, segmenter.class_names,
                                  title=f"Segmentation of {len(scenes)} scenes",
                                  extra_json={"settings": settings, "scenes": res.per_scene}, instance=res.instance)

@@ -176,7 +176,8 @@ class Segmenter:
         logits, offsets = self.model(encoded.points, with_offsets=True)
         row_probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
         thing = thing_mask(self.class_names, self.instance_config.stuff_classes)
-        rows = group_instances(np.asarray(coord, np.float32)[keep], offsets.float().cpu().numpy(), row_probs, thing, self.instance_config)
+        rows = group_instances(np.asarray(coord, np.float32)[keep], offsets.float().cpu().numpy(), row_probs, thing,
+                               self.instance_config, normal=np.asarray(normal, np.float32)[keep])
         probs = row_probs[inverse]
         labels, conf = _labels_and_confidence(probs)
         return InstancePrediction(labels, conf, probs, rows.expand(inverse))

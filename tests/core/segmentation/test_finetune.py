@@ -367,7 +367,12 @@ def test_tabletop_instance_config_is_the_semantic_one_plus_offsets(tmp_path):
     configs = REPO / "training" / "configs"
     sem = load_config(configs / "finetune_tabletop.yaml", FinetuneConfig)
     ins = load_config(configs / "finetune_tabletop_insseg.yaml", FinetuneConfig)
-    assert ins.data == sem.data and ins.encoder == sem.encoder  # what the semantic recipe sees, and its encoder
+    # what the semantic recipe sees, composed into clutter, and its encoder
+    from dataclasses import replace
+    assert ins.data.clutter.enabled and not sem.data.clutter.enabled
+    assert replace(ins.data, clutter=sem.data.clutter) == sem.data and ins.encoder == sem.encoder
+    grouping = ins.instance_config()
+    assert grouping.shifted_radius_m < grouping.cluster_radius_m and grouping.normal_min_cos is not None
     assert ins.task == "instance" and not ins.from_segmenter
     assert ins.instance_config().stuff_classes == ("table",)  # objects are instanced, the table is not
     assert build_model(ins, None).has_instance_head

@@ -72,6 +72,58 @@ def test_classes_are_grouped_apart():
     assert sorted(found.classes.tolist()) == [2, 3]
 
 
+def crease():
+    """A flat object (normals +z) with a box standing on it, its side (normals -x) one lattice step from
+    the flat object's edge: one connected blob of points, two surfaces meeting at a right angle."""
+    xs = np.arange(0.0, 0.3 + 1e-9, 0.02)
+    flat = np.stack(np.meshgrid(xs, xs, [0.0], indexing="ij"), -1).reshape(-1, 3)
+    zs = np.arange(0.02, 0.3 + 1e-9, 0.02)
+    side = np.stack(np.meshgrid([0.32], xs, zs, indexing="ij"), -1).reshape(-1, 3)
+    coord = np.concatenate([flat, side]).astype(np.float32)
+    normal = np.concatenate([np.tile([0.0, 0.0, 1.0], (len(flat), 1)), np.tile([-1.0, 0.0, 0.0], (len(side), 1))])
+    return coord, normal.astype(np.float32), np.repeat([0, 1], [len(flat), len(side)])
+
+
+def test_normal_gate_cuts_the_original_graph_at_a_crease():
+    coord, normal, inst = crease()
+    probs = one_hot(np.full(len(coord), 2))
+    no_offsets = np.zeros_like(coord)
+    plain = InstanceConfig(**{**CFG.to_dict(), "use_shifted": False})
+    assert len(group_instances(coord, no_offsets, probs, THING, plain)) == 1  # the points touch
+    gated = InstanceConfig(**{**plain.to_dict(), "normal_min_cos": 0.3})
+    found = group_instances(coord, no_offsets, probs, THING, gated, normal=normal)
+    got = sorted(tuple(np.unique(inst[i])) + (len(i),) for i in found.indices)
+    assert got == sorted([(0, int((inst == 0).sum())), (1, int((inst == 1).sum()))])
+    # a gently curved surface stays one: neighbours 2 cm apart on a 1 m radius differ by ~1 degree
+    angle = np.linspace(0.0, 0.6, 31)
+    arc = np.stack([np.sin(angle), np.zeros_like(angle), np.cos(angle)], 1)
+    cyl = np.concatenate([arc + [0.0, y, 0.0] for y in np.arange(0.0, 0.2, 0.02)]).astype(np.float32)
+    cyl_normal = np.concatenate([arc] * 10).astype(np.float32)
+    one = group_instances(cyl, np.zeros_like(cyl), one_hot(np.full(len(cyl), 2)), THING, gated, normal=cyl_normal)
+    assert len(one) == 1 and len(one.indices[0]) == len(cyl)
+    with pytest.raises(ValueError, match="normals"):
+        group_instances(coord, no_offsets, probs, THING, gated)
+
+
+def test_shifted_radius_separates_close_centres():
+    rng = np.random.default_rng(0)
+    coord, inst = (a[::16] for a in two_touching_chairs())  # 512 points
+    # offsets that land each chair's points in a 8 mm cube around centres 3.5 cm apart: piles 2.7 cm apart
+    centres = np.array([[0.0, 0.0, 0.0], [0.035, 0.0, 0.0]], np.float32)
+    shifted = centres[inst] + rng.uniform(-0.004, 0.004, coord.shape).astype(np.float32)
+    probs = one_hot(np.full(len(coord), 2))
+    shifted_min = {"min_points": 10}
+    # every neighbour counts (with the default 32 nearest, a dense pile links only to itself)
+    shifted_only = {**CFG.to_dict(), **shifted_min, "use_original": False, "max_neighbors": len(coord)}
+    assert len(group_instances(coord, shifted - coord, probs, THING, InstanceConfig(**shifted_only))) == 1
+    found = group_instances(coord, shifted - coord, probs, THING,
+                            InstanceConfig(**{**shifted_only, "shifted_radius_m": 0.02}))
+    assert sorted(len(i) for i in found.indices) == sorted(np.bincount(inst).tolist())
+    for bad in ({"shifted_radius_m": 0.0}, {"normal_min_cos": 1.0}, {"normal_min_cos": -1.5}):
+        with pytest.raises(ConfigError):
+            InstanceConfig(**{**CFG.to_dict(), **bad})
+
+
 def test_instance_set_point_ids_and_expand():
     s = InstanceSet([np.array([0, 1]), np.array([1, 2])], np.array([2, 3]), np.array([0.9, 0.5], np.float32), 4)
     assert s.point_ids().tolist() == [0, 0, 1, -1]  # point 1 keeps the higher-scoring instance
