@@ -35,6 +35,10 @@
    (``--probe-seeds``) and all-label fine-tuning, for each pretraining seed ``--knob-seeds`` (default 0).
    Runs live in ``<out>/knobs/<knob>``.
 
+The instance runs are also scored per mOSD test category and on a clutter test set composed from the
+test objects (``<out>/data/mosd_clutter``, as ``training/make_clutter.py --seed 0`` writes it; seen from
+above in ``<out>/clutter/<scene>.png``: ground-truth objects | each init's objects, seed 0).
+
 Writes ``<out>/report.md``, ``<out>/report.json`` and ``<out>/frames/<test scene>.png`` (first row: colour |
 ground truth | prediction of each encoder init, seed 0, all labels; class colours: table, object,
 grey = no label / no depth; second row, when the instance runs of seed 0 exist: colour | ground-truth
@@ -67,6 +71,8 @@ from gcross_core.evaluation.report import class_palette
 from gcross_core.pretraining.config import PretrainConfig, TeacherConfig
 from gcross_core.pretraining.run import run_pretraining
 from gcross_core.segmentation.run import FinetuneConfig, run_finetuning
+from experiments.tabletop_instances import (MOSD_TEST_CATEGORIES, clutter_sheets, instance_colours, scene_sets,
+                                            score_run)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,14 +207,6 @@ def _ap(runs, key):
     return _fmt(_stat(vals)) if vals else "not available"
 
 
-def _instance_colours(n: int) -> np.ndarray:
-    """[n, 3] uint8 distinct-looking colours for instance ids (golden-ratio hues, fixed)."""
-    import colorsys
-
-    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb((0.61803 * i) % 1.0, 0.75, 0.95)]
-                     for i in range(max(n, 1))], np.uint8)
-
-
 def frame_pngs(out: Path, test_root: Path, segmenters: dict, instance_segmenters: Optional[dict] = None) -> list:
     """Per test frame: colour | ground truth | each init's prediction, seen from the frame's camera; with
     ``instance_segmenters`` a second row: colour | ground-truth objects | each init's predicted objects
@@ -256,7 +254,7 @@ def frame_pngs(out: Path, test_root: Path, segmenters: dict, instance_segmenters
             def paint_ids(ids_at_pix):
                 img = np.broadcast_to(grey, (h * w, 3)).copy()
                 ok = ids_at_pix >= 0
-                cols = _instance_colours(int(ids_at_pix.max()) + 1 if ok.any() else 1)
+                cols = instance_colours(int(ids_at_pix.max()) + 1 if ok.any() else 1)
                 img[pix[ok]] = cols[ids_at_pix[ok]]
                 return img.reshape(h, w, 3)
 
@@ -397,11 +395,38 @@ def run_label_phases(exp: Experiment, results: dict) -> None:
                 r = finetune(run_dir, exp.mosd, seed, start, steps, report_only=args.report_only, **kw)
                 if r is None:
                     continue
+                if phase == "instance":
+                    r["categories"] = instance_categories(exp, run_dir)
                 results[phase].setdefault(init, []).append(r)
                 ap = (f"  AP50 {100 * r['ap50']:5.1f} AP25 {100 * r['ap25']:5.1f}" if r["ap50"] is not None else "")
                 print(f"{phase:6s} {init:9s} seed {seed}: mIoU {100 * r['miou']:5.1f}  IoU table "
                       f"{100 * r['iou']['table']:5.1f} object {100 * r['iou']['object']:5.1f}{ap}  "
                       f"({r['seconds'] or 0:.0f} s)", flush=True)
+
+
+CATEGORY_SETS = (*MOSD_TEST_CATEGORIES, "test0-42", "clutter test")
+
+
+def clutter_test(exp: Experiment) -> Path:
+    """The clutter test set: ``training/make_clutter.py --scenes <mosd>/test --num-scenes 20 --objects 10 15
+    --seed 0`` (test objects only, written once)."""
+    from gcross_core.data.clutter import write_clutter_scenes
+    from gcross_core.segmentation.dataset import list_scenes
+
+    root = exp.out / "data" / "mosd_clutter"
+    if not (root / "clutter_019" / "instance.npy").is_file():
+        write_clutter_scenes(list_scenes(exp.mosd / "test", ""), root, 20, (10, 15), 0)
+    return root
+
+
+def instance_categories(exp: Experiment, run_dir: Path) -> dict:
+    """AP50 / AP25 / mAP of an instance run per mOSD test category, on all test frames and on the clutter
+    test (``experiments.tabletop_instances``, the run's own grouping); cached in ``categories.json``."""
+    cached = run_dir / "categories.json"
+    if not cached.is_file():
+        sets = scene_sets(exp.mosd / "test", clutter_test(exp), None)
+        cached.write_text(json.dumps(score_run(run_dir / "segmenter.safetensors", sets, {"own": []})["own"]))
+    return json.loads(cached.read_text())
 
 
 def run_chorus(exp: Experiment, results: dict) -> None:
@@ -536,6 +561,23 @@ def instance_table(exp: Experiment, results: dict) -> list:
     return lines
 
 
+def category_table(exp: Experiment, results: dict) -> list:
+    """Instance AP50 per mOSD test category and on the clutter test, per encoder init (mean ± std over seeds)."""
+    rows = {init: [r["categories"] for r in results["instance"].get(init, []) if r.get("categories")]
+            for init in INITS}
+    if not any(rows.values()):
+        return []
+    lines = ["", "Instance AP50 by mOSD test category (frames 0-15 boxes, 16-23 stacked, 24-30 occluded, 31-42 "
+             "cylinders) and on the clutter test (20 composites of test objects, 10-15 each; "
+             "`clutter/<scene>.png`), in %, mean ± std over seeds:", "",
+             "| encoder init | " + " | ".join(CATEGORY_SETS) + " |", "|---|" + "---|" * len(CATEGORY_SETS)]
+    for init, cats in rows.items():
+        if cats:
+            lines.append(f"| {INIT_LABEL[init]} | " + " | ".join(
+                _fmt(_stat([c[s]["ap50"] for c in cats])) for s in CATEGORY_SETS) + " |")
+    return lines
+
+
 def knobs_table(args: argparse.Namespace, results: dict) -> list:
     if not results["knobs"]:
         return []
@@ -604,7 +646,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_knobs(exp, results)
     segs, inst_segs = seed0_segmenters(exp)
     pngs = frame_pngs(exp.out, exp.mosd / "test", segs, inst_segs) if segs else []
+    if inst_segs:
+        pngs += [str(p) for p in clutter_sheets(exp.out / "clutter", inst_segs,
+                                                sorted(clutter_test(exp).iterdir()))]
     lines = (init_table(args, results) + chorus_table(results) + instance_table(exp, results)
+             + category_table(exp, results)
              + knobs_table(args, results) + paired_differences(results) + notes(exp, segs)
              + [f"\n({time.perf_counter() - t0:.0f} s for this invocation)"])
     write_report(exp, results, pngs, "\n".join(lines))

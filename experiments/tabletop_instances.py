@@ -19,7 +19,8 @@ mAP (ScanNet rules, objects of 100 points or more) on:
   objects, 31-42 cylindric objects) and all 43 frames;
 - the clutter test set, and the dev set when given.
 
-Writes ``<out>/report.md`` and ``<out>/report.json``.
+Writes ``<out>/report.md``, ``<out>/report.json`` and, for the first run, ``<out>/clutter/<scene>.png``:
+the clutter test scenes seen from above, ground-truth objects | the objects of each variant.
 """
 from __future__ import annotations
 
@@ -116,6 +117,59 @@ def score_run(checkpoint: Path, sets: Dict[str, List[Path]], variants: Dict[str,
     return out
 
 
+def instance_colours(n: int) -> np.ndarray:
+    """[n, 3] uint8 distinct-looking colours for instance ids (golden-ratio hues, fixed)."""
+    import colorsys
+
+    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb((0.61803 * i) % 1.0, 0.75, 0.95)]
+                     for i in range(max(n, 1))], np.uint8)
+
+
+def top_view(coord: np.ndarray,  # [N, 3] z up
+             ids: np.ndarray,  # [N] int, -1 = no object
+             pixel_m: float = 0.004) -> np.ndarray:  # -> [H, W, 3] uint8
+    """The cloud seen from above (the highest point per pixel), objects coloured by id, the rest grey."""
+    ij = np.floor((coord[:, :2] - coord[:, :2].min(0)) / pixel_m).astype(np.int64)
+    h, w = int(ij[:, 1].max()) + 1, int(ij[:, 0].max()) + 1
+    img = np.full((h * w, 3), 255, np.uint8)
+    order = np.argsort(coord[:, 2], kind="stable")  # the highest point of a pixel is written last
+    pix = (h - 1 - ij[order, 1]) * w + ij[order, 0]
+    sel = ids[order]
+    cols = instance_colours(int(ids.max()) + 1 if (ids >= 0).any() else 1)
+    img[pix] = np.where(sel[:, None] >= 0, cols[np.maximum(sel, 0)], np.array([150, 150, 150], np.uint8))
+    return img.reshape(h, w, 3)
+
+
+def clutter_sheets(out: Path, segmenters: Dict[str, Segmenter], scenes: Sequence[Path]) -> List[Path]:
+    """Per scene ``<out>/<scene>.png``: ground-truth objects | each segmenter's objects, seen from above."""
+    from PIL import Image, ImageDraw
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in scenes:
+        first = next(iter(segmenters.values()))
+        scene = load_labelled_scene(path, "segment", first.class_names)
+        table = list(first.class_names).index("table") if "table" in first.class_names else -1
+        gt = np.where((scene.instance >= 0) & (scene.segment != table), scene.instance, -1)
+        _, gt_ids = np.unique(gt, return_inverse=True)
+        panels = [(f"ground truth: {len(np.unique(gt[gt >= 0]))} objects",
+                   top_view(scene.coord, np.where(gt >= 0, gt_ids - int((gt < 0).any()), -1)))]
+        for name, seg in segmenters.items():
+            pred = seg.predict_instances(scene.coord, scene.color, scene.normal)
+            panels.append((f"{name}: {len(pred.instances)} objects", top_view(scene.coord, pred.instance)))
+        h = max(p.shape[0] for _, p in panels)
+        w = sum(p.shape[1] + 8 for _, p in panels)
+        sheet = Image.new("RGB", (w, h + 18), (255, 255, 255))
+        x = 0
+        for title, img in panels:
+            sheet.paste(Image.fromarray(img), (x, 18))
+            ImageDraw.Draw(sheet).text((x + 2, 3), title, fill=(0, 0, 0))
+            x += img.shape[1] + 8
+        sheet.save(out / f"{path.name}.png")
+        written.append(out / f"{path.name}.png")
+    return written
+
+
 def group_name(run: Path) -> str:
     """The run's name without its seed suffix (``_seed3``, ``_s3``)."""
     return re.sub(r"_(seed|s)\d+$", "", run.name)
@@ -180,6 +234,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps({"sets": {k: [p.name for p in v] for k, v in sets.items()},
                                                       "variants": variants, "runs": results}, indent=1))
+    first = Segmenter.from_checkpoint(args.runs[0] / "segmenter.safetensors")
+    own = first.instance_config.to_dict()
+    variant_segs = {}
+    for v, overrides in variants.items():
+        seg = Segmenter.from_checkpoint(args.runs[0] / "segmenter.safetensors")
+        seg.instance_config = InstanceConfig.from_dict(apply_overrides(own, overrides))
+        variant_segs[v] = seg
+    clutter_sheets(args.out / "clutter", variant_segs, sets["clutter test"])
     lines = report(results, list(sets))
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

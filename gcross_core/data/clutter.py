@@ -49,12 +49,13 @@ class ClutterConfig:
     objects: Tuple[int, int] = (8, 15)  # objects per composite, the base scene's own included
     stacked_fraction: float = 0.3  # share of the placed objects that try to go on top of another first
     probability: float = 1.0  # share of the training samples that are composites (the rest: the scene as is)
+    lean_fraction: float = 0.0  # share of the placed objects tilted towards a neighbour they touch (leaning)
 
     def __post_init__(self) -> None:
         lo, hi = self.objects
         if not 1 <= lo <= hi:
             raise ConfigError(f"clutter.objects {self.objects} must satisfy 1 <= min <= max")
-        for name in ("stacked_fraction", "probability"):
+        for name in ("stacked_fraction", "probability", "lean_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"clutter.{name} must lie in [0, 1], got {getattr(self, name)}")
 
@@ -70,11 +71,15 @@ class ClutterSummary:
     cell_m: float
     grid_origin_xy: Tuple[float, float]  # footprint cell (i, j) spans origin + [i, i+1) * cell_m in x, y
     donors: Dict[int, str] = field(default_factory=dict)  # instance id -> donor scene name
+    leaning_pairs: List[Tuple[int, int]] = field(default_factory=list)  # (leaning object, the one it leans to)
 
     def to_dict(self) -> dict:
-        return {"objects": self.objects, "base_objects": self.base_objects, "placed": self.placed,
-                "touching_pairs": [list(p) for p in self.touching_pairs],
-                "stacked_pairs": [list(p) for p in self.stacked_pairs], "table_z_m": self.table_z_m}
+        out = {"objects": self.objects, "base_objects": self.base_objects, "placed": self.placed,
+               "touching_pairs": [list(p) for p in self.touching_pairs],
+               "stacked_pairs": [list(p) for p in self.stacked_pairs], "table_z_m": self.table_z_m}
+        if self.leaning_pairs:
+            out["leaning_pairs"] = [list(p) for p in self.leaning_pairs]
+        return out
 
 
 @dataclass
@@ -151,6 +156,14 @@ def _rotate_z(a: np.ndarray, angle: float) -> np.ndarray:
     return out
 
 
+def _tilt(a: np.ndarray, angle: float, towards: np.ndarray) -> np.ndarray:
+    """``a`` turned by ``angle`` about the horizontal axis perpendicular to the unit xy vector ``towards``,
+    so that a point at height z moves z sin(angle) along ``towards`` (Rodrigues' formula)."""
+    k = np.array([-towards[1], towards[0], 0.0])
+    c, s = math.cos(angle), math.sin(angle)
+    return a * c + np.cross(k, a) * s + np.outer(a @ k, k) * (1.0 - c)
+
+
 class _Table:
     """The base scene's table on the footprint grid: which cells are table, which object owns a cell."""
 
@@ -217,6 +230,7 @@ class _Spot:
     offset: np.ndarray  # [2] int cells
     below: Optional[int] = None  # instance id it rests on (None: the table)
     dz_m: float = 0.0  # lift above the table top (stacked)
+    anchor: Optional[int] = None  # instance id of the object it was set against (touching)
 
 
 def _stack_spot(fp: np.ndarray, point_cells: np.ndarray, z: np.ndarray, placed: Dict[int, _Placed],
@@ -253,15 +267,18 @@ def _gap_m(a_xy: np.ndarray, b_xy: np.ndarray) -> float:
 
 
 def _touch_spot(fp: np.ndarray, local_xy: np.ndarray, table: _Table, placed: Dict[int, _Placed], reach: int,
-                touch_gap_m: float, rng: np.random.Generator) -> Optional[_Spot]:
-    """Next to an object on the table: slid out from its centre along a random direction to the first
-    position clear of it, then up to ``reach`` - 1 cells further; the points' gap must be <= touch_gap_m."""
+                touch_gap_m: float, rng: np.random.Generator,
+                direction: Optional[np.ndarray] = None) -> Optional[_Spot]:
+    """Next to an object on the table: slid out from its centre along a random direction (or
+    ``direction``) to the first position clear of it, then up to ``reach`` - 1 cells further; the points'
+    gap must be <= touch_gap_m. The spot's ``below`` stays None; ``_Spot.anchor`` names the object touched."""
     anchors = [p for p in placed.values() if p.level == 0]
     if not anchors:
         return None
     anchor = anchors[int(rng.integers(len(anchors)))]
-    angle = rng.uniform(-math.pi, math.pi)
-    direction = np.array([math.cos(angle), math.sin(angle)])
+    if direction is None:
+        angle = rng.uniform(-math.pi, math.pi)
+        direction = np.array([math.cos(angle), math.sin(angle)])
     start = anchor.cells.mean(0) - fp.mean(0)
     limit = int(np.ptp(anchor.cells, 0).max() + np.ptp(fp, 0).max()) + 2
     for step in range(limit + 1):
@@ -277,7 +294,7 @@ def _touch_spot(fp: np.ndarray, local_xy: np.ndarray, table: _Table, placed: Dic
             cand = fp + offset
             if table.on_table_and_free(cand) and anchor.instance in table.neighbours(cand, reach) \
                     and _gap_m(anchor.xy, local_xy + table.origin + offset * table.cell_m) <= touch_gap_m:
-                return _Spot(offset)
+                return _Spot(offset, anchor=anchor.instance)
         return None
     return None
 
@@ -295,7 +312,8 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
                     num_objects: Tuple[int, int] = (8, 15), *, stacked_fraction: float = 0.3,
                     touch_fraction: float = 0.85, table_class: Optional[int] = None, cell_m: float = 0.005,
                     touch_gap_m: float = 0.01, table_percentile: float = 95.0, min_object_points: int = 20,
-                    drop_hidden_table: bool = True, attempts_per_object: int = 30) -> ClutterScene:
+                    drop_hidden_table: bool = True, attempts_per_object: int = 30,
+                    lean_fraction: float = 0.0, lean_deg: Tuple[float, float] = (10.0, 25.0)) -> ClutterScene:
     """A cluttered composite of ``base`` with objects of ``donors`` (module docstring).
 
     num_objects: the composite's object count is drawn uniformly from this range (base objects included);
@@ -303,6 +321,10 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
     stacked_fraction: share of the placed objects tried on top of a larger one first; touch_fraction:
     share of the rest set against an object already on the table (the others anywhere free on it).
     table_class: the table's class index (None: the class named ``table`` in ``base.class_names``, else 0).
+    lean_fraction: share of the objects not tried for stacking that lean: tilted by ``lean_deg`` (uniform,
+    degrees) towards an object on the table and slid against it from the opposite side, so that the side
+    that tilts over meets it; one that finds no such spot is not placed in that attempt. At 0 (default)
+    no random number is drawn for it, so composites made before leaning existed come out unchanged.
     Donors are indexed only where drawn, so a lazily loading sequence loads only the scenes used.
     """
     lo, hi = num_objects
@@ -345,6 +367,7 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
     pieces: List[Tuple[int, _Piece, np.ndarray, np.ndarray]] = []  # (instance id, piece, coord, normal)
     touching: set = set()
     stacked: List[Tuple[int, int]] = []
+    leaning: List[Tuple[int, int]] = []
     donors_of: Dict[int, str] = {}
     failures, budget = 0, attempts_per_object * max(1, target - base_objects)
     while len(placed) < target and len(donors) and failures < budget:
@@ -361,8 +384,26 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
         local_cells = table.cells_of(local[:, :2] + table.origin)
         fp = _closed(local_cells)
         spot = None
+        normal = _rotate_z(piece.normal.astype(np.float64), angle)
         if rng.random() < stacked_fraction:
             spot = _stack_spot(fp, local_cells, local[:, 2], placed, table_z, rng)
+        lean = spot is None and lean_fraction > 0 and rng.random() < lean_fraction
+        if lean:
+            heading = float(rng.uniform(-math.pi, math.pi))
+            towards = np.array([math.cos(heading), math.sin(heading)])
+            tilt = math.radians(float(rng.uniform(*lean_deg)))
+            local = _tilt(local, tilt, towards)
+            local -= np.array([*local[:, :2].mean(0), local[:, 2].min()])
+            normal = _tilt(normal, tilt, towards)
+            local_cells = table.cells_of(local[:, :2] + table.origin)
+            fp = _closed(local_cells)
+            for _ in range(_TOUCH_TRIES):  # slid out along -towards: the top leans back over the anchor
+                spot = _touch_spot(fp, local[:, :2], table, placed, reach, touch_gap_m, rng, -towards)
+                if spot is not None:
+                    break
+            if spot is None:
+                failures += 1
+                continue
         if spot is None and rng.random() < touch_fraction:
             for _ in range(_TOUCH_TRIES):
                 spot = _touch_spot(fp, local[:, :2], table, placed, reach, touch_gap_m, rng)
@@ -395,7 +436,9 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
             stacked.append((spot.below, new))
         placed[new] = _Placed(new, cells, _tops(point_cells, world[:, 2]), world[:, :2], level, below=spot.below)
         donors_of[new] = piece.source
-        pieces.append((new, piece, world, _rotate_z(piece.normal.astype(np.float64), angle)))
+        if lean:
+            leaning.append((new, spot.anchor))
+        pieces.append((new, piece, world, normal))
 
     # base points, less the table points under objects set on the table; then the objects in placement order
     keep = np.ones(len(coord), bool)
@@ -414,7 +457,7 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
     summary = ClutterSummary(objects=len(placed), base_objects=base_objects, placed=len(pieces),
                              touching_pairs=sorted(touching), stacked_pairs=stacked, table_z_m=table_z,
                              cell_m=cell_m, grid_origin_xy=(float(table.origin[0]), float(table.origin[1])),
-                             donors=donors_of)
+                             donors=donors_of, leaning_pairs=leaning)
     color = np.clip(np.rint(np.concatenate(colors).astype(np.float64)), 0, 255).astype(np.uint8)
     return ClutterScene(np.concatenate(coords).astype(np.float32), color,
                         np.concatenate(normals).astype(np.float32), np.concatenate(segments).astype(np.int32),
@@ -428,7 +471,8 @@ def table_of(scene: Scene, default: int) -> int:
 
 def write_clutter_scenes(scene_dirs: Sequence[PathLike], out_dir: PathLike, num_scenes: int,
                          objects: Tuple[int, int] = (10, 15), seed: int = 0, *, label_file: str = "segment",
-                         stacked_fraction: float = 0.3, overwrite: bool = False, tries: int = 10) -> List[dict]:
+                         stacked_fraction: float = 0.3, overwrite: bool = False, tries: int = 10,
+                         lean_fraction: float = 0.0) -> List[dict]:
     """Write ``num_scenes`` composites of the scenes in ``scene_dirs`` only (a clutter test set) as scene
     folders ``<out_dir>/clutter_<k>``; returns one summary per composite.
 
@@ -442,6 +486,9 @@ def write_clutter_scenes(scene_dirs: Sequence[PathLike], out_dir: PathLike, num_
         raise InputError(f"objects {tuple(objects)} must satisfy 1 <= min <= max")
     if not scene_dirs:
         raise InputError("no scene folders given")
+    for name, value in (("stacked_fraction", stacked_fraction), ("lean_fraction", lean_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"{name} must lie in [0, 1], got {value}")
     scenes = [load_scene(p, segment=label_file, frames=False) for p in scene_dirs]
     for path, scene in zip(scene_dirs, scenes):
         if scene.segment is None or scene.instance is None:
@@ -457,7 +504,8 @@ def write_clutter_scenes(scene_dirs: Sequence[PathLike], out_dir: PathLike, num_
         donors = [s for j, s in enumerate(scenes) if j != b] or [scenes[b]]
         for attempt in range(tries):
             composite = compose_clutter(scenes[b], donors, np.random.default_rng([seed, k, attempt]), objects,
-                                        stacked_fraction=stacked_fraction, table_class=table_class)
+                                        stacked_fraction=stacked_fraction, table_class=table_class,
+                                        lean_fraction=lean_fraction)
             if composite.summary.objects >= objects[0]:
                 break
         else:

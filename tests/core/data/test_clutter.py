@@ -147,6 +147,30 @@ def test_touching_pairs_lie_within_a_centimetre_and_most_objects_touch(composite
         assert gap <= 0.01 + 1e-6, (a, b, gap)  # the default touch_gap_m
 
 
+def test_leaning_objects_tilt_towards_the_object_they_touch(scenes):
+    c = compose_clutter(scenes[0], scenes[1:], np.random.default_rng(5), (10, 14), stacked_fraction=0.0,
+                        lean_fraction=1.0)
+    assert c.summary.leaning_pairs, "no object leaned"
+    coord, inst = c.coord.astype(np.float64), c.instance
+    for leaner, anchor in c.summary.leaning_pairs:
+        pts, other = coord[inst == leaner], coord[inst == anchor]
+        assert pts[:, 2].min() == pytest.approx(c.summary.table_z_m, abs=1e-4)  # rests on the table
+        assert cKDTree(other[:, :2]).query(pts[:, :2])[0].min() <= 0.0101  # touches its anchor
+        # the box's top face (normals turned away from +z) tilts between 10 and 25 degrees
+        up = c.normal[inst == leaner]
+        top = up[up[:, 2] > 0.8]
+        tilt = np.degrees(np.arccos(np.clip(top[:, 2], -1, 1)))
+        assert len(top) and 9.9 < np.median(tilt) < 25.1
+        # ... towards the anchor: the top face's normal leans to the anchor's side
+        to_anchor = other[:, :2].mean(0) - pts[:, :2].mean(0)
+        assert top[:, :2].mean(0) @ to_anchor > 0
+    # no leaning asked: the same draws as before leaning existed
+    a = compose_clutter(scenes[0], scenes[1:], np.random.default_rng(3), (10, 14), stacked_fraction=0.4)
+    b = compose_clutter(scenes[0], scenes[1:], np.random.default_rng(3), (10, 14), stacked_fraction=0.4,
+                        lean_fraction=0.0)
+    assert np.array_equal(a.coord, b.coord) and not b.summary.leaning_pairs
+
+
 def test_table_points_under_placed_objects_are_removed(composite, scenes):
     c = composite
     table = c.segment == 0
