@@ -49,16 +49,22 @@ log = logging.getLogger("tabletop_instances")
 MOSD_TEST_CATEGORIES: Dict[str, range] = {"boxes": range(0, 16), "stacked": range(16, 24),
                                           "occluded": range(24, 31), "cylinders": range(31, 43)}
 
-# grouping variants: name -> InstanceConfig overrides on the checkpoint's settings (see instance.py)
+# grouping variants: name -> InstanceConfig overrides on the checkpoint's settings (see instance.py); the
+# merge_* variants and the recipe (finetune_tabletop_insseg.yaml) add step 6 to the best of the others
 VARIANTS: Dict[str, List[str]] = {
-    "today": ["cluster_radius_m=0.03", "shifted_radius_m=null", "normal_min_cos=null"],
-    "shifted_2cm": ["cluster_radius_m=0.03", "shifted_radius_m=0.02", "normal_min_cos=null"],
-    "shifted_1.5cm": ["cluster_radius_m=0.03", "shifted_radius_m=0.015", "normal_min_cos=null"],
-    "shifted_2cm_original_2.5cm": ["cluster_radius_m=0.025", "shifted_radius_m=0.02", "normal_min_cos=null"],
-    "shifted_2cm_normals_0.5": ["cluster_radius_m=0.03", "shifted_radius_m=0.02", "normal_min_cos=0.5"],
-    "shifted_2cm_original_2.5cm_normals_0.3": ["cluster_radius_m=0.025", "shifted_radius_m=0.02",
-                                               "normal_min_cos=0.3"],
-}
+    name: [f"cluster_radius_m={o}", f"shifted_radius_m={sh}", f"normal_min_cos={n}", f"merge_centre_m={m}"]
+    for name, (o, sh, n, m) in {
+        "today": (0.03, "null", "null", "null"),  # PointGroup: one 3 cm radius
+        "shifted_2cm": (0.03, 0.02, "null", "null"),
+        "shifted_1.5cm": (0.03, 0.015, "null", "null"),
+        "shifted_2cm_original_2.5cm": (0.025, 0.02, "null", "null"),
+        "shifted_2cm_normals_0.5": (0.03, 0.02, 0.5, "null"),
+        "shifted_2cm_original_2.5cm_normals_0.3": (0.025, 0.02, 0.3, "null"),
+        "merge_3cm": (0.025, 0.02, 0.3, 0.03),
+        "merge_4cm": (0.025, 0.02, 0.3, 0.04),
+        "recipe": (0.025, 0.02, 0.3, 0.05),
+        "merge_6cm": (0.025, 0.02, 0.3, 0.06),
+    }.items()}
 
 
 def _frame_number(name: str) -> Optional[int]:

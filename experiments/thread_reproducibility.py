@@ -14,6 +14,9 @@ For each thread count in ``--threads``, and twice for the first one (run-to-run,
 2. ``training/finetune.py --config training/configs/finetune_tabletop.yaml`` from that encoder for
    ``--finetune-steps`` steps, seed 0, scored on the test frames.
 
+For every other thread count a further run fine-tunes the first run's encoder with that many threads
+(``threads<N>_finetune_only``), which separates what the fine-tuning alone varies.
+
 Each run is its own process (``--threads N`` sets torch's intra-op threads; ``OMP_NUM_THREADS`` is set to
 the same). Compared with the first run: the largest difference of the per-step pretraining loss and the
 step where it first differs, the same for the fine-tuning loss, and the fine-tuned mIoU. Writes
@@ -55,8 +58,9 @@ def compare(a: List[float], b: List[float]) -> dict:
             "final": (a[n - 1], b[n - 1]) if n else None}
 
 
-def one(out: Path, name: str, threads: int, args: argparse.Namespace) -> dict:
-    pre, fine = out / name / "pretrain", out / name / "finetune"
+def one(out: Path, name: str, threads: int, args: argparse.Namespace, encoder_of: Optional[str] = None) -> dict:
+    """One run; with ``encoder_of`` only the fine-tuning runs, from that run's pretrained encoder."""
+    pre, fine = out / (encoder_of or name) / "pretrain", out / name / "finetune"
     py = sys.executable
     if not (pre / "final.safetensors").is_file():
         _run([py, str(ROOT / "training" / "pretrain.py"), "--config", str(CONFIGS / "pretrain_real_frames.yaml"),
@@ -91,10 +95,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     first = args.threads[0]
-    plan = [(f"threads{first}_a", first), (f"threads{first}_b", first)] + [(f"threads{t}", t) for t in args.threads[1:]]
+    plan = [(f"threads{first}_a", first, None), (f"threads{first}_b", first, None)]
+    for t in args.threads[1:]:
+        plan += [(f"threads{t}", t, None), (f"threads{t}_finetune_only", t, f"threads{first}_a")]
     runs = []
-    for name, threads in plan:
-        runs.append(one(args.out, name, threads, args))
+    for name, threads, encoder_of in plan:
+        runs.append(one(args.out, name, threads, args, encoder_of))
         print(f"{name}: final pretraining loss {runs[-1]['pretrain_loss'][-1]:.6f}, fine-tuned mIoU "
               f"{100 * runs[-1]['miou']:.2f}", flush=True)
     ref = runs[0]

@@ -40,6 +40,13 @@ Inference (:func:`group_instances`) is the PointGroup dual-set grouping, in nump
    piles, each a proposal too small to be suppressed by IoU against the whole object that the original
    coordinates give (PointGroup's learned ScoreNet ranks such pieces low; without one they would stay
    as false positives).
+6. merging (with ``merge_centre_m`` set; off by default): kept instances of one class whose shifted
+   points' means lie closer than ``merge_centre_m`` become one instance (transitively), scored by the
+   best of them. The offsets of an object seen in two pieces (occluded by another in front) point to one
+   centre, but the shifted points of each piece pile up apart, and a small shifted radius keeps them
+   apart; HAIS's set aggregation (Chen et al., ICCV 2021) joins such fragments the same way, by the
+   distance of their shifted centroids. On tabletop clutter it raised AP50 everywhere and most on the
+   occluded-object frames (docs/data.md, "Instance grouping").
 
 The same function serves training-time evaluation, ``training/evaluate.py``, the bag evaluator and the
 ROS node (through :meth:`gcross_core.segmentation.segmenter.Segmenter.predict_instances`).
@@ -81,6 +88,8 @@ class InstanceConfig(DictConfig):
     shifted_radius_m: Optional[float] = None
     # original-coordinate graph: link neighbours only where their normals' cosine exceeds this; None = always
     normal_min_cos: Optional[float] = None
+    # join kept instances of a class whose shifted points' means lie closer than this (step 6); None = never
+    merge_centre_m: Optional[float] = None
     max_neighbors: int = 32  # nearest neighbours kept per point in the radius graph (see module docstring)
     min_points: int = 50  # PointGroup's minimum cluster size (grid rows)
     score_threshold: float = 0.09  # PointGroup's test score threshold
@@ -95,6 +104,8 @@ class InstanceConfig(DictConfig):
             raise ConfigError(f"cluster_radius_m must be > 0, got {self.cluster_radius_m}")
         if self.shifted_radius_m is not None and not self.shifted_radius_m > 0:
             raise ConfigError(f"shifted_radius_m must be > 0 (or null: cluster_radius_m), got {self.shifted_radius_m}")
+        if self.merge_centre_m is not None and not self.merge_centre_m > 0:
+            raise ConfigError(f"merge_centre_m must be > 0 (or null: no merging), got {self.merge_centre_m}")
         if self.normal_min_cos is not None and not -1.0 <= self.normal_min_cos < 1.0:
             raise ConfigError(f"normal_min_cos must lie in [-1, 1) (or null: normals unused), got {self.normal_min_cos}")
         if self.max_neighbors < 2 or self.min_points < 1:
@@ -354,7 +365,34 @@ def group_instances(coord: np.ndarray,  # [M, 3] metres
     inside = (sub > 0.5 * lens[keep][:, None]) & (lens[keep][None, :] > lens[keep][:, None]) \
         & (classes[keep][None, :] == classes[keep][:, None])
     keep = keep[~inside.any(axis=1)]  # step 5: fragments of a larger kept proposal
-    return InstanceSet([cand[i] for i in keep], classes[keep], scores[keep], m)
+    found = InstanceSet([cand[i] for i in keep], classes[keep], scores[keep], m)
+    if cfg.merge_centre_m is not None:
+        found = merge_by_centre(found, coord + offset, cfg.merge_centre_m)
+    return found
+
+
+def merge_by_centre(instances: InstanceSet, shifted: np.ndarray,  # [M, 3] point + predicted offset
+                    distance_m: float) -> InstanceSet:
+    """Step 6 of the grouping: instances of one class whose shifted points' means lie closer than
+    ``distance_m`` are joined (transitively); a joined instance keeps the best score. In decreasing score."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    p = len(instances)
+    if p < 2:
+        return instances
+    centres = np.stack([shifted[i].mean(0) for i in instances.indices])
+    pairs = cKDTree(centres).query_pairs(distance_m, output_type="ndarray")
+    pairs = pairs[instances.classes[pairs[:, 0]] == instances.classes[pairs[:, 1]]]
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(p, p))
+    _, comp = connected_components(graph, directed=False)
+    groups = [np.flatnonzero(comp == c) for c in range(comp.max() + 1)]
+    scores = np.array([instances.scores[g].max() for g in groups], np.float32)
+    order = np.argsort(-scores, kind="stable")
+    return InstanceSet([np.unique(np.concatenate([instances.indices[k] for k in groups[o]])) for o in order],
+                       np.array([instances.classes[groups[o][0]] for o in order], np.int64), scores[order],
+                       instances.num_points)
 
 
 def instance_boxes(coord: np.ndarray,  # [N, 3]

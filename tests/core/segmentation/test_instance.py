@@ -124,6 +124,25 @@ def test_shifted_radius_separates_close_centres():
             InstanceConfig(**{**CFG.to_dict(), **bad})
 
 
+def test_merging_joins_the_pieces_of_an_occluded_object_but_not_two_objects():
+    rng = np.random.default_rng(1)
+    coord, inst = (a[::16] for a in two_touching_chairs())  # 256 points each
+    # chair 0 seen in two pieces (its x < 0.15 half and the rest) whose offsets land 3 cm apart; chair 1 whole
+    piece = np.where(inst == 1, 2, (coord[:, 0] >= 0.15).astype(int))
+    centres = np.array([[0.15, 0.15, 0.15], [0.18, 0.15, 0.15], [0.47, 0.15, 0.15]], np.float32)
+    shifted = centres[piece] + rng.uniform(-0.004, 0.004, coord.shape).astype(np.float32)
+    probs = one_hot(np.full(len(coord), 2))
+    cfg = {**CFG.to_dict(), "min_points": 10, "use_original": False, "shifted_radius_m": 0.02}
+    apart = group_instances(coord, shifted - coord, probs, THING, InstanceConfig(**cfg))
+    assert sorted(len(i) for i in apart.indices) == sorted(np.bincount(piece).tolist())
+    joined = group_instances(coord, shifted - coord, probs, THING, InstanceConfig(**{**cfg, "merge_centre_m": 0.05}))
+    assert sorted(len(i) for i in joined.indices) == sorted(np.bincount(inst).tolist())
+    assert {tuple(np.unique(inst[i])) for i in joined.indices} == {(0,), (1,)}
+    assert np.all(np.diff(joined.scores) <= 0) and (joined.classes == 2).all()
+    with pytest.raises(ConfigError):
+        InstanceConfig(**{**cfg, "merge_centre_m": 0.0})
+
+
 def test_instance_set_point_ids_and_expand():
     s = InstanceSet([np.array([0, 1]), np.array([1, 2])], np.array([2, 3]), np.array([0.9, 0.5], np.float32), 4)
     assert s.point_ids().tolist() == [0, 0, 1, -1]  # point 1 keeps the higher-scoring instance
