@@ -395,6 +395,7 @@ def run_label_phases(exp: Experiment, results: dict) -> None:
                 r = finetune(run_dir, exp.mosd, seed, start, steps, report_only=args.report_only, **kw)
                 if r is None:
                     continue
+                r["seed"] = seed
                 if phase == "instance":  # AP with the recipe's grouping of today (the run's own eval may predate it)
                     r["categories"] = instance_categories(exp, run_dir)
                     r.update({k: r["categories"]["test0-42"][k] for k in ("ap50", "ap25", "map")})
@@ -612,6 +613,44 @@ def knobs_table(args: argparse.Namespace, results: dict) -> list:
     return lines
 
 
+COLLAPSE_STATS = ("cos_gain", "cos_teacher", "student_spread", "student_effective_rank")
+
+
+def collapse_at_end(run: Path, last: int = 10) -> Optional[dict]:
+    """The collapse signals of a pretraining run at its end (``gcross_core.pretraining.diagnostics``),
+    averaged over its teachers, with its loss; None without them."""
+    from gcross_core.pretraining.diagnostics import collapse_at_end as summary_of
+    from gcross_core.train.logging import read_metrics
+
+    records = read_metrics(run / "metrics.jsonl")
+    teachers = summary_of(records, last)
+    if not teachers or any(s not in t for t in teachers.values() for s in COLLAPSE_STATS):
+        return None
+    out = {s: statistics.fmean(t[s] for t in teachers.values()) for s in COLLAPSE_STATS}
+    out["loss"] = statistics.fmean(r["loss"] for r in records[-last:])
+    return out
+
+
+def collapse_table(exp: Experiment, results: dict) -> list:
+    """Per pretrained encoder: its collapse signals at the end of pretraining next to what fine-tuning it
+    on all labels gave, and scratch's mean, to see whether the signals tell a bad pretraining run early."""
+    scratch = [r["miou"] for r in results["full"].get("scratch", [])]
+    rows = []
+    for init in ("synthetic", "real"):
+        for r in results["full"].get(init, []):
+            sig = collapse_at_end(exp.out / f"pretrain_{init}_seed{r['seed']}")
+            if sig is not None:
+                rows.append(f"| {init} | {r['seed']} | {sig['loss']:.3f} | " + " | ".join(
+                    f"{sig[k]:.3f}" for k in COLLAPSE_STATS) + f" | {100 * r['miou']:.1f} |")
+    if not rows:
+        return []
+    ref = f"{100 * statistics.fmean(scratch):.1f}" if scratch else "not run"
+    return ["", f"Collapse signals at the end of pretraining (mean of the last 10 logged steps; "
+            f"docs/training.md) and the all-label fine-tuned mIoU; scratch's mean mIoU {ref}:", "",
+            "| init | seed | loss | " + " | ".join(COLLAPSE_STATS) + " | fine-tuned mIoU |",
+            "|---|---|---|" + "---|" * len(COLLAPSE_STATS) + "---|"] + rows
+
+
 def paired_differences(results: dict) -> list:
     """Pretrained minus scratch, paired by seed, where both ran."""
     lines = []
@@ -663,7 +702,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pngs += [str(p) for p in clutter_sheets(exp.out / "clutter", inst_segs,
                                                 sorted(clutter_test(exp).iterdir()))]
     lines = (init_table(args, results) + chorus_table(results) + instance_table(exp, results)
-             + category_table(exp, results)
+             + category_table(exp, results) + collapse_table(exp, results)
              + knobs_table(args, results) + paired_differences(results) + notes(exp, segs)
              + [f"\n({time.perf_counter() - t0:.0f} s for this invocation)"])
     write_report(exp, results, pngs, "\n".join(lines))

@@ -114,3 +114,23 @@ def _stats(s: Tensor,  # [P, C] student pixels
 
 
 __all__ = ["feature_collapse_stats", "effective_rank", "STATS", "MAX_PIXELS"]
+
+
+def collapse_at_end(records, last: int = 10) -> Dict[str, Dict[str, float]]:
+    """Teacher key -> stat -> mean over the last ``last`` records that hold it (``metrics.jsonl`` rows, as
+    :func:`gcross_core.train.logging.read_metrics` returns them, with ``collapse/<teacher>/<stat>``)."""
+    out: Dict[str, Dict[str, float]] = {}
+    keys = sorted({k for r in records for k in r if k.startswith("collapse/")})
+    for key in keys:
+        _, teacher, stat = key.split("/", 2)
+        vals = [float(r[key]) for r in records if key in r][-last:]
+        out.setdefault(teacher, {})[stat] = sum(vals) / len(vals)
+    return out
+
+
+def collapse_warnings(summary: Dict[str, Dict[str, float]]) -> list:
+    """One sentence per teacher whose ``cos_gain`` at the end is not above 0."""
+    return [f"teacher {teacher}: cos_gain {stats['cos_gain']:+.3f} at the end of pretraining: the rendered features "
+            f"tell pixels apart no better than the teacher's mean feature does (the distillation has learned "
+            f"little beyond that mean; see docs/training.md, Collapse signals)"
+            for teacher, stats in summary.items() if "cos_gain" in stats and stats["cos_gain"] <= 0.0]

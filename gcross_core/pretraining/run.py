@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -14,12 +15,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from gcross_core.errors import ConfigError
+from gcross_core.files import atomic_path
 from gcross_core.model.api import pretrain_header
 from gcross_core.pretraining.config import DataSection, PretrainConfig, SyntheticRooms
 from gcross_core.pretraining.dataset import PretrainDataset, collate_pretrain
+from gcross_core.pretraining.diagnostics import collapse_at_end, collapse_warnings
 from gcross_core.pretraining.init import config_for_init, load_init_weights
 from gcross_core.pretraining.module import build_pretrain_module, visualize
 from gcross_core.train.distributed import barrier, init_distributed, shutdown_distributed
+from gcross_core.train.logging import read_metrics
 from gcross_core.train.checkpointing import FINAL_CHECKPOINT
 from gcross_core.train.seeding import seed_everything
 from gcross_core.train.trainer import RunOutput, Trainer, TrainingTask, TrainState
@@ -120,9 +124,26 @@ def run_pretraining(cfg: PretrainConfig, run_dir, resume: bool = False, progress
                            progress=progress, tensorboard=tensorboard)
         trainer = Trainer(task, cfg.run_config(), output, dist_info=dist)
         state = trainer.fit(resume=resume)
+        if dist.is_main:
+            report_collapse(run_dir)
         return state, (run_dir / FINAL_CHECKPOINT) if dist.is_main else None
     finally:
         shutdown_distributed(dist)
+
+
+def report_collapse(run_dir: Path, last: int = 10) -> Dict[str, Dict[str, float]]:
+    """The collapse signals over the last logged steps (``gcross_core.pretraining.diagnostics``), written to
+    ``<run_dir>/collapse.json`` and logged; a warning per teacher whose ``cos_gain`` ended at or below 0."""
+    summary = collapse_at_end(read_metrics(run_dir / "metrics.jsonl"), last)
+    if summary:
+        with atomic_path(run_dir / "collapse.json") as tmp:
+            tmp.write_text(json.dumps({"last_steps": last, "teachers": summary}, indent=1))
+        for teacher, stats in summary.items():
+            log.info("collapse signals, %s, last %d logged steps: %s", teacher, last,
+                     ", ".join(f"{k} {v:.3f}" for k, v in sorted(stats.items())))
+        for line in collapse_warnings(summary):
+            log.warning(line)
+    return summary
 
 
 def _step(model: nn.Module, batch) -> Dict[str, Any]:

@@ -131,3 +131,26 @@ def test_a_pretraining_step_logs_the_signals_per_teacher(tmp_path, one_torch_thr
         acc = EventAccumulator(str(tmp_path / "run" / "tb"))
         acc.Reload()
         assert {f"train/{k}" for k in keys} <= set(acc.Tags()["scalars"])
+
+
+def test_the_end_of_a_run_is_summarised_and_a_gain_at_or_below_zero_warned(tmp_path, caplog):
+    import json
+    import logging
+
+    from gcross_core.pretraining.diagnostics import collapse_at_end
+    from gcross_core.pretraining.run import report_collapse
+
+    logger = RunLogger(tmp_path, progress=False)
+    for step in range(1, 21):  # teacher a learns (its gain ends at +0.1), teacher b does not (ends at -0.05)
+        logger.scalars(step, {"loss": 1.0 / step, "collapse/a/cos_gain": 0.01 * (step - 10),
+                              "collapse/b/cos_gain": -0.05, "collapse/b/student_spread": 0.0})
+    logger.close()
+    summary = collapse_at_end(read_metrics(tmp_path / "metrics.jsonl"), last=5)
+    assert summary["a"]["cos_gain"] == pytest.approx(0.01 * (np.mean(range(16, 21)) - 10))
+    assert summary["b"] == {"cos_gain": pytest.approx(-0.05), "student_spread": 0.0}
+    with caplog.at_level(logging.WARNING, logger="gcross_core.pretraining.run"):
+        assert report_collapse(tmp_path, last=5) == summary
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith("teacher b: cos_gain -0.050")
+    assert json.loads((tmp_path / "collapse.json").read_text())["teachers"]["a"]["cos_gain"] > 0
+    assert report_collapse(tmp_path / "no_run") == {} and not (tmp_path / "no_run" / "collapse.json").exists()
