@@ -48,7 +48,7 @@ from gcross_core.segmentation.dataset import (SegBatch, SegDataConfig, Segmentat
                                               list_scenes, load_labelled_scene, select_labelled_points,
                                               select_training_scenes)
 from gcross_core.segmentation.evaluate import evaluate_scenes
-from gcross_core.segmentation.instance import InstanceConfig, offset_losses, thing_mask
+from gcross_core.segmentation.instance import InstanceConfig, contact_rows, offset_losses, thing_mask
 from gcross_core.segmentation.model import (IGNORE_INDEX, SegmentationModel, checkpoint_encoder, load_pretrained_encoder,
                                             save_segmenter, segmentation_loss)
 from gcross_core.segmentation.segmenter import Segmenter
@@ -343,13 +343,23 @@ class InstanceStep:
         seg = batch.segment
         thing = self.thing.to(seg.device)
         valid = (batch.instance >= 0) & (seg >= 0) & thing[seg.clamp_min(0)]
-        l1, direction = offset_losses(offsets.float(), batch.offset_target, valid)
+        weight = None
+        contact = None
+        if self.cfg.contact_weight > 0:
+            if batch.points.grid_coord is None:
+                raise InputError("instance.contact_weight needs the batch's grid cells (PointBatch.grid_coord)")
+            contact = contact_rows(batch.points.grid_coord, batch.points.offset, batch.instance) & valid
+            weight = 1.0 + self.cfg.contact_weight * contact.float()
+        l1, direction = offset_losses(offsets.float(), batch.offset_target, valid, weight)
         loss = ce + self.cfg.offset_l1_weight * l1 + self.cfg.offset_dir_weight * direction
         with torch.no_grad():
             labelled = seg != IGNORE_INDEX
             acc = ((logits.argmax(1) == seg) & labelled).sum() / labelled.sum().clamp_min(1)
-        return {"loss": loss, "ce": ce, "offset_l1": l1, "offset_dir": direction, "acc": acc,
-                "instance_rows": valid.sum().float()}
+        out = {"loss": loss, "ce": ce, "offset_l1": l1, "offset_dir": direction, "acc": acc,
+               "instance_rows": valid.sum().float()}
+        if contact is not None:
+            out["contact_rows"] = contact.sum().float()
+        return out
 
 
 def segmentation_step(model: torch.nn.Module, batch: SegBatch) -> Dict[str, Any]:

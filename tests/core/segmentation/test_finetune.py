@@ -385,3 +385,35 @@ def test_tabletop_instance_config_is_the_semantic_one_plus_offsets(tmp_path):
     for name, value in source.seg_head.state_dict().items():
         assert torch.equal(model.seg_head.state_dict()[name], value)
     assert model.has_instance_head
+
+
+def test_instance_step_weighs_the_offsets_of_touching_rows():
+    from gcross_core.data.grid import collate_points
+    from gcross_core.segmentation.dataset import SegBatch
+    from gcross_core.segmentation.instance import InstanceConfig
+    from gcross_core.segmentation.run import InstanceStep
+
+    # two objects side by side along x (cells 0-1 and 2-3) and a table cell; the model's offsets are
+    # right except on the two rows where the objects touch (cells 1 and 2)
+    grid = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0], [9, 0, 0]], np.int32)
+    coord = grid.astype(np.float32) * 0.02
+    instance = torch.tensor([0, 0, 1, 1, -1])
+    segment = torch.tensor([1, 1, 1, 1, 0])  # tabletop-like: class 0 stuff, class 1 objects
+    target = torch.tensor([[0.01, 0, 0], [-0.01, 0, 0], [0.01, 0, 0], [-0.01, 0, 0], [0, 0, 0]])
+    predicted = target.clone()
+    predicted[1:3] = -predicted[1:3]
+    points = collate_points([coord], [np.zeros((5, 6), np.float32)], [grid])
+    batch = SegBatch(points, segment, instance, target)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, points, with_offsets=False):
+            return torch.zeros(len(points.coord), 2, requires_grad=True), predicted.clone().requires_grad_(True)
+
+    thing = np.array([False, True])
+    plain = InstanceStep(thing, InstanceConfig())(Fixed(), batch)
+    weighted = InstanceStep(thing, InstanceConfig(contact_weight=3.0))(Fixed(), batch)
+    assert "contact_rows" not in plain and weighted["contact_rows"].item() == 2.0
+    # plain: half the rows wrong by 0.02 in L1; weighted: the wrong rows weigh 4 each of 1 + 4 + 4 + 1
+    assert plain["offset_l1"].item() == pytest.approx(0.01)
+    assert weighted["offset_l1"].item() == pytest.approx(0.02 * 8 / 10)
+    assert weighted["loss"].item() > plain["loss"].item()

@@ -6,8 +6,8 @@ import torch
 
 from gcross_core.errors import CheckpointError, ConfigError
 from gcross_core.model.encoder import SpUNetConfig
-from gcross_core.segmentation.instance import (InstanceConfig, InstanceSet, group_instances, instance_centres,
-                                               offset_losses, thing_mask)
+from gcross_core.segmentation.instance import (InstanceConfig, InstanceSet, contact_rows, group_instances,
+                                               instance_centres, offset_losses, thing_mask)
 from gcross_core.segmentation.model import build_segmenter_checkpoint
 from gcross_core.segmentation.segmenter import Segmenter
 
@@ -163,6 +163,39 @@ def test_offset_targets_and_losses():
     assert l1.item() == pytest.approx(2.0) and direction.item() == pytest.approx(2.0)
     zero, _ = offset_losses(target, target, torch.zeros(3, dtype=torch.bool))
     assert zero.item() == 0.0
+
+
+def test_weighted_offset_losses_favour_the_weighted_rows():
+    target = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 0]])
+    pred = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 0, 0]])  # row 1 wrong: L1 2, 1 - cos 2
+    valid = torch.tensor([True, True, False])
+    l1, direction = offset_losses(pred, target, valid)
+    assert l1.item() == pytest.approx(1.0) and direction.item() == pytest.approx(1.0)
+    l1, direction = offset_losses(pred, target, valid, torch.tensor([1.0, 3.0, 100.0]))  # row 2 not valid
+    assert l1.item() == pytest.approx(6.0 / 4.0) and direction.item() == pytest.approx(6.0 / 4.0)
+    with pytest.raises(ValueError, match="weight"):
+        offset_losses(pred, target, valid, torch.ones(2))
+
+
+def test_contact_rows_are_the_cells_next_to_another_instance():
+    # sample 0: two 3-cell bars side by side along x (instances 0 and 1), a lone cell of instance 2 far
+    # away, a table cell (-1) next to instance 0; sample 1: instance 5 in the same cells as sample 0's
+    # instance 1 must not touch sample 0's instance 0
+    cells0 = [(0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 1, 0), (1, 1, 0), (2, 1, 0), (9, 9, 9), (0, 0, 1)]
+    inst0 = [0, 0, 0, 1, 1, 1, 2, -1]
+    cells1 = [(0, 1, 0), (5, 5, 5)]
+    inst1 = [5, 6]
+    grid = torch.tensor(cells0 + cells1, dtype=torch.int32)
+    offset = torch.tensor([len(cells0), len(cells0) + len(cells1)])
+    contact = contact_rows(grid, offset, torch.tensor(inst0 + inst1))
+    assert contact.tolist() == [True] * 6 + [False, False] + [False, False]
+    # diagonal neighbours count; a shuffled batch gives the same rows
+    grid = torch.tensor([(0, 0, 0), (1, 1, 1), (3, 3, 3)], dtype=torch.int32)
+    assert contact_rows(grid, torch.tensor([3]), torch.tensor([0, 1, 2])).tolist() == [True, True, False]
+    perm = torch.tensor([2, 0, 1])
+    assert contact_rows(grid[perm], torch.tensor([3]), torch.tensor([0, 1, 2])[perm]).tolist() == [False, True, True]
+    with pytest.raises(ConfigError, match="contact_weight"):
+        InstanceConfig(contact_weight=-1.0)
 
 
 def test_config_resolution():
