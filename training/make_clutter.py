@@ -36,6 +36,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="share of the added objects tried on top of a larger one first")
     ap.add_argument("--lean-fraction", type=float, default=ClutterConfig.lean_fraction,
                     help="share of the other objects tilted 10-25 degrees towards a neighbour they touch (0: none)")
+    ap.add_argument("--flat-fraction", type=float, default=ClutterConfig.flat_fraction,
+                    help="share of the added objects squashed to 1.5-4 cm tall, like a book lying flat (0: none)")
     ap.add_argument("--label-file", default="segment", help="the label file: segment | segment20 | segment200")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="replace composite folders that exist")
@@ -50,13 +52,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   for p in ([root] if (root / "coord.npy").is_file() else list_scenes(root))]
     done = write_clutter_scenes(scene_dirs, args.out, args.num_scenes, tuple(args.objects), args.seed,
                                 label_file=args.label_file, stacked_fraction=args.stacked_fraction,
-                                lean_fraction=args.lean_fraction,
+                                lean_fraction=args.lean_fraction, flat_fraction=args.flat_fraction,
                                 overwrite=args.overwrite)
     print(json.dumps({"written": len(done), "from_scenes": len(scene_dirs),
                       "objects": sum(d["objects"] for d in done),
                       "touching_pairs": sum(len(d["touching_pairs"]) for d in done),
                       "stacked_pairs": sum(len(d["stacked_pairs"]) for d in done),
-                      "leaning_pairs": sum(len(d.get("leaning_pairs", [])) for d in done), "scenes": done}))
+                      "leaning_pairs": sum(len(d.get("leaning_pairs", [])) for d in done),
+                      "flattened": sum(len(d.get("flattened", [])) for d in done), "scenes": done}))
     return 0
 
 

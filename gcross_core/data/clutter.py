@@ -13,8 +13,11 @@ the composite holds ``num_objects`` objects in all (the base's own count too). E
 - when *stacked*, lies wholly inside the footprint of a larger object (smaller on larger, one object on
   top of each) and rests on the lower one's points inside its own footprint, cell by cell.
 
-Leaning objects (tilted against a neighbour) are not composed: a tilted object needs a 3D contact test
-against its neighbour's points, not a footprint test.
+With ``lean_fraction`` some objects lean: tilted towards a neighbour and set against it from the other
+side (footprints still share no cell, so a leaning object never passes through its neighbour). With
+``flat_fraction`` some objects are flattened: squashed along z to ``flat_height_m`` (a book or DVD case
+lying flat is a few centimetres tall; the tabletop frames hold few such objects to learn from), their
+top faces' colours kept and their normals turned as the squash turns the surfaces.
 
 Table points under the footprint of an object set on the table are removed (``drop_hidden_table``): a
 camera looking down would not see them, and real scenes have none there. Every object gets a fresh
@@ -50,12 +53,13 @@ class ClutterConfig:
     stacked_fraction: float = 0.3  # share of the placed objects that try to go on top of another first
     probability: float = 1.0  # share of the training samples that are composites (the rest: the scene as is)
     lean_fraction: float = 0.0  # share of the placed objects tilted towards a neighbour they touch (leaning)
+    flat_fraction: float = 0.0  # share of the placed objects squashed to 1.5-4 cm tall (flat objects)
 
     def __post_init__(self) -> None:
         lo, hi = self.objects
         if not 1 <= lo <= hi:
             raise ConfigError(f"clutter.objects {self.objects} must satisfy 1 <= min <= max")
-        for name in ("stacked_fraction", "probability", "lean_fraction"):
+        for name in ("stacked_fraction", "probability", "lean_fraction", "flat_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"clutter.{name} must lie in [0, 1], got {getattr(self, name)}")
 
@@ -72,6 +76,7 @@ class ClutterSummary:
     grid_origin_xy: Tuple[float, float]  # footprint cell (i, j) spans origin + [i, i+1) * cell_m in x, y
     donors: Dict[int, str] = field(default_factory=dict)  # instance id -> donor scene name
     leaning_pairs: List[Tuple[int, int]] = field(default_factory=list)  # (leaning object, the one it leans to)
+    flattened: List[int] = field(default_factory=list)  # instance ids of the objects squashed flat
 
     def to_dict(self) -> dict:
         out = {"objects": self.objects, "base_objects": self.base_objects, "placed": self.placed,
@@ -79,6 +84,8 @@ class ClutterSummary:
                "stacked_pairs": [list(p) for p in self.stacked_pairs], "table_z_m": self.table_z_m}
         if self.leaning_pairs:
             out["leaning_pairs"] = [list(p) for p in self.leaning_pairs]
+        if self.flattened:
+            out["flattened"] = list(self.flattened)
         return out
 
 
@@ -162,6 +169,21 @@ def _tilt(a: np.ndarray, angle: float, towards: np.ndarray) -> np.ndarray:
     k = np.array([-towards[1], towards[0], 0.0])
     c, s = math.cos(angle), math.sin(angle)
     return a * c + np.cross(k, a) * s + np.outer(a @ k, k) * (1.0 - c)
+
+
+def _flatten(local: np.ndarray, normal: np.ndarray, height: float) -> Tuple[np.ndarray, np.ndarray]:
+    """A piece (lowest point at z 0) squashed along z to ``height``; unchanged where it is not taller. A
+    surface scaled by s along z has its normals scaled by 1/s along z (the inverse transpose), normalised;
+    zero normals stay zero."""
+    top = float(local[:, 2].max())
+    if top <= height:
+        return local, normal
+    s = height / top
+    local = local.copy()
+    local[:, 2] *= s
+    n = normal * np.array([1.0, 1.0, 1.0 / s])
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    return local, np.where(length > 0, n / np.maximum(length, 1e-12), 0.0)
 
 
 class _Table:
@@ -313,7 +335,8 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
                     touch_fraction: float = 0.85, table_class: Optional[int] = None, cell_m: float = 0.005,
                     touch_gap_m: float = 0.01, table_percentile: float = 95.0, min_object_points: int = 20,
                     drop_hidden_table: bool = True, attempts_per_object: int = 30,
-                    lean_fraction: float = 0.0, lean_deg: Tuple[float, float] = (10.0, 25.0)) -> ClutterScene:
+                    lean_fraction: float = 0.0, lean_deg: Tuple[float, float] = (10.0, 25.0),
+                    flat_fraction: float = 0.0, flat_height_m: Tuple[float, float] = (0.015, 0.04)) -> ClutterScene:
     """A cluttered composite of ``base`` with objects of ``donors`` (module docstring).
 
     num_objects: the composite's object count is drawn uniformly from this range (base objects included);
@@ -325,6 +348,9 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
     degrees) towards an object on the table and slid against it from the opposite side, so that the side
     that tilts over meets it; one that finds no such spot is not placed in that attempt. At 0 (default)
     no random number is drawn for it, so composites made before leaning existed come out unchanged.
+    flat_fraction: share of the placed objects taller than ``flat_height_m`` squashed along z to a height
+    drawn from it (uniform, metres); normals follow the squash (scaled by its inverse along z, then
+    normalised). At 0 (default) no random number is drawn for it either.
     Donors are indexed only where drawn, so a lazily loading sequence loads only the scenes used.
     """
     lo, hi = num_objects
@@ -368,6 +394,7 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
     touching: set = set()
     stacked: List[Tuple[int, int]] = []
     leaning: List[Tuple[int, int]] = []
+    flattened: List[int] = []
     donors_of: Dict[int, str] = {}
     failures, budget = 0, attempts_per_object * max(1, target - base_objects)
     while len(placed) < target and len(donors) and failures < budget:
@@ -385,6 +412,9 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
         fp = _closed(local_cells)
         spot = None
         normal = _rotate_z(piece.normal.astype(np.float64), angle)
+        flat = flat_fraction > 0 and rng.random() < flat_fraction
+        if flat:
+            local, normal = _flatten(local, normal, float(rng.uniform(*flat_height_m)))
         if rng.random() < stacked_fraction:
             spot = _stack_spot(fp, local_cells, local[:, 2], placed, table_z, rng)
         lean = spot is None and lean_fraction > 0 and rng.random() < lean_fraction
@@ -438,6 +468,8 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
         donors_of[new] = piece.source
         if lean:
             leaning.append((new, spot.anchor))
+        if flat:
+            flattened.append(new)
         pieces.append((new, piece, world, normal))
 
     # base points, less the table points under objects set on the table; then the objects in placement order
@@ -457,7 +489,7 @@ def compose_clutter(base: Scene, donors: Sequence[Scene], rng: np.random.Generat
     summary = ClutterSummary(objects=len(placed), base_objects=base_objects, placed=len(pieces),
                              touching_pairs=sorted(touching), stacked_pairs=stacked, table_z_m=table_z,
                              cell_m=cell_m, grid_origin_xy=(float(table.origin[0]), float(table.origin[1])),
-                             donors=donors_of, leaning_pairs=leaning)
+                             donors=donors_of, leaning_pairs=leaning, flattened=flattened)
     color = np.clip(np.rint(np.concatenate(colors).astype(np.float64)), 0, 255).astype(np.uint8)
     return ClutterScene(np.concatenate(coords).astype(np.float32), color,
                         np.concatenate(normals).astype(np.float32), np.concatenate(segments).astype(np.int32),
@@ -472,7 +504,7 @@ def table_of(scene: Scene, default: int) -> int:
 def write_clutter_scenes(scene_dirs: Sequence[PathLike], out_dir: PathLike, num_scenes: int,
                          objects: Tuple[int, int] = (10, 15), seed: int = 0, *, label_file: str = "segment",
                          stacked_fraction: float = 0.3, overwrite: bool = False, tries: int = 10,
-                         lean_fraction: float = 0.0) -> List[dict]:
+                         lean_fraction: float = 0.0, flat_fraction: float = 0.0) -> List[dict]:
     """Write ``num_scenes`` composites of the scenes in ``scene_dirs`` only (a clutter test set) as scene
     folders ``<out_dir>/clutter_<k>``; returns one summary per composite.
 
@@ -486,7 +518,8 @@ def write_clutter_scenes(scene_dirs: Sequence[PathLike], out_dir: PathLike, num_
         raise InputError(f"objects {tuple(objects)} must satisfy 1 <= min <= max")
     if not scene_dirs:
         raise InputError("no scene folders given")
-    for name, value in (("stacked_fraction", stacked_fraction), ("lean_fraction", lean_fraction)):
+    for name, value in (("stacked_fraction", stacked_fraction), ("lean_fraction", lean_fraction),
+                        ("flat_fraction", flat_fraction)):
         if not 0.0 <= value <= 1.0:
             raise InputError(f"{name} must lie in [0, 1], got {value}")
     scenes = [load_scene(p, segment=label_file, frames=False) for p in scene_dirs]
@@ -505,7 +538,7 @@ def write_clutter_scenes(scene_dirs: Sequence[PathLike], out_dir: PathLike, num_
         for attempt in range(tries):
             composite = compose_clutter(scenes[b], donors, np.random.default_rng([seed, k, attempt]), objects,
                                         stacked_fraction=stacked_fraction, table_class=table_class,
-                                        lean_fraction=lean_fraction)
+                                        lean_fraction=lean_fraction, flat_fraction=flat_fraction)
             if composite.summary.objects >= objects[0]:
                 break
         else:

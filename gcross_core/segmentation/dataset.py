@@ -371,7 +371,7 @@ class SegmentationDataset(Dataset):
         donors = _SceneList(self, [j for j in range(len(self.scene_dirs)) if j != i] or [i])
         composite = compose_clutter(scene, donors, rng, clutter.objects, stacked_fraction=clutter.stacked_fraction,
                                     table_class=self.class_names.index(TABLE_CLASS_NAME),
-                                    lean_fraction=clutter.lean_fraction)
+                                    lean_fraction=clutter.lean_fraction, flat_fraction=clutter.flat_fraction)
         return composite.as_scene(f"{scene.name}+clutter", scene.class_names)
 
     def sample(self, index: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:

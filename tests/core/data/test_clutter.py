@@ -171,6 +171,34 @@ def test_leaning_objects_tilt_towards_the_object_they_touch(scenes):
     assert np.array_equal(a.coord, b.coord) and not b.summary.leaning_pairs
 
 
+def test_flattened_objects_are_squashed_onto_the_table(scenes):
+    c = compose_clutter(scenes[0], scenes[1:], np.random.default_rng(7), (10, 14), stacked_fraction=0.0,
+                        flat_fraction=1.0, flat_height_m=(0.015, 0.03))
+    assert c.summary.flattened, "no object flattened"
+    assert c.summary.to_dict()["flattened"] == c.summary.flattened
+    coord, inst = c.coord.astype(np.float64), c.instance
+    for i in c.summary.flattened:
+        z = coord[inst == i, 2]
+        assert z.min() == pytest.approx(c.summary.table_z_m, abs=1e-4)  # rests on the table
+        assert z.max() - z.min() <= 0.03 + 1e-4  # no taller than the largest height drawn
+        n = c.normal[inst == i].astype(np.float64)
+        length = np.linalg.norm(n, axis=1)
+        assert np.allclose(length[length > 0], 1.0, atol=1e-4)  # unit normals still
+    # an object squashed to a tenth of its height: a tilted face's normal turns towards +z
+    local = np.array([[0.0, 0, 0], [0, 0, 0.2], [0.1, 0, 0.1]])
+    normal = np.array([[0.0, 0, 1], [1.0, 0, 0], [np.sqrt(0.5), 0, np.sqrt(0.5)]])
+    from gcross_core.data.clutter import _flatten
+    flat, turned = _flatten(local, normal, 0.02)
+    assert flat[:, 2].max() == pytest.approx(0.02) and np.allclose(turned[:2], normal[:2])
+    assert turned[2, 2] > 0.99
+    assert _flatten(local, normal, 0.5)[0] is local  # not taller: unchanged
+    # no flattening asked: the same draws as before flattening existed
+    a = compose_clutter(scenes[0], scenes[1:], np.random.default_rng(3), (10, 14), stacked_fraction=0.4)
+    b = compose_clutter(scenes[0], scenes[1:], np.random.default_rng(3), (10, 14), stacked_fraction=0.4,
+                        flat_fraction=0.0)
+    assert np.array_equal(a.coord, b.coord) and not b.summary.flattened
+
+
 def test_table_points_under_placed_objects_are_removed(composite, scenes):
     c = composite
     table = c.segment == 0
