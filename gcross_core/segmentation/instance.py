@@ -67,6 +67,7 @@ from torch import nn
 
 from gcross_core.config import DictConfig
 from gcross_core.errors import ConfigError
+from gcross_core.types import offset_to_batch
 
 # Classes never split into instances, per class set. ScanNet's instance benchmark leaves out wall and
 # floor (its 18 instance classes); on tabletops the table is stuff. Override with InstanceConfig.stuff_classes.
@@ -221,8 +222,7 @@ def contact_rows(grid_coord: torch.Tensor,  # [N, 3] integer grid cells (>= 0 pe
     out = torch.zeros(n, dtype=torch.bool, device=device)
     if n == 0:
         return out
-    counts = torch.diff(batch_offset.to(device).long(), prepend=torch.zeros(1, dtype=torch.long, device=device))
-    sample = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
+    sample = offset_to_batch(batch_offset.to(device).long())
     g = grid_coord.long() + 1  # room for the -1 step
     size = g.max(dim=0).values + 2
 
